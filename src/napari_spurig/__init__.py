@@ -1,0 +1,1 @@
+"""napari_spurig: the napari plugin of spurig."""
