@@ -1,0 +1,1 @@
+"""Linear operators: the algebra (base), Fourier transforms, coil/subspace encoding and iGROG gridding."""

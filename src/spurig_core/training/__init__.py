@@ -1,0 +1,1 @@
+"""Training of the unrolled networks: datasets, the three stages, losses."""
