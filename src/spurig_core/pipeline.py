@@ -1,107 +1,396 @@
 """simulate / reconstruct / match / evaluate / train / bench / export / demo: the one entry point
 used by the command line and the napari plugin.
 
-Functions here compose the topic modules; they own file handling (read, validate, write atomically)
-and progress reporting, nothing else.
+Functions here compose the topic modules; they own file handling (read, validate, write
+atomically), device selection and progress reporting, nothing else.  Heavy modules are imported
+inside the functions so that ``import spurig_core`` stays fast.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from .errors import NotAvailableError
-from .progress import Callback
+import torch
+
+from .data import DURATIONS, Result, Scan, groups_for
+from .errors import InputError, NotAvailableError
+from .progress import Callback, emit
 
 __all__ = [
+    "METHODS",
     "bench",
     "demo",
+    "evaluate",
     "evaluate_cohort",
     "evaluate_file",
     "export",
     "format_metrics",
     "launch_gui",
+    "match",
     "match_file",
     "recon_file",
+    "reconstruct",
+    "reference_coefficients",
+    "resolve_device",
     "simulate",
     "simulate_cohort",
     "train",
 ]
 
+#: Reconstruction methods of ``spurig recon --method``.
+METHODS = ("spurig", "hybrid", "llr", "llr-nufft", "adjoint")
 
-def _todo(what: str, issue: int) -> NotAvailableError:
-    return NotAvailableError(f"{what} is not implemented yet (issue #{issue})")
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Validate a device name; ``cuda`` without a GPU is a clear error, not a crash."""
+    name = str(device)
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError(f"unknown device {name!r}: choose cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
 
 
+def _resolve_groups(scan: Scan, groups: int | None, duration: str | None) -> int:
+    if groups is not None and duration is not None:
+        raise InputError("give either groups or duration, not both")
+    if duration is not None:
+        groups = groups_for(duration)
+    if groups is None:
+        return scan.n_groups
+    if not 1 <= groups <= scan.n_groups:
+        raise InputError(f"cannot use {groups} groups: the scan has {scan.n_groups}")
+    return groups
+
+
+def _duration_name(groups: int) -> str:
+    """The named duration closest to ``groups`` (for LLR thresholds and model choice)."""
+    return min(DURATIONS, key=lambda d: abs(DURATIONS[d] - groups))
+
+
+def _coil_maps(scan: Scan, device: torch.device, callback: Callback | None) -> torch.Tensor:
+    if scan.coil_maps is not None:
+        return scan.coil_maps.to(device)
+    if scan.calibration is None:
+        raise InputError(
+            f"{scan.path}: neither 'coil_maps' nor 'calibration' present; cannot get coil maps"
+        )
+    from .operators.coils import espirit
+
+    emit(callback, "espirit", 0, 1, "estimating coil maps (ESPIRiT)")
+    maps = espirit(scan.calibration, scan.matrix).to(device)
+    emit(callback, "espirit", 1, 1)
+    return maps
+
+
+def _scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
+    from .physics import default_basis
+
+    basis = default_basis(scan.sequence)
+    if basis.shape[0] != scan.n_tr:
+        raise InputError(
+            f"basis has {basis.shape[0]} time points but the scan has {scan.n_tr} repetitions"
+        )
+    return basis.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# simulation
+# ----------------------------------------------------------------------------------------------
 def simulate(out_path: str | Path, *, matrix: int = 64, coils: int = 10, groups: int = 48,
              noise: float | None = None, seed: int = 0, phantom: str = "brain",
              callback: Callback | None = None) -> Path:
     """Simulate a digital subject scanned with the full acquisition (``spurig simulate``)."""
-    raise _todo("spurig simulate", 3)
+    from . import simulation
+
+    kwargs: dict[str, Any] = {"matrix": matrix, "coils": coils, "groups": groups, "seed": seed,
+                              "phantom": phantom, "callback": callback}
+    if noise is not None:
+        kwargs["noise"] = noise
+    return simulation.simulate(out_path, **kwargs)
 
 
 def simulate_cohort(out_dir: str | Path, *, subjects: int, split: str, matrix: int, coils: int,
                     groups: int, noise: float | None, seed: int,
                     callback: Callback | None = None) -> list[Path]:
     """Train/val/test subjects with different seeds (``spurig simulate-cohort``)."""
-    raise _todo("spurig simulate-cohort", 3)
+    from . import simulation
+
+    kwargs: dict[str, Any] = {"subjects": subjects, "split": split, "matrix": matrix,
+                              "coils": coils, "groups": groups, "seed": seed, "callback": callback}
+    if noise is not None:
+        kwargs["noise"] = noise
+    return simulation.simulate_cohort(out_dir, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# reconstruction
+# ----------------------------------------------------------------------------------------------
+def reconstruct(scan: Scan, *, method: str, groups: int | None = None,
+                model: str | Path | None = None, device: str = "cpu",
+                save_iterations: bool = False, callback: Callback | None = None,
+                duration: str | None = None, config: dict[str, Any] | None = None) -> Result:
+    """Reconstruct balanced subspace coefficients from a scan (``spurig recon``).
+
+    Parameters
+    ----------
+    scan : Scan
+        A validated scan (:func:`spurig_core.io.load_scan`).
+    method : str
+        ``"spurig"``, ``"hybrid"`` (trained models), ``"llr"`` (FISTA-LLR on iGROG-gridded data),
+        ``"llr-nufft"`` (FISTA-LLR with finufft) or ``"adjoint"`` (scaled ``A^H b``).
+    groups : int, optional
+        Use the first ``groups`` groups (default: all); or give ``duration``.
+    model : path, optional
+        Checkpoint for ``spurig``/``hybrid`` (default: the shipped model for the duration).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    save_iterations : bool
+        Keep the initialisation and every iterate in ``Result.iterations``.
+    callback : callable, optional
+        Receives :class:`~spurig_core.progress.ProgressEvent` s; may raise ``Cancelled``.
+    config : dict, optional
+        Overrides: ``{"gridding": {...}, "llr": {...}}`` fields of the stage configs.
+
+    Returns
+    -------
+    Result
+        Coefficients ``(basis, x, y, z)``; ``runtime_s`` covers gridding and the algorithm but not
+        iGROG kernel training (paper 3.5).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    dev = resolve_device(device)
+    n_groups = _resolve_groups(scan, groups, duration)
+    sub = scan.first_groups(n_groups)
+    config = dict(config or {})
+    basis = _scan_basis(scan, dev)
+    maps = _coil_maps(scan, dev, callback)
+    kspace = sub.kspace.to(dev)
+    timings: dict[str, float] = {}
+    model_info = None
+    iterations = None
+    cfg_record: dict[str, Any] = {"method": method, "groups": n_groups}
+
+    if method in ("adjoint", "llr-nufft"):
+        from .operators.encoding import SubspaceNUFFTEncoding
+
+        t0 = time.perf_counter()
+        op = SubspaceNUFFTEncoding(sub.trajectory.to(dev), maps, basis)
+        ahb = op.adjoint(kspace)
+    else:
+        from .operators.encoding import GriddedSubspaceEncoding
+        from .operators.igrog import grid_scan
+
+        gridded, grid_times = grid_scan(sub, device=dev, overrides=config.get("gridding"),
+                                        callback=callback)
+        timings.update(grid_times)
+        t0 = time.perf_counter() - grid_times.get("gridding_s", 0.0)
+        op = GriddedSubspaceEncoding(gridded, maps, basis)
+        ahb = op.adjoint_data()
+        cfg_record["gridding"] = grid_times.get("config", {})
+
+    if method == "adjoint":
+        from .recon.classical import adjoint_recon
+
+        coeffs = adjoint_recon(op, kspace, ahb=ahb)
+        if save_iterations:
+            iterations = coeffs[None].clone()
+    elif method in ("llr", "llr-nufft"):
+        from .recon.classical import llr_recon
+
+        out = llr_recon(op, kspace if method == "llr-nufft" else None, ahb=ahb,
+                        duration=_duration_name(n_groups), overrides=config.get("llr"),
+                        save_iterations=save_iterations, callback=callback)
+        coeffs, iterations, cfg_record["llr"] = out.coefficients, out.iterations, out.config
+    else:
+        from .recon.unrolled import resolve_model, run_unrolled
+
+        ckpt = resolve_model(model, method=method, duration=_duration_name(n_groups))
+        out = run_unrolled(ckpt, op, ahb, scan=scan, device=dev,
+                           save_iterations=save_iterations, callback=callback)
+        coeffs, iterations = out.coefficients, out.iterations
+        model_info = out.model_info
+        cfg_record["unroll"] = out.config
+    runtime = time.perf_counter() - t0
+
+    source = None
+    if scan.path is not None:
+        source = {"path": str(scan.path), "sha256": scan.sha256 or ""}
+    return Result(
+        coefficients=coeffs.detach().to("cpu", torch.complex64),
+        basis=basis.detach().cpu(),
+        method=method,
+        groups=n_groups,
+        runtime_s=runtime,
+        device=dev.type,
+        voxel_size_mm=scan.voxel_size_mm,
+        model=model_info,
+        source=source,
+        config=cfg_record,
+        iterations=None if iterations is None else iterations.detach().cpu(),
+        timings=timings,
+    )
 
 
 def recon_file(scan_path: str | Path, out_path: str | Path, *, method: str,
                groups: int | None = None, duration: str | None = None,
                model: str | Path | None = None, device: str = "cpu",
                save_iterations: bool = False, config: str | Path | None = None,
-               callback: Callback | None = None) -> Any:
-    """``spurig recon``: read, reconstruct, write the zarr result."""
-    raise _todo("spurig recon", 4)
+               callback: Callback | None = None) -> Result:
+    """``spurig recon``: read and validate, reconstruct, write the zarr result atomically."""
+    from .io import load_scan
+
+    out = Path(out_path)
+    if out.suffix != ".zarr":
+        raise InputError(f"{out}: the result must be a .zarr directory")
+    overrides: dict[str, Any] = {}
+    if config is not None:
+        import tomllib
+
+        p = Path(config)
+        if not p.exists():
+            raise InputError(f"config {p}: no such file")
+        try:
+            overrides = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config {p}: not valid TOML: {exc}") from None
+    if model is not None and not Path(model).exists():
+        raise InputError(f"model {model}: no such file")
+    scan = load_scan(scan_path)
+    result = reconstruct(scan, method=method, groups=groups, duration=duration, model=model,
+                         device=device, save_iterations=save_iterations, callback=callback,
+                         config=overrides)
+    result.save(out)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# matching and evaluation
+# ----------------------------------------------------------------------------------------------
+def match(result: Result, scan: Scan | None = None, *, device: str = "cpu",
+          callback: Callback | None = None) -> Result:
+    """B1-corrected dictionary matching: the result with ``t1_ms``, ``t2_ms`` and ``pd`` added.
+
+    The scan supplies the B1 map (when it has one) and the sequence; without a scan the default
+    sequence and B1 = 1 are used.
+    """
+    from .data import Sequence
+    from .matching import match_maps
+
+    dev = resolve_device(device)
+    b1 = scan.b1 if scan is not None else None
+    sequence = scan.sequence if scan is not None else Sequence.default()
+    maps = match_maps(result.coefficients, result.basis, b1=b1, sequence=sequence, device=dev,
+                      callback=callback)
+    return result.replace(t1_ms=maps.t1_ms.cpu(), t2_ms=maps.t2_ms.cpu(), pd=maps.pd.cpu())
 
 
 def match_file(result_path: str | Path, *, scan: str | Path | None = None, device: str = "cpu",
-               callback: Callback | None = None) -> Any:
-    """``spurig match``: add T1/T2/PD maps to a result store."""
-    raise _todo("spurig match", 4)
+               callback: Callback | None = None) -> Result:
+    """``spurig match``: add T1/T2/PD maps to a result store (rewritten atomically)."""
+    from .io import load_result, load_scan
+
+    result = load_result(result_path)
+    scan_obj = None
+    if scan is not None:
+        scan_obj = load_scan(scan)
+    elif result.source and Path(result.source.get("path", "")).exists():
+        scan_obj = load_scan(result.source["path"])
+    matched = match(result, scan_obj, device=device, callback=callback)
+    matched.save(result_path)
+    return matched
+
+
+def reference_coefficients(scan: Scan) -> torch.Tensor:
+    """Reference coefficients ``Φ̃^H (pd · signal(t1, t2, b1))`` of a simulated scan (SPEC §5)."""
+    from .metrics import reference_coefficients as _ref
+
+    if scan.reference is None:
+        raise InputError(f"{scan.path}: the scan has no reference/ (ground truth)")
+    return _ref(scan.reference, _scan_basis(scan, torch.device("cpu")), b1=scan.b1,
+                sequence=scan.sequence)
+
+
+def evaluate(result: Result, scan: Scan) -> dict[str, Any]:
+    """The metrics of SPEC §5 for ``result`` against the scan's reference."""
+    from .metrics import evaluate as _evaluate
+
+    return _evaluate(result, scan)
 
 
 def evaluate_file(result_path: str | Path, scan_path: str | Path, *,
                   json_path: str | Path | None = None) -> dict[str, Any]:
-    """``spurig evaluate``."""
-    raise _todo("spurig evaluate", 6)
+    """``spurig evaluate``: metrics, optionally written as JSON (atomically)."""
+    import json
+
+    from .io import atomic_path, load_result, load_scan
+
+    metrics = evaluate(load_result(result_path, lazy=True), load_scan(scan_path))
+    if json_path is not None:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A printable table of :func:`evaluate_file`'s metrics."""
-    raise _todo("metric tables", 6)
+    """A printable table of :func:`evaluate`'s metrics."""
+    from .metrics import format_metrics as _fmt
+
+    return _fmt(metrics)
 
 
 def evaluate_cohort(results_dir: str | Path, *, out_dir: str | Path,
                     callback: Callback | None = None) -> Path:
-    """``spurig evaluate-cohort``."""
-    raise _todo("spurig evaluate-cohort", 6)
+    """``spurig evaluate-cohort``: Tables 1–2, p-values and figures over many results."""
+    from .report import evaluate_cohort as _cohort
+
+    return _cohort(results_dir, out_dir, callback=callback)
 
 
+# ----------------------------------------------------------------------------------------------
+# training, benchmark, export, demo, GUI
+# ----------------------------------------------------------------------------------------------
 def train(stage: str, config: str | Path, *, resume: bool = False,
           callback: Callback | None = None) -> Path:
-    """``spurig train``."""
-    raise _todo("spurig train", 5)
+    """``spurig train``: run one training stage from a TOML config."""
+    if not Path(config).exists():
+        raise InputError(f"config {config}: no such file")
+    from .training.stages import run_stage
+
+    return run_stage(stage, config, resume=resume, callback=callback)
 
 
 def bench(*, matrix: int, groups: int, device: str, scan: str | Path | None,
           methods: tuple[str, ...], out: str | Path | None,
           callback: Callback | None = None) -> str:
-    """``spurig bench``."""
-    raise _todo("spurig bench", 6)
+    """``spurig bench``: the methods on one scan, side by side, as seconds and ratios."""
+    raise NotAvailableError("spurig bench is not implemented yet (issue #6)")
 
 
 def export(result_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """``spurig export``."""
-    raise _todo("spurig export", 6)
+    """``spurig export``: NIfTI maps and coefficient magnitudes."""
+    from .figures import export_result
+
+    return export_result(result_path, out_dir)
 
 
 def demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | None = None) -> str:
-    """``spurig demo``."""
-    raise _todo("spurig demo", 6)
+    """``spurig demo``: grid, reconstruct (SPUR-iG and LLR), match, evaluate, figures, report."""
+    raise NotAvailableError("spurig demo is not implemented yet (issue #6)")
 
 
 def launch_gui(files: list[str]) -> None:
     """``spurig gui``: napari with the plugin's widgets docked and ``files`` opened."""
-    raise _todo("spurig gui", 7)
+    try:
+        from napari_spurig import launch
+    except ImportError as exc:
+        raise NotAvailableError(
+            f"the GUI needs napari and a Qt binding: pip install 'spurig[gui]' ({exc})"
+        ) from None
+    launch(files)
