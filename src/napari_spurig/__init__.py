@@ -1,1 +1,63 @@
-"""napari_spurig: the napari plugin of spurig."""
+"""napari_spurig: the napari plugin of spurig (SPEC §6).
+
+Readers for raw scans (``*.h5``), result stores (``*.zarr``) and NIfTI maps, a NIfTI writer, sample
+data, and four dock widgets (Reconstruct, Train, Quantitative maps, Compare).  Importing this
+package does not import Qt or napari; :func:`launch` (``spurig gui``) does.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WIDGETS", "launch", "make_viewer"]
+
+#: Dock widgets in the order ``spurig gui`` docks them: (display name, class name in ``_widgets``).
+WIDGETS: tuple[tuple[str, str], ...] = (
+    ("Reconstruct", "ReconstructWidget"),
+    ("Quantitative maps", "MapsWidget"),
+    ("Compare", "CompareWidget"),
+    ("Train", "TrainWidget"),
+)
+
+
+def make_viewer(files: list[str] | None = None, *, show: bool = True) -> object:
+    """A napari viewer with the plugin's widgets docked (tabbed) and ``files`` opened.
+
+    Files that cannot be opened are reported as notifications; the viewer still starts.
+
+    Parameters
+    ----------
+    files : list of str, optional
+        Scans, result stores or NIfTI files.
+    show : bool
+        Whether to show the window.
+
+    Returns
+    -------
+    napari.Viewer
+    """
+    import napari
+    from napari.utils.notifications import show_error
+
+    from . import _widgets
+
+    viewer = napari.Viewer(title="spurig", show=show)
+    docks = []
+    for name, cls in WIDGETS:
+        widget = getattr(_widgets, cls)(viewer)
+        docks.append(viewer.window.add_dock_widget(widget, name=name, area="right"))
+    for dock in docks[1:]:
+        viewer.window._qt_window.tabifyDockWidget(docks[0], dock)
+    docks[0].raise_()
+    for f in files or []:
+        try:
+            viewer.open(f, plugin="spurig")
+        except Exception as exc:
+            show_error(f"{f}: {exc.__cause__ or exc}")
+    return viewer
+
+
+def launch(files: list[str]) -> None:
+    """``spurig gui [FILES]``: the viewer of :func:`make_viewer`, then the napari event loop."""
+    import napari
+
+    make_viewer(list(files))
+    napari.run()

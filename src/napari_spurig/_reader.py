@@ -1,0 +1,101 @@
+"""npe2 reader contributions: raw scans (``*.h5``), result stores (``*.zarr``) and NIfTI maps.
+
+Each ``get_*_reader`` returns a reader function for paths it handles and ``None`` for the others
+(e.g. an HDF5 file of another schema), so napari can offer other plugins.  A file of our schema that
+is corrupt makes the reader raise :class:`spurig_core.errors.InputError` with one line naming the
+problem, which napari shows as a notification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ._layers import LayerDataTuple, is_result_store, is_scan_file, nifti_layers, result_layers
+from ._layers import scan_layers as _scan_layers
+
+__all__ = ["get_nifti_reader", "get_result_reader", "get_scan_reader", "read_scan"]
+
+ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
+
+
+def _single(path: str | list[str]) -> str | None:
+    if isinstance(path, list):
+        return path[0] if len(path) == 1 else None
+    return str(path)
+
+
+def read_scan(path: str | list[str]) -> list[LayerDataTuple]:
+    """Reference maps of a raw scan; ``[(None,)]`` (napari's "nothing to show") when it has none."""
+    p = _single(path)
+    assert p is not None
+    layers = _scan_layers(p)
+    if not layers:
+        from napari.utils.notifications import show_info
+
+        show_info(f"{p}: no reference maps; use the Reconstruct widget (method adjoint) for A^H b")
+        return [(None,)]  # type: ignore[list-item]
+    return layers
+
+
+def _read_results(path: str | list[str]) -> list[LayerDataTuple]:
+    paths = path if isinstance(path, list) else [path]
+    return [lay for p in paths for lay in result_layers(p)]
+
+
+def _read_nifti(path: str | list[str]) -> list[LayerDataTuple]:
+    paths = path if isinstance(path, list) else [path]
+    return [lay for p in paths for lay in nifti_layers(p)]
+
+
+def _raise(message: str) -> ReaderFunction:
+    from spurig_core.errors import InputError
+
+    def reader(path: str | list[str]) -> list[LayerDataTuple]:
+        raise InputError(message)
+
+    return reader
+
+
+def get_scan_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Reader for one ``spurig-raw/1`` HDF5 scan, else ``None``."""
+    from spurig_core.errors import InputError
+
+    p = _single(path)
+    if p is None or not p.lower().endswith((".h5", ".hdf5")):
+        return None
+    try:
+        return read_scan if is_scan_file(p) else None
+    except InputError as exc:  # an unreadable .h5: say so instead of failing silently
+        return _raise(str(exc))
+
+
+def get_result_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Reader for ``spurig-result/1`` zarr stores (one or several), else ``None``."""
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(str(p).rstrip("/").lower().endswith(".zarr") for p in paths):
+        return None
+    for p in paths:
+        if not Path(p).exists():
+            return None
+        if not is_result_store(p):
+            from spurig_core.errors import InputError
+
+            try:
+                import zarr
+
+                attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+            except Exception:
+                return None  # not a zarr group at all: leave it to other plugins
+            if "schema" in attrs and str(attrs["schema"]).startswith("spurig-result/"):
+                return _raise(str(InputError(f"{p}: unsupported schema {attrs['schema']!r}")))
+            return None
+    return _read_results
+
+
+def get_nifti_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Reader for NIfTI files (``*.nii``, ``*.nii.gz``), else ``None``."""
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(str(p).lower().endswith((".nii", ".nii.gz")) for p in paths):
+        return None
+    return _read_nifti

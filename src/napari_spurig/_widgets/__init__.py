@@ -1,0 +1,8 @@
+"""Qt dock widgets of the plugin (thin magicgui forms over :mod:`napari_spurig._models`)."""
+
+from ._compare import CompareWidget
+from ._maps import MapsWidget
+from ._reconstruct import ReconstructWidget
+from ._train import TrainWidget
+
+__all__ = ["CompareWidget", "MapsWidget", "ReconstructWidget", "TrainWidget"]

@@ -1,0 +1,133 @@
+"""Shared Qt plumbing of the widgets: running a headless job in a napari worker.
+
+:class:`JobRunner` starts one of :mod:`napari_spurig._models`' generator jobs in a napari
+``thread_worker``, shows a napari progress bar per engine stage, turns errors into notifications
+(never a crash) and reports a user cancel as an info message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JobRunner", "add_layers", "optional_path"]
+
+
+def optional_path(value: Any) -> Path | None:
+    """A magicgui file value, or ``None`` when the field is empty."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", ".") else Path(text)
+
+
+def add_layers(viewer: Any, tuples: list[Any]) -> list[Any]:
+    """Add layer data tuples to ``viewer``; return the new layers."""
+    from napari.layers import Layer
+
+    out = []
+    for data, meta, kind in tuples:
+        out.append(viewer.add_layer(Layer.create(data, dict(meta), kind)))
+    return out
+
+
+class JobRunner:
+    """Run a generator job in a napari worker with progress bars, notifications and cancel.
+
+    Parameters
+    ----------
+    what : str
+        Name used in messages (e.g. ``"reconstruction"``).
+    on_event : callable, optional
+        Called in the GUI thread with each yielded ``ProgressEvent``.
+    on_done : callable, optional
+        Called in the GUI thread with the job's return value.
+    on_stop : callable, optional
+        Called in the GUI thread after the job ended in any way (success, error, cancel).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        on_event: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.what = what
+        self.on_event = on_event
+        self.on_done = on_done
+        self.on_stop = on_stop
+        self.worker: Any = None
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._bars: dict[str, Any] = {}
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is in progress."""
+        return self.worker is not None and self.worker.is_running
+
+    def start(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start ``job(*args, cancel=<event>, **kwargs)`` in a worker thread; return the worker."""
+        from napari.qt.threading import create_worker
+
+        self.cancel = threading.Event()
+        self.error = None
+        self.cancelled = False
+        worker = create_worker(job, *args, cancel=self.cancel, _start_thread=False, **kwargs)
+        worker.yielded.connect(self._yielded)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def request_cancel(self) -> None:
+        """Stop at the engine's next step; nothing is written."""
+        self.cancel.set()
+
+    # -- signal handlers (GUI thread) ----------------------------------------------------------
+    def _yielded(self, event: Any) -> None:
+        from napari.utils import progress
+
+        stage = getattr(event, "stage", "")
+        total = int(getattr(event, "total", 0) or 0)
+        bar = self._bars.get(stage)
+        if bar is None and total > 0:
+            bar = self._bars[stage] = progress(total=total, desc=f"{self.what}: {stage}")
+        if bar is not None:
+            step = min(int(event.step), total) if total else int(event.step)
+            if step > bar.n:
+                bar.update(step - bar.n)
+            if event.message:
+                bar.set_description(f"{self.what}: {event.message}")
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _returned(self, value: Any) -> None:
+        if self.on_done is not None:
+            self.on_done(value)
+
+    def _errored(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        from spurig_core.errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.cancelled = True
+            show_info(f"{self.what} cancelled; nothing was written")
+        else:
+            self.error = exc
+            show_error(f"{self.what} failed: {exc}")
+
+    def _finished(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+        if self.on_stop is not None:
+            self.on_stop()

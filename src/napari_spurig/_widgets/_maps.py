@@ -1,0 +1,131 @@
+"""Quantitative-maps dock widget: dictionary matching of a result → T1, T2, PD layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+
+from .._models import match_job, result_file_layers
+from ._common import JobRunner, add_layers, optional_path
+
+__all__ = ["MapsWidget", "layer_result_paths"]
+
+
+def layer_result_paths(viewer: Any) -> list[tuple[str, str]]:
+    """``(label, store path)`` of the result stores that layers in ``viewer`` came from."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for layer in viewer.layers:
+        path = (layer.metadata.get("spurig") or {}).get("result_path")
+        if path and path not in seen:
+            seen.add(path)
+            out.append((Path(path).name, path))
+    return out
+
+
+def _source_scan(result_path: Path) -> Path | None:
+    import zarr
+
+    try:
+        src = dict(zarr.open_group(str(result_path), mode="r").attrs).get("source") or {}
+    except Exception:  # the job reports unreadable stores
+        return None
+    p = Path(src["path"]) if isinstance(src, dict) and src.get("path") else None
+    return p if p is not None and p.is_file() else None
+
+
+class MapsWidget(Container):
+    """Match a result's coefficients to the dictionary (B1-corrected when the scan has B1).
+
+    The T1/T2/PD maps are written into the result store and shown as layers.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer or napari.components.ViewerModel
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.result_layer = ComboBox(label="result layer", choices=self._choices, nullable=True)
+        self.result = FileEdit(label="or store (.zarr)", mode="d", nullable=True)
+        self.scan = FileEdit(label="scan (.h5)", mode="r", filter="*.h5 *.hdf5", nullable=True)
+        self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
+        self.run_button = PushButton(text="Match")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.result_layer,
+                self.result,
+                self.scan,
+                self.device,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+        self.result_layer.changed.connect(self._pick)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(lambda *_: self.runner.request_cancel())
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(lambda e: self.result_layer.reset_choices())
+        self.runner = JobRunner("matching", on_done=self._on_done, on_stop=self._on_stop)
+
+    def _choices(self, widget: Any = None) -> list[tuple[str, str]]:
+        return layer_result_paths(self.viewer)
+
+    def _pick(self, value: str | None) -> None:
+        if value:
+            self.result.value = value
+            scan = _source_scan(Path(value))
+            if scan is not None and optional_path(self.scan.value) is None:
+                self.scan.value = scan
+
+    def start(self, *_: Any) -> Any:
+        """Start matching; a missing store or scan becomes a notification."""
+        from napari.utils.notifications import show_error
+
+        from spurig_core.errors import InputError
+
+        if self.runner.running:
+            return None
+        result = optional_path(self.result.value)
+        scan = optional_path(self.scan.value)
+        if scan is None and result is not None:
+            scan = _source_scan(result)
+        problem = None
+        if result is None or not result.is_dir():
+            problem = f"result {result or ''}: choose a result store (.zarr)"
+        elif scan is None or not scan.is_file():
+            problem = f"scan {scan or ''}: choose the raw scan the result came from"
+        if problem:
+            show_error(str(InputError(problem)))
+            self.status.value = problem
+            return None
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "matching…"
+        return self.runner.start(match_job, result, scan, device=self.device.value)
+
+    def _on_done(self, path: Path) -> None:
+        stale = [
+            lay
+            for lay in self.viewer.layers
+            if (lay.metadata.get("spurig") or {}).get("result_path") == str(Path(path).resolve())
+            and (lay.metadata.get("spurig") or {}).get("kind") in ("t1", "t2", "pd")
+        ]
+        for lay in stale:
+            self.viewer.layers.remove(lay)
+        add_layers(self.viewer, result_file_layers(path, maps_only=True))
+        self.status.value = f"maps written into {path}"
+
+    def _on_stop(self) -> None:
+        if self.runner.cancelled:
+            self.status.value = "cancelled"
+        elif self.runner.error is not None:
+            self.status.value = f"failed: {self.runner.error}"
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

@@ -1,0 +1,114 @@
+"""Train dock widget: stage, config, resume; progress, a live loss curve and cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+
+from .._models import STAGES, LossHistory, train_job
+from ._common import JobRunner, optional_path
+
+__all__ = ["TrainWidget"]
+
+
+class TrainWidget(Container):
+    """Run a training stage (pretrain, GLEAM, fine-tune) from a TOML config.
+
+    The loss of every reported step is drawn live (matplotlib canvas in the dock).  Cancel stops at
+    the next step; checkpoints the engine already wrote are kept, so "resume" continues from them.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer or napari.components.ViewerModel
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.stage = ComboBox(label="stage", choices=list(STAGES), value="pretrain")
+        self.config = FileEdit(label="config (.toml)", mode="r", filter="*.toml", nullable=True)
+        self.resume = CheckBox(label="resume", value=False)
+        self.run_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend(
+            [self.stage, self.config, self.resume, self.run_button, self.cancel_button, self.status]
+        )
+        self.history = LossHistory()
+        self.checkpoint: Any = None
+        self._make_canvas()
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.request_cancel)
+        self.runner = JobRunner(
+            "training", on_event=self._on_event, on_done=self._on_done, on_stop=self._on_stop
+        )
+
+    def _make_canvas(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(3.5, 2.2), tight_layout=True)
+        self.axes = fig.add_subplot(1, 1, 1)
+        self.axes.set_xlabel("step")
+        self.axes.set_ylabel("loss")
+        (self.line,) = self.axes.plot([], [], "-", lw=1.2)
+        self.canvas = FigureCanvasQTAgg(fig)
+        self.canvas.setMinimumHeight(160)
+        self.native.layout().addWidget(self.canvas)
+
+    def start(self, *_: Any) -> Any:
+        """Validate and start the training stage; errors become notifications."""
+        from napari.utils.notifications import show_error
+
+        from spurig_core.errors import InputError
+
+        if self.runner.running:
+            return None
+        cfg = optional_path(self.config.value)
+        if cfg is None or not cfg.is_file():
+            msg = str(InputError(f"config {cfg or ''}: choose an existing training config (.toml)"))
+            show_error(msg)
+            self.status.value = msg
+            return None
+        self.history = LossHistory()
+        self._redraw()
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"training ({self.stage.value})…"
+        return self.runner.start(
+            train_job, STAGES[self.stage.value], cfg, resume=bool(self.resume.value)
+        )
+
+    def request_cancel(self, *_: Any) -> None:
+        """Stop at the next step; checkpoints written so far stay."""
+        self.runner.request_cancel()
+        self.status.value = "cancelling (checkpoints kept)…"
+
+    def _on_event(self, event: Any) -> None:
+        if self.history.add(event):
+            self._redraw()
+            self.status.value = (
+                f"step {event.step}/{event.total}: loss {self.history.losses[-1]:.4g}"
+            )
+
+    def _redraw(self) -> None:
+        self.line.set_data(self.history.steps, self.history.losses)
+        self.axes.relim()
+        self.axes.autoscale_view()
+        self.canvas.draw_idle()
+
+    def _on_done(self, path: Any) -> None:
+        from napari.utils.notifications import show_info
+
+        self.checkpoint = path
+        self.status.value = f"checkpoint {path}"
+        show_info(f"training finished: {path}")
+
+    def _on_stop(self) -> None:
+        if self.runner.cancelled:
+            self.status.value = "cancelled (resume to continue from the last checkpoint)"
+        elif self.runner.error is not None:
+            self.status.value = f"failed: {self.runner.error}"
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

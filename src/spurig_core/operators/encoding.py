@@ -1,0 +1,493 @@
+r"""The subspace encoding ``A = F_u S Φ̃`` and its normal operator (paper 2.1 and 2.3.1).
+
+Coefficients ``α`` of shape ``(basis, x, y, z)`` are encoded to k-space ``(coils, groups, tr, samples)``:
+
+.. math:: (A α)[c, g, t, s] = \sum_k Φ̃[t, k] \sum_r S_c(r)\, α_k(r)\, e^{-2πi\, k_{gts}·(r − N/2)/N}
+
+(SPEC §3 forward model with ``m_t = Σ_k Φ̃[t,k] α_k``).  The Fourier transform acts on the ``basis``
+coefficient maps (it commutes with the temporal basis); ``Φ̃`` mixes per sample.
+
+Two implementations:
+
+- :class:`SubspaceNUFFTEncoding`: the samples at the trajectory (type-2 / type-1 NUFFT).  Its
+  ``gram`` is forward followed by adjoint, one coil at a time: the paper's slow baseline.
+- :class:`GriddedSubspaceEncoding`: the samples moved to the oversampled grid by iGROG
+  (:class:`~spurig_core.operators.grid.GriddedData`).  Only FFTs are needed, and the normal operator
+  is exact without Toeplitz embedding: per grid point ``p`` the basis×basis kernel
+
+  .. math:: K[k', k](p) = \sum_{(g,t,s):\ \mathrm{index}[g,t,s] = p} \overline{Φ̃[t,k']}\, Φ̃[t,k]
+
+  (duplicates counted), so ``A^H A α = Σ_c \overline{S_c}\, \mathrm{crop}\, F^H K F\, \mathrm{pad}(S_c α)``.
+  The data enter a reconstruction only once, as ``A^H b`` (:meth:`GriddedSubspaceEncoding.adjoint_data`).
+
+Both follow the device of the coil maps they were built with (CPU or CUDA), work in complex64 and
+give the adjoint as the autograd gradient.  :func:`adjoint_scale` is the norm-matching scale of the
+paper's appendix A.1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from .base import LinearOperator
+from .fourier import NUFFT, apply_linear, centre_offset, modulation
+from .grid import GriddedData
+
+__all__ = [
+    "GriddedEncodingConfig",
+    "GriddedSubspaceEncoding",
+    "SubspaceNUFFTEncoding",
+    "adjoint_scale",
+]
+
+_DIMS = (-3, -2, -1)
+
+
+def _check_maps_basis(coil_maps: torch.Tensor, basis: torch.Tensor, tr: int, name: str) -> None:
+    if coil_maps.ndim != 4:
+        raise InputError(f"{name}: coil_maps must be (coils, x, y, z), got {tuple(coil_maps.shape)}")
+    if basis.ndim != 2 or basis.shape[0] != tr:
+        raise InputError(f"{name}: basis must be (tr, basis) with tr = {tr}, got "
+                         f"{tuple(basis.shape)}")
+    for what, t in (("coil_maps", coil_maps), ("basis", basis)):
+        if not torch.isfinite(torch.view_as_real(t.to(torch.complex64))).all():
+            raise InputError(f"{name}: {what} contains NaN or Inf")
+
+
+def _mix_basis(y: torch.Tensor, phi_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[g, t, s] = Σ_k phi_t[k, 0, t, 0] · y[k, g, t, s]`` (in place into ``out``)."""
+    torch.mul(y[0], phi_t[0], out=out)
+    for k in range(1, y.shape[0]):
+        out.addcmul_(y[k], phi_t[k])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# NUFFT encoding (the baseline)
+# ------------------------------------------------------------------------------------------------
+class SubspaceNUFFTEncoding(LinearOperator):
+    """``A = F_u S Φ̃`` with the NUFFT at the acquired trajectory.
+
+    Parameters
+    ----------
+    trajectory : Tensor, shape (groups, tr, samples, 3), float
+        Sample positions in cycles per FOV (SPEC §3).
+    coil_maps : Tensor, shape (coils, x, y, z), complex64
+        Sensitivities; their device is where the operator computes.
+    basis : Tensor, shape (tr, basis), complex64
+        Temporal (balanced) basis ``Φ̃``.
+    eps : float
+        NUFFT accuracy (``1e-4`` default; see ``benchmarks/RESULTS-operators.md``).
+    nthreads : int, optional
+        finufft threads.
+
+    Notes
+    -----
+    Shapes: ``(basis, x, y, z)`` → ``(coils, groups, tr, samples)``.  One coil at a time is
+    transformed (``basis`` NUFFTs per call), so the working memory is ``basis × groups·tr·samples``.
+    """
+
+    def __init__(self, trajectory: torch.Tensor, coil_maps: torch.Tensor, basis: torch.Tensor, *,
+                 eps: float = 1e-4, nthreads: int | None = None) -> None:
+        if trajectory.ndim != 4 or trajectory.shape[-1] != 3:
+            raise InputError(f"SubspaceNUFFTEncoding: trajectory must be (groups, tr, samples, 3), "
+                             f"got {tuple(trajectory.shape)}")
+        g, t, s, _ = trajectory.shape
+        _check_maps_basis(coil_maps, basis, t, "SubspaceNUFFTEncoding")
+        self.device = coil_maps.device
+        self.maps = coil_maps.to(torch.complex64)
+        self.basis = basis.to(self.device, torch.complex64)
+        self.matrix = tuple(int(n) for n in coil_maps.shape[1:])
+        nb = self.basis.shape[1]
+        self.nufft = NUFFT(trajectory.to(self.device), self.matrix, batch=(nb,), eps=eps,
+                           nthreads=nthreads)
+        super().__init__((nb, *self.matrix), (coil_maps.shape[0], g, t, s),
+                         name="SubspaceNUFFTEncoding")
+        self._phi_t = self.basis.T.reshape(nb, 1, t, 1).contiguous()
+
+    def _fwd(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.complex64)
+        out = torch.empty(self.out_shape, dtype=torch.complex64, device=x.device)  # type: ignore[arg-type]
+        sh = self.out_shape[1:]  # type: ignore[index]
+        for c in range(self.maps.shape[0]):
+            y = self.nufft._type2(self.maps[c] * x).reshape(-1, *sh)
+            _mix_basis(y, self._phi_t, out[c])
+        return out
+
+    def _adj(self, b: torch.Tensor) -> torch.Tensor:
+        b = b.to(torch.complex64)
+        acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=b.device)  # type: ignore[arg-type]
+        phi_c = self._phi_t.conj()
+        for c in range(self.maps.shape[0]):
+            w = phi_c * b[c].unsqueeze(0)  # (basis, groups, tr, samples)
+            img = self.nufft._type1(w.reshape(w.shape[0], -1))
+            acc.addcmul_(img, self.maps[c].conj())
+        return acc
+
+    def _gram(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.complex64)
+        acc = torch.zeros_like(x)
+        sh = self.out_shape[1:]  # type: ignore[index]
+        phi_c = self._phi_t.conj()
+        line = torch.empty(sh, dtype=torch.complex64, device=x.device)
+        for c in range(self.maps.shape[0]):
+            y = self.nufft._type2(self.maps[c] * x).reshape(-1, *sh)
+            _mix_basis(y, self._phi_t, line)
+            torch.mul(phi_c, line.unsqueeze(0), out=y)
+            img = self.nufft._type1(y.reshape(y.shape[0], -1))
+            acc.addcmul_(img, self.maps[c].conj())
+        return acc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(basis, x, y, z)`` → ``(coils, groups, tr, samples)``."""
+        self.check_in(x)
+        return apply_linear(x, self._fwd, self._adj)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``(coils, groups, tr, samples)`` → ``(basis, x, y, z)``."""
+        self.check_out(y)
+        return apply_linear(y, self._adj, self._fwd)
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^H A x`` as NUFFT forward then adjoint, one coil at a time (the slow baseline)."""
+        self.check_in(x)
+        return apply_linear(x, self._gram, self._gram)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gridded encoding (SPUR-iG data consistency)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GriddedEncodingConfig:
+    """Tunables of :class:`GriddedSubspaceEncoding`.
+
+    Attributes
+    ----------
+    chunk : int
+        Grid points per block of the kernel mixing on the CPU (cache-sized blocks were ~6× faster
+        than whole-volume elementwise operations); ``0`` = one block (always on CUDA).
+    sparse : bool or None
+        Store the kernels only at the sampled grid points (gather/scatter around the mixing).
+        ``None``: when fewer than ``sparse_below`` of the grid points are sampled.
+    sparse_below : float
+        Sampled fraction below which ``sparse=None`` chooses the sparse storage.
+    samples_per_block : int
+        Samples per block while building the kernels (bounds the memory of the build).
+    """
+
+    chunk: int = 16384
+    sparse: bool | None = None
+    sparse_below: float = 0.35
+    samples_per_block: int = 1 << 18
+
+
+class GriddedSubspaceEncoding(LinearOperator):
+    """``A = P_index F pad S Φ̃`` on iGROG-gridded samples, with an exact FFT-only ``gram``.
+
+    Parameters
+    ----------
+    gridded : GriddedData
+        Gridded samples: ``values (coils, groups, tr, samples)``, ``index (groups, tr, samples)``
+        into the oversampled grid ``(X, Y, Z)``, image ``matrix``.
+    coil_maps : Tensor, shape (coils, x, y, z), complex64
+        Sensitivities on the image matrix; their device is where the operator computes.
+    basis : Tensor, shape (tr, basis), complex64
+        Temporal (balanced) basis ``Φ̃``.
+    config : GriddedEncodingConfig, optional
+
+    Notes
+    -----
+    Forward: pad ``S_c α_k`` to the grid, centred FFT (the SPEC §3 sum, evaluated at the grid
+    frequencies ``(p − X//2)·N/X``, see :mod:`~spurig_core.operators.grid`), gather ``index``, mix
+    ``Σ_k Φ̃[t,k]``.  Adjoint: the exact adjoint (scatter-add, duplicates add).  ``gram``: pad, FFT,
+    per-point ``basis × basis`` kernel ``K``, inverse FFT, crop; ``K`` is built once (``basis² · X·Y·Z``
+    complex64).  The FFT checkerboards cancel in ``gram`` and are folded into the coil maps.
+    """
+
+    def __init__(self, gridded: GriddedData, coil_maps: torch.Tensor, basis: torch.Tensor, *,
+                 config: GriddedEncodingConfig | None = None) -> None:
+        self.config = config or GriddedEncodingConfig()
+        idx = gridded.index
+        if idx.ndim != 3:
+            raise InputError(f"GriddedSubspaceEncoding: index must be (groups, tr, samples), got "
+                             f"{tuple(idx.shape)}")
+        g, t, s = idx.shape
+        _check_maps_basis(coil_maps, basis, t, "GriddedSubspaceEncoding")
+        self.matrix = tuple(int(n) for n in gridded.matrix)
+        self.grid = tuple(int(n) for n in gridded.grid)
+        if tuple(coil_maps.shape[1:]) != self.matrix:
+            raise InputError(f"GriddedSubspaceEncoding: coil maps {tuple(coil_maps.shape[1:])} do "
+                             f"not match the gridded matrix {self.matrix}")
+        vs = tuple(gridded.values.shape)
+        if vs != (coil_maps.shape[0], g, t, s):
+            raise InputError(f"GriddedSubspaceEncoding: values {vs} do not match "
+                             f"(coils, groups, tr, samples) = {(coil_maps.shape[0], g, t, s)}")
+        self.n_grid = math.prod(self.grid)
+        if idx.dtype not in (torch.int64, torch.int32) or (idx.numel() and (
+                int(idx.min()) < 0 or int(idx.max()) >= self.n_grid)):
+            raise InputError(f"GriddedSubspaceEncoding: index must be integers in [0, {self.n_grid})")
+        self.gridded = gridded
+        self.device = coil_maps.device
+        self.n_coils = int(coil_maps.shape[0])
+        self.n_basis = int(basis.shape[1])
+        sl = centre_offset(self.matrix, self.grid)
+        self._crop = tuple(slice(o, o + n) for o, n in zip(sl, self.matrix, strict=True))
+        super().__init__((self.n_basis, *self.matrix), (self.n_coils, g, t, s),
+                         name="GriddedSubspaceEncoding")
+        dev = self.device
+        pre, post = modulation(self.grid, dev)
+        self._post = post
+        maps = coil_maps.to(dev, torch.complex64)
+        self._smod = maps * pre[self._crop]  # checkerboard folded into the maps
+        self._smod_conj = self._smod.conj()
+        self.basis = basis.to(dev, torch.complex64)
+        self._phi_t = self.basis.T.reshape(self.n_basis, 1, t, 1).contiguous()
+        self._index = idx.to(dev, torch.int64).reshape(-1)
+        self._chunk = self.config.chunk if dev.type == "cpu" and self.config.chunk > 0 else 0
+        self._build_kernels()
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._ahb: torch.Tensor | None = None
+
+    # -- kernels -----------------------------------------------------------------------------------
+    def _build_kernels(self) -> None:
+        nb, dev = self.n_basis, self.device
+        g, t, s = self.gridded.index.shape
+        # outer[t, k', k] = conj(Φ̃[t,k']) Φ̃[t,k]
+        outer = (self.basis.conj()[:, :, None] * self.basis[:, None, :]).reshape(t, nb * nb)
+        kern = torch.zeros((self.n_grid, nb * nb), dtype=torch.complex64, device=dev)
+        idx = self._index.reshape(g, t, s)
+        tr_block = max(1, self.config.samples_per_block // max(1, g * s))
+        for t0 in range(0, t, tr_block):
+            t1 = min(t, t0 + tr_block)
+            ids = idx[:, t0:t1, :].reshape(-1)
+            src = outer[t0:t1].reshape(1, t1 - t0, 1, nb * nb).expand(g, -1, s, -1)
+            kern.index_add_(0, ids, src.reshape(-1, nb * nb))
+        sampled = torch.unique(self._index)
+        frac = sampled.numel() / self.n_grid
+        sparse = self.config.sparse if self.config.sparse is not None else (
+            frac < self.config.sparse_below)
+        self.sampled_fraction = frac
+        self.sparse = bool(sparse)
+        if self.sparse:
+            self._loc: torch.Tensor | None = sampled
+            self._kernel = kern[sampled].T.reshape(nb, nb, -1).contiguous()
+        else:
+            self._loc = None
+            self._kernel = kern.T.reshape(nb, nb, -1).contiguous()
+
+    @property
+    def kernels(self) -> torch.Tensor:
+        """The per-location kernels ``K``, shape (basis, basis, X, Y, Z), complex64 (a new tensor)."""
+        nb = self.n_basis
+        if self._loc is None:
+            return self._kernel.reshape(nb, nb, *self.grid).clone()
+        full = torch.zeros((nb, nb, self.n_grid), dtype=torch.complex64, device=self.device)
+        full[:, :, self._loc] = self._kernel
+        return full.reshape(nb, nb, *self.grid)
+
+    # -- buffers -----------------------------------------------------------------------------------
+    def _buf(self, name: str, zero: bool = False) -> torch.Tensor:
+        b = self._buffers.get(name)
+        if b is None:
+            b = torch.zeros((self.n_basis, *self.grid), dtype=torch.complex64, device=self.device)
+            self._buffers[name] = b
+        elif zero:
+            b.zero_()
+        return b
+
+    def release_buffers(self) -> None:
+        """Free the preallocated work buffers (``3 × basis·X·Y·Z`` complex64)."""
+        self._buffers.clear()
+
+    def _pad_fft(self, x: torch.Tensor, c: int) -> torch.Tensor:
+        """``fft(pre · pad(S_c x))`` into the ``f`` buffer (no post-modulation)."""
+        bin_ = self._buf("in")  # border stays zero: only the centre is ever written
+        torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
+        bf = self._buf("f")
+        torch.fft.fftn(bin_, dim=_DIMS, out=bf)
+        return bf
+
+    def _ifft_crop_acc(self, z: torch.Tensor, c: int, acc: torch.Tensor) -> None:
+        """``acc += conj(S_c pre) · crop(Σ_p z e^{+...})`` (adjoint of :meth:`_pad_fft`)."""
+        bf = self._buf("f")
+        torch.fft.ifftn(z, dim=_DIMS, norm="forward", out=bf)
+        acc.addcmul_(bf[(slice(None), *self._crop)], self._smod_conj[c])
+
+    def _mix(self, y: torch.Tensor) -> torch.Tensor:
+        """``z[k'] = Σ_k K[k',k] y[k]`` per grid point, into the ``z`` buffer."""
+        nb = self.n_basis
+        z = self._buf("z")
+        yv, zv = y.reshape(nb, -1), z.reshape(nb, -1)
+        if self._loc is not None:
+            ys = yv.index_select(1, self._loc)
+            zs = torch.empty_like(ys)
+        else:
+            ys, zs = yv, zv
+        n = ys.shape[1]
+        step = self._chunk or n
+        kern = self._kernel
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            yc, zc, kc = ys[:, s:e], zs[:, s:e], kern[:, :, s:e]
+            for a in range(nb):
+                torch.mul(kc[a, 0], yc[0], out=zc[a])
+                for b in range(1, nb):
+                    zc[a].addcmul_(kc[a, b], yc[b])
+        if self._loc is not None:
+            zv.index_copy_(1, self._loc, zs)
+        return z
+
+    # -- raw maps (no autograd) ------------------------------------------------------------------
+    def _fwd(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.complex64)
+        out = torch.empty(self.out_shape, dtype=torch.complex64, device=x.device)  # type: ignore[arg-type]
+        sh = self.out_shape[1:]  # type: ignore[index]
+        for c in range(self.n_coils):
+            bf = self._pad_fft(x, c)
+            bf.mul_(self._post)
+            y = bf.reshape(self.n_basis, -1).index_select(1, self._index)
+            _mix_basis(y.reshape(self.n_basis, *sh), self._phi_t, out[c])
+        return out
+
+    def _project_coil(self, bc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out[k, p] = Σ_{index = p} conj(Φ̃[t,k]) bc[g,t,s]`` (zeroes ``out`` first)."""
+        out.zero_()
+        ov = out.reshape(self.n_basis, -1)
+        for k in range(self.n_basis):
+            w = (bc * self._phi_t[k].conj()).reshape(-1)
+            ov[k].index_add_(0, self._index, w)
+        return out
+
+    def _adj(self, b: torch.Tensor) -> torch.Tensor:
+        b = b.to(torch.complex64)
+        acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=b.device)  # type: ignore[arg-type]
+        z = self._buf("z")
+        for c in range(self.n_coils):
+            self._project_coil(b[c], z)
+            z.mul_(self._post.conj())
+            self._ifft_crop_acc(z, c, acc)
+        # (z is zero off the sampled points, as the sparse mixing requires)
+        return acc
+
+    def _gram(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.complex64)
+        acc = torch.zeros_like(x)
+        for c in range(self.n_coils):
+            y = self._pad_fft(x, c)
+            z = self._mix(y)
+            self._ifft_crop_acc(z, c, acc)
+        return acc
+
+    # -- operator interface ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(basis, x, y, z)`` → ``(coils, groups, tr, samples)``."""
+        self.check_in(x)
+        return apply_linear(x, self._fwd, self._adj)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``(coils, groups, tr, samples)`` → ``(basis, x, y, z)``."""
+        self.check_out(y)
+        return apply_linear(y, self._adj, self._fwd)
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^H A x`` by FFT and the per-point kernels (exact for gridded data)."""
+        self.check_in(x)
+        return apply_linear(x, self._gram, self._gram)
+
+    def project(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected k-space ``b̃[c, k, p] = Σ_{(g,t,s): index = p} conj(Φ̃[t,k]) b[c,g,t,s]``.
+
+        Parameters
+        ----------
+        values : Tensor, shape (coils, groups, tr, samples), optional
+            Default: the gridded data's own values.
+
+        Returns
+        -------
+        Tensor, shape (coils, basis, X, Y, Z), complex64
+        """
+        b = self._values(values)
+        out = torch.empty((self.n_coils, self.n_basis, *self.grid), dtype=torch.complex64,
+                          device=self.device)
+        with torch.no_grad():
+            for c in range(self.n_coils):
+                self._project_coil(b[c], out[c])
+        return out
+
+    def adjoint_projected(self, projected: torch.Tensor) -> torch.Tensor:
+        """``A^H b`` from the projected k-space of :meth:`project`: ``(coils, basis, X, Y, Z)`` →
+        ``(basis, x, y, z)``."""
+        want = (self.n_coils, self.n_basis, *self.grid)
+        if tuple(projected.shape) != want:
+            raise InputError(f"{self.name}: projected k-space has shape "
+                             f"{tuple(projected.shape)}, expected {want}")
+        acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=self.device)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for c in range(self.n_coils):
+                z = projected[c].to(self.device, torch.complex64) * self._post.conj()
+                self._ifft_crop_acc(z, c, acc)
+        return acc
+
+    def adjoint_data(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """``A^H b`` of the gridded data (computed once and cached for the data's own values).
+
+        Parameters
+        ----------
+        values : Tensor, shape (coils, groups, tr, samples), optional
+            Other data on the same sample layout (not cached).
+
+        Returns
+        -------
+        Tensor, shape (basis, x, y, z), complex64
+        """
+        if values is not None:
+            return self.adjoint(self._values(values))
+        if self._ahb is None:
+            with torch.no_grad():
+                self._ahb = self._adj(self._values(None))
+        return self._ahb.clone()
+
+    def _values(self, values: torch.Tensor | None) -> torch.Tensor:
+        b = self.gridded.values if values is None else values
+        self.check_out(b)
+        if not torch.isfinite(torch.view_as_real(b.to(torch.complex64))).all():
+            raise InputError(f"{self.name}: k-space contains NaN or Inf")
+        return b.to(self.device, torch.complex64)
+
+
+def adjoint_scale(op: LinearOperator, b: torch.Tensor, *, ahb: torch.Tensor | None = None) -> float:
+    """Norm-matching scale ``s = ‖b‖₂ / ‖A A^H b‖₂`` (paper appendix A.1).
+
+    The unrolled reconstruction starts from ``s · A^H b``; the adjoint reconstruction returns it.
+    ``‖A v‖₂`` is computed as ``√⟨v, A^H A v⟩`` with ``v = A^H b``, so a fast ``gram`` is used.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        The encoding ``A``.
+    b : Tensor, shape (coils, groups, tr, samples)
+        Measured (or gridded) k-space.
+    ahb : Tensor, shape (basis, x, y, z), optional
+        ``A^H b`` when already computed.
+
+    Returns
+    -------
+    float
+        ``s`` (``0.0`` when ``b`` is zero).
+    """
+    with torch.no_grad():
+        v = op.adjoint(b) if ahb is None else ahb
+        nb = float(torch.linalg.vector_norm(b.to(torch.complex128)))
+        if nb == 0.0:
+            return 0.0
+        av2 = float(torch.vdot(v.reshape(-1).to(torch.complex128),
+                               op.gram(v).reshape(-1).to(torch.complex128)).real)
+        if av2 <= 0.0:
+            raise InputError(f"{op.name}: A A^H b is zero; cannot scale the initialisation")
+        return nb / math.sqrt(av2)
+

@@ -1,0 +1,485 @@
+"""The unrolled SPUR-iG reconstruction (paper eq. 2–3, section 2.3, appendix A.1).
+
+For ``i = 1 … N`` (``N = 6`` by default)::
+
+    α_{i−½} = α_{i−1} − μ_i · (A^H A α_{i−1} − A^H b)        (DC step, eq. 2)
+    α_i     = f_θ(α_{i−½}, i)                                 (learned prior, eq. 3)
+
+with ``α_0 = s · A^H b``, ``s = ‖b‖₂ / ‖A A^H b‖₂`` (appendix A.1).  ``A^H A`` is the operator's
+:meth:`~spurig_core.operators.base.LinearOperator.gram` (the FFT-based gridded gram of
+:class:`spurig_core.operators.encoding.GriddedSubspaceEncoding` in SPUR-iG; any operator works).
+
+Step sizes are ``μ_i = exp(ρ_i) / L`` with learnable ``ρ_i`` (initialised to ``log(mu_init)``) and
+``L ≈ ‖A^H A‖₂`` estimated per scan by a few deterministic power iterations started at ``A^H b``
+(or given, e.g. precomputed for training examples).  With ``mu_init = 1`` the untrained network
+starts from gradient steps of ``1/L``, the classical safe step, whatever the number of coils,
+groups or the scale of the data.
+
+:class:`UnrolledRecon` runs full (plain) unrolling, GLEAM-style detached steps, or full unrolling
+with gradient checkpointing across DC and denoiser steps (training stages 2 and 3, appendix
+A.3–A.4),
+and the denoisers are shared across steps or separate (ablation of section 3.3).  Checkpoints
+written by the training stages are read back with :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import from_dict, to_dict
+from ..data import Sequence
+from ..errors import InputError
+from ..operators.base import LinearOperator
+from ..progress import Callback, emit
+from .networks import Denoiser, UNetConfig
+
+__all__ = [
+    "MODEL_KIND",
+    "TRAIN_KIND",
+    "UnrollConfig",
+    "UnrolledRecon",
+    "check_model_fits",
+    "estimate_lipschitz",
+    "load_model",
+    "model_state",
+    "scaled_init",
+]
+
+#: ``kind`` of a model file written at the end of a training stage.
+MODEL_KIND = "spurig-model"
+#: ``kind`` of a resumable training checkpoint (a superset of a model file).
+TRAIN_KIND = "spurig-train"
+
+Mode = Literal["full", "gleam", "checkpoint"]
+
+
+@dataclass(frozen=True)
+class UnrollConfig:
+    """Tunables of :class:`UnrolledRecon`.
+
+    Attributes
+    ----------
+    steps : int
+        Unroll iterations ``N`` (6 in the paper, chosen by the ablation of section 3.3).
+    share_weights : bool
+        One denoiser for all steps (``False``: a separate UNet per step, the "no WS" ablation).
+    mu_init : float
+        Initial step size in units of ``1/L``.
+    power_iters : int
+        Power iterations for ``L`` when it is not given.
+    network : UNetConfig
+        The denoiser (``dim=3`` for SPUR-iG, ``dim=2`` for the hybrid baseline).
+    """
+
+    steps: int = 6
+    share_weights: bool = True
+    mu_init: float = 1.0
+    power_iters: int = 8
+    network: UNetConfig = field(default_factory=UNetConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise InputError(f"UnrollConfig.steps: must be at least 1, got {self.steps}")
+        if not self.mu_init > 0:
+            raise InputError(f"UnrollConfig.mu_init: must be positive, got {self.mu_init}")
+        if self.power_iters < 1:
+            raise InputError("UnrollConfig.power_iters: must be at least 1")
+
+
+def estimate_lipschitz(op: LinearOperator, x0: torch.Tensor, *, iters: int = 8) -> float:
+    """``L ≈ ‖A^H A‖₂`` by deterministic power iteration on ``op.gram`` started at ``x0``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        Operator with domain ``(basis, x, y, z)``.
+    x0 : Tensor, shape (basis, x, y, z), complex64
+        Start vector (``A^H b`` is a good one; no random numbers are drawn).
+    iters : int
+        Number of iterations (the estimate approaches ``L`` from below; a few suffice for a
+        step size).
+
+    Returns
+    -------
+    float
+        The estimate (1.0 when ``x0`` or ``A^H A x0`` is zero).
+    """
+    with torch.no_grad():
+        n = float(torch.linalg.vector_norm(x0))
+        if n == 0.0:
+            return 1.0
+        x = x0 / n
+        est = 0.0
+        for _ in range(iters):
+            y = op.gram(x)
+            est = float(torch.linalg.vector_norm(y))
+            if est == 0.0:
+                return 1.0
+            x = y / est
+    return est
+
+
+def scaled_init(op: LinearOperator, ahb: torch.Tensor, b_norm: float) -> tuple[torch.Tensor, float]:
+    """The initialisation ``s · A^H b`` with ``s = ‖b‖₂ / ‖A A^H b‖₂`` (appendix A.1).
+
+    ``‖A A^H b‖₂² = ⟨A^H b, A^H A A^H b⟩`` needs only the gram, so gridded operators that never
+    form ``A`` itself work too.
+
+    Parameters
+    ----------
+    op : LinearOperator
+    ahb : Tensor, shape (basis, x, y, z), complex64
+        ``A^H b``.
+    b_norm : float
+        ``‖b‖₂`` of the (gridded) data.
+
+    Returns
+    -------
+    x0 : Tensor, shape (basis, x, y, z), complex64
+    s : float
+    """
+    from .classical import norm_matching_scale
+
+    with torch.no_grad():
+        s = norm_matching_scale(op, ahb, b_norm)
+    return ahb * s, s
+
+
+class UnrolledRecon(nn.Module):
+    """SPUR-iG: ``N`` alternations of a gradient DC step and a step-conditioned denoiser.
+
+    Parameters
+    ----------
+    cfg : UnrollConfig
+    """
+
+    def __init__(self, cfg: UnrollConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = 1 if cfg.share_weights else cfg.steps
+        self.denoisers = nn.ModuleList(Denoiser(cfg.network) for _ in range(n))
+        self.log_mu = nn.Parameter(torch.full((cfg.steps,), math.log(cfg.mu_init)))
+
+    # -- pieces ------------------------------------------------------------------------------
+    def denoiser(self, i: int) -> Denoiser:
+        """The denoiser of step ``i`` (0-based)."""
+        return self.denoisers[0 if self.cfg.share_weights else i]
+
+    def mu(self, i: int, lipschitz: float) -> torch.Tensor:
+        """Step size ``μ_i = exp(ρ_i) / L`` of step ``i`` (0-based)."""
+        return torch.exp(self.log_mu[i]) / lipschitz
+
+    def step(
+        self,
+        op: LinearOperator,
+        ahb: torch.Tensor,
+        alpha: torch.Tensor,
+        i: int,
+        lipschitz: float,
+    ) -> torch.Tensor:
+        """One unroll iteration (eq. 2 then eq. 3) with 0-based ``i`` (FiLM index ``i + 1``).
+
+        Parameters
+        ----------
+        op : LinearOperator
+        ahb : Tensor, shape (basis, x, y, z), complex64
+        alpha : Tensor, shape (basis, x, y, z), complex64
+        i : int
+        lipschitz : float
+
+        Returns
+        -------
+        Tensor, shape (basis, x, y, z), complex64
+        """
+        half = alpha - self.mu(i, lipschitz).to(alpha.real.dtype) * (op.gram(alpha) - ahb)
+        return self.denoiser(i)(half, i + 1)
+
+    # -- the whole reconstruction --------------------------------------------------------------
+    def forward(
+        self,
+        op: LinearOperator,
+        ahb: torch.Tensor,
+        x0: torch.Tensor,
+        *,
+        lipschitz: float | None = None,
+        mode: Mode = "full",
+        steps: int | None = None,
+        return_all: bool = False,
+        callback: Callback | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Unroll from ``x0``.
+
+        Parameters
+        ----------
+        op : LinearOperator
+            The encoding operator (only ``op.gram`` is used).
+        ahb : Tensor, shape (basis, x, y, z), complex64
+            ``A^H b``.
+        x0 : Tensor, shape (basis, x, y, z), complex64
+            The initialisation (``s · A^H b``, see :func:`scaled_init`).
+        lipschitz : float, optional
+            ``‖A^H A‖₂``; estimated with :func:`estimate_lipschitz` when omitted.
+        mode : {"full", "gleam", "checkpoint"}
+            ``"full"`` keeps the whole graph; ``"gleam"`` detaches the input of every step, so that
+            a loss on step ``i`` only reaches step ``i``'s parameters (GLEAM, appendix A.3);
+            ``"checkpoint"`` recomputes each DC and denoiser step in the backward pass
+            (``torch.utils.checkpoint``, appendix A.4) and gives the same gradients as ``"full"``.
+        steps : int, optional
+            Number of steps to run (default ``cfg.steps``).
+        return_all : bool
+            Return the list ``[x0, α_1, …, α_N]`` instead of ``α_N``.
+        callback : Callback, optional
+            ``emit(callback, "unroll", i, N, data=α_i)`` after each step; may raise
+            :class:`~spurig_core.errors.Cancelled`.
+
+        Returns
+        -------
+        Tensor, shape (basis, x, y, z), or list of them
+        """
+        n = self.cfg.steps if steps is None else steps
+        if n > self.cfg.steps:
+            raise InputError(f"UnrolledRecon: {n} steps requested, the model has {self.cfg.steps}")
+        if ahb.shape != x0.shape or ahb.ndim != 4 or ahb.shape[0] != self.cfg.network.basis:
+            raise InputError(
+                f"UnrolledRecon: A^H b {tuple(ahb.shape)} and x0 {tuple(x0.shape)} must both be "
+                f"({self.cfg.network.basis}, x, y, z)"
+            )
+        if lipschitz is None:
+            lipschitz = estimate_lipschitz(op, ahb, iters=self.cfg.power_iters)
+        alpha = x0
+        out = [x0] if return_all else []
+        for i in range(n):
+            if mode == "gleam":
+                alpha = self.step(op, ahb, alpha.detach(), i, lipschitz)
+            elif mode == "checkpoint" and torch.is_grad_enabled():
+                alpha = checkpoint(self.step, op, ahb, alpha, i, lipschitz, use_reentrant=False)
+            else:
+                alpha = self.step(op, ahb, alpha, i, lipschitz)
+            if return_all:
+                out.append(alpha)
+            emit(
+                callback,
+                "unroll",
+                i + 1,
+                n,
+                f"unroll step {i + 1}/{n}",
+                data=alpha.detach() if callback is not None else None,
+            )
+        return out if return_all else alpha
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        op: LinearOperator,
+        ahb: torch.Tensor,
+        *,
+        b_norm: float,
+        lipschitz: float | None = None,
+        save_iterations: bool = False,
+        callback: Callback | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inference: scaled initialisation, then ``N`` steps without a graph.
+
+        Parameters
+        ----------
+        op : LinearOperator
+        ahb : Tensor, shape (basis, x, y, z), complex64
+            ``A^H b``.
+        b_norm : float
+            ``‖b‖₂`` of the data (for the scale ``s``).
+        lipschitz : float, optional
+        save_iterations : bool
+            Also return the initialisation and every step's output.
+        callback : Callback, optional
+            Progress per step with the current iterate as ``data``; may raise ``Cancelled``.
+
+        Returns
+        -------
+        coefficients : Tensor, shape (basis, x, y, z), complex64
+        iterations : Tensor, shape (steps + 1, basis, x, y, z), complex64, or None
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            x0, _ = scaled_init(op, ahb, b_norm)
+            res = self.forward(
+                op, ahb, x0, lipschitz=lipschitz, return_all=save_iterations, callback=callback
+            )
+        finally:
+            self.train(was_training)
+        if save_iterations:
+            assert isinstance(res, list)
+            return res[-1], torch.stack(res)
+        assert isinstance(res, torch.Tensor)
+        return res, None
+
+
+# ----------------------------------------------------------------------------------------------
+# model files
+# ----------------------------------------------------------------------------------------------
+def model_state(
+    model: UnrolledRecon,
+    *,
+    sequence: Sequence,
+    basis: torch.Tensor,
+    kind: str = MODEL_KIND,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dictionary saved as a model file (``io.save_checkpoint``).
+
+    Parameters
+    ----------
+    model : UnrolledRecon
+    sequence : Sequence
+        The acquisition the model was trained for.
+    basis : Tensor, shape (tr, basis), complex64
+        The balanced basis of the training coefficients.
+    kind : str
+        :data:`MODEL_KIND` or :data:`TRAIN_KIND`.
+    extra : dict, optional
+        More entries (e.g. ``duration``, ``stage``, optimiser state).
+    """
+    state: dict[str, Any] = {
+        "kind": kind,
+        "version": 1,
+        "config": to_dict(model.cfg),
+        "sequence": sequence.to_dict(),
+        "sequence_key": sequence.key(),
+        "basis": basis.detach().cpu().to(torch.complex64),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra:
+        state.update(extra)
+    return state
+
+
+def check_model_fits(
+    meta: dict[str, Any],
+    *,
+    basis: torch.Tensor | None = None,
+    sequence: Sequence | None = None,
+    where: str = "model",
+) -> str | None:
+    """Check a loaded model against a scan.
+
+    Parameters
+    ----------
+    meta : dict
+        The ``meta`` returned by :func:`load_model`.
+    basis : Tensor, shape (tr, basis), optional
+        The scan's balanced basis; its shape must equal the model's.
+    sequence : Sequence, optional
+        The scan's sequence.
+    where : str
+        Name used in messages (the file).
+
+    Returns
+    -------
+    str or None
+        A warning when the model was trained for another flip-angle train / timing (SPEC §4),
+        else ``None``.
+
+    Raises
+    ------
+    InputError
+        When the basis shape differs (the model cannot be applied).
+    """
+    if basis is not None:
+        mb = tuple(meta["basis"].shape)
+        if tuple(basis.shape) != mb:
+            raise InputError(
+                f"{where}: trained for a basis of shape {mb} (tr, basis), the scan's is "
+                f"{tuple(basis.shape)}"
+            )
+    if sequence is not None:
+        trained = meta["sequence"]
+        if not sequence.same_as(trained):
+            return (
+                f"{where}: trained for another sequence (key {trained.key()}, {trained.n_tr} TRs) "
+                f"than the scan's (key {sequence.key()}, {sequence.n_tr} TRs); results may be poor"
+            )
+    return None
+
+
+def load_model(
+    path: str | Path,
+    *,
+    basis: torch.Tensor | None = None,
+    sequence: Sequence | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[UnrolledRecon, dict[str, Any]]:
+    """Read and validate a model file or training checkpoint.
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by the training stages (kind ``spurig-model`` or ``spurig-train``).
+    basis : Tensor, shape (tr, basis), optional
+        The scan's balanced basis, checked with :func:`check_model_fits`.
+    sequence : Sequence, optional
+        The scan's sequence; a different one gives a warning in ``meta["warning"]``.
+    device : str or torch.device
+
+    Returns
+    -------
+    model : UnrolledRecon
+        In eval mode on ``device``.
+    meta : dict
+        ``config`` (UnrollConfig), ``sequence`` (Sequence), ``basis`` (Tensor (tr, basis)),
+        ``kind``, ``stage``, ``duration`` (when recorded) and ``warning`` (str or None).
+
+    Raises
+    ------
+    InputError
+        Missing, corrupt or truncated file, wrong kind, a config or weights that do not fit, a
+        basis of another shape.
+    """
+    from ..io import load_checkpoint
+
+    p = Path(path)
+    state = load_checkpoint(p)
+    kind = state.get("kind")
+    if kind not in (MODEL_KIND, TRAIN_KIND):
+        raise InputError(f"{p}: a {kind!r} checkpoint, not a SPUR-iG model ({MODEL_KIND!r})")
+    for key in ("config", "sequence", "basis", "model"):
+        if key not in state:
+            raise InputError(f"{p}: model file lacks its {key!r} entry")
+    cfg = from_dict(UnrollConfig, state["config"], where=f"{p}: config")
+    try:
+        seq = Sequence.from_dict(state["sequence"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{p}: unreadable sequence entry ({exc})") from None
+    mbasis = state["basis"]
+    if not isinstance(mbasis, torch.Tensor) or mbasis.ndim != 2:
+        raise InputError(f"{p}: basis entry is not a (tr, basis) tensor")
+    if mbasis.shape[1] != cfg.network.basis:
+        raise InputError(
+            f"{p}: basis has {mbasis.shape[1]} columns but the network expects {cfg.network.basis}"
+        )
+    if mbasis.shape[0] != seq.n_tr:
+        raise InputError(f"{p}: basis has {mbasis.shape[0]} TRs, its sequence {seq.n_tr}")
+    model = UnrolledRecon(cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{p}: weights do not fit the stored config: {first}") from None
+    model.to(device).eval()
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "config": cfg,
+        "sequence": seq,
+        "basis": mbasis,
+        "stage": state.get("stage"),
+        "duration": state.get("duration"),
+        "warning": None,
+    }
+    meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
+    return model, meta

@@ -1,0 +1,236 @@
+"""Training losses: tissue-aware L1 (paper eq. 4), MS-SSIM on axial slices (eq. 6), GLEAM weights.
+
+All losses take complex coefficient maps ``(basis, x, y, z)`` or ``(batch, basis, x, y, z)`` and
+tissue labels ``(x, y, z)`` / ``(batch, x, y, z)`` of SPEC §3 (0 background, 1 CSF, 2 GM, 3 WM,
+4 other).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+__all__ = [
+    "MS_SSIM_WEIGHTS",
+    "TISSUE_WEIGHTS",
+    "gleam_weights",
+    "ms_ssim",
+    "ms_ssim_loss",
+    "ssim_scales",
+    "tissue_l1",
+    "tissue_weight_map",
+]
+
+#: λ per tissue label (background, CSF, GM, WM, other): 10 for WM/GM, 1 otherwise (appendix A.2).
+TISSUE_WEIGHTS: tuple[float, float, float, float, float] = (1.0, 1.0, 10.0, 10.0, 1.0)
+
+#: Scale weights of MS-SSIM (Wang, Simoncelli & Bovik 2003), finest first.
+MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def tissue_weight_map(
+    tissue: torch.Tensor, weights: tuple[float, ...] = TISSUE_WEIGHTS
+) -> torch.Tensor:
+    """Per-voxel weight ``λ_v`` of the tissue class of each voxel.
+
+    Parameters
+    ----------
+    tissue : Tensor, shape (x, y, z) or (batch, x, y, z), integer
+        Labels 0–4 (SPEC §3).
+    weights : tuple of float
+        ``λ`` for labels 0, 1, 2, … (labels beyond the tuple get the last weight).
+
+    Returns
+    -------
+    Tensor, same shape as ``tissue``, float32
+    """
+    w = torch.tensor(weights, dtype=torch.float32, device=tissue.device)
+    return w[tissue.long().clamp(0, len(weights) - 1)]
+
+
+def tissue_l1(
+    estimate: torch.Tensor,
+    target: torch.Tensor,
+    tissue: torch.Tensor,
+    weights: tuple[float, ...] = TISSUE_WEIGHTS,
+) -> torch.Tensor:
+    """Tissue-aware spatially weighted L1 (paper eq. 4).
+
+    ``Σ_v λ_v ‖α̂_v − α_v‖₁`` over the real and imaginary parts of every coefficient, divided by the
+    number of voxels (so that the loss does not grow with the crop size).
+
+    Parameters
+    ----------
+    estimate, target : Tensor, shape (basis, x, y, z) or (batch, basis, x, y, z), complex
+    tissue : Tensor, shape (x, y, z) or (batch, x, y, z), integer
+    weights : tuple of float
+        See :data:`TISSUE_WEIGHTS`.
+
+    Returns
+    -------
+    Tensor, scalar, float32
+    """
+    if estimate.shape != target.shape:
+        raise InputError(
+            f"tissue_l1: estimate {tuple(estimate.shape)} and target {tuple(target.shape)} differ"
+        )
+    if tissue.shape != estimate.shape[-3:] and tissue.shape != (
+        estimate.shape[:1] + estimate.shape[-3:]
+    ):
+        raise InputError(
+            f"tissue_l1: labels {tuple(tissue.shape)} do not match coefficients "
+            f"{tuple(estimate.shape)}"
+        )
+    diff = torch.view_as_real(estimate - target).abs().sum(-1)  # (..., basis, x, y, z)
+    w = tissue_weight_map(tissue, weights)
+    if estimate.ndim == 5 and w.ndim == 4:
+        w = w[:, None]
+    return (diff * w).sum() / w.numel()
+
+
+def gleam_weights(steps: int, ratio: float = 10.0) -> torch.Tensor:
+    """Geometric per-step weights ``λ_1 … λ_K`` with ``λ_K = ratio · λ_1`` and ``λ_K = 1``.
+
+    Parameters
+    ----------
+    steps : int
+        ``K`` unroll steps.
+    ratio : float
+        ``λ_K / λ_1`` (10 in appendix A.3).
+
+    Returns
+    -------
+    Tensor, shape (steps,), float32
+    """
+    if steps == 1:
+        return torch.ones(1)
+    k = torch.arange(steps, dtype=torch.float64)
+    return (ratio ** ((k - (steps - 1)) / (steps - 1))).float()
+
+
+def _gauss_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable valid Gaussian filtering of ``(n, c, h, w)``."""
+    c = x.shape[1]
+    x = F.conv2d(x, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def ssim_scales(size: int, *, win: int = 11, max_scales: int = 5) -> tuple[int, int]:
+    """Number of MS-SSIM scales and window size a ``size × size`` slice allows.
+
+    The window is 11 (odd, at most ``size``); a scale ``m`` is used while the image at that scale
+    (``size // 2**(m−1)``) is still at least one window wide.
+
+    Returns
+    -------
+    scales : int
+    win : int
+    """
+    w = min(win, size if size % 2 else size - 1)
+    if w < 1:
+        raise InputError(f"ms_ssim: slices of size {size} are too small")
+    m = 1
+    while m < max_scales and size // 2**m >= w:
+        m += 1
+    return m, w
+
+
+def ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    data_range: float | torch.Tensor,
+    max_scales: int = 5,
+    win: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Multi-scale SSIM of real images, with as many scales as the image size allows.
+
+    Parameters
+    ----------
+    x, y : Tensor, shape (n, channels, h, w), real
+    data_range : float or Tensor
+        Dynamic range ``L`` (``C1 = (k1 L)²``, ``C2 = (k2 L)²``).
+    max_scales : int
+        At most this many scales (5 in Wang et al.; weights renormalised when fewer fit).
+    win, sigma : int, float
+        Gaussian window (valid filtering, as in Wang et al. and scikit-image's cropped mean).
+    k1, k2 : float
+
+    Returns
+    -------
+    Tensor, shape (n,)
+        MS-SSIM per image (averaged over channels); with one scale this is plain SSIM.
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise InputError(
+            f"ms_ssim: images must both be (n, c, h, w), got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    scales, w = ssim_scales(min(x.shape[-2:]), win=win, max_scales=max_scales)
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float32, device=x.device)
+    weights = weights / weights.sum()
+    g = _gauss_window(w, sigma, x.device)
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    x, y = x.float(), y.float()
+    vals = []
+    for s in range(scales):
+        mx, my = _filter(x, g), _filter(y, g)
+        sxx = _filter(x * x, g) - mx * mx
+        syy = _filter(y * y, g) - my * my
+        sxy = _filter(x * y, g) - mx * my
+        cs = (2 * sxy + c2) / (sxx + syy + c2)
+        if s == scales - 1:
+            lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+            vals.append((lum * cs).flatten(2).mean(-1))
+        else:
+            vals.append(cs.flatten(2).mean(-1))
+            x = F.avg_pool2d(x, 2)
+            y = F.avg_pool2d(y, 2)
+    stack = torch.stack(vals, 0).clamp_min(1e-6)  # (scales, n, c)
+    out = torch.prod(stack ** weights[:, None, None], dim=0)
+    return out.mean(-1)
+
+
+def ms_ssim_loss(
+    estimate: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    slices: int = 30,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``1 − MS-SSIM`` of coefficient magnitudes on randomly chosen axial slices (appendix A.3).
+
+    Parameters
+    ----------
+    estimate, target : Tensor, shape (basis, x, y, z), complex
+    slices : int
+        Axial slices (last axis) drawn without replacement (all when there are fewer).
+    generator : torch.Generator, optional
+        Seeded generator for the slice choice.
+
+    Returns
+    -------
+    Tensor, scalar
+        Averaged over the chosen slices; the data range is the target's maximum magnitude.
+    """
+    nz = estimate.shape[-1]
+    if slices >= nz:
+        idx = torch.arange(nz)
+    else:
+        idx = torch.randperm(nz, generator=generator)[:slices].sort().values
+    idx = idx.to(estimate.device)
+    e = estimate.index_select(-1, idx).abs().permute(3, 0, 1, 2)  # (slices, basis, x, y)
+    t = target.index_select(-1, idx).abs().permute(3, 0, 1, 2)
+    rng = target.abs().amax().detach().clamp_min(1e-12)
+    return 1.0 - ms_ssim(e, t, data_range=rng).mean()

@@ -1,0 +1,226 @@
+"""Oracle tests of the subspace encodings: direct sums, explicit matrices, NUFFT vs gridded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helper import random_like_shape, rel_err
+
+from spurig_core.errors import InputError
+from spurig_core.operators.encoding import (
+    GriddedEncodingConfig,
+    GriddedSubspaceEncoding,
+    SubspaceNUFFTEncoding,
+    adjoint_scale,
+)
+from spurig_core.operators.grid import GriddedData, grid_shape, nearest_grid_index
+
+MATRIX = (6, 6, 4)
+COILS, GROUPS, TR, SAMPLES, BASIS = 3, 2, 5, 16, 3
+
+
+def _setup(g: torch.Generator, matrix=MATRIX, duplicates: bool = True):
+    n = torch.tensor(matrix, dtype=torch.float32)
+    traj = (torch.rand((GROUPS, TR, SAMPLES, 3), generator=g) - 0.5) * n
+    if duplicates:  # the same k-space point twice within a TR and across TRs
+        traj[:, :, 1] = traj[:, :, 0]
+        traj[1, 2] = traj[0, 2]
+    grid = grid_shape(matrix, 1.5)
+    index, _ = nearest_grid_index(traj, matrix, grid)
+    values = random_like_shape((COILS, GROUPS, TR, SAMPLES), g)
+    maps = random_like_shape((COILS, *matrix), g)
+    basis = random_like_shape((TR, BASIS), g)
+    return traj, GriddedData(values, index, grid, matrix), maps, basis
+
+
+def _grid_frequencies(gd: GriddedData) -> torch.Tensor:
+    p = torch.stack(torch.unravel_index(gd.index, gd.grid), -1).double()
+    g = torch.tensor(gd.grid, dtype=torch.float64)
+    return (p - torch.div(g, 2, rounding_mode="floor")) * torch.tensor(gd.matrix) / g
+
+
+def _direct_encoding(alpha, maps, basis, k) -> np.ndarray:
+    """SPEC §3 with m_t = Σ_k Φ̃[t,k] α_k, all in complex128 numpy."""
+    alpha, maps, basis = (np.asarray(t, dtype=np.complex128) for t in (alpha, maps, basis))
+    k = np.asarray(k, dtype=np.float64)
+    n = np.array(alpha.shape[1:])
+    pos = np.stack(np.meshgrid(*[np.arange(s) - s // 2 for s in n], indexing="ij"), -1)
+    pos = pos.reshape(-1, 3)
+    g, t, s, _ = k.shape
+    out = np.zeros((maps.shape[0], g, t, s), dtype=np.complex128)
+    for ti in range(t):
+        m_t = np.tensordot(basis[ti], alpha, axes=(0, 0)).reshape(-1)  # (voxels,)
+        ph = np.exp(-2j * np.pi * (k[:, ti].reshape(-1, 3) / n) @ pos.T)  # (g·s, voxels)
+        for c in range(maps.shape[0]):
+            out[c, :, ti] = (ph @ (maps[c].reshape(-1) * m_t)).reshape(g, s)
+    return out
+
+
+def test_gridded_forward_matches_direct_sum(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    ref = _direct_encoding(alpha, maps, basis, _grid_frequencies(gd))
+    out = op(alpha).numpy()
+    assert out.shape == (COILS, GROUPS, TR, SAMPLES)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_nufft_encoding_matches_direct_sum(rng: torch.Generator) -> None:
+    traj, _, maps, basis = _setup(rng)
+    op = SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6)
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    ref = _direct_encoding(alpha, maps, basis, traj)
+    assert np.linalg.norm(op(alpha).numpy() - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_gridded_equals_nufft_at_grid_points(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    grid_op = GriddedSubspaceEncoding(gd, maps, basis)
+    nufft_op = SubspaceNUFFTEncoding(_grid_frequencies(gd).float(), maps, basis, eps=1e-6)
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    assert rel_err(grid_op(alpha), nufft_op(alpha)) < 1e-5
+    assert rel_err(grid_op.adjoint(gd.values), nufft_op.adjoint(gd.values)) < 1e-5
+    assert rel_err(grid_op.gram(alpha), nufft_op.gram(alpha)) < 1e-5
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gridded_gram_equals_explicit_normal_matrix(sparse: bool, rng: torch.Generator) -> None:
+    matrix = (4, 2, 2)
+    _, gd, maps, basis = _setup(rng, matrix)
+    op = GriddedSubspaceEncoding(
+        gd, maps, basis, config=GriddedEncodingConfig(sparse=sparse, chunk=40)
+    )
+    n_in = BASIS * 4 * 2 * 2
+    eye = torch.eye(n_in, dtype=torch.complex64).reshape(n_in, BASIS, *matrix)
+    a = torch.stack([op(e).reshape(-1) for e in eye], 1).to(torch.complex128)  # (out, in)
+    normal = a.conj().T @ a
+    gram_cols = torch.stack([op.gram(e).reshape(-1) for e in eye], 1).to(torch.complex128)
+    assert rel_err(gram_cols, normal) < 1e-5
+    # and it is Hermitian positive semi-definite, as a normal operator must be
+    assert rel_err(gram_cols, gram_cols.conj().T) < 1e-5
+    assert float(
+        torch.linalg.eigvalsh(0.5 * (gram_cols + gram_cols.conj().T)).min()
+    ) > -1e-3 * float(normal.abs().max())
+
+
+def test_kernels_count_duplicates(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    ref = np.zeros((BASIS, BASIS, int(np.prod(gd.grid))), dtype=np.complex128)
+    phi = basis.numpy().astype(np.complex128)
+    idx = gd.index.numpy()
+    for g in range(GROUPS):
+        for t in range(TR):
+            for s in range(SAMPLES):
+                ref[:, :, idx[g, t, s]] += np.outer(phi[t].conj(), phi[t])
+    kern = op.kernels.reshape(BASIS, BASIS, -1).numpy()
+    assert np.abs(kern - ref).max() < 1e-5 * np.abs(ref).max()
+    # duplicates really occurred in this set-up
+    assert len(np.unique(idx)) < idx.size
+
+
+def test_projected_data_and_adjoint_data(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    proj = op.project()
+    assert proj.shape == (COILS, BASIS, *gd.grid)
+    ref = np.zeros((COILS, BASIS, int(np.prod(gd.grid))), dtype=np.complex128)
+    b, idx, phi = gd.values.numpy(), gd.index.numpy(), basis.numpy()
+    for g in range(GROUPS):
+        for t in range(TR):
+            for s in range(SAMPLES):
+                ref[:, :, idx[g, t, s]] += np.conj(phi[t])[None, :] * b[:, g, t, s, None]
+    assert np.abs(proj.reshape(COILS, BASIS, -1).numpy() - ref).max() < 1e-5 * np.abs(ref).max()
+    ahb = op.adjoint(gd.values)
+    assert rel_err(op.adjoint_data(), ahb) < 1e-6
+    assert rel_err(op.adjoint_projected(proj), ahb) < 1e-6
+    other = random_like_shape(gd.values.shape, rng)
+    assert rel_err(op.adjoint_data(other), op.adjoint(other)) < 1e-6
+    # the cached A^H b is not handed out by reference
+    first = op.adjoint_data()
+    first.zero_()
+    assert float(op.adjoint_data().abs().sum()) > 0
+
+
+def test_dense_and_sparse_kernels_agree(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    dense = GriddedSubspaceEncoding(gd, maps, basis, config=GriddedEncodingConfig(sparse=False))
+    sparse = GriddedSubspaceEncoding(gd, maps, basis, config=GriddedEncodingConfig(sparse=True))
+    assert not dense.sparse and sparse.sparse
+    x = random_like_shape((BASIS, *MATRIX), rng)
+    assert rel_err(sparse.gram(x), dense.gram(x)) < 1e-6
+    # interleaving adjoint and gram keeps the sparse work buffer valid
+    sparse.adjoint(gd.values)
+    assert rel_err(sparse.gram(x), dense.gram(x)) < 1e-6
+    assert torch.equal(sparse.kernels, dense.kernels)
+
+
+def test_buffers_are_not_aliased(rng: torch.Generator) -> None:
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    x1, x2 = random_like_shape((BASIS, *MATRIX), rng), random_like_shape((BASIS, *MATRIX), rng)
+    g1 = op.gram(x1)
+    keep = g1.clone()
+    op.gram(x2)
+    op.forward(x2)
+    assert torch.equal(g1, keep)
+    op.release_buffers()
+    assert rel_err(op.gram(x1), keep) < 1e-6
+
+
+def test_adjoint_scale_matches_its_definition(rng: torch.Generator) -> None:
+    traj, gd, maps, basis = _setup(rng)
+    for op in (
+        GriddedSubspaceEncoding(gd, maps, basis),
+        SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6),
+    ):
+        b = gd.values
+        s = adjoint_scale(op, b)
+        direct = float(b.abs().pow(2).sum().sqrt() / op(op.adjoint(b)).abs().pow(2).sum().sqrt())
+        assert abs(s - direct) < 1e-4 * direct
+        assert adjoint_scale(op, b, ahb=op.adjoint(b)) == pytest.approx(s, rel=1e-6)
+    assert adjoint_scale(op, torch.zeros_like(b)) == 0.0
+
+
+def test_gradient_through_a_data_consistency_step(rng: torch.Generator) -> None:
+    """The gradient of ½‖Aα − b‖² is A^H(Aα − b) computed with the fast gram (unrolled training)."""
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    alpha = random_like_shape((BASIS, *MATRIX), rng).requires_grad_(True)
+    loss = 0.5 * (op(alpha) - gd.values).abs().pow(2).sum()
+    loss.backward()
+    ref = op.gram(alpha.detach()) - op.adjoint_data()
+    assert rel_err(alpha.grad, ref) < 1e-4
+    # a DC step made of gram and the cached A^H b is differentiable too
+    a2 = alpha.detach().clone().requires_grad_(True)
+    step = a2 - 0.1 * (op.gram(a2) - op.adjoint_data())
+    v = random_like_shape(step.shape, rng)
+    (g,) = torch.autograd.grad(step, a2, grad_outputs=v)
+    assert rel_err(g, v - 0.1 * op.gram(v)) < 1e-4
+
+
+def test_bad_inputs_are_rejected(rng: torch.Generator) -> None:
+    traj, gd, maps, basis = _setup(rng)
+    with pytest.raises(InputError, match="basis"):
+        GriddedSubspaceEncoding(gd, maps, basis[:-1])
+    with pytest.raises(InputError, match="coil maps"):
+        GriddedSubspaceEncoding(gd, maps[:, :-1], basis)
+    with pytest.raises(InputError, match="values"):
+        GriddedSubspaceEncoding(
+            GriddedData(gd.values[:-1], gd.index, gd.grid, gd.matrix), maps, basis
+        )
+    bad_index = gd.index.clone()
+    bad_index[0, 0, 0] = int(np.prod(gd.grid))
+    with pytest.raises(InputError, match="index"):
+        GriddedSubspaceEncoding(GriddedData(gd.values, bad_index, gd.grid, gd.matrix), maps, basis)
+    with pytest.raises(InputError, match="trajectory"):
+        SubspaceNUFFTEncoding(traj[..., :2], maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    nan = gd.values.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        op.adjoint_data(nan)
+    with pytest.raises(InputError, match="GriddedSubspaceEncoding"):
+        op.gram(random_like_shape((BASIS + 1, *MATRIX), rng))
