@@ -56,7 +56,7 @@ def _subject(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     return x.to(torch.complex64)
 
 
-def _problem(n: int = 16, tr: int = 32, frac: float = 0.15, noise: float = 0.05, seed: int = 0,
+def _problem(n: int = 16, tr: int = 16, frac: float = 0.3, noise: float = 0.05, seed: int = 0,
              ) -> tuple[SubspaceMaskedFFT, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     k = 5

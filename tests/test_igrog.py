@@ -206,8 +206,8 @@ def test_gridded_adjoint_matches_nufft_adjoint(data: dict, gridded: dict) -> Non
 def test_checkpoint_round_trip(tmp_path, data: dict, kernels: dict) -> None:
     from spurig_core.io import load_checkpoint, save_checkpoint
 
-    path = save_checkpoint({"igrog": kernels["k5"].checkpoint()}, tmp_path / "k.pt")
-    again = IGROGKernel.from_checkpoint(load_checkpoint(path)["igrog"])
+    path = save_checkpoint(kernels["k5"].checkpoint(), tmp_path / "k.pt")
+    again = IGROGKernel.from_checkpoint(load_checkpoint(path))
     d = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(again(d), kernels["k5"](d))

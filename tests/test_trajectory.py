@@ -83,7 +83,7 @@ def test_centre_is_oversampled_relative_to_the_edge(k16: np.ndarray) -> None:
 
     assert density(1.0, 2.0) > 5.0 * density(6.5, 7.5)
     # the 2D arm itself advances slowly near the centre
-    arm = spiral_arm(200, 10.0)
+    arm = spiral_arm(400, 10.0)
     step = np.linalg.norm(np.diff(arm, axis=0), axis=1)
     radial = np.diff(np.linalg.norm(arm, axis=1))
     assert radial[:20].mean() < 0.3 * radial[-20:].mean()

@@ -283,14 +283,26 @@ def _stream_all(gen: Generator[Event, None, Any]) -> Generator[Event, None, Any]
 # matching
 # ----------------------------------------------------------------------------------------------
 def match_job(
-    result_path: str | Path, scan_path: str | Path, *, device: str = "cpu", cancel: threading.Event
+    result_path: str | Path,
+    scan_path: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    cancel: threading.Event,
 ) -> Generator[Event, None, Path]:
     """Dictionary matching of a stored result; the maps are written into the same store.
+
+    Parameters
+    ----------
+    result_path : path-like
+        The ``.zarr`` result store.
+    scan_path : path-like, optional
+        The scan it came from (its B1 map and sequence); without it the default sequence and
+        B1 = 1 are used (the engine's rule).
 
     Returns
     -------
     Path
-        The result store, now with ``t1_ms``, ``t2_ms`` and ``pd``.
+        The result store, now with ``t1_ms``, ``t2_ms`` and ``pd`` (rewritten atomically).
     """
     from spurig_core.io import load_result, load_scan
     from spurig_core.progress import ProgressEvent
@@ -298,7 +310,7 @@ def match_job(
     match = engine("match")
     yield ProgressEvent("load", 0, 1, "reading result and scan")
     result = load_result(result_path, lazy=False)
-    scan = load_scan(scan_path)
+    scan = load_scan(scan_path) if scan_path is not None else None
     matched = yield from run_engine(match, result, scan, cancel=cancel, device=device)
     yield ProgressEvent("save", 0, 1, f"writing maps into {Path(result_path).name}")
     return Path(matched.save(result_path))

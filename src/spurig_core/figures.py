@@ -60,6 +60,7 @@ _NAMES = {
     "llr-nufft": "LLR (NUFFT)",
     "reference": "reference",
 }
+_TEXT_BOX = {"facecolor": "black", "alpha": 0.5, "pad": 1.0, "edgecolor": "none"}
 _MAP_DEFAULTS = {"T1": ("magma", 2500.0), "T2": ("viridis", 150.0)}
 
 
@@ -253,6 +254,7 @@ def coefficient_figure(
                 va="bottom",
                 color="yellow",
                 fontsize=6,
+                bbox=_TEXT_BOX,
             )
     return _save(fig, out_path)
 
@@ -355,6 +357,7 @@ def maps_figure(
                     va="bottom",
                     color="white",
                     fontsize=6,
+                    bbox=_TEXT_BOX,
                 )
     w = fig.get_size_inches()[0]
     if im_map is not None:

@@ -375,7 +375,7 @@ def bench(*, matrix: int, groups: int, device: str, scan: str | Path | None,
 
 def export(result_path: str | Path, out_dir: str | Path) -> list[Path]:
     """``spurig export``: NIfTI maps and coefficient magnitudes."""
-    from .figures import export_result
+    from .report import export_result
 
     return export_result(result_path, out_dir)
 

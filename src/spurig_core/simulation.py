@@ -13,11 +13,14 @@ reconstruction, so the data carry the model mismatch a real scan has.
 
 Signals come from :func:`spurig_core.physics.simulate_signals` (EPG).  When the subject has many
 (voxel, compartment) pairs, each compartment's signals are interpolated trilinearly from a table
-over ``(log T1, log T2, B1)`` spanning the compartment's parameter range (``table_points``); the
-interpolation error is below 1e-3 of the signal norm (``tests/test_simulation.py`` checks it), far
-below the noise.  Interpolation is linear in the table, ``X = D W T`` (``D`` the voxel phases, ``W``
-sparse fraction × PD × trilinear weights, ``T`` the table), so the Gram ``Xᴴ X = Tᴴ (Wᵀ W) T`` and
-the coefficients ``C = D W (T U)`` are computed without ever forming ``X``.
+over ``(log T1, log T2, B1)`` spanning the compartment's parameter range (``table_points``, default
+5 × 5 × 161: B1 needs the fine axis, CSF's long T2 makes its signal vary fast with B1).  Measured
+on a 32³ brain subject: per-voxel relative error ≤ 3.2e-4 (median 8.5e-5, overall 1.0e-4), i.e.
+an energy error ~1e-8, far below the SVD truncation (1e-5) and the noise;
+``tests/test_simulation.py`` checks ≤ 1e-3.  Interpolation is linear in the table, ``X = D W T``
+(``D`` the voxel phases, ``W`` sparse fraction × PD × trilinear weights, ``T`` the table), so the
+Gram ``Xᴴ X = Tᴴ (Wᵀ W) T`` and the coefficients ``C = D W (T U)`` are computed without ever
+forming ``X``.
 
 Noise.  Complex white Gaussian noise with ``E|n|² = σ²`` per sample and
 ``σ = noise · RMS_{c,g,t} |kspace[c, g, t, 0]|``: relative to the RMS of the k-space centre (every arm
@@ -100,10 +103,10 @@ class SimulationConfig:
     phantom: Literal["brain", "analytic"] = "brain"
     calibration: int = 24
     svd_tol: float = 1e-5
-    nufft_eps: float = 1e-5
+    nufft_eps: float = 1e-4
     exact_max: int = 8192
-    table_points: tuple[int, int, int] = (16, 16, 11)
-    group_chunk: int = 4
+    table_points: tuple[int, int, int] = (5, 5, 161)
+    group_chunk: int = 16
     phantom_config: PhantomConfig = field(default_factory=PhantomConfig)
     coil_config: CoilConfig = field(default_factory=CoilConfig)
     trajectory_config: TrajectoryConfig = field(default_factory=TrajectoryConfig)

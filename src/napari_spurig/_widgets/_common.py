@@ -64,12 +64,13 @@ class JobRunner:
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self.cancelled = False
+        self._active = False
         self._bars: dict[str, Any] = {}
 
     @property
     def running(self) -> bool:
-        """Whether a job is in progress."""
-        return self.worker is not None and self.worker.is_running
+        """Whether a job was started and has not finished (its ``finished`` signal not yet run)."""
+        return self._active
 
     def start(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Start ``job(*args, cancel=<event>, **kwargs)`` in a worker thread; return the worker."""
@@ -78,12 +79,14 @@ class JobRunner:
         self.cancel = threading.Event()
         self.error = None
         self.cancelled = False
-        worker = create_worker(job, *args, cancel=self.cancel, _start_thread=False, **kwargs)
+        # connecting "errored" up front stops napari from re-raising job errors in the event loop
+        worker = create_worker(job, *args, cancel=self.cancel, _start_thread=False,
+                               _connect={"errored": self._errored}, **kwargs)
         worker.yielded.connect(self._yielded)
         worker.returned.connect(self._returned)
-        worker.errored.connect(self._errored)
         worker.finished.connect(self._finished)
         self.worker = worker
+        self._active = True
         worker.start()
         return worker
 
@@ -126,6 +129,7 @@ class JobRunner:
             show_error(f"{self.what} failed: {exc}")
 
     def _finished(self) -> None:
+        self._active = False
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()

@@ -53,6 +53,7 @@ class CompareWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        self._extra: list[tuple[str, str]] = []
         self.scan = FileEdit(label="reference scan", mode="r", filter="*.h5 *.hdf5", nullable=True)
         self.results = Select(label="results", choices=self._choices)
         self.add_store = FileEdit(label="add result (.zarr)", mode="d", nullable=True)
@@ -73,7 +74,6 @@ class CompareWidget(Container):
                 self.table,
             ]
         )
-        self._extra: list[tuple[str, str]] = []
         self.output: CompareOutput | None = None
         self.compare_layers: list[Any] = []
         self.add_button.changed.connect(self._add)
@@ -150,7 +150,8 @@ class CompareWidget(Container):
         if len(images) > 1:
             link_layers(images, ("contrast_limits", "gamma", "colormap"))
         n = len(output.rows)
-        grid = self.viewer.grid
+        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9; viewer.grid before
+        grid = canvas.grid if canvas is not None and hasattr(canvas, "grid") else self.viewer.grid
         grid.shape = (2, n + 1)
         grid.enabled = True
         self.table.value = {"data": table_rows(output), "columns": TABLE_COLUMNS}

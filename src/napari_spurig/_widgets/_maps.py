@@ -39,6 +39,8 @@ def _source_scan(result_path: Path) -> Path | None:
 class MapsWidget(Container):
     """Match a result's coefficients to the dictionary (B1-corrected when the scan has B1).
 
+    The scan defaults to the result's source scan; without one, the default sequence and B1 = 1.
+
     The T1/T2/PD maps are written into the result store and shown as layers.
 
     Parameters
@@ -99,8 +101,8 @@ class MapsWidget(Container):
         problem = None
         if result is None or not result.is_dir():
             problem = f"result {result or ''}: choose a result store (.zarr)"
-        elif scan is None or not scan.is_file():
-            problem = f"scan {scan or ''}: choose the raw scan the result came from"
+        elif scan is not None and not scan.is_file():
+            problem = f"scan {scan}: no such file"
         if problem:
             show_error(str(InputError(problem)))
             self.status.value = problem

@@ -9,7 +9,7 @@ ESPIRiT (Uecker et al., MRM 71:990, 2014, doi:10.1002/mrm.24751) is implemented 
 3. the image-space operator ``G(ρ) = w⁻³ Σ_j V_j(ρ) V_j(ρ)^H`` with ``V_j(ρ) = Σ_u v_j[u] e^{+2πi u·ρ/N}``,
    evaluated exactly on the image matrix through the kernels' autocorrelation (a trigonometric
    polynomial of degree ``w − 1``, so only ``coils²`` small correlations and slab-wise FFTs are needed);
-4. per voxel, the eigenvector of ``G(ρ)`` with the largest eigenvalue is the coil-sensitivity vector
+4. per voxel, the eigenvector of ``G(ρ)`` with the largest eigenvalue (power iteration) is the coil-sensitivity vector
    (unit norm over coils, phase relative to coil 0); voxels whose eigenvalue is below ``crop`` (the
    true maps have eigenvalue 1) are set to zero.
 
@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -83,7 +84,7 @@ class CoilOperator(LinearOperator):
 
 @dataclass(frozen=True)
 class EspiritConfig:
-    """Tunables of :func:`espirit_maps`.
+    """Tunables of :func:`espirit`.
 
     Attributes
     ----------
@@ -94,15 +95,19 @@ class EspiritConfig:
     crop : float
         Zero the maps where the largest eigenvalue of ``G(ρ)`` is below this (outside the object).
     max_calibration : int
-        Use at most this many central calibration points per axis (speed; 24 is plenty).
+        Use at most this many central calibration points per axis (speed: the calibration matrix
+        has ``(max_calibration − w + 1)³`` rows and ``coils · w³`` columns).
+    power_iterations : int
+        Maximum power iterations for the per-voxel leading eigenvector.
     slab_voxels : int
         Voxels per slab in the eigen-decomposition (bounds memory: ``coils² · slab_voxels``).
     """
 
-    kernel_width: int = 6
+    kernel_width: int = 5
     threshold: float = 0.02
     crop: float = 0.95
-    max_calibration: int = 24
+    max_calibration: int = 20
+    power_iterations: int = 50
     slab_voxels: int = 1 << 16
 
 
@@ -116,15 +121,38 @@ def _calibration_matrix(calib: torch.Tensor, w: tuple[int, int, int]) -> torch.T
 
 
 def _signal_kernels(calib: torch.Tensor, w: tuple[int, int, int], threshold: float) -> torch.Tensor:
-    """Orthonormal signal-space kernels ``(n_kernels, coils, w0, w1, w2)`` (complex128)."""
-    a = _calibration_matrix(calib, w)
-    gram = (a.conj().T @ a).to(torch.complex128)
-    gram = 0.5 * (gram + gram.conj().T)
-    evals, evecs = torch.linalg.eigh(gram)  # ascending; evals = σ²
-    evals = evals.clamp_min(0)
-    keep = evals > (threshold**2) * evals[-1]
+    """Orthonormal signal-space kernels ``(n_kernels, coils, w0, w1, w2)`` (complex128).
+
+    The right singular vectors ``v_j`` of the calibration matrix ``a`` with ``σ_j > threshold·σ_max``,
+    conjugated (patch vectors, the rows of ``a``, lie in the span of ``conj(v_j)``).  The smaller of
+    the two Gram matrices is decomposed; for ``a^H a`` only the eigenpairs above the threshold are
+    computed (LAPACK ``heevr`` through scipy).
+    """
+    import scipy.linalg
+
+    a = _calibration_matrix(calib, w).to(torch.complex128)
+    rows, cols = a.shape
+    if rows <= cols:
+        # a a^H = U Σ² U^H, v_j = a^H u_j / σ_j
+        evals, u = torch.linalg.eigh(a @ a.conj().T)
+        evals = evals.clamp_min(0)
+        keep = evals > (threshold**2) * evals[-1]
+        v = (a.conj().T @ u[:, keep]) / evals[keep].sqrt()
+    else:
+        gram_t = a.conj().T @ a
+        # λ_max by power iteration (a lower bound: the subset below is a superset, filtered after)
+        x = torch.ones(cols, 1, dtype=gram_t.dtype)
+        for _ in range(30):
+            x = gram_t @ x
+            x = x / torch.linalg.vector_norm(x)
+        lam_est = float(torch.linalg.vector_norm(gram_t @ x))
+        gram = gram_t.numpy()
+        evals_np, v_np = scipy.linalg.eigh(gram, driver="evr", lower=False,
+                                           subset_by_value=(0.5 * (threshold**2) * lam_est, np.inf))
+        keep = evals_np > (threshold**2) * evals_np.max()
+        v = torch.from_numpy(np.ascontiguousarray(v_np[:, keep]))
     # Patch vectors (rows of a) lie in the span of conj(V): the right singular vectors conjugated.
-    v = evecs[:, keep].T.conj()  # (n_kernels, coils·w³)
+    v = v.T.conj()  # (n_kernels, coils·w³)
     return v.reshape(v.shape[0], calib.shape[0], *w)
 
 
@@ -150,9 +178,35 @@ def _ramp(delta_max: int, n: int, idx: torch.Tensor) -> torch.Tensor:
     return torch.exp(2j * math.pi * rho[:, None] * d[None, :] / n)
 
 
-def espirit(calibration: torch.Tensor, matrix: Seq[int], *,
-                 config: EspiritConfig | None = None, callback: Callback | None = None
-                 ) -> torch.Tensor:
+def _top_eigenvectors(g: torch.Tensor, iters: int, tol: float = 1e-6
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest eigenpair of Hermitian PSD ``g (coils, coils, voxels)`` per voxel, by power iteration.
+
+    Starts from the column of the largest diagonal entry; stops when no voxel's vector moves by more
+    than ``tol``.  Returns ``v (coils, voxels)`` (unit norm) and ``λ (voxels,)``.
+    """
+    nc, _, nvox = g.shape
+    diag = torch.diagonal(g, dim1=0, dim2=1).real  # (voxels, coils)
+    start = diag.argmax(-1)
+    v = torch.gather(g, 1, start.view(1, 1, -1).expand(nc, 1, nvox)).squeeze(1).clone()
+    v /= torch.linalg.vector_norm(v, dim=0).clamp_min(1e-30)
+    lam = torch.zeros(nvox, dtype=g.real.dtype, device=g.device)
+    nv = torch.empty_like(v)
+    for _ in range(max(1, iters)):
+        torch.mul(g[:, 0], v[0], out=nv)
+        for d in range(1, nc):
+            nv.addcmul_(g[:, d], v[d])
+        lam = torch.linalg.vector_norm(nv, dim=0)
+        nv /= lam.clamp_min(1e-30)
+        moved = float((nv - v).abs().max())
+        v, nv = nv, v
+        if moved < tol:
+            break
+    return v, lam
+
+
+def espirit(calibration: torch.Tensor, matrix: Seq[int], *, config: EspiritConfig | None = None,
+            callback: Callback | None = None) -> torch.Tensor:
     """Estimate coil sensitivities from the calibration region by ESPIRiT (module docstring).
 
     Parameters
@@ -200,25 +254,22 @@ def espirit(calibration: torch.Tensor, matrix: Seq[int], *,
     # Axes 1 and 2 are evaluated at every voxel at once; axis 0 in slabs.
     e1 = _ramp(w[1] - 1, matrix[1], torch.arange(matrix[1]))  # (y, Δ1)
     e2 = _ramp(w[2] - 1, matrix[2], torch.arange(matrix[2]))  # (z, Δ2)
-    r12 = torch.einsum("cdabe,yb,ze->cdayz", r, e1, e2)  # (c, c', Δ0, y, z), c128, small
-    r12 = r12.to(device=device, dtype=torch.complex128)
+    r12 = torch.einsum("cdabe,ze->cdabz", r, e2)
+    r12 = torch.einsum("cdabz,yb->cdayz", r12, e1)  # (c, c', Δ0, y, z)
+    r12 = r12.to(device=device, dtype=torch.complex64)
     plane = matrix[1] * matrix[2]
     slab = max(1, min(matrix[0], cfg.slab_voxels // plane))
     maps = torch.zeros((ncoil, *matrix), dtype=torch.complex64, device=device)
     total = math.ceil(matrix[0] / slab)
     for step, s in enumerate(range(0, matrix[0], slab)):
         e = min(matrix[0], s + slab)
-        e0 = _ramp(w[0] - 1, matrix[0], torch.arange(s, e)).to(device)  # (slab, Δ0)
-        g = torch.einsum("cdayz,xa->xyzcd", r12, e0)  # (slab, y, z, c, c')
-        g = 0.5 * (g + g.conj().transpose(-1, -2))
-        evals, evecs = torch.linalg.eigh(g.reshape(-1, ncoil, ncoil))
-        lam = evals[:, -1]
-        v = evecs[:, :, -1]  # (voxels, coils)
-        ref = v[:, :1]
+        e0 = _ramp(w[0] - 1, matrix[0], torch.arange(s, e)).to(device, torch.complex64)
+        g = torch.einsum("cdayz,xa->cdxyz", r12, e0).reshape(ncoil, ncoil, -1)
+        v, lam = _top_eigenvectors(g, cfg.power_iterations)
+        ref = v[:1]
         mag = ref.abs()
         phase = torch.where(mag > 0, ref.conj() / mag.clamp_min(1e-30), torch.ones_like(ref))
-        v = v * phase
-        v = v * (lam > cfg.crop).unsqueeze(-1)
-        maps[:, s:e] = v.T.reshape(ncoil, e - s, matrix[1], matrix[2]).to(torch.complex64)
+        v = v * phase * (lam > cfg.crop)
+        maps[:, s:e] = v.reshape(ncoil, e - s, matrix[1], matrix[2])
         emit(callback, "espirit", step + 1, total, "coil maps")
     return maps

@@ -644,4 +644,5 @@ def grid_scan(scan: Scan, *, config: GriddingConfig | None = None,
     if gridded.values.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    return gridded, {"kernel_training_s": t1 - t0, "gridding_s": t2 - t1}
+    return gridded, {"kernel_training_s": t1 - t0 if kernel is not None else 0.0,
+                     "gridding_s": t2 - t1}

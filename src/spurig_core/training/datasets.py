@@ -16,14 +16,16 @@ On-disk format (one directory per subject, written atomically with ``io.save_che
 to rebuild the data-consistency operator cheaply — ``ahb`` ``(basis, x, y, z)``, ``b_norm``, the
 norm-matching ``scale``, ``lipschitz`` (``‖A^H A‖₂``) and ``operator``, a payload dict whose
 ``"type"`` names a builder (:func:`register_operator`; ``"gridded-subspace"`` rebuilds
-:class:`~spurig_core.operators.encoding.GriddedSubspaceEncoding` from the gridded data, coil maps
-and basis).
+:class:`~spurig_core.operators.encoding.GriddedSubspaceEncoding` from the grid index of every
+sample ``(groups, tr, samples)`` (int32), the grid and matrix, coil maps and basis; the k-space
+values themselves are not stored, since the unrolled network sees them only through ``A^H b``).
 
 Splits are the sub-directories ``train/``, ``val/`` and ``test/`` of a cohort directory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +78,15 @@ def _gridded_builder(payload: dict[str, Any], device: torch.device) -> LinearOpe
         raise NotAvailableError(
             f"the gridded encoding (spurig_core.operators.encoding) is not available: {exc}"
         ) from None
-    g = payload["gridded"]
-    gridded = GriddedData(g["values"], g["index"], tuple(g["grid"]), tuple(g["matrix"]))
-    return GriddedSubspaceEncoding(
-        gridded.to(device), payload["coil_maps"].to(device), payload["basis"].to(device)
+    maps = payload["coil_maps"].to(device)
+    index = payload["index"].to(device)
+    # The data enter training only through the stored A^H b: the operator needs the sample layout
+    # (for its gram kernels), so the values are a zero-stride placeholder of the right shape.
+    values = torch.zeros((), dtype=torch.complex64, device=device).expand(
+        int(maps.shape[0]), *index.shape
     )
+    gridded = GriddedData(values, index, tuple(payload["grid"]), tuple(payload["matrix"]))
+    return GriddedSubspaceEncoding(gridded, maps, payload["basis"].to(device))
 
 
 register_operator("gridded-subspace", _gridded_builder)
@@ -338,12 +344,13 @@ def prepare_subject(
     target = reference_coefficients(ref, basis, b1=scan.b1, sequence=scan.sequence)
     gridded_all, _ = grid_scan(scan, config=gridding)
     maps = scan.coil_maps
+    n_grid = math.prod(gridded_all.grid)
     inputs: dict[str, torch.Tensor] = {}
     dcs: dict[str, DCData] = {}
     for n, d in enumerate(durs):
         gridded = gridded_all.first_groups(groups_for(d))
         op = GriddedSubspaceEncoding(gridded, maps, basis)
-        ahb = op.adjoint(gridded.values).to(torch.complex64)
+        ahb = op.adjoint_data().to(torch.complex64)
         b_norm = float(torch.linalg.vector_norm(gridded.values.to(torch.complex128)))
         x0, s = scaled_init(op, ahb, b_norm)
         lip = estimate_lipschitz(op, ahb, iters=20)
@@ -351,16 +358,14 @@ def prepare_subject(
         inputs[f"llr-{d}"] = llr_recon(
             op, ahb, b_norm=b_norm, config=llr, duration=d
         ).coefficients.to(torch.complex64)
+        index = gridded.index.to(torch.int32 if n_grid < 2**31 else torch.int64)
         payload = {
             "type": "gridded-subspace",
             "coil_maps": maps,
             "basis": basis,
-            "gridded": {
-                "values": gridded.values,
-                "index": gridded.index,
-                "grid": list(gridded.grid),
-                "matrix": list(gridded.matrix),
-            },
+            "index": index,
+            "grid": list(gridded.grid),
+            "matrix": list(gridded.matrix),
         }
         dcs[d] = DCData(ahb, b_norm, s, lip, payload)
         emit(callback, "prepare", n + 1, len(durs), f"prepared {d}")

@@ -38,6 +38,7 @@ from ..recon.unrolled import (
     TRAIN_KIND,
     UnrollConfig,
     UnrolledRecon,
+    estimate_lipschitz,
     model_state,
 )
 from .augment import AugmentConfig, apply_affine, random_affine, random_crop
@@ -268,21 +269,22 @@ class Trainer:
         self.step = 0
         self.best = math.inf
         self.history: list[dict[str, float]] = []
-        self._ops: dict[str, LinearOperator] = {}
+        self._ops: dict[str, tuple[LinearOperator, float]] = {}
 
     # -- set-up --------------------------------------------------------------------------------
     def _init_from(self, path: Path) -> None:
         """Start from another stage's weights (shared → per-step copies when not sharing)."""
         from ..recon.unrolled import load_model
 
-        src, _ = load_model(path)
+        src, meta = load_model(path)
         state = src.state_dict()
+        # a pretrained model trained only its first (shared) denoiser
+        n_src = 1 if meta["stage"] == "pretrain" else len(src.denoisers)
         own = self.model.state_dict()
         new = {}
         for key in own:
             if key.startswith("denoisers."):
                 _, idx, rest = key.split(".", 2)
-                n_src = len(src.denoisers)
                 cand = f"denoisers.{int(idx) if int(idx) < n_src else 0}.{rest}"
                 if cand not in state or state[cand].shape != own[key].shape:
                     raise InputError(
@@ -294,10 +296,19 @@ class Trainer:
                 new[key] = m[: own[key].numel()] if m.numel() >= own[key].numel() else own[key]
         self.model.load_state_dict(new)
 
-    def _operator(self, ex: Example) -> LinearOperator:
+    def _operator(self, ex: Example) -> tuple[LinearOperator, float]:
+        """The subject's DC operator and ``L``, built once.
+
+        ``L`` is estimated exactly as at inference (:func:`estimate_lipschitz` from ``A^H b`` with
+        the model's ``power_iters``), so that the learned steps ``μ_i = exp(ρ_i)/L`` mean the same
+        thing in training and in use.
+        """
         key = str(ex.path or ex.name)
         if key not in self._ops:
-            self._ops[key] = ex.dc[self.cfg.duration].build_operator(self.device)
+            dc = ex.dc[self.cfg.duration]
+            op = dc.build_operator(self.device)
+            lip = estimate_lipschitz(op, dc.ahb.to(self.device), iters=self.cfg.model.power_iters)
+            self._ops[key] = (op, lip)
         return self._ops[key]
 
     @property
@@ -369,14 +380,15 @@ class Trainer:
         for j, k in enumerate(order):
             ex = self.train_set[int(k)]
             dc = ex.dc[cfg.duration]
+            op, lip = self._operator(ex)
             args = (
                 self.model,
-                self._operator(ex),
+                op,
                 dc.ahb.to(self.device),
                 dc.x0.to(self.device),
                 ex.target.to(self.device),
                 ex.tissue.to(self.device),
-                dc.lipschitz,
+                lip,
                 cfg,
             )
             n_in_step = min(
@@ -423,12 +435,10 @@ class Trainer:
                         vals.append(float(tissue_l1(out, tgt, tis, cfg.tissue_weights)))
                 else:
                     dc = ex.dc[cfg.duration]
+                    op, lip = self._operator(ex)
                     with amp(cfg.bf16, self.device):
                         out = self.model(
-                            self._operator(ex),
-                            dc.ahb.to(self.device),
-                            dc.x0.to(self.device),
-                            lipschitz=dc.lipschitz,
+                            op, dc.ahb.to(self.device), dc.x0.to(self.device), lipschitz=lip
                         )
                     assert isinstance(out, torch.Tensor)
                     vals.append(float(tissue_l1(out, tgt, tis, cfg.tissue_weights)))
@@ -496,7 +506,8 @@ class Trainer:
         self.gen.set_state(rng["generator"])
         np.random.set_state(rng["numpy_global"])  # noqa: NPY002
 
-    def _write_curves(self) -> None:
+    def _write_curves(self, *, plot: bool = True) -> None:
+        """``loss.csv`` after every epoch; ``loss.png`` when ``plot`` (at the end of the run)."""
         from ..io import atomic_path
 
         keys = ["epoch", "step", "train_loss", "val_loss", "lr", "time_s"]
@@ -505,9 +516,9 @@ class Trainer:
             w.writeheader()
             for row in self.history:
                 w.writerow({k: row.get(k) for k in keys})
-        _plot_curves(
-            self.history, self.out / "loss.png", title=f"{self.stage} ({self.cfg.duration})"
-        )
+        if plot:
+            title = f"{self.stage} ({self.cfg.duration})"
+            _plot_curves(self.history, self.out / "loss.png", title=title)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -551,7 +562,7 @@ class Trainer:
                     model_path,
                 )
             save_checkpoint(self.state(), self.out / "last.pt")
-            self._write_curves()
+            self._write_curves(plot=self.epoch == self.cfg.epochs)
         return model_path
 
 
