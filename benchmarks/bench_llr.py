@@ -58,8 +58,14 @@ def _prox_worker(matrix: int, method: str, repeats: int, q: Any) -> None:
         t0 = time.perf_counter()
         llr_prox(x, tau, block=10, shift=shift, method=method)
         times.append(time.perf_counter() - t0)
-    q.put({"method": method, "median_s": statistics.median(times), "min_s": min(times),
-           "peak_extra_MB": _maxrss_mb() - before})
+    q.put(
+        {
+            "method": method,
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "peak_extra_MB": _maxrss_mb() - before,
+        }
+    )
 
 
 def _basis(k: int = 5) -> torch.Tensor:
@@ -75,8 +81,9 @@ def _basis(k: int = 5) -> torch.Tensor:
     return (u @ f.conj().T).to(torch.complex64)
 
 
-def _setup(matrix: int, groups: int, coils: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                          torch.Tensor]:
+def _setup(
+    matrix: int, groups: int, coils: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from spurig_core.coils import head_array
     from spurig_core.trajectory import spi_trajectory
 
@@ -87,8 +94,9 @@ def _setup(matrix: int, groups: int, coils: int) -> tuple[torch.Tensor, torch.Te
     return traj, maps, _basis(), ksp
 
 
-def _recon_worker(kind: str, matrix: int, groups: int, coils: int, iterations: int,
-                  power: int, q: Any) -> None:
+def _recon_worker(
+    kind: str, matrix: int, groups: int, coils: int, iterations: int, power: int, q: Any
+) -> None:
     from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
     from spurig_core.operators.igrog import GriddingConfig, grid
     from spurig_core.recon.classical import llr_recon
@@ -117,10 +125,21 @@ def _recon_worker(kind: str, matrix: int, groups: int, coils: int, iterations: i
     t1 = time.perf_counter()
     res = llr_recon(op, **kw, threshold=0.05, config=cfg_llr)
     t_llr = time.perf_counter() - t1
-    q.put({"kind": kind, "setup_s": t_setup, "llr_s": t_llr, "iterations": iterations,
-           "power_iterations": power, "total_s": t_setup + t_llr,
-           "peak_extra_MB": _maxrss_mb() - before, "load_before": load0, "load_after": _load(),
-           "finite": bool(torch.isfinite(res.coefficients).all()), **extra})
+    q.put(
+        {
+            "kind": kind,
+            "setup_s": t_setup,
+            "llr_s": t_llr,
+            "iterations": iterations,
+            "power_iterations": power,
+            "total_s": t_setup + t_llr,
+            "peak_extra_MB": _maxrss_mb() - before,
+            "load_before": load0,
+            "load_after": _load(),
+            "finite": bool(torch.isfinite(res.coefficients).all()),
+            **extra,
+        }
+    )
 
 
 def _run(target: Any, *args: Any) -> dict[str, Any]:
@@ -141,22 +160,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coils", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--power-iterations", type=int, default=30)
-    ap.add_argument("--nufft-iterations", type=int, default=None,
-                    help="cut the NUFFT run to this many FISTA and power iterations, extrapolate")
+    ap.add_argument(
+        "--nufft-iterations",
+        type=int,
+        default=None,
+        help="cut the NUFFT run to this many FISTA and power iterations, extrapolate",
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--skip-nufft", action="store_true")
     args = ap.parse_args(argv)
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"load {_load():.2f}", flush=True)
+    print(
+        f"# torch {torch.__version__}, threads {torch.get_num_threads()}, load {_load():.2f}",
+        flush=True,
+    )
     if args.what == "prox":
         for method in ("eigh", "svd"):
             r = _run(_prox_worker, args.matrix, method, args.repeats)
             print(json.dumps({"matrix": args.matrix, **r}), flush=True)
         return 0
-    g = _run(_recon_worker, "gridded", args.matrix, args.groups, args.coils, args.iterations,
-             args.power_iterations)
-    print(json.dumps({"matrix": args.matrix, "groups": args.groups, "coils": args.coils, **g}),
-          flush=True)
+    g = _run(
+        _recon_worker,
+        "gridded",
+        args.matrix,
+        args.groups,
+        args.coils,
+        args.iterations,
+        args.power_iterations,
+    )
+    print(
+        json.dumps({"matrix": args.matrix, "groups": args.groups, "coils": args.coils, **g}),
+        flush=True,
+    )
     if args.skip_nufft:
         return 0
     n_it = args.nufft_iterations or args.iterations
@@ -167,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         full = per_gram * (args.iterations + args.power_iterations + 1)
         n["llr_s_extrapolated"] = full
         n["total_s_extrapolated"] = n["setup_s"] + full
-    print(json.dumps({"matrix": args.matrix, "groups": args.groups, "coils": args.coils, **n}),
-          flush=True)
+    print(
+        json.dumps({"matrix": args.matrix, "groups": args.groups, "coils": args.coils, **n}),
+        flush=True,
+    )
     nt = n.get("total_s_extrapolated", n["total_s"])
     gt = g["total_s"]  # gridding is inside setup_s
     print(f"# speed-up gridded vs NUFFT (total incl. setup/gridding): {nt / gt:.1f}x", flush=True)

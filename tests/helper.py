@@ -2,10 +2,11 @@
 
 Every linear operator of spurig is registered in ``tests/test_operator_contract.py`` and must pass:
 
-- :func:`assert_adjoint`: the dot-product test ``⟨A x, y⟩ = ⟨x, A^H y⟩`` (inner products in complex128)
-  with explicit shape asserts on both sides;
+- :func:`assert_adjoint`: the dot-product test ``⟨A x, y⟩ = ⟨x, A^H y⟩`` (inner products in
+  complex128) with explicit shape asserts on both sides;
 - :func:`assert_gradient_is_adjoint`: the autograd vector–Jacobian product of ``forward`` equals
-  ``adjoint`` applied to the cotangent, and (where supported) the forward-mode jvp equals ``forward``;
+  ``adjoint`` applied to the cotangent, and (where supported) the forward-mode jvp equals
+  ``forward``;
 - :func:`assert_gram`: ``A.gram(x) = A^H (A x)`` (catches wrong fast normal operators).
 """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helper import random_like_shape, rel_err
 
+from helper import random_like_shape, rel_err
 from spurig_core.errors import InputError
 from spurig_core.operators.encoding import (
     GriddedEncodingConfig,
@@ -224,3 +224,19 @@ def test_bad_inputs_are_rejected(rng: torch.Generator) -> None:
         op.adjoint_data(nan)
     with pytest.raises(InputError, match="GriddedSubspaceEncoding"):
         op.gram(random_like_shape((BASIS + 1, *MATRIX), rng))
+
+
+@pytest.mark.cuda
+def test_encodings_on_cuda_match_cpu(rng: torch.Generator) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    traj, gd, maps, basis = _setup(rng)
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    cpu = GriddedSubspaceEncoding(gd, maps, basis)
+    gpu = GriddedSubspaceEncoding(gd.to("cuda"), maps.cuda(), basis.cuda())
+    assert rel_err(gpu.gram(alpha.cuda()).cpu(), cpu.gram(alpha)) < 1e-5
+    assert rel_err(gpu.adjoint_data().cpu(), cpu.adjoint_data()) < 1e-5
+    ncpu = SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6)
+    ngpu = SubspaceNUFFTEncoding(traj.cuda(), maps.cuda(), basis.cuda(), eps=1e-6)
+    assert rel_err(ngpu(alpha.cuda()).cpu(), ncpu(alpha)) < 1e-4
+    assert rel_err(ngpu.adjoint(gd.values.cuda()).cpu(), ncpu.adjoint(gd.values)) < 1e-4

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helper import random_like_shape, rel_err
 
+from helper import random_like_shape, rel_err
 from spurig_core.errors import InputError
 from spurig_core.operators.coils import CoilOperator, EspiritConfig, espirit
 from spurig_core.progress import ProgressEvent
@@ -45,7 +45,7 @@ def _calibration(coil_images: np.ndarray, size: int) -> torch.Tensor:
     ks = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(coil_images, axes=ax), axes=ax), axes=ax)
     n = coil_images.shape[1]
     o = n // 2 - size // 2
-    return torch.from_numpy(ks[:, o:o + size, o:o + size, o:o + size].astype(np.complex64))
+    return torch.from_numpy(ks[:, o : o + size, o : o + size, o : o + size].astype(np.complex64))
 
 
 def _agreement(est: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -53,6 +53,7 @@ def _agreement(est: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[flo
 
     Both maps are normalised to unit root-sum-of-squares and referred to coil 0's phase.
     """
+
     def rel(m: np.ndarray) -> np.ndarray:
         m = m / np.maximum(np.sqrt((np.abs(m) ** 2).sum(0)), 1e-12)
         return m * np.conj(m[0]) / np.maximum(np.abs(m[0]), 1e-12)
@@ -86,8 +87,10 @@ def test_espirit_recovers_smooth_maps() -> None:
     assert rss[corner].max() == 0.0
     # negative controls: the test is able to fail
     flipped = true[:, ::-1, ::-1, ::-1]
-    assert max(_agreement(flipped, true, inside)) < 0.95 or min(_agreement(flipped, true,
-                                                                            inside)) < 0.9
+    assert (
+        max(_agreement(flipped, true, inside)) < 0.95
+        or min(_agreement(flipped, true, inside)) < 0.9
+    )
     assert _agreement(np.conj(true), true, inside)[1] < 0.9
 
 
@@ -120,6 +123,21 @@ def test_espirit_on_the_simulated_head_array() -> None:
     brain = np.isin(np.asarray(subject.tissue), (1, 2, 3))
     assert brain.sum() > 100
     mag, cplx = _agreement(est, maps.numpy(), brain)
+    assert mag > 0.95 and cplx > 0.95, (mag, cplx)
+
+
+def test_espirit_noise_floor_keeps_noisy_calibrations_usable() -> None:
+    """Strong calibration noise must not flood the signal space (every kernel kept = no maps)."""
+    coils = 6
+    true = _smooth_maps(N, coils, seed=5)
+    img, inside = _object(N)
+    calib = _calibration(true * img, 16).numpy()
+    rng = np.random.default_rng(7)
+    sigma = 0.02 * np.abs(calib[:, 8, 8, 8]).mean()  # 2 % of the k-space centre
+    noise = rng.standard_normal(calib.shape) + 1j * rng.standard_normal(calib.shape)
+    noisy = torch.from_numpy((calib + sigma * noise / np.sqrt(2)).astype(np.complex64))
+    est = espirit(noisy, (N, N, N)).numpy()
+    mag, cplx = _agreement(est, true, inside)
     assert mag > 0.95 and cplx > 0.95, (mag, cplx)
 
 

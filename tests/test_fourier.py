@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helper import random_like_shape, rel_err
 
+from helper import random_like_shape, rel_err
 from spurig_core.errors import InputError
 from spurig_core.operators.fourier import (
     NUFFT,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from spurig_core.physics import (
     balance_basis,
     balance_coefficients,
     build_dictionary,
+    dft_matrix,
     simulate_signals,
 )
 
@@ -59,7 +62,13 @@ def test_noiseless_atoms_match_exactly(dictionary: Dictionary) -> None:
 
 def test_search_equals_brute_force_complex_similarity(dictionary: Dictionary) -> None:
     """Against numpy's argmax of |cᴴ x| / ‖c‖ over a complex (balanced) compression."""
-    d = build_dictionary(None, GRID, basis=balance_basis(dictionary.basis), keep_signals=False)
+    # the same atoms compressed with the balanced (complex) basis: cᴴ = (F_k c)ᴴ
+    d = dataclasses.replace(
+        dictionary,
+        basis=balance_basis(dictionary.basis),
+        compressed=dictionary.compressed @ dft_matrix(5).T,
+    )
+    assert d.compressed.imag.abs().max() > 0.01  # complex: the general (k²-feature) search
     rng = np.random.default_rng(9)
     x = rng.normal(size=(300, 5)) + 1j * rng.normal(size=(300, 5))
     b1_index = torch.as_tensor(rng.integers(0, d.b1_values.numel(), 300))
@@ -199,3 +208,22 @@ def test_cuda_matches_cpu(dictionary: Dictionary) -> None:
     cpu = match_maps(coef, d.basis, config=CFG, dictionary=d)
     gpu = match_maps(coef, d.basis, config=CFG, dictionary=d, device="cuda")
     assert torch.equal(gpu.t1_ms.cpu(), cpu.t1_ms) and torch.equal(gpu.t2_ms.cpu(), cpu.t2_ms)
+
+
+def test_basis_outside_the_dictionary_subspace_gets_its_own_compression(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SPURIG_CACHE", str(tmp_path))
+    grid = DictionaryGrid(step=0.6, b1_step=0.4)
+    d = build_dictionary(None, grid, keep_signals=True)
+    assert d.signals is not None
+    g = torch.Generator().manual_seed(5)
+    other, _ = torch.linalg.qr(torch.randn(500, 5, dtype=torch.complex64, generator=g))
+    sel = torch.arange(0, d.n_atoms, 3)
+    coef = _coefficients(d.signals[sel], other)
+    b1 = d.b1[sel].reshape(-1, 1, 1)
+    mask = torch.ones(sel.numel(), 1, 1, dtype=torch.bool)
+    r = match_maps(coef, other, b1=b1, mask=mask, config=MatchingConfig(grid=grid), dictionary=d)
+    assert torch.equal(r.t1_ms.flatten(), d.t1_ms[sel])
+    assert torch.equal(r.t2_ms.flatten(), d.t2_ms[sel])
+    assert len(list(tmp_path.glob("dictionary-*.pt"))) == 1  # built once with that basis, cached

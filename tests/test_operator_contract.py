@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from helper import assert_adjoint, assert_gradient_is_adjoint, assert_gram, random_like_shape
 
+from helper import assert_adjoint, assert_gradient_is_adjoint, assert_gram, random_like_shape
 from spurig_core.errors import InputError
 from spurig_core.operators.base import DiagonalOperator, IdentityOperator, LinearOperator
 from spurig_core.operators.coils import CoilOperator
@@ -64,7 +64,7 @@ def _gridded_encoding(g: torch.Generator, sparse: bool) -> GriddedSubspaceEncodi
     )
 
 
-# -- the registry (one line per operator) ------------------------------------------------------------
+# -- the registry (one line per operator) ----------------------------------------------------
 OPERATORS: list[Case] = [
     Case("identity", lambda g: IdentityOperator((2, 3, 4))),
     Case("diagonal", lambda g: DiagonalOperator(_c((3, 4, 5), g))),

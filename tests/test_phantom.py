@@ -114,7 +114,7 @@ def test_bad_phantom_parameters() -> None:
 def _biot_savart(
     points: np.ndarray, centre: np.ndarray, normal: np.ndarray, radius: float, segments: int = 4000
 ) -> np.ndarray:
-    """Independent oracle: the Biot–Savart sum over a finely discretised loop (units μ0 I/(π mm))."""
+    """Oracle: the Biot–Savart sum over a finely discretised loop (units μ0 I/(π mm))."""
     e1 = np.cross(normal, [1.0, 0.0, 0.0])
     if np.linalg.norm(e1) < 0.1:
         e1 = np.cross(normal, [0.0, 1.0, 0.0])

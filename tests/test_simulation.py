@@ -42,8 +42,14 @@ def test_nufft_forward_matches_direct_dft(matrix: tuple[int, int, int]) -> None:
     half = np.asarray(matrix) / 2
     traj = rng.uniform(-half, half, (groups, tr, samples, 3)).astype(np.float32)
     traj[0, 0, 0] = -half  # the edge of the range
-    out = sim.nufft_forward(torch.from_numpy(images), torch.from_numpy(maps), torch.from_numpy(traj),
-                            torch.from_numpy(basis), eps=1e-7, group_chunk=1).numpy()
+    out = sim.nufft_forward(
+        torch.from_numpy(images),
+        torch.from_numpy(maps),
+        torch.from_numpy(traj),
+        torch.from_numpy(basis),
+        eps=1e-7,
+        group_chunk=1,
+    ).numpy()
     assert out.shape == (coils, groups, tr, samples) and out.dtype == np.complex64
     ref = np.empty(out.shape, np.complex128)
     for g in range(groups):
@@ -57,32 +63,49 @@ def test_calibration_matches_direct_dft() -> None:
     rng = np.random.default_rng(1)
     mat = (8, 7, 6)
     image = (rng.standard_normal(mat) + 1j * rng.standard_normal(mat)).astype(np.complex64)
-    maps = (rng.standard_normal((2, *mat)) + 1j * rng.standard_normal((2, *mat))).astype(np.complex64)
+    maps = (rng.standard_normal((2, *mat)) + 1j * rng.standard_normal((2, *mat))).astype(
+        np.complex64
+    )
     size = (4, 5, 3)
     cal = sim.calibration_data(torch.from_numpy(image), torch.from_numpy(maps), size).numpy()
     assert cal.shape == (2, *size)
     freqs = np.stack(np.meshgrid(*[np.arange(c) - c // 2 for c in size], indexing="ij"), -1)
-    ref = _direct_dft(maps * image[None], freqs.reshape(-1, 3).astype(np.float64)).reshape(cal.shape)
+    ref = _direct_dft(maps * image[None], freqs.reshape(-1, 3).astype(np.float64)).reshape(
+        cal.shape
+    )
     np.testing.assert_allclose(cal, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def _exact_series(subject, sequence) -> np.ndarray:
-    """Independent m_t(r): per-voxel EPG of each compartment, summed with fractions — (x·y·z, tr)."""
+    """Independent m_t(r): per-voxel EPG per compartment, fraction-weighted — (x·y·z, tr)."""
     frac = subject.fractions.reshape(4, -1)
     out = np.zeros((frac.shape[1], sequence.n_tr), np.complex128)
     b1 = subject.b1.reshape(-1)
     for j in range(4):
         v = np.flatnonzero(frac[j] > 0)
-        sig = simulate_signals(subject.t1_ms[j].reshape(-1)[v], subject.t2_ms[j].reshape(-1)[v],
-                               b1[v], sequence, dtype=torch.float64).numpy()
+        sig = simulate_signals(
+            subject.t1_ms[j].reshape(-1)[v],
+            subject.t2_ms[j].reshape(-1)[v],
+            b1[v],
+            sequence,
+            dtype=torch.float64,
+        ).numpy()
         out[v] += (frac[j, v] * subject.pd[j].reshape(-1)[v])[:, None] * sig
     return out * np.exp(1j * subject.phase.reshape(-1))[:, None]
 
 
 def test_whole_simulated_scan_matches_direct_dft() -> None:
     """Subject, coils, partial volume, signals and the NUFFT together against the definition."""
-    cfg = sim.SimulationConfig(matrix=8, coils=3, groups=1, noise=0.0, phantom="analytic",
-                               svd_tol=1e-12, nufft_eps=1e-7, calibration=4)
+    cfg = sim.SimulationConfig(
+        matrix=8,
+        coils=3,
+        groups=1,
+        noise=0.0,
+        phantom="analytic",
+        svd_tol=1e-12,
+        nufft_eps=1e-7,
+        calibration=4,
+    )
     scan = sim.simulate_scan(cfg, seed=5, sequence=SHORT)
     seed = int(np.random.SeedSequence(5).generate_state(3)[0])
     subject = analytic_subject(8, seed=seed)
@@ -119,15 +142,23 @@ def test_subspace_rank_and_table_interpolation() -> None:
         if exact_max == 0:
             # the interpolation alone, before the SVD: per-voxel error below 1e-3
             voxels, w, table = sim._atoms(subject, seq, cfg, None)
-            x = (w @ table.astype(np.complex128)) * np.exp(1j * subject.phase.reshape(-1)[voxels])[:, None]
+            x = (w @ table.astype(np.complex128)) * np.exp(1j * subject.phase.reshape(-1)[voxels])[
+                :, None
+            ]
             ex = exact[voxels]
             rel = np.linalg.norm(x - ex, axis=1) / np.linalg.norm(ex, axis=1)
             assert rel.max() < 1e-3, rel.max()
 
 
 def test_noise_level_follows_its_definition() -> None:
-    base = sim.SimulationConfig(matrix=8, coils=2, groups=2, noise=0.0, phantom="analytic",
-                                trajectory_config=sim.TrajectoryConfig(samples=64))
+    base = sim.SimulationConfig(
+        matrix=8,
+        coils=2,
+        groups=2,
+        noise=0.0,
+        phantom="analytic",
+        trajectory_config=sim.TrajectoryConfig(samples=64),
+    )
     clean = sim.simulate_scan(base, seed=3, sequence=SHORT)
     noisy = sim.simulate_scan(dataclasses.replace(base, noise=0.05), seed=3, sequence=SHORT)
     centre = np.sqrt(np.mean(np.abs(clean.kspace.numpy()[..., 0]) ** 2))
@@ -140,17 +171,22 @@ def test_noise_level_follows_its_definition() -> None:
 
 
 def _adjoint(scan, phi: np.ndarray) -> np.ndarray:
-    """Direct NUFFT adjoint with the known coil maps: Σ_c S_c* F_tᴴ (w · Φ_tᴴ y_c) → (basis, x, y, z)."""
+    """Direct NUFFT adjoint with known coil maps: Σ_c S_c* F_tᴴ (w Φ_tᴴ y_c) → (basis, x, y, z)."""
     import finufft
 
     n = scan.matrix[0]
     k = scan.trajectory.numpy().reshape(-1, 3).astype(np.float64)
     kr = scan.trajectory.numpy()
-    w = (np.linalg.norm(kr, axis=-1) ** 2 + 0.5)  # |k|² density compensation (3D projections)
+    w = np.linalg.norm(kr, axis=-1) ** 2 + 0.5  # |k|² density compensation (3D projections)
     y = scan.kspace.numpy()  # (coils, groups, tr, samples)
     data = np.einsum("tj,cgts,gts->cjgts", phi.conj(), y, w).reshape(-1, k.shape[0])
-    img = finufft.nufft3d1(*(2 * np.pi * k[:, d] / n for d in range(3)),
-                           data.astype(np.complex128), (n, n, n), isign=1, eps=1e-6)
+    img = finufft.nufft3d1(
+        *(2 * np.pi * k[:, d] / n for d in range(3)),
+        data.astype(np.complex128),
+        (n, n, n),
+        isign=1,
+        eps=1e-6,
+    )
     img = img.reshape(y.shape[0], phi.shape[1], n, n, n)
     return np.einsum("cxyz,cjxyz->jxyz", scan.coil_maps.numpy().conj(), img)
 
@@ -167,13 +203,16 @@ def test_round_trip_adjoint_correlates_with_truth() -> None:
     subject = analytic_subject(16, seed=seed)
     truth = (_exact_series(subject, Sequence.default()) @ phi.conj()).T.reshape(5, 16, 16, 16)
     head = subject.head_mask
-    a, b = np.abs(est[0][head]), np.abs(truth[0][head])
-    corr = np.corrcoef(a, b)[0, 1]
-    assert corr > 0.8, corr
-    # and the adjoint of pure noise is uncorrelated with the truth
+
+    def corr(x: np.ndarray, y: np.ndarray) -> float:
+        return float(abs(np.vdot(x, y)) / np.linalg.norm(x) / np.linalg.norm(y))
+
+    # complex correlation of the first two coefficient images inside the head
+    assert corr(est[0][head], truth[0][head]) > 0.9
+    assert corr(est[1][head], truth[1][head]) > 0.8
+    # the adjoint of pure noise is not correlated with the truth
     noise_scan = dataclasses.replace(scan, kspace=torch.randn_like(scan.kspace))
-    corr0 = np.corrcoef(np.abs(_adjoint(noise_scan, phi)[0][head]), b)[0, 1]
-    assert abs(corr0) < 0.3
+    assert corr(_adjoint(noise_scan, phi)[0][head], truth[0][head]) < 0.3
 
 
 def test_simulate_writes_a_valid_deterministic_file(tmp_path) -> None:
@@ -209,16 +248,29 @@ def test_brain_scan_carries_model_mismatch(tmp_path) -> None:
 
 def test_cohort_split_seeds_and_progress(tmp_path) -> None:
     events = []
-    paths = sim.simulate_cohort(tmp_path, subjects=3, split="1/1/1", matrix=8, coils=2, groups=1,
-                                noise=0.0, phantom="analytic", callback=events.append)
+    paths = sim.simulate_cohort(
+        tmp_path,
+        subjects=3,
+        split="1/1/1",
+        matrix=8,
+        coils=2,
+        groups=1,
+        noise=0.0,
+        phantom="analytic",
+        callback=events.append,
+    )
     assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
-        "train/subj000.h5", "val/subj001.h5", "test/subj002.h5"]
+        "train/subj000.h5",
+        "val/subj001.h5",
+        "test/subj002.h5",
+    ]
     a, b = (load_scan(p).reference.t1_ms for p in paths[:2])
     assert not torch.equal(a, b)  # different seeds
     assert [e.step for e in events if e.stage == "cohort"] == [1, 2, 3]
     mtime = paths[0].stat().st_mtime_ns
-    sim.simulate_cohort(tmp_path, subjects=3, split="1/1/1", matrix=8, coils=2, groups=1,
-                        phantom="analytic")
+    sim.simulate_cohort(
+        tmp_path, subjects=3, split="1/1/1", matrix=8, coils=2, groups=1, phantom="analytic"
+    )
     assert paths[0].stat().st_mtime_ns == mtime  # existing subjects are kept
     with pytest.raises(InputError, match="split"):
         sim.simulate_cohort(tmp_path, subjects=3, split="2/2/2")

@@ -247,7 +247,7 @@ def test_pretraining_lowers_the_loss(cohort: Path, tmp_path: Path) -> None:
     cfg = _pre_cfg(
         cohort,
         tmp_path / "pre",
-        epochs=4,
+        epochs=3,
         steps_per_epoch=3,
         batch_size=2,
         crop=16,

@@ -147,8 +147,12 @@ def test_validator_accepts_the_trajectory(tmp_path) -> None:
     from spurig_core.io import write_scan
 
     k = spi_trajectory(8, 2, 3)
-    scan = Scan(kspace=torch.zeros(1, 2, 3, k.shape[2], dtype=torch.complex64), trajectory=k,
-                sequence=Sequence(np.full(3, 10.0, np.float32)), matrix=(8, 8, 8),
-                fov_mm=(220.0, 220.0, 220.0))
+    scan = Scan(
+        kspace=torch.zeros(1, 2, 3, k.shape[2], dtype=torch.complex64),
+        trajectory=k,
+        sequence=Sequence(np.full(3, 10.0, np.float32)),
+        matrix=(8, 8, 8),
+        fov_mm=(220.0, 220.0, 220.0),
+    )
     loaded = load_scan(write_scan(scan, tmp_path / "t.h5"))
     torch.testing.assert_close(loaded.trajectory, k)

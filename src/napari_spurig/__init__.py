@@ -7,6 +7,8 @@ package does not import Qt or napari; :func:`launch` (``spurig gui``) does.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["WIDGETS", "launch", "make_viewer"]
 
 #: Dock widgets in the order ``spurig gui`` docks them: (display name, class name in ``_widgets``).
@@ -18,7 +20,7 @@ WIDGETS: tuple[tuple[str, str], ...] = (
 )
 
 
-def make_viewer(files: list[str] | None = None, *, show: bool = True) -> object:
+def make_viewer(files: list[str] | None = None, *, show: bool = True, viewer: Any = None) -> Any:
     """A napari viewer with the plugin's widgets docked (tabbed) and ``files`` opened.
 
     Files that cannot be opened are reported as notifications; the viewer still starts.
@@ -28,7 +30,9 @@ def make_viewer(files: list[str] | None = None, *, show: bool = True) -> object:
     files : list of str, optional
         Scans, result stores or NIfTI files.
     show : bool
-        Whether to show the window.
+        Whether to show the window (when a new viewer is made).
+    viewer : napari.Viewer, optional
+        Dock into this viewer instead of making a new one.
 
     Returns
     -------
@@ -39,7 +43,8 @@ def make_viewer(files: list[str] | None = None, *, show: bool = True) -> object:
 
     from . import _widgets
 
-    viewer = napari.Viewer(title="spurig", show=show)
+    if viewer is None:
+        viewer = napari.Viewer(title="spurig", show=show)
     docks = []
     for name, cls in WIDGETS:
         widget = getattr(_widgets, cls)(viewer)

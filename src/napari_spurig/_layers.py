@@ -196,7 +196,7 @@ def coefficient_layer(
     mag = abs(coefficients) if np.iscomplexobj(coefficients) else coefficients
     if not hasattr(mag, "compute"):
         mag = np.asarray(mag, dtype=np.float32)
-    labels = ("coefficient", "x", "y", "z")
+    labels: tuple[str, ...] = ("coefficient", "x", "y", "z")
     if iterations:
         labels = ("iteration", *labels)
     meta = {
@@ -427,7 +427,8 @@ def result_layers(
             f"{p}: 'coefficients' is {coeffs.dtype} {coeffs.shape}, "
             "expected complex64 (basis, x, y, z)"
         )
-    vox = tuple(float(v) for v in attrs.get("voxel_size_mm", (1.0, 1.0, 1.0)))
+    vox_attr: Any = attrs.get("voxel_size_mm") or (1.0, 1.0, 1.0)
+    vox = tuple(float(v) for v in vox_attr)
     stem = p.name.removesuffix(".zarr")
     meta = {
         "kind": "result",
@@ -498,7 +499,7 @@ def nifti_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
 
     p = Path(path)
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
     except Exception as exc:  # nibabel raises several types for bad files
         raise InputError(f"{p}: not a readable NIfTI file: {exc}") from None
     shape = tuple(int(s) for s in img.shape)

@@ -1,21 +1,22 @@
-"""A physical head receive array: circular loops around the head, Biot–Savart fields, SVD compression.
+"""A physical head receive array: circular loops, Biot–Savart fields, SVD compression.
 
-Each element is a circular current loop of radius ``loop_radius_mm`` whose centre lies on an ellipsoid
-around the head (the helmet of a head array) and whose axis points at the ellipsoid's centre.  The
-elements sit on ``len(ring_elements)`` rings at the elevations ``ring_elevation_deg`` (angle above the
-equator of axis 2, the head-foot axis and the direction of B0); the array is open towards the neck.
+Each element is a circular current loop of radius ``loop_radius_mm`` whose centre lies on an
+ellipsoid around the head (the helmet of a head array) and whose axis points at the ellipsoid's
+centre.  The elements sit on ``len(ring_elements)`` rings at the elevations ``ring_elevation_deg``
+(angle above the equator of axis 2, the head-foot axis and the direction of B0); the array is open
+towards the neck.
 
 The field of a loop is the exact quasi-static Biot–Savart field of a circular current (complete
 elliptic integrals ``K``, ``E``; Simpson et al., NASA/GSFC TM 2001, "Simple analytic expressions for
-the magnetic field of a circular current loop").  By reciprocity the receive sensitivity of an element
-is its ``B1⁻ ∝ (B_x − i B_y)`` for B0 along axis 2 (Hoult, Concepts Magn. Reson. 12:173, 2000,
-doi:10.1002/1099-0534(2000)12:4<173::AID-CMR1>3.0.CO;2-Q), the transverse field it would produce.
-A per-element constant phase models cable lengths.
+the magnetic field of a circular current loop").  By reciprocity the receive sensitivity of an
+element is its ``B1⁻ ∝ (B_x − i B_y)`` for B0 along axis 2 (Hoult, Concepts Magn. Reson. 12:173,
+2000, doi:10.1002/1099-0534(2000)12:4<173::AID-CMR1>3.0.CO;2-Q), the transverse field it would
+produce. A per-element constant phase models cable lengths.
 
 The physical array (12–32 elements) is compressed to ``coils`` virtual coils by the SVD of the
 sensitivities inside the head (Buehrer et al., MRM 57:1131, 2007), as the paper's scans were
-(2.4: 10 virtual coils); the virtual maps are normalised to unit root-sum-of-squares at every voxel so
-that a coil-combined image equals the magnetisation ``m_t`` of SPEC §3.
+(2.4: 10 virtual coils); the virtual maps are normalised to unit root-sum-of-squares at every voxel
+so that a coil-combined image equals the magnetisation ``m_t`` of SPEC §3.
 """
 
 from __future__ import annotations

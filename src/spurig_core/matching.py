@@ -22,6 +22,7 @@ dictionary's) gets its own dictionary compressed with it.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from .config import to_dict
 from .data import Sequence
 from .errors import InputError
-from .physics import Dictionary, DictionaryGrid, load_dictionary
+from .physics import Dictionary, DictionaryGrid, _intraop_threads, load_dictionary
 from .progress import Callback, emit
 
 __all__ = ["MatchResult", "MatchingConfig", "coefficient_mask", "match_maps", "match_vectors"]
@@ -194,17 +195,40 @@ def match_vectors(
         phi, psi = phi[:, : k + (k * k - k) // 2], psi[:, : k + (k * k - k) // 2]
     n = x.shape[0]
     atom = torch.zeros(n, dtype=torch.int64, device=dev)
-    done = 0
+    tasks: list[tuple[int, torch.Tensor]] = []
+    phi_t: dict[int, torch.Tensor] = {}
     for ib in torch.unique(b1_index).tolist():
         sel = torch.nonzero(b1_index == ib).reshape(-1)
-        sl = dictionary.b1_slice(int(ib))
-        phi_t = phi[sl].T.contiguous()
-        for v0 in range(0, sel.numel(), vchunk):
-            rows = sel[v0 : v0 + vchunk]
-            _, arg = _best_atoms(psi[rows], phi_t, achunk)
-            atom[rows] = arg + sl.start
-            done += rows.numel()
-            emit(callback, "match", done, n, f"{done}/{n} voxels")
+        phi_t[ib] = phi[dictionary.b1_slice(ib)].T.contiguous()
+        tasks += [(ib, sel[v0 : v0 + vchunk]) for v0 in range(0, sel.numel(), vchunk)]
+
+    def run(task: tuple[int, torch.Tensor]) -> torch.Tensor:
+        ib, rows = task
+        return _best_atoms(psi[rows], phi_t[ib], achunk)[1] + dictionary.b1_slice(ib).start
+
+    def store(task: tuple[int, torch.Tensor], arg: torch.Tensor, done: int) -> int:
+        atom[task[1]] = arg
+        done += task[1].numel()
+        emit(callback, "match", done, n, f"{done}/{n} voxels")
+        return done
+
+    done = 0
+    workers = min(torch.get_num_threads(), len(tasks)) if dev.type == "cpu" else 1
+    if workers <= 1:
+        for task in tasks:
+            done = store(task, run(task), done)
+    else:
+        # CPU: parallel chunks with one intra-op thread each (threaded BLAS stalls when other
+        # processes share the cores; the chunks are independent anyway)
+        with _intraop_threads(1), ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run, task) for task in tasks]
+            try:
+                for task, fut in zip(tasks, futures, strict=True):
+                    done = store(task, fut.result(), done)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
     # exact similarity and PD of the chosen atoms
     score = (unit[atom].conj() * x).sum(dim=1).abs()
     xnorm = torch.linalg.vector_norm(x, dim=1)
@@ -214,17 +238,25 @@ def match_vectors(
 
 
 def _dictionary_for(
-    basis: torch.Tensor, seq: Sequence, grid: DictionaryGrid, dictionary: Dictionary | None
+    basis: torch.Tensor,
+    seq: Sequence,
+    grid: DictionaryGrid,
+    dictionary: Dictionary | None,
+    device: torch.device,
+    callback: Callback | None,
 ) -> tuple[Dictionary, torch.Tensor]:
     """A dictionary whose basis spans ``basis``, and ``T = Φ_dictᴴ basis`` (k × k)."""
-    d = load_dictionary(seq, grid) if dictionary is None else dictionary
+    if dictionary is None:
+        d = load_dictionary(seq, grid, device=device, callback=callback)
+    else:
+        d = dictionary
     if d.basis.shape == basis.shape:
         t = d.basis.conj().T.to(torch.complex128) @ basis.to(torch.complex128)
         eye = torch.eye(t.shape[0], dtype=t.dtype)
         if float((t.conj().T @ t - eye).abs().max()) < 1e-3:
             return d, t.to(torch.complex64)
     # the coefficients live in another subspace: compress the dictionary with their basis
-    d = load_dictionary(seq, d.grid, basis=basis)
+    d = load_dictionary(seq, d.grid, basis=basis, device=device, callback=callback)
     return d, torch.eye(basis.shape[1], dtype=torch.complex64)
 
 
@@ -297,7 +329,9 @@ def match_maps(
         raise InputError("dictionary: simulated for another sequence than the one given")
 
     with torch.no_grad():
-        d, t = _dictionary_for(basis.detach().cpu().to(torch.complex64), seq, cfg.grid, dictionary)
+        d, t = _dictionary_for(
+            basis.detach().cpu().to(torch.complex64), seq, cfg.grid, dictionary, dev, callback
+        )
         if mask is None:
             mask = coefficient_mask(coefficients, cfg.mask_threshold)
         mask = mask.to(dev, torch.bool)

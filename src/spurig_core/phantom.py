@@ -1,4 +1,4 @@
-"""Digital subjects: anatomy, tissue parameters, proton density, phase and B1 (paper 2.4, SPEC §3–§4).
+"""Digital subjects: anatomy, tissue parameters, PD, phase and B1 (paper 2.4, SPEC §3–§4).
 
 Two kinds of subject share the :class:`Subject` container:
 
@@ -176,7 +176,7 @@ class Subject:
 
     @property
     def tissue(self) -> np.ndarray:
-        """Labels, shape (x, y, z), uint8: the dominant compartment where the fractions sum ≥ 0.5."""
+        """Labels (x, y, z), uint8: the dominant compartment where the fractions sum ≥ 0.5."""
         total = self.fractions.sum(axis=0)
         lab = np.asarray(COMPARTMENTS, dtype=np.uint8)[self.fractions.argmax(axis=0)]
         return np.where(total >= 0.5, lab, 0).astype(np.uint8)

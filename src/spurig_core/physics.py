@@ -269,7 +269,31 @@ def simulate_signals(
     t1, t2, b = (v.expand(n).contiguous() for v in (t1, t2, b))
     _check_params(t1, t2, b)
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    out = torch.empty(n, seq.n_tr, dtype=cdtype, device=dev)
+    out = torch.zeros(n, seq.n_tr, dtype=cdtype, device=dev)
+    _steady_state(
+        t1, t2, b, seq, out.imag, states=states, chunk=chunk, callback=callback, stage="simulate"
+    )
+    return out
+
+
+def _steady_state(
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    b: torch.Tensor,
+    seq: Sequence,
+    out: torch.Tensor,
+    *,
+    states: int | None,
+    chunk: int | None,
+    callback: Callback | None,
+    stage: str,
+) -> None:
+    """Write the steady-state ``Im F+(0)`` of validated ``(n,)`` parameters into ``out (n, tr)``.
+
+    ``out`` may be a real view (``complex.imag``) and live on another device or dtype.
+    """
+    dtype, dev = t1.dtype, t1.device
+    n = t1.shape[0]
     # orders per atom; atoms are simulated in chunks of equal order count
     if states is None:
         k_atom = torch.ceil(STATES_PER_T2_TR * t2.to(torch.float64) / seq.tr_ms)
@@ -313,14 +337,14 @@ def simulate_signals(
         return idx, sig[:m] + z_ss[:, None] * (sig[m:] - sig[:m])
 
     def store(idx: torch.Tensor, s: torch.Tensor, done: int) -> None:
-        out[idx] = torch.complex(torch.zeros_like(s), s)
-        emit(callback, "simulate", done, n, f"{done}/{n} signals")
+        out[idx.to(out.device)] = s.to(out.device, out.dtype)
+        emit(callback, stage, done, n, f"{done}/{n} signals")
 
     workers = min(torch.get_num_threads(), len(chunks)) if dev.type == "cpu" else 1
     if workers <= 1:
         for piece in chunks:
             store(*run(piece), piece[1])
-        return out
+        return
     # CPU: many small element-wise operations per repetition scale badly with intra-op threads
     # (and collapse when other processes share the cores); run chunks in parallel threads instead.
     with _intraop_threads(1), ThreadPoolExecutor(workers) as pool:
@@ -332,7 +356,6 @@ def simulate_signals(
             for fut in futures:
                 fut.cancel()
             raise
-    return out
 
 
 @contextlib.contextmanager
@@ -373,8 +396,13 @@ def _gram(signals: torch.Tensor) -> torch.Tensor:
 
 
 def _top_k(gram: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
-    evals, evecs = torch.linalg.eigh(gram)  # ascending
-    basis = evecs[:, -k:].flip(1)
+    """Top-``k`` eigenvectors of a Hermitian ``(tr, tr)`` Gram matrix and their energy fraction."""
+    if gram.is_complex() and float(gram.imag.abs().max()) == 0.0:
+        gram = gram.real  # real dictionaries (RF phase 0): the real solver is 4× cheaper
+    # one thread: LAPACK's threaded solvers stall badly when other processes share the cores
+    with _intraop_threads(1):
+        evals, evecs = torch.linalg.eigh(gram)  # ascending
+    basis = evecs[:, -k:].flip(1).to(torch.complex128)
     energy = float(evals[-k:].sum() / evals.sum().clamp_min(1e-300))
     return fix_phase(basis).to(torch.complex64), energy
 
@@ -618,7 +646,6 @@ def build_dictionary(
     k: int = 5,
     keep_signals: bool | None = None,
     device: str | torch.device = "cpu",
-    chunk: int = 8192,
     callback: Callback | None = None,
 ) -> Dictionary:
     """Simulate a dictionary over ``grid`` and compress it (no cache; see :func:`load_dictionary`).
@@ -638,10 +665,8 @@ def build_dictionary(
         Keep the atoms; ``None``: only when ``atoms · tr ≤ KEEP_SIGNALS_MAX``.
     device : str or torch.device
         Where to simulate.
-    chunk : int
-        Atoms per progress step.
     callback : Callback, optional
-        ``emit(callback, "dictionary", done, atoms)`` after each chunk.
+        ``emit(callback, "dictionary", done, atoms)`` after each chunk of the simulation.
 
     Returns
     -------
@@ -660,19 +685,22 @@ def build_dictionary(
     keep = n * seq.n_tr <= KEEP_SIGNALS_MAX if keep_signals is None else bool(keep_signals)
     # the signals are purely imaginary: keep their imaginary parts (float32) while building
     imag = torch.empty(n, seq.n_tr, dtype=torch.float32)
-    for i0 in range(0, n, chunk):
-        sl = slice(i0, min(n, i0 + chunk))
-        sig = simulate_signals(t1[sl], t2[sl], b1[sl], seq, device=device)
-        imag[sl] = sig.imag.cpu()
-        emit(callback, "dictionary", sl.stop, n, f"{sl.stop}/{n} atoms")
+    dev = torch.device(device)
+    t1_t, t2_t, b1_t = (torch.as_tensor(v, dtype=torch.float32, device=dev) for v in (t1, t2, b1))
+    _steady_state(
+        t1_t, t2_t, b1_t, seq, imag, states=None, chunk=None, callback=callback, stage="dictionary"
+    )
     gram = torch.zeros(seq.n_tr, seq.n_tr, dtype=torch.float64)
     for i0 in range(0, n, 1 << 15):
         r = imag[i0 : i0 + (1 << 15)].to(torch.float64)
         gram += r.T @ r
-    own_basis, optimal = _top_k(gram.to(torch.complex128), k if basis is None else basis.shape[1])
     if basis is None:
-        basis, energy = own_basis, optimal
+        basis, energy = _top_k(gram, k)
+        optimal = energy
     else:
+        with _intraop_threads(1):
+            evals = torch.linalg.eigvalsh(gram)
+        optimal = float(evals[-basis.shape[1] :].sum() / evals.sum().clamp_min(1e-300))
         basis = basis.detach().to("cpu", torch.complex64)
         b64 = basis.to(torch.complex128)
         energy = float((b64.conj().T @ gram.to(torch.complex128) @ b64).diagonal().real.sum())
@@ -720,7 +748,7 @@ def _cached(name: str, make: Any) -> dict[str, Any]:
     path = cache_dir() / name
     if path.exists():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "kind" in state:
                 return state
         except Exception:  # a broken cache file is rebuilt, never trusted

@@ -369,8 +369,22 @@ def train(stage: str, config: str | Path, *, resume: bool = False,
 def bench(*, matrix: int, groups: int, device: str, scan: str | Path | None,
           methods: tuple[str, ...], out: str | Path | None,
           callback: Callback | None = None) -> str:
-    """``spurig bench``: the methods on one scan, side by side, as seconds and ratios."""
-    raise NotAvailableError("spurig bench is not implemented yet (issue #6)")
+    """``spurig bench``: the methods on one scan, side by side, as seconds and ratios.
+
+    Returns the Markdown table (also written to ``out`` when given, atomically).
+    """
+    from .benchmark import bench as _bench
+    from .benchmark import format_table
+    from .io import atomic_path
+
+    resolve_device(device)
+    report = _bench(matrix=matrix, groups=groups, device=device, scan=scan, methods=methods,
+                    callback=callback)
+    table = format_table(report)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(table + "\n")
+    return table
 
 
 def export(result_path: str | Path, out_dir: str | Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """3D spiral projection imaging (SPI) with tiny-golden-angle shuffling across three rotation axes.
 
 One variable-density spiral arm is played per repetition (TR).  The arm is a 2D spiral in a plane
-through the centre of k-space, from ``k = 0`` out to (just inside) the matrix edge ``N/2``, in cycles
-per FOV (grid units of SPEC §3).  Every arm is rotated in 3D by two angles:
+through the centre of k-space, from ``k = 0`` out to (just inside) the matrix edge ``N/2``, in
+cycles per FOV (grid units of SPEC §3).  Every arm is rotated in 3D by two angles:
 
 * ``φ`` about the *rotation axis* of its group's set (the plane always contains that axis), and
 * ``ψ`` within its plane (an in-plane rotation of the spiral).
@@ -10,9 +10,9 @@ per FOV (grid units of SPEC §3).  Every arm is rotated in 3D by two angles:
 The ``n_groups`` groups are split into three sets that rotate about axes 0, 1 and 2 (the multi-axis
 SPI of TGAS, Cao et al., MRM 88:133–150, 2022, doi:10.1002/mrm.29194): a single axis oversamples its
 poles, three orthogonal ones cancel that bias.  Group ``g`` belongs to set ``g % 3`` and is the
-``j = g // 3``-th group of its set, so any first ``G`` groups hold (almost) equally many groups of each
-set — the 2 min / 1 min / 30 s scans (16 / 8 / 4 groups, R = 3 / 6 / 12, paper 2.4) are the first
-groups of the 6 min (48-group, R = 1) one.
+``j = g // 3``-th group of its set, so any first ``G`` groups hold (almost) equally many groups of
+each set — the 2 min / 1 min / 30 s scans (16 / 8 / 4 groups, R = 3 / 6 / 12, paper 2.4) are the
+first groups of the 6 min (48-group, R = 1) one.
 
 Angles (tiny-golden-angle shuffling).  Within a set, arm ``(j, t)`` (group ``j`` of the set,
 repetition ``t``) gets the running index ``n = t · J + j`` with ``J`` groups per set, and
@@ -23,8 +23,9 @@ doi:10.1002/mrm.25831, ``τ`` the golden ratio, ``M = tiny_golden_n``) and
 doi:10.1002/mrm.21837) so that the pair ``(φ, ψ)`` is a low-discrepancy sequence.
 
 For a fixed repetition ``t`` the first ``G`` groups of a set hold consecutive indices ``n``, which
-golden sequences spread evenly for every ``G`` — each shorter scan is well covered — while successive
-repetitions of one group step by a tiny golden angle times ``J`` (incoherent aliasing along time).
+golden sequences spread evenly for every ``G`` — each shorter scan is well covered — while
+successive repetitions of one group step by a tiny golden angle times ``J`` (incoherent aliasing
+along time).
 
 Variable density.  The arm is ``r(τ) = k_max τ^density``, ``θ(τ) = 2π turns τ`` for ``τ ∈ [0, 1]``
 sampled uniformly: ``density > 1`` slows the radial advance near the centre, which is therefore

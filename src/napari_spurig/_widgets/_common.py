@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._view import add_layers
+
 __all__ = ["JobRunner", "add_layers", "optional_path"]
 
 
@@ -21,16 +23,6 @@ def optional_path(value: Any) -> Path | None:
         return None
     text = str(value).strip()
     return None if text in ("", ".") else Path(text)
-
-
-def add_layers(viewer: Any, tuples: list[Any]) -> list[Any]:
-    """Add layer data tuples to ``viewer``; return the new layers."""
-    from napari.layers import Layer
-
-    out = []
-    for data, meta, kind in tuples:
-        out.append(viewer.add_layer(Layer.create(data, dict(meta), kind)))
-    return out
 
 
 class JobRunner:
@@ -80,8 +72,14 @@ class JobRunner:
         self.error = None
         self.cancelled = False
         # connecting "errored" up front stops napari from re-raising job errors in the event loop
-        worker = create_worker(job, *args, cancel=self.cancel, _start_thread=False,
-                               _connect={"errored": self._errored}, **kwargs)
+        worker = create_worker(
+            job,
+            *args,
+            cancel=self.cancel,
+            _start_thread=False,
+            _connect={"errored": self._errored},
+            **kwargs,
+        )
         worker.yielded.connect(self._yielded)
         worker.returned.connect(self._returned)
         worker.finished.connect(self._finished)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, Table
 
 from .._models import CompareOutput, compare_job
-from ._common import JobRunner, add_layers, optional_path
+from .._view import show_compare
+from ._common import JobRunner, optional_path
 from ._maps import layer_result_paths
 from ._reconstruct import layer_scan_paths
 
@@ -54,14 +56,21 @@ class CompareWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._extra: list[tuple[str, str]] = []
-        self.scan = FileEdit(label="reference scan", mode="r", filter="*.h5 *.hdf5", nullable=True)
+        self.scan = FileEdit(
+            label="reference scan",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.h5 *.hdf5",
+            nullable=True,
+        )
         self.results = Select(label="results", choices=self._choices)
-        self.add_store = FileEdit(label="add result (.zarr)", mode="d", nullable=True)
+        self.add_store = FileEdit(
+            label="add result (.zarr)", mode=FileDialogMode.EXISTING_DIRECTORY, nullable=True
+        )
         self.add_button = PushButton(text="Add result")
         self.factor = ComboBox(label="error ×", choices=[5, 10], value=5)
         self.run_button = PushButton(text="Compare")
         self.status = Label(value="")
-        self.table = Table(value={"data": [], "columns": TABLE_COLUMNS})
+        self.table = Table(value={"data": [], "columns": TABLE_COLUMNS, "index": []})
         self.extend(
             [
                 self.scan,
@@ -99,7 +108,7 @@ class CompareWidget(Container):
         if optional_path(self.scan.value) is None:
             scans = layer_scan_paths(self.viewer)
             if scans:
-                self.scan.value = scans[0][1]
+                self.scan.value = Path(scans[0][1])
 
     def add_result(self, path: str | Path) -> None:
         """Offer ``path`` (a result store) in the list and select it."""
@@ -137,22 +146,8 @@ class CompareWidget(Container):
         return self.runner.start(compare_job, scan, results, factor=float(self.factor.value))
 
     def _on_done(self, output: CompareOutput) -> None:
-        from napari.experimental import link_layers
-
         self.output = output
-        for layer in list(self.compare_layers):
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        for layer in self.viewer.layers:
-            layer.visible = False
-        self.compare_layers = add_layers(self.viewer, output.layers)
-        images = [lay for lay in self.compare_layers if lay._type_string == "image"]
-        if len(images) > 1:
-            link_layers(images, ("contrast_limits", "gamma", "colormap"))
-        n = len(output.rows)
-        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9; viewer.grid before
-        grid = canvas.grid if canvas is not None and hasattr(canvas, "grid") else self.viewer.grid
-        grid.shape = (2, n + 1)
-        grid.enabled = True
-        self.table.value = {"data": table_rows(output), "columns": TABLE_COLUMNS}
-        self.status.value = f"compared {n} result(s); errors ×{self.factor.value}"
+        self.compare_layers = show_compare(self.viewer, output, previous=self.compare_layers)
+        rows = table_rows(output)
+        self.table.value = {"data": rows, "columns": TABLE_COLUMNS, "index": [r[0] for r in rows]}
+        self.status.value = f"compared {len(rows)} result(s); errors ×{self.factor.value}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
+from .._layers import result_layers
 from .._models import match_job, result_file_layers
 from ._common import JobRunner, add_layers, optional_path
 
@@ -52,11 +54,19 @@ class MapsWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.result_layer = ComboBox(label="result layer", choices=self._choices, nullable=True)
-        self.result = FileEdit(label="or store (.zarr)", mode="d", nullable=True)
-        self.scan = FileEdit(label="scan (.h5)", mode="r", filter="*.h5 *.hdf5", nullable=True)
+        self.result = FileEdit(
+            label="or store (.zarr)", mode=FileDialogMode.EXISTING_DIRECTORY, nullable=True
+        )
+        self.scan = FileEdit(
+            label="scan (.h5)",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.h5 *.hdf5",
+            nullable=True,
+        )
         self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
         self.run_button = PushButton(text="Match")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.unbalanced_button = PushButton(text="Show unbalanced |F_k^H α̃|")
         self.status = Label(value="")
         self.extend(
             [
@@ -66,12 +76,14 @@ class MapsWidget(Container):
                 self.device,
                 self.run_button,
                 self.cancel_button,
+                self.unbalanced_button,
                 self.status,
             ]
         )
+        self.unbalanced_button.changed.connect(self.show_unbalanced)
         self.result_layer.changed.connect(self._pick)
         self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(lambda *_: self.runner.request_cancel())
+        self.cancel_button.changed.connect(self._cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(lambda e: self.result_layer.reset_choices())
         self.runner = JobRunner("matching", on_done=self._on_done, on_stop=self._on_stop)
@@ -81,10 +93,29 @@ class MapsWidget(Container):
 
     def _pick(self, value: str | None) -> None:
         if value:
-            self.result.value = value
+            self.result.value = Path(value)
             scan = _source_scan(Path(value))
             if scan is not None and optional_path(self.scan.value) is None:
                 self.scan.value = scan
+
+    def _cancel(self, *_: Any) -> None:
+        self.runner.request_cancel()
+
+    def show_unbalanced(self, *_: Any) -> list[Any]:
+        """Add the chosen result's unbalanced coefficient magnitudes ``|F_k^H α̃|`` (lazy)."""
+        from napari.utils.notifications import show_error
+
+        from spurig_core.errors import SpurigError
+
+        result = optional_path(self.result.value)
+        try:
+            if result is None:
+                raise SpurigError("result: choose a result store (.zarr)")
+            layers = result_layers(result, unbalanced=True, iterations=False)[:1]
+        except SpurigError as exc:
+            show_error(str(exc))
+            return []
+        return add_layers(self.viewer, layers)
 
     def start(self, *_: Any) -> Any:
         """Start matching; a missing store or scan becomes a notification."""

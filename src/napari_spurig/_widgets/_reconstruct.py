@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from .._layers import result_layers
@@ -56,15 +57,30 @@ class ReconstructWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.scan = FileEdit(label="scan (.h5)", mode="r", filter="*.h5 *.hdf5", nullable=True)
+        self.scan = FileEdit(
+            label="scan (.h5)",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.h5 *.hdf5",
+            nullable=True,
+        )
         self.scan_layer = ComboBox(label="or from layer", choices=self._scan_choices, nullable=True)
         self.method = ComboBox(label="method", choices=list(METHODS), value="SPUR-iG")
         self.duration = ComboBox(label="duration", choices=list(DURATION_CHOICES), value="6min")
         self.groups = SpinBox(label="groups", min=1, max=10_000, value=48, enabled=False)
-        self.model = FileEdit(label="model (.pt)", mode="r", filter="*.pt *.pth", nullable=True)
+        self.model = FileEdit(
+            label="model (.pt)",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.pt *.pth",
+            nullable=True,
+        )
         self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
         self.save_iterations = CheckBox(label="save iterations", value=False)
-        self.output = FileEdit(label="output (.zarr)", mode="w", filter="*.zarr", nullable=True)
+        self.output = FileEdit(
+            label="output (.zarr)",
+            mode=FileDialogMode.OPTIONAL_FILE,
+            filter="*.zarr",
+            nullable=True,
+        )
         self.run_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -103,7 +119,7 @@ class ReconstructWidget(Container):
 
     def _scan_from_layer(self, value: str | None) -> None:
         if value:
-            self.scan.value = value
+            self.scan.value = Path(value)
 
     def params(self) -> ReconstructParams:
         """The form as :class:`ReconstructParams` (output defaults to a name beside the scan).

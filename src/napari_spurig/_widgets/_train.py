@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.types import FileDialogMode
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 
-from .._models import STAGES, LossHistory, train_job
+from .._models import STAGES, LossHistory, train_job, write_train_config
 from ._common import JobRunner, optional_path
 
 __all__ = ["TrainWidget"]
@@ -14,6 +25,10 @@ __all__ = ["TrainWidget"]
 
 class TrainWidget(Container):
     """Run a training stage (pretrain, GLEAM, fine-tune) from a TOML config.
+
+    Without a config file, the main fields (cohort and output directories, duration, epochs,
+    learning rate, device) are written to ``<out_dir>/gui-<stage>.toml`` and that file is used, so
+    the run stays reproducible; every other field keeps the engine's default.
 
     The loss of every reported step is drawn live (matplotlib canvas in the dock).  Cancel stops at
     the next step; checkpoints the engine already wrote are kept, so "resume" continues from them.
@@ -27,7 +42,22 @@ class TrainWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.stage = ComboBox(label="stage", choices=list(STAGES), value="pretrain")
-        self.config = FileEdit(label="config (.toml)", mode="r", filter="*.toml", nullable=True)
+        self.config = FileEdit(
+            label="config (.toml)",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.toml",
+            nullable=True,
+        )
+        self.data_dir = FileEdit(
+            label="or cohort dir", mode=FileDialogMode.EXISTING_DIRECTORY, nullable=True
+        )
+        self.out_dir = FileEdit(
+            label="output dir", mode=FileDialogMode.EXISTING_DIRECTORY, nullable=True
+        )
+        self.duration = ComboBox(label="duration", choices=["30s", "1min", "2min"], value="1min")
+        self.epochs = SpinBox(label="epochs", min=1, max=100_000, value=100)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=5e-3)
+        self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
         self.resume = CheckBox(label="resume", value=False)
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -65,11 +95,11 @@ class TrainWidget(Container):
 
         if self.runner.running:
             return None
-        cfg = optional_path(self.config.value)
-        if cfg is None or not cfg.is_file():
-            msg = str(InputError(f"config {cfg or ''}: choose an existing training config (.toml)"))
-            show_error(msg)
-            self.status.value = msg
+        try:
+            cfg = self.config_path()
+        except InputError as exc:
+            show_error(str(exc))
+            self.status.value = str(exc)
             return None
         self.history = LossHistory()
         self._redraw()
@@ -79,6 +109,35 @@ class TrainWidget(Container):
         return self.runner.start(
             train_job, STAGES[self.stage.value], cfg, resume=bool(self.resume.value)
         )
+
+    def config_path(self) -> Path:
+        """The chosen config file, or one written from the main fields.
+
+        Raises
+        ------
+        InputError
+            When neither an existing config nor the cohort and output directories are given.
+        """
+        from spurig_core.errors import InputError
+
+        cfg = optional_path(self.config.value)
+        if cfg is not None:
+            if not cfg.is_file():
+                raise InputError(f"config {cfg}: no such file")
+            return cfg
+        data, out = optional_path(self.data_dir.value), optional_path(self.out_dir.value)
+        if data is None or out is None or not data.is_dir():
+            raise InputError("config: choose a training config (.toml) or a cohort and output dir")
+        out.mkdir(parents=True, exist_ok=True)
+        fields = {
+            "data_dir": str(data.resolve()),
+            "out_dir": str(out.resolve()),
+            "duration": self.duration.value,
+            "epochs": int(self.epochs.value),
+            "lr": float(self.lr.value),
+            "device": self.device.value,
+        }
+        return write_train_config(fields, out / f"gui-{STAGES[self.stage.value]}.toml")
 
     def request_cancel(self, *_: Any) -> None:
         """Stop at the next step; checkpoints written so far stay."""

@@ -1,6 +1,7 @@
 r"""The subspace encoding ``A = F_u S Φ̃`` and its normal operator (paper 2.1 and 2.3.1).
 
-Coefficients ``α`` of shape ``(basis, x, y, z)`` are encoded to k-space ``(coils, groups, tr, samples)``:
+Coefficients ``α`` of shape ``(basis, x, y, z)`` are encoded to k-space
+``(coils, groups, tr, samples)``:
 
 .. math:: (A α)[c, g, t, s] = \sum_k Φ̃[t, k] \sum_r S_c(r)\, α_k(r)\, e^{-2πi\, k_{gts}·(r − N/2)/N}
 
@@ -17,8 +18,8 @@ Two implementations:
 
   .. math:: K[k', k](p) = \sum_{(g,t,s):\ \mathrm{index}[g,t,s] = p} \overline{Φ̃[t,k']}\, Φ̃[t,k]
 
-  (duplicates counted), so ``A^H A α = Σ_c \overline{S_c}\, \mathrm{crop}\, F^H K F\, \mathrm{pad}(S_c α)``.
-  The data enter a reconstruction only once, as ``A^H b`` (:meth:`GriddedSubspaceEncoding.adjoint_data`).
+  (duplicates counted), so ``A^H A α = Σ_c conj(S_c) crop F^H K F pad(S_c α)``.  The data enter
+  a reconstruction only once, as ``A^H b`` (:meth:`GriddedSubspaceEncoding.adjoint_data`).
 
 Both follow the device of the coil maps they were built with (CPU or CUDA), work in complex64 and
 give the adjoint as the autograd gradient.  :func:`adjoint_scale` is the norm-matching scale of the
@@ -28,7 +29,6 @@ paper's appendix A.1.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +50,13 @@ _DIMS = (-3, -2, -1)
 
 def _check_maps_basis(coil_maps: torch.Tensor, basis: torch.Tensor, tr: int, name: str) -> None:
     if coil_maps.ndim != 4:
-        raise InputError(f"{name}: coil_maps must be (coils, x, y, z), got {tuple(coil_maps.shape)}")
+        raise InputError(
+            f"{name}: coil_maps must be (coils, x, y, z), got {tuple(coil_maps.shape)}"
+        )
     if basis.ndim != 2 or basis.shape[0] != tr:
-        raise InputError(f"{name}: basis must be (tr, basis) with tr = {tr}, got "
-                         f"{tuple(basis.shape)}")
+        raise InputError(
+            f"{name}: basis must be (tr, basis) with tr = {tr}, got {tuple(basis.shape)}"
+        )
     for what, t in (("coil_maps", coil_maps), ("basis", basis)):
         if not torch.isfinite(torch.view_as_real(t.to(torch.complex64))).all():
             raise InputError(f"{name}: {what} contains NaN or Inf")
@@ -92,11 +95,20 @@ class SubspaceNUFFTEncoding(LinearOperator):
     transformed (``basis`` NUFFTs per call), so the working memory is ``basis × groups·tr·samples``.
     """
 
-    def __init__(self, trajectory: torch.Tensor, coil_maps: torch.Tensor, basis: torch.Tensor, *,
-                 eps: float = 1e-4, nthreads: int | None = None) -> None:
+    def __init__(
+        self,
+        trajectory: torch.Tensor,
+        coil_maps: torch.Tensor,
+        basis: torch.Tensor,
+        *,
+        eps: float = 1e-4,
+        nthreads: int | None = None,
+    ) -> None:
         if trajectory.ndim != 4 or trajectory.shape[-1] != 3:
-            raise InputError(f"SubspaceNUFFTEncoding: trajectory must be (groups, tr, samples, 3), "
-                             f"got {tuple(trajectory.shape)}")
+            raise InputError(
+                f"SubspaceNUFFTEncoding: trajectory must be (groups, tr, samples, 3), "
+                f"got {tuple(trajectory.shape)}"
+            )
         g, t, s, _ = trajectory.shape
         _check_maps_basis(coil_maps, basis, t, "SubspaceNUFFTEncoding")
         self.device = coil_maps.device
@@ -104,10 +116,12 @@ class SubspaceNUFFTEncoding(LinearOperator):
         self.basis = basis.to(self.device, torch.complex64)
         self.matrix = tuple(int(n) for n in coil_maps.shape[1:])
         nb = self.basis.shape[1]
-        self.nufft = NUFFT(trajectory.to(self.device), self.matrix, batch=(nb,), eps=eps,
-                           nthreads=nthreads)
-        super().__init__((nb, *self.matrix), (coil_maps.shape[0], g, t, s),
-                         name="SubspaceNUFFTEncoding")
+        self.nufft = NUFFT(
+            trajectory.to(self.device), self.matrix, batch=(nb,), eps=eps, nthreads=nthreads
+        )
+        super().__init__(
+            (nb, *self.matrix), (coil_maps.shape[0], g, t, s), name="SubspaceNUFFTEncoding"
+        )
         self._phi_t = self.basis.T.reshape(nb, 1, t, 1).contiguous()
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,40 +219,57 @@ class GriddedSubspaceEncoding(LinearOperator):
     Forward: pad ``S_c α_k`` to the grid, centred FFT (the SPEC §3 sum, evaluated at the grid
     frequencies ``(p − X//2)·N/X``, see :mod:`~spurig_core.operators.grid`), gather ``index``, mix
     ``Σ_k Φ̃[t,k]``.  Adjoint: the exact adjoint (scatter-add, duplicates add).  ``gram``: pad, FFT,
-    per-point ``basis × basis`` kernel ``K``, inverse FFT, crop; ``K`` is built once (``basis² · X·Y·Z``
+    per-point ``basis × basis`` kernel ``K``, inverse FFT, crop; ``K`` is built once
+    (``basis² · X·Y·Z``
     complex64).  The FFT checkerboards cancel in ``gram`` and are folded into the coil maps.
     """
 
-    def __init__(self, gridded: GriddedData, coil_maps: torch.Tensor, basis: torch.Tensor, *,
-                 config: GriddedEncodingConfig | None = None) -> None:
+    def __init__(
+        self,
+        gridded: GriddedData,
+        coil_maps: torch.Tensor,
+        basis: torch.Tensor,
+        *,
+        config: GriddedEncodingConfig | None = None,
+    ) -> None:
         self.config = config or GriddedEncodingConfig()
         idx = gridded.index
         if idx.ndim != 3:
-            raise InputError(f"GriddedSubspaceEncoding: index must be (groups, tr, samples), got "
-                             f"{tuple(idx.shape)}")
+            raise InputError(
+                f"GriddedSubspaceEncoding: index must be (groups, tr, samples), got "
+                f"{tuple(idx.shape)}"
+            )
         g, t, s = idx.shape
         _check_maps_basis(coil_maps, basis, t, "GriddedSubspaceEncoding")
         self.matrix = tuple(int(n) for n in gridded.matrix)
         self.grid = tuple(int(n) for n in gridded.grid)
         if tuple(coil_maps.shape[1:]) != self.matrix:
-            raise InputError(f"GriddedSubspaceEncoding: coil maps {tuple(coil_maps.shape[1:])} do "
-                             f"not match the gridded matrix {self.matrix}")
+            raise InputError(
+                f"GriddedSubspaceEncoding: coil maps {tuple(coil_maps.shape[1:])} do "
+                f"not match the gridded matrix {self.matrix}"
+            )
         vs = tuple(gridded.values.shape)
         if vs != (coil_maps.shape[0], g, t, s):
-            raise InputError(f"GriddedSubspaceEncoding: values {vs} do not match "
-                             f"(coils, groups, tr, samples) = {(coil_maps.shape[0], g, t, s)}")
+            raise InputError(
+                f"GriddedSubspaceEncoding: values {vs} do not match "
+                f"(coils, groups, tr, samples) = {(coil_maps.shape[0], g, t, s)}"
+            )
         self.n_grid = math.prod(self.grid)
-        if idx.dtype not in (torch.int64, torch.int32) or (idx.numel() and (
-                int(idx.min()) < 0 or int(idx.max()) >= self.n_grid)):
-            raise InputError(f"GriddedSubspaceEncoding: index must be integers in [0, {self.n_grid})")
+        if idx.dtype not in (torch.int64, torch.int32) or (
+            idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_grid)
+        ):
+            raise InputError(
+                f"GriddedSubspaceEncoding: index must be integers in [0, {self.n_grid})"
+            )
         self.gridded = gridded
         self.device = coil_maps.device
         self.n_coils = int(coil_maps.shape[0])
         self.n_basis = int(basis.shape[1])
         sl = centre_offset(self.matrix, self.grid)
         self._crop = tuple(slice(o, o + n) for o, n in zip(sl, self.matrix, strict=True))
-        super().__init__((self.n_basis, *self.matrix), (self.n_coils, g, t, s),
-                         name="GriddedSubspaceEncoding")
+        super().__init__(
+            (self.n_basis, *self.matrix), (self.n_coils, g, t, s), name="GriddedSubspaceEncoding"
+        )
         dev = self.device
         pre, post = modulation(self.grid, dev)
         self._post = post
@@ -269,8 +300,11 @@ class GriddedSubspaceEncoding(LinearOperator):
             kern.index_add_(0, ids, src.reshape(-1, nb * nb))
         sampled = torch.unique(self._index)
         frac = sampled.numel() / self.n_grid
-        sparse = self.config.sparse if self.config.sparse is not None else (
-            frac < self.config.sparse_below)
+        sparse = (
+            self.config.sparse
+            if self.config.sparse is not None
+            else (frac < self.config.sparse_below)
+        )
         self.sampled_fraction = frac
         self.sparse = bool(sparse)
         if self.sparse:
@@ -282,7 +316,7 @@ class GriddedSubspaceEncoding(LinearOperator):
 
     @property
     def kernels(self) -> torch.Tensor:
-        """The per-location kernels ``K``, shape (basis, basis, X, Y, Z), complex64 (a new tensor)."""
+        """The per-location kernels ``K``, shape (basis, basis, X, Y, Z), complex64 (a copy)."""
         nb = self.n_basis
         if self._loc is None:
             return self._kernel.reshape(nb, nb, *self.grid).clone()
@@ -412,8 +446,9 @@ class GriddedSubspaceEncoding(LinearOperator):
         Tensor, shape (coils, basis, X, Y, Z), complex64
         """
         b = self._values(values)
-        out = torch.empty((self.n_coils, self.n_basis, *self.grid), dtype=torch.complex64,
-                          device=self.device)
+        out = torch.empty(
+            (self.n_coils, self.n_basis, *self.grid), dtype=torch.complex64, device=self.device
+        )
         with torch.no_grad():
             for c in range(self.n_coils):
                 self._project_coil(b[c], out[c])
@@ -424,8 +459,10 @@ class GriddedSubspaceEncoding(LinearOperator):
         ``(basis, x, y, z)``."""
         want = (self.n_coils, self.n_basis, *self.grid)
         if tuple(projected.shape) != want:
-            raise InputError(f"{self.name}: projected k-space has shape "
-                             f"{tuple(projected.shape)}, expected {want}")
+            raise InputError(
+                f"{self.name}: projected k-space has shape "
+                f"{tuple(projected.shape)}, expected {want}"
+            )
         acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=self.device)  # type: ignore[arg-type]
         with torch.no_grad():
             for c in range(self.n_coils):
@@ -485,9 +522,11 @@ def adjoint_scale(op: LinearOperator, b: torch.Tensor, *, ahb: torch.Tensor | No
         nb = float(torch.linalg.vector_norm(b.to(torch.complex128)))
         if nb == 0.0:
             return 0.0
-        av2 = float(torch.vdot(v.reshape(-1).to(torch.complex128),
-                               op.gram(v).reshape(-1).to(torch.complex128)).real)
+        av2 = float(
+            torch.vdot(
+                v.reshape(-1).to(torch.complex128), op.gram(v).reshape(-1).to(torch.complex128)
+            ).real
+        )
         if av2 <= 0.0:
             raise InputError(f"{op.name}: A A^H b is zero; cannot scale the initialisation")
         return nb / math.sqrt(av2)
-

@@ -1,8 +1,8 @@
 r"""Fourier operators: centred FFT, zero-padding to the oversampled grid and the NUFFT (paper 2.1).
 
-All transforms follow the forward model of SPEC §3 exactly: an image ``m`` of ``matrix = (Nx, Ny, Nz)``
-voxels, voxel ``r`` at position ``ρ = r − matrix//2``, is encoded at the spatial frequency ``k``
-(cycles per FOV) as
+All transforms follow the forward model of SPEC §3 exactly: an image ``m`` of
+``matrix = (Nx, Ny, Nz)`` voxels, voxel ``r`` at position ``ρ = r − matrix//2``, is encoded at the
+spatial frequency ``k`` (cycles per FOV) as
 
 .. math:: \hat m(k) = \sum_r m(r)\, e^{-2\pi i\, k\cdot(r - \lfloor N/2\rfloor)/N},
 
@@ -71,13 +71,17 @@ class _Linear(torch.autograd.Function):
         return ctx.fwd(t.contiguous())
 
 
-def apply_linear(x: torch.Tensor, fwd: Callable[[torch.Tensor], torch.Tensor],
-                 adj: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def apply_linear(
+    x: torch.Tensor,
+    fwd: Callable[[torch.Tensor], torch.Tensor],
+    adj: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """Apply the linear map ``fwd`` to ``x`` so that autograd uses ``adj`` as its vjp.
 
     ``fwd`` and ``adj`` run without autograd (they may use buffers, numpy or in-place operations);
-    the gradient of any loss through the result is ``adj`` applied to the cotangent, and forward-mode
-    AD propagates tangents through ``fwd``.  Without gradients involved this is just ``fwd(x)``.
+    the gradient of any loss through the result is ``adj`` applied to the cotangent, and
+    forward-mode AD propagates tangents through ``fwd``.  Without gradients involved this is just
+    ``fwd(x)``.
 
     Parameters
     ----------
@@ -105,8 +109,9 @@ def _has_tangent(x: torch.Tensor) -> bool:
 # centred FFT
 # ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _modulation_cached(shape: tuple[int, int, int], device: str, dtype: torch.dtype
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def _modulation_cached(
+    shape: tuple[int, int, int], device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     ramps = []
     const = 1.0 + 0.0j
     for n in shape:
@@ -125,8 +130,9 @@ def _modulation_cached(shape: tuple[int, int, int], device: str, dtype: torch.dt
     return pre, post
 
 
-def modulation(shape: Seq[int], device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.complex64) -> tuple[torch.Tensor, torch.Tensor]:
+def modulation(
+    shape: Seq[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.complex64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The diagonal factors of the centred FFT: ``fft3c(x) = post · fft(pre · x)``.
 
     Parameters
@@ -152,8 +158,9 @@ def modulation(shape: Seq[int], device: torch.device | str = "cpu",
 def fft3c(x: torch.Tensor, *, norm: str = "backward") -> torch.Tensor:
     """Centred FFT over the last three axes (SPEC §3 sign and centring).
 
-    ``fft3c(x)[..., p] = Σ_r x[..., r] · exp(-2πi (p − N//2)·(r − N//2)/N)`` per axis, i.e. the forward
-    model of SPEC §3 at the integer frequencies ``p − N//2`` with ``norm="backward"`` (no scaling).
+    ``fft3c(x)[..., p] = Σ_r x[..., r] · exp(-2πi (p − N//2)·(r − N//2)/N)`` per axis, i.e. the
+    forward model of SPEC §3 at the integer frequencies ``p − N//2`` with ``norm="backward"``
+    (no scaling).
 
     Parameters
     ----------
@@ -211,7 +218,7 @@ class FFTOperator(LinearOperator):
     shape : tuple of int
         ``(..., x, y, z)``: batch axes followed by the three transformed axes.
     unitary : bool
-        ``False`` (default): the SPEC §3 sum without scaling, adjoint = ``ifft3c(·, norm="forward")``.
+        ``False`` (default): the SPEC §3 sum without scaling; adjoint ``ifft3c(·, norm="forward")``.
         ``True``: ``norm="ortho"``, so that the adjoint is the inverse.
     """
 
@@ -241,7 +248,7 @@ class FFTOperator(LinearOperator):
 # pad / crop
 # ------------------------------------------------------------------------------------------------
 def centre_offset(matrix: Seq[int], grid: Seq[int]) -> tuple[int, int, int]:
-    """Where a ``matrix`` image starts inside a ``grid`` so that the centres ``N//2`` and ``X//2`` meet."""
+    """Start of a ``matrix`` image inside a ``grid`` so that the centres ``N//2``, ``X//2`` meet."""
     off = tuple(int(g) // 2 - int(n) // 2 for n, g in zip(matrix, grid, strict=True))
     if any(o < 0 or int(g) < int(n) for o, n, g in zip(off, matrix, grid, strict=True)):
         raise InputError(f"grid {tuple(grid)} is smaller than the image matrix {tuple(matrix)}")
@@ -333,8 +340,8 @@ def _cufinufft() -> Any | None:
 class NUFFT(LinearOperator):
     r"""Non-uniform FFT at the trajectory points (type 2 forward, type 1 adjoint), via finufft.
 
-    Forward: ``y[b, j] = Σ_r x[b, r] · exp(-2πi k_j·(r − matrix//2)/matrix)`` (SPEC §3), i.e. finufft
-    type 2 with ``isign=-1``, points ``2π k_j/matrix`` (radians) and ``modeord=0`` (modes
+    Forward: ``y[b, j] = Σ_r x[b, r] · exp(-2πi k_j·(r − matrix//2)/matrix)`` (SPEC §3), i.e.
+    finufft type 2 with ``isign=-1``, points ``2π k_j/matrix`` (radians) and ``modeord=0`` (modes
     ``−N//2 … (N−1)//2`` in array order, which is exactly ``r − N//2``).  Adjoint: type 1 with
     ``isign=+1``.  Plans are made once per batch size and reuse the points (``setpts`` once).
     Autograd through :meth:`forward` / :meth:`adjoint` gives the adjoint / forward.
@@ -361,12 +368,22 @@ class NUFFT(LinearOperator):
     work is done by finufft on the CPU and the result moved back to the input's device.
     """
 
-    def __init__(self, trajectory: torch.Tensor, matrix: Seq[int], *, batch: Seq[int] = (),
-                 eps: float = 1e-4, n_trans: int | None = None, nthreads: int | None = None) -> None:
+    def __init__(
+        self,
+        trajectory: torch.Tensor,
+        matrix: Seq[int],
+        *,
+        batch: Seq[int] = (),
+        eps: float = 1e-4,
+        n_trans: int | None = None,
+        nthreads: int | None = None,
+    ) -> None:
         matrix = tuple(int(n) for n in matrix)
         if len(matrix) != 3 or trajectory.ndim < 2 or trajectory.shape[-1] != 3:
-            raise InputError(f"NUFFT: trajectory must be (..., 3) for a 3D matrix, got "
-                             f"{tuple(trajectory.shape)} and matrix {matrix}")
+            raise InputError(
+                f"NUFFT: trajectory must be (..., 3) for a 3D matrix, got "
+                f"{tuple(trajectory.shape)} and matrix {matrix}"
+            )
         if not torch.isfinite(trajectory).all():
             raise InputError("NUFFT: trajectory contains NaN or Inf")
         lim = torch.tensor(matrix, dtype=torch.float64, device=trajectory.device)
@@ -402,16 +419,30 @@ class NUFFT(LinearOperator):
             isign = -1 if kind == 2 else 1
             if self._gpu:
                 cu = _cufinufft()
-                plan = cu.Plan(kind, self.matrix, n_trans=ntr, eps=self.eps, isign=isign,
-                               dtype="complex64", modeord=0)
+                plan = cu.Plan(
+                    kind,
+                    self.matrix,
+                    n_trans=ntr,
+                    eps=self.eps,
+                    isign=isign,
+                    dtype="complex64",
+                    modeord=0,
+                )
             else:
                 import finufft
 
                 kw: dict[str, Any] = {"modeord": 0}
                 if self.nthreads is not None:
                     kw["nthreads"] = int(self.nthreads)
-                plan = finufft.Plan(kind, self.matrix, n_trans=ntr, eps=self.eps, isign=isign,
-                                    dtype="complex64", **kw)
+                plan = finufft.Plan(
+                    kind,
+                    self.matrix,
+                    n_trans=ntr,
+                    eps=self.eps,
+                    isign=isign,
+                    dtype="complex64",
+                    **kw,
+                )
             plan.setpts(*self._pts)
             self._plans[key] = plan
         return plan
@@ -449,7 +480,8 @@ class NUFFT(LinearOperator):
                 e = min(nb, s + self.n_trans)
                 plan = self._plan(1, e - s)
                 out[s:e] = plan.execute(ys[s:e] if e - s > 1 else ys[s]).reshape(
-                    e - s, *self.matrix)
+                    e - s, *self.matrix
+                )
             return out
         yn = y.detach().to("cpu", torch.complex64).contiguous().numpy()
         outn = np.empty((nb, *self.matrix), dtype=np.complex64)

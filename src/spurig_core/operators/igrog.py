@@ -1,22 +1,23 @@
 """iGROG: implicit-GROG gridding of non-Cartesian k-space onto the oversampled grid (paper 2.3.1).
 
 Every acquired sample moves to its nearest point of the ``×grid_oversampling`` Cartesian grid of
-:mod:`spurig_core.operators.grid`.  Its value there is predicted, GRAPPA-like, from the ``n`` nearest
-samples of the same spiral arm (same group and TR) by a coil-mixing kernel
+:mod:`spurig_core.operators.grid`.  Its value there is predicted, GRAPPA-like, from the ``n``
+nearest samples of the same spiral arm (same group and TR) by a coil-mixing kernel
 
 .. math::
 
     y(\\mathbf{k}_g) = G_\\psi(\\mathbf{d}_1, \\dots, \\mathbf{d}_n)\\,
     [y(\\mathbf{k}_g + \\mathbf{d}_1); \\dots; y(\\mathbf{k}_g + \\mathbf{d}_n)],
-    \\qquad G_\\psi : \\mathbb{R}^{3n} \\to \\mathbb{C}^{\\mathrm{coils} \\times \\mathrm{coils}\\cdot n},
+    \\qquad G_\\psi : \\mathbb{R}^{3n} \\to
+    \\mathbb{C}^{\\mathrm{coils} \\times \\mathrm{coils}\\cdot n},
 
 where ``d_i = k_{source i} − k_g`` (cycles/FOV).  The kernel family is an implicit neural
 representation (INR): an MLP on random Fourier features of the displacements (Abraham et al.,
 "Implicit Representation of GRAPPA Kernels", arXiv:2310.10823).  It is trained from the calibration
 data only: targets at random positions inside the calibrated k-space cube, sources at
-``target + d`` for displacement sets drawn from those that occur in the scan's trajectory, and both
-evaluated from the calibration image by a type-2 NUFFT (band-limited interpolation of the calibration
-region, as in Luo et al., MRM 2019, doi:10.1002/mrm.27801).
+``target + d`` for displacement sets drawn from those that occur in the scan's trajectory, and
+both evaluated from the calibration image by a type-2 NUFFT (band-limited interpolation of the
+calibration region, as in Luo et al., MRM 2019, doi:10.1002/mrm.27801).
 
 Three gridding variants are available for comparison:
 
@@ -30,6 +31,7 @@ nearest samples of a spiral arm to a point are its neighbours along the readout)
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -79,6 +81,10 @@ class GriddingConfig:
         displacements).
     fourier_scale : float
         Standard deviation of the Fourier frequencies, in cycles per (cycle/FOV) of displacement.
+    prior_width : float
+        Width (cycles/FOV) of the fixed smooth prior added to the learned kernel: each coil from
+        its own sources with Gaussian weights ``softmax(−|d_i|²/prior_width²)`` (close to the
+        nearest-neighbour move), so training starts from the no-kernel error; ``0`` disables it.
     steps : int
         Adam steps of kernel training.
     lr : float
@@ -107,12 +113,13 @@ class GriddingConfig:
     hidden: int = 256
     layers: int = 3
     fourier_features: int = 128
-    fourier_scale: float = 0.3
+    fourier_scale: float = 0.1
+    prior_width: float = 0.3
     steps: int = 3000
-    lr: float = 1e-3
-    batch: int = 256
-    train_sets: int = 8192
-    targets_per_set: int = 16
+    lr: float = 2e-3
+    batch: int = 128
+    train_sets: int = 4096
+    targets_per_set: int = 64
     calib_margin: float = 1.0
     grid_batch: int = 32768
     seed: int = 0
@@ -130,9 +137,16 @@ class GriddingConfig:
                 f"gridding.search_window: {self.search_window} gives fewer than "
                 f"{self.n_sources} candidate sources"
             )
-        for name in ("hidden", "layers", "fourier_features", "steps", "batch", "train_sets",
-                     "targets_per_set",
-                     "grid_batch"):
+        for name in (
+            "hidden",
+            "layers",
+            "fourier_features",
+            "steps",
+            "batch",
+            "train_sets",
+            "targets_per_set",
+            "grid_batch",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"gridding.{name}: {getattr(self, name)} is below 1")
         if self.device not in ("cpu", "cuda"):
@@ -175,11 +189,24 @@ class IGROGKernel(nn.Module):
         The :class:`GriddingConfig` it was trained with (plain dict).
     """
 
-    def __init__(self, n_coils: int, n_sources: int, *, hidden: int = 256, layers: int = 3,
-                 fourier_features: int = 128, fourier_scale: float = 0.3, seed: int = 0) -> None:
+    freqs: torch.Tensor
+
+    def __init__(
+        self,
+        n_coils: int,
+        n_sources: int,
+        *,
+        hidden: int = 256,
+        layers: int = 3,
+        fourier_features: int = 128,
+        fourier_scale: float = 0.1,
+        prior_width: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.n_coils = int(n_coils)
         self.n_sources = int(n_sources)
+        self.prior_width = float(prior_width)
         gen = torch.Generator().manual_seed(seed)
         d_in = 3 * self.n_sources
         self.register_buffer(
@@ -187,7 +214,7 @@ class IGROGKernel(nn.Module):
         )
         widths = [d_in + 2 * fourier_features] + [hidden] * layers
         mods: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:], strict=True):
+        for a, b in itertools.pairwise(widths):
             mods += [nn.Linear(a, b), nn.ReLU()]
         out = nn.Linear(hidden, 2 * self.n_coils * self.n_coils * self.n_sources)
         mods.append(out)
@@ -220,9 +247,17 @@ class IGROGKernel(nn.Module):
         proj = (2 * math.pi) * x @ self.freqs.T
         h = self.mlp(torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=1))
         h = h.view(d.shape[0], 2, self.n_coils, self.n_coils * self.n_sources)
-        return torch.complex(h[:, 0], h[:, 1])
+        g = torch.complex(h[:, 0], h[:, 1])
+        if self.prior_width > 0:
+            # smooth nearest-source prior: each coil from its own sources, Gaussian weights
+            w = torch.softmax(-d.square().sum(-1) / self.prior_width**2, dim=-1)  # (batch, n)
+            eye = torch.eye(self.n_coils, device=d.device, dtype=w.dtype)
+            g = g + torch.kron(eye, torch.ones(1, self.n_sources, device=d.device)).mul(
+                w.repeat(1, self.n_coils)[:, None, :]
+            ).to(g.dtype)
+        return g
 
-    def apply(self, d: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    def predict(self, d: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Predict target values from source values.
 
         Parameters
@@ -262,14 +297,20 @@ class IGROGKernel(nn.Module):
         if not isinstance(state, dict) or state.get("kind") != "igrog-kernel/1":
             raise InputError("kernel checkpoint: not an iGROG kernel (kind 'igrog-kernel/1')")
         cfg = state.get("config", {})
-        kernel = cls(state["n_coils"], state["n_sources"], hidden=cfg.get("hidden", 256),
-                     layers=cfg.get("layers", 3),
-                     fourier_features=cfg.get("fourier_features", 128),
-                     fourier_scale=cfg.get("fourier_scale", 0.3))
+        kernel = cls(
+            state["n_coils"],
+            state["n_sources"],
+            hidden=cfg.get("hidden", 256),
+            layers=cfg.get("layers", 3),
+            fourier_features=cfg.get("fourier_features", 128),
+            fourier_scale=cfg.get("fourier_scale", 0.1),
+            prior_width=cfg.get("prior_width", 0.0),
+        )
         try:
             kernel.load_state_dict(state["state_dict"])
         except RuntimeError as exc:
-            raise InputError(f"kernel checkpoint: weights do not fit: {exc}".splitlines()[0]) from None
+            first = str(exc).splitlines()[0]
+            raise InputError(f"kernel checkpoint: weights do not fit: {first}") from None
         kernel.config = dict(cfg)
         kernel.metrics = dict(state.get("metrics", {}))
         return kernel.eval()
@@ -279,8 +320,12 @@ class IGROGKernel(nn.Module):
 # geometry: targets and sources along each arm
 # ----------------------------------------------------------------------------------------------
 def find_sources(
-    trajectory: torch.Tensor, matrix: tuple[int, int, int], grid: tuple[int, int, int], *,
-    n_sources: int, search_window: int,
+    trajectory: torch.Tensor,
+    matrix: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    *,
+    n_sources: int,
+    search_window: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Target grid point and source samples of every sample of a batch of arms.
 
@@ -335,16 +380,22 @@ def _flat_arms(trajectory: torch.Tensor) -> torch.Tensor:
     return trajectory.reshape(-1, trajectory.shape[-2], 3)
 
 
-def _sample_displacements(trajectory: torch.Tensor, matrix: tuple[int, int, int],
-                          grid: tuple[int, int, int], cfg: GriddingConfig, count: int,
-                          gen: torch.Generator) -> torch.Tensor:
+def _sample_displacements(
+    trajectory: torch.Tensor,
+    matrix: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    cfg: GriddingConfig,
+    count: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """Displacement sets ``(count, n, 3)`` of random samples of the trajectory."""
     arms = _flat_arms(trajectory).float()
     # enough arms for ~4 samples per wanted set, bounded so memory stays small
     n_arms = min(arms.shape[0], max(16, math.ceil(4 * count / arms.shape[1])))
     pick = torch.randperm(arms.shape[0], generator=gen)[:n_arms]
-    _, _, disp = find_sources(arms[pick], matrix, grid, n_sources=cfg.n_sources,
-                              search_window=cfg.search_window)
+    _, _, disp = find_sources(
+        arms[pick], matrix, grid, n_sources=cfg.n_sources, search_window=cfg.search_window
+    )
     disp = disp.reshape(-1, cfg.n_sources, 3)
     return disp[torch.randint(disp.shape[0], (count,), generator=gen)]
 
@@ -353,7 +404,7 @@ def _sample_displacements(trajectory: torch.Tensor, matrix: tuple[int, int, int]
 # calibration data at arbitrary k
 # ----------------------------------------------------------------------------------------------
 def calibration_image(calibration: torch.Tensor) -> torch.Tensor:
-    """Low-resolution coil images whose transform (SPEC §3) at integer frequencies is ``calibration``.
+    """Low-resolution coil images whose SPEC §3 transform at integer frequencies is ``calibration``.
 
     Parameters
     ----------
@@ -383,7 +434,8 @@ def calibration_kspace(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     Tensor, shape (coils, points), complex128
-        ``Σ_r image[c, r] exp(-2πi Σ_d k_d (r_d − c_d//2) / c_d)``; equals ``calibration`` at integer k.
+        ``Σ_r image[c, r] exp(-2πi Σ_d k_d (r_d − c_d//2) / c_d)``; equals ``calibration`` at
+        integer ``k``.
     """
     import finufft
 
@@ -409,18 +461,24 @@ def _check_inputs(trajectory: torch.Tensor, matrix: tuple[int, int, int]) -> Non
         raise InputError("trajectory: contains NaN or Inf")
 
 
-def train_kernel(calibration: torch.Tensor, trajectory: torch.Tensor,
-                 matrix: tuple[int, int, int], *, config: GriddingConfig | None = None,
-                 callback: Callback | None = None) -> IGROGKernel:
+def train_kernel(
+    calibration: torch.Tensor,
+    trajectory: torch.Tensor,
+    matrix: tuple[int, int, int],
+    *,
+    config: GriddingConfig | None = None,
+    callback: Callback | None = None,
+) -> IGROGKernel:
     """Train the iGROG kernel INR from calibration data (paper 2.3.1, Figure 1).
 
     Training pairs: targets at uniformly random (continuous) positions of the calibration cube,
-    kept ``reach + calib_margin`` away from its edge; sources at ``target + d`` for displacement sets
-    ``d`` of randomly chosen trajectory samples (:func:`find_sources`); target and source values from
-    :func:`calibration_kspace`.  Data are divided by the RMS source magnitude for training (the
-    kernel is linear in the data, so nothing needs undoing).  Loss: mean of ``|Re e| + |Im e|`` of
-    the complex prediction error ``e`` (an L1 loss on real and imaginary parts); Adam with cosine
-    learning-rate decay.
+    kept ``reach + calib_margin`` away from its edge; sources at ``target + d`` for displacement
+    sets ``d`` of randomly chosen trajectory samples (:func:`find_sources`); target and source
+    values from :func:`calibration_kspace`.  Data are divided by the RMS source magnitude for
+    training (the kernel is linear in the data, so nothing needs undoing).  Each step evaluates
+    ``batch`` displacement sets and applies each to its ``targets_per_set`` targets.  Loss: mean
+    of ``|Re e| + |Im e|`` of the complex prediction error ``e`` (an L1 loss on real and imaginary
+    parts); Adam with cosine learning-rate decay.
 
     Parameters
     ----------
@@ -480,20 +538,27 @@ def train_kernel(calibration: torch.Tensor, trajectory: torch.Tensor,
     n_val = max(1, sets // 20)
     n_tr = sets - n_val
 
-    def predict(d: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
+    def batch_predict(d: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
         # (b, n, 3), (b, per, coils·n) -> (b, per, coils)
         return torch.bmm(sv, kernel(d).transpose(1, 2))
 
-    kernel = IGROGKernel(coils, n, hidden=cfg.hidden, layers=cfg.layers,
-                         fourier_features=cfg.fourier_features, fourier_scale=cfg.fourier_scale,
-                         seed=cfg.seed).to(dev)
+    kernel = IGROGKernel(
+        coils,
+        n,
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        fourier_features=cfg.fourier_features,
+        fourier_scale=cfg.fourier_scale,
+        prior_width=cfg.prior_width,
+        seed=cfg.seed,
+    ).to(dev)
     kernel.train()
     opt = torch.optim.Adam(kernel.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=0.05 * cfg.lr)
     every = max(1, cfg.steps // 100)
     for step in range(cfg.steps):
         idx = torch.randint(n_tr, (min(cfg.batch, n_tr),), generator=gen).to(dev)
-        err = predict(disp[idx], src[idx]) - tgt[idx]
+        err = batch_predict(disp[idx], src[idx]) - tgt[idx]
         loss = (err.real.abs() + err.imag.abs()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -501,13 +566,21 @@ def train_kernel(calibration: torch.Tensor, trajectory: torch.Tensor,
         sched.step()
         kernel.history.append(float(loss.detach()))
         if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            emit(callback, "igrog-train", step + 1, cfg.steps, f"kernel step {step + 1}",
-                 loss=kernel.history[-1])
+            emit(
+                callback,
+                "igrog-train",
+                step + 1,
+                cfg.steps,
+                f"kernel step {step + 1}",
+                loss=kernel.history[-1],
+            )
     kernel.eval()
 
     def rel_error(sl: slice) -> float:
         d, sv, tv = disp[sl], src[sl], tgt[sl]
-        err = torch.cat([predict(d[i:i + 1024], sv[i:i + 1024]) for i in range(0, len(d), 1024)])
+        err = torch.cat(
+            [batch_predict(d[i : i + 1024], sv[i : i + 1024]) for i in range(0, len(d), 1024)]
+        )
         return float(torch.linalg.vector_norm(err - tv) / torch.linalg.vector_norm(tv))
 
     with torch.no_grad():
@@ -518,8 +591,9 @@ def train_kernel(calibration: torch.Tensor, trajectory: torch.Tensor,
         kernel.metrics = {
             "train_rel_error": rel_error(slice(0, min(n_tr, 1024))),
             "val_rel_error": rel_error(slice(n_tr, sets)),
-            "nearest_rel_error": float(torch.linalg.vector_norm(nearest - vt)
-                                       / torch.linalg.vector_norm(vt)),
+            "nearest_rel_error": float(
+                torch.linalg.vector_norm(nearest - vt) / torch.linalg.vector_norm(vt)
+            ),
             "reach": float(reach.max()),
             "final_loss": kernel.history[-1] if kernel.history else float("nan"),
         }
@@ -530,9 +604,15 @@ def train_kernel(calibration: torch.Tensor, trajectory: torch.Tensor,
 # ----------------------------------------------------------------------------------------------
 # gridding
 # ----------------------------------------------------------------------------------------------
-def grid(kspace: torch.Tensor, trajectory: torch.Tensor, matrix: tuple[int, int, int], *,
-         kernel: IGROGKernel | None = None, config: GriddingConfig | None = None,
-         callback: Callback | None = None) -> GriddedData:
+def grid(
+    kspace: torch.Tensor,
+    trajectory: torch.Tensor,
+    matrix: tuple[int, int, int],
+    *,
+    kernel: IGROGKernel | None = None,
+    config: GriddingConfig | None = None,
+    callback: Callback | None = None,
+) -> GriddedData:
     """Move every sample to its nearest oversampled grid point and compute its value there.
 
     With a kernel, the value is ``G(d_1 … d_n) · [sources]`` from the ``n = kernel.n_sources``
@@ -549,7 +629,8 @@ def grid(kspace: torch.Tensor, trajectory: torch.Tensor, matrix: tuple[int, int,
     kernel : IGROGKernel, optional
         From :func:`train_kernel`; ``None`` only with ``config.n_sources == 1``.
     config : GriddingConfig, optional
-        ``grid_oversampling``, ``search_window``, ``grid_batch`` and ``device`` are used.
+        ``grid_oversampling``, ``grid_batch`` and ``device`` are used (``n_sources`` and
+        ``search_window`` come from the kernel when there is one).
     callback : Callback, optional
         Receives ``"grid"`` events.
 
@@ -572,7 +653,8 @@ def grid(kspace: torch.Tensor, trajectory: torch.Tensor, matrix: tuple[int, int,
         raise InputError(f"kernel: trained for {kernel.n_coils} coils, the data have {coils}")
     dev = _device(cfg.device)
     n = kernel.n_sources if kernel is not None else 1
-    window = cfg.search_window if kernel is not None else 0
+    # sources are searched as during training (the kernel only knows those configurations)
+    window = int(kernel.config.get("search_window", cfg.search_window)) if kernel is not None else 0
     shape = grid_shape(matrix, cfg.grid_oversampling)
     g_, t_, ns = (int(s) for s in trajectory.shape[:3])
     arms_traj = _flat_arms(trajectory)
@@ -597,15 +679,16 @@ def grid(kspace: torch.Tensor, trajectory: torch.Tensor, matrix: tuple[int, int,
                 a = a1 - a0
                 gathered = torch.gather(ksp, 2, src.reshape(1, a, -1).expand(coils, -1, -1))
                 gathered = gathered.view(coils, a * ns, n).permute(1, 0, 2)  # (B, coils, n)
-                out = kernel.apply(disp.reshape(-1, n, 3), gathered)  # (B, coils)
+                out = kernel.predict(disp.reshape(-1, n, 3), gathered)  # (B, coils)
                 values[:, a0:a1] = out.T.reshape(coils, a, ns)
             emit(callback, "grid", b + 1, total, f"gridded {a1}/{n_arms} arms")
-    return GriddedData(values.view(coils, g_, t_, ns), index.view(g_, t_, ns), shape,
-                       tuple(int(m) for m in matrix))  # type: ignore[arg-type]
+    mat = (int(matrix[0]), int(matrix[1]), int(matrix[2]))
+    return GriddedData(values.view(coils, g_, t_, ns), index.view(g_, t_, ns), shape, mat)
 
 
-def grid_scan(scan: Scan, *, config: GriddingConfig | None = None,
-              callback: Callback | None = None) -> tuple[GriddedData, dict[str, float]]:
+def grid_scan(
+    scan: Scan, *, config: GriddingConfig | None = None, callback: Callback | None = None
+) -> tuple[GriddedData, dict[str, float]]:
     """Train the kernel on the scan's calibration data (if needed) and grid its k-space.
 
     Parameters
@@ -636,13 +719,17 @@ def grid_scan(scan: Scan, *, config: GriddingConfig | None = None,
                 f"{scan.path or 'scan'}: calibration has {scan.calibration.shape[0]} coils, "
                 f"k-space {scan.n_coils}"
             )
-        kernel = train_kernel(scan.calibration, scan.trajectory, scan.matrix, config=cfg,
-                              callback=callback)
+        kernel = train_kernel(
+            scan.calibration, scan.trajectory, scan.matrix, config=cfg, callback=callback
+        )
     t1 = time.perf_counter()
-    gridded = grid(scan.kspace, scan.trajectory, scan.matrix, kernel=kernel, config=cfg,
-                   callback=callback)
+    gridded = grid(
+        scan.kspace, scan.trajectory, scan.matrix, kernel=kernel, config=cfg, callback=callback
+    )
     if gridded.values.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    return gridded, {"kernel_training_s": t1 - t0 if kernel is not None else 0.0,
-                     "gridding_s": t2 - t1}
+    return gridded, {
+        "kernel_training_s": t1 - t0 if kernel is not None else 0.0,
+        "gridding_s": t2 - t1,
+    }

@@ -78,9 +78,14 @@ def norm_matching_scale(op: LinearOperator, ahb: torch.Tensor, b_norm: float) ->
     return b_norm / math.sqrt(energy)
 
 
-def adjoint_recon(op: LinearOperator, b: torch.Tensor | None = None, *,
-                  ahb: torch.Tensor | None = None, b_norm: float | None = None,
-                  scale: bool = True) -> torch.Tensor:
+def adjoint_recon(
+    op: LinearOperator,
+    b: torch.Tensor | None = None,
+    *,
+    ahb: torch.Tensor | None = None,
+    b_norm: float | None = None,
+    scale: bool = True,
+) -> torch.Tensor:
     """The norm-matched adjoint reconstruction ``s·A^H b`` (``--method adjoint``).
 
     Give the k-space ``b`` (shape ``op.out_shape``), or ``ahb = A^H b`` with ``b_norm = ‖b‖₂``, or
@@ -116,8 +121,9 @@ def _gridded_values(op: LinearOperator) -> torch.Tensor | None:
     return op.gridded.values if isinstance(op, GriddedSubspaceEncoding) else None
 
 
-def _adjoint_and_norm(op: LinearOperator, b: torch.Tensor | None, ahb: torch.Tensor | None,
-                      b_norm: float | None) -> tuple[torch.Tensor, float]:
+def _adjoint_and_norm(
+    op: LinearOperator, b: torch.Tensor | None, ahb: torch.Tensor | None, b_norm: float | None
+) -> tuple[torch.Tensor, float]:
     if b is None and ahb is None:
         b = _gridded_values(op)
         if b is None:
@@ -177,12 +183,20 @@ class LLRResult:
     settings: LLRConfig
 
 
-def llr_recon(op: LinearOperator, b: torch.Tensor | None = None, *,
-              ahb: torch.Tensor | None = None, b_norm: float | None = None,
-              config: LLRConfig | None = None, overrides: dict[str, Any] | None = None,
-              duration: str | None = None, groups: int | None = None,
-              threshold: float | None = None, callback: Callback | None = None,
-              save_iterations: bool = False) -> LLRResult:
+def llr_recon(
+    op: LinearOperator,
+    b: torch.Tensor | None = None,
+    *,
+    ahb: torch.Tensor | None = None,
+    b_norm: float | None = None,
+    config: LLRConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    duration: str | None = None,
+    groups: int | None = None,
+    threshold: float | None = None,
+    callback: Callback | None = None,
+    save_iterations: bool = False,
+) -> LLRResult:
     """FISTA with the LLR prior (``--method llr`` / ``llr-nufft``; paper 2.5, appendix A.5).
 
     Solves ``min_x ½‖A x − b‖² + λ Σ_p ‖P_p x‖_*`` with ``config.iterations`` FISTA iterations
@@ -227,8 +241,11 @@ def llr_recon(op: LinearOperator, b: torch.Tensor | None = None, *,
         base = to_dict(config or LLRConfig())
         config = from_dict(LLRConfig, {**base, **dict(overrides)}, where="llr")
     cfg = config or LLRConfig()
-    tau = float(threshold) if threshold is not None else cfg.threshold_for(duration=duration,
-                                                                            groups=groups)
+    tau = (
+        float(threshold)
+        if threshold is not None
+        else cfg.threshold_for(duration=duration, groups=groups)
+    )
     if tau < 0 or not math.isfinite(tau):
         raise InputError(f"llr: threshold must be finite and >= 0, got {tau}")
     t0 = time.perf_counter()
@@ -237,8 +254,9 @@ def llr_recon(op: LinearOperator, b: torch.Tensor | None = None, *,
         raise InputError(f"llr: A^H b must be (basis, x, y, z), got shape {tuple(ahb.shape)}")
     ahb = ahb.to(torch.complex64)
     emit(callback, "llr", 0, cfg.iterations, "power iteration")
-    lip = lipschitz_constant(op, ahb, iters=cfg.power_iterations, safety=cfg.lipschitz_safety,
-                             seed=cfg.seed)
+    lip = lipschitz_constant(
+        op, ahb, iters=cfg.power_iterations, safety=cfg.lipschitz_safety, seed=cfg.seed
+    )
     l0 = lip / cfg.lipschitz_safety
     s = norm_matching_scale(op, ahb, b_norm)
     x0 = s * ahb
@@ -249,14 +267,32 @@ def llr_recon(op: LinearOperator, b: torch.Tensor | None = None, *,
         lam = tau * math.sqrt(l0)
     if cfg.init == "zeros":
         x0 = torch.zeros_like(ahb)
-    prox = LocallyLowRank(lam, block=cfg.block, random_shift=cfg.random_shift, seed=cfg.seed,
-                          method=cfg.method)
-    res = fista(op, ahb, prox=prox, iterations=cfg.iterations, x0=x0, lipschitz=lip,
-                save_iterations=save_iterations, callback=callback, stage="llr")
+    prox = LocallyLowRank(
+        lam, block=cfg.block, random_shift=cfg.random_shift, seed=cfg.seed, method=cfg.method
+    )
+    res = fista(
+        op,
+        ahb,
+        prox=prox,
+        iterations=cfg.iterations,
+        x0=x0,
+        lipschitz=lip,
+        save_iterations=save_iterations,
+        callback=callback,
+        stage="llr",
+    )
     record = {**to_dict(cfg), "threshold_used": tau, "lam": lam}
-    return LLRResult(coefficients=res.x, iterations=res.iterations, threshold=tau, lam=lam,
-                     lipschitz=lip, scale=s, runtime_s=time.perf_counter() - t0, config=record,
-                     settings=cfg)
+    return LLRResult(
+        coefficients=res.x,
+        iterations=res.iterations,
+        threshold=tau,
+        lam=lam,
+        lipschitz=lip,
+        scale=s,
+        runtime_s=time.perf_counter() - t0,
+        config=record,
+        settings=cfg,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,10 +333,14 @@ class TuneResult:
     scores: dict[float, float]
 
 
-def tune_llr_threshold(cases: TuneCase | Sequence[TuneCase], *, thresholds: Sequence[float],
-                       score: Callable[[torch.Tensor, Any], float],
-                       config: LLRConfig | None = None,
-                       callback: Callback | None = None) -> TuneResult:
+def tune_llr_threshold(
+    cases: TuneCase | Sequence[TuneCase],
+    *,
+    thresholds: Sequence[float],
+    score: Callable[[torch.Tensor, Any], float],
+    config: LLRConfig | None = None,
+    callback: Callback | None = None,
+) -> TuneResult:
     """Grid search of the LLR threshold on validation scans (paper 2.5).
 
     The paper tunes the weight per scan duration to minimise the sum of the mean relative T1 and
@@ -337,12 +377,12 @@ def tune_llr_threshold(cases: TuneCase | Sequence[TuneCase], *, thresholds: Sequ
     for tau in taus:
         values = []
         for case in cases:
-            res = llr_recon(case.op, ahb=case.ahb, b_norm=case.b_norm, config=cfg,
-                            threshold=tau)
+            res = llr_recon(case.op, ahb=case.ahb, b_norm=case.b_norm, config=cfg, threshold=tau)
             values.append(float(score(res.coefficients, case.reference)))
             done += 1
-            emit(callback, "tune", done, total, f"threshold {tau:g}", threshold=tau,
-                 score=values[-1])
+            emit(
+                callback, "tune", done, total, f"threshold {tau:g}", threshold=tau, score=values[-1]
+            )
         scores[tau] = sum(values) / len(values)
     best = min(scores, key=lambda k: scores[k])
     return TuneResult(best=best, scores=scores)

@@ -55,8 +55,9 @@ class FistaResult:
     lipschitz: float
 
 
-def lipschitz_constant(op: LinearOperator, like: torch.Tensor, *, iters: int = 30,
-                       safety: float = 1.02, seed: int = 0) -> float:
+def lipschitz_constant(
+    op: LinearOperator, like: torch.Tensor, *, iters: int = 30, safety: float = 1.02, seed: int = 0
+) -> float:
     """``safety · ‖A‖₂²``, the Lipschitz constant of the gradient of ``½‖A x − b‖²``.
 
     Parameters
@@ -83,12 +84,22 @@ def lipschitz_constant(op: LinearOperator, like: torch.Tensor, *, iters: int = 3
     return float(safety) * norm**2
 
 
-def fista(op: LinearOperator, ahb: torch.Tensor, *, prox: Prox | None = None,
-          iterations: int = 40, x0: torch.Tensor | None = None,
-          lipschitz: float | None = None, power_iterations: int = 30,
-          lipschitz_safety: float = 1.02, seed: int = 0, save_iterations: bool = False,
-          iterations_device: torch.device | str = "cpu", callback: Callback | None = None,
-          stage: str = "fista") -> FistaResult:
+def fista(
+    op: LinearOperator,
+    ahb: torch.Tensor,
+    *,
+    prox: Prox | None = None,
+    iterations: int = 40,
+    x0: torch.Tensor | None = None,
+    lipschitz: float | None = None,
+    power_iterations: int = 30,
+    lipschitz_safety: float = 1.02,
+    seed: int = 0,
+    save_iterations: bool = False,
+    iterations_device: torch.device | str = "cpu",
+    callback: Callback | None = None,
+    stage: str = "fista",
+) -> FistaResult:
     """Minimise ``½‖A x − b‖² + λ R(x)`` by FISTA with a constant step ``1/L``.
 
     Parameters
@@ -135,16 +146,16 @@ def fista(op: LinearOperator, ahb: torch.Tensor, *, prox: Prox | None = None,
             raise InputError(f"fista: x0 has shape {tuple(x0.shape)}, expected {tuple(ahb.shape)}")
         x = x0.to(device=ahb.device, dtype=ahb.dtype)
     if lipschitz is None:
-        lipschitz = lipschitz_constant(op, ahb, iters=power_iterations, safety=lipschitz_safety,
-                                       seed=seed)
+        lipschitz = lipschitz_constant(
+            op, ahb, iters=power_iterations, safety=lipschitz_safety, seed=seed
+        )
     if not (lipschitz > 0.0 and math.isfinite(lipschitz)):
         raise InputError(f"fista: the Lipschitz constant must be finite and > 0, got {lipschitz}")
     step = 1.0 / lipschitz
 
     saved: torch.Tensor | None = None
     if save_iterations:
-        saved = torch.empty((iterations + 1, *ahb.shape), dtype=ahb.dtype,
-                            device=iterations_device)
+        saved = torch.empty((iterations + 1, *ahb.shape), dtype=ahb.dtype, device=iterations_device)
         saved[0].copy_(x)
 
     z = x

@@ -93,13 +93,15 @@ class LLRConfig:
             raise ValueError(f"lipschitz_safety must be >= 1, got {self.lipschitz_safety}")
         for name, value in self.thresholds.items():
             if name not in DURATIONS:
-                raise ValueError(f"thresholds: unknown duration {name!r} (known: "
-                                 f"{', '.join(DURATIONS)})")
+                raise ValueError(
+                    f"thresholds: unknown duration {name!r} (known: {', '.join(DURATIONS)})"
+                )
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ValueError(f"thresholds[{name!r}] must be finite and >= 0, got {value}")
         if self.threshold_reference not in ("max", "absolute"):
-            raise ValueError(f"threshold_reference must be 'max' or 'absolute', "
-                             f"got {self.threshold_reference!r}")
+            raise ValueError(
+                f"threshold_reference must be 'max' or 'absolute', got {self.threshold_reference!r}"
+            )
         if self.init not in ("adjoint", "zeros"):
             raise ValueError(f"init must be 'adjoint' or 'zeros', got {self.init!r}")
         if self.method not in ("eigh", "svd"):
@@ -113,8 +115,10 @@ class LLRConfig:
         """
         if duration is not None:
             if duration not in self.thresholds:
-                raise InputError(f"llr: no threshold for duration {duration!r} (configured: "
-                                 f"{', '.join(self.thresholds) or 'none'})")
+                raise InputError(
+                    f"llr: no threshold for duration {duration!r} (configured: "
+                    f"{', '.join(self.thresholds) or 'none'})"
+                )
             return self.thresholds[duration]
         if groups is None:
             raise InputError("llr: give a duration, a number of groups or a threshold")
@@ -126,8 +130,9 @@ class LLRConfig:
         return self.thresholds[name]
 
 
-def svt(patches: torch.Tensor, tau: float | torch.Tensor, *,
-        method: Literal["eigh", "svd"] = "eigh") -> torch.Tensor:
+def svt(
+    patches: torch.Tensor, tau: float | torch.Tensor, *, method: Literal["eigh", "svd"] = "eigh"
+) -> torch.Tensor:
     """Singular-value soft threshold of a batch of wide matrices.
 
     Parameters
@@ -174,9 +179,15 @@ def _patch_view(vol: torch.Tensor, block: int) -> tuple[torch.Tensor, tuple[int,
     return v.reshape(nb[0] * nb[1] * nb[2], k, block**3), nb
 
 
-def llr_prox(x: torch.Tensor, tau: float, *, block: int = 10,
-             shift: Seq[int] = (0, 0, 0), method: Literal["eigh", "svd"] = "eigh",
-             max_patches: int = 4096) -> torch.Tensor:
+def llr_prox(
+    x: torch.Tensor,
+    tau: float,
+    *,
+    block: int = 10,
+    shift: Seq[int] = (0, 0, 0),
+    method: Literal["eigh", "svd"] = "eigh",
+    max_patches: int = 4096,
+) -> torch.Tensor:
     """Proximal operator of ``τ Σ_p ‖P_p shift(x)‖_*`` (non-overlapping patches).
 
     Parameters
@@ -220,7 +231,7 @@ def llr_prox(x: torch.Tensor, tau: float, *, block: int = 10,
     slabs = max(1, max_patches // max(per_slab, 1))
     step = slabs * block
     for start in range(0, pad[0], step):
-        view = buf[:, start:start + step]
+        view = buf[:, start : start + step]
         patches, nb = _patch_view(view, block)
         out = svt(patches, tau, method=method)
         del patches
@@ -277,8 +288,15 @@ class LocallyLowRank:
     True
     """
 
-    def __init__(self, threshold: float, *, block: int = 10, random_shift: bool = True,
-                 seed: int = 0, method: Literal["eigh", "svd"] = "eigh") -> None:
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        block: int = 10,
+        random_shift: bool = True,
+        seed: int = 0,
+        method: Literal["eigh", "svd"] = "eigh",
+    ) -> None:
         if threshold < 0 or not math.isfinite(threshold):
             raise InputError(f"llr: threshold must be finite and >= 0, got {threshold}")
         self.threshold = float(threshold)
@@ -292,5 +310,4 @@ class LocallyLowRank:
         """``prox_{step·λ R}(v)`` for ``v`` of shape (basis, x, y, z)."""
         shift = random_shift(self.block, self.generator) if self.random_shift else (0, 0, 0)
         self.last_shift = shift
-        return llr_prox(v, self.threshold * step, block=self.block, shift=shift,
-                        method=self.method)
+        return llr_prox(v, self.threshold * step, block=self.block, shift=shift, method=self.method)

@@ -356,7 +356,7 @@ def prepare_subject(
         lip = estimate_lipschitz(op, ahb, iters=20)
         inputs[f"adjoint-{d}"] = x0
         inputs[f"llr-{d}"] = llr_recon(
-            op, ahb, b_norm=b_norm, config=llr, duration=d
+            op, ahb=ahb, b_norm=b_norm, config=llr, duration=d
         ).coefficients.to(torch.complex64)
         index = gridded.index.to(torch.int32 if n_grid < 2**31 else torch.int64)
         payload = {

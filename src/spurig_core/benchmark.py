@@ -1,0 +1,247 @@
+"""``spurig bench``: the reconstruction methods on one scan, side by side, in one run.
+
+Each method runs in a fresh worker process (``python -m spurig_core.benchmark``) so that its peak
+memory is its own and no method profits from another's warm caches; the workers run one after the
+other on the same scan.  Reported per method: reconstruction seconds (gridding included, iGROG
+kernel training shown separately, as in paper 3.5), peak resident memory (and peak CUDA memory),
+and speed-up ratios against LLR-NUFFT and LLR.  A micro-benchmark of one gram application
+(NUFFT vs iGROG-gridded FFT) is included, as issue #4 asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .progress import Callback, emit
+
+__all__ = ["bench", "format_table", "machine_info"]
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What the benchmark ran on: CPU model and cores, memory, torch version, GPU name."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _worker(scan_path: str, method: str, groups: int, device: str, model: str | None) -> dict:
+    """Run one method once (in this process) and return its measurements."""
+    from .io import load_scan
+    from .pipeline import reconstruct
+
+    scan = load_scan(scan_path)
+    base_rss = _peak_rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = reconstruct(scan, method=method, groups=groups, device=device, model=model)
+    wall = time.perf_counter() - t0
+    out = {
+        "method": method,
+        "runtime_s": result.runtime_s,
+        "wall_s": wall,
+        "kernel_training_s": float(result.timings.get("kernel_training_s", 0.0)),
+        "gridding_s": float(result.timings.get("gridding_s", 0.0)),
+        "peak_rss_mb": _peak_rss_mb(),
+        "scan_rss_mb": base_rss,
+    }
+    if device.startswith("cuda"):
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _gram_worker(scan_path: str, groups: int, device: str, repeats: int = 3) -> dict:
+    """Seconds of one gram application: NUFFT operator vs iGROG-gridded operator."""
+    from .io import load_scan
+    from .operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
+    from .operators.igrog import grid_scan
+    from .pipeline import _coil_maps, _scan_basis
+
+    dev = torch.device(device)
+    scan = load_scan(scan_path).first_groups(groups)
+    basis = _scan_basis(scan, dev)
+    maps = _coil_maps(scan, dev, None)
+    gridded, _ = grid_scan(scan)
+    ops = {
+        "nufft": SubspaceNUFFTEncoding(scan.trajectory.to(dev), maps, basis),
+        "gridded": GriddedSubspaceEncoding(gridded.to(dev), maps, basis),
+    }
+    x = torch.randn(basis.shape[1], *scan.matrix, dtype=torch.complex64,
+                    generator=torch.Generator().manual_seed(0)).to(dev)
+    out: dict[str, float] = {}
+    for name, op in ops.items():
+        op.gram(x)  # warm-up (plans, kernels, buffers)
+        times = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            op.gram(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[f"gram_{name}_s"] = sorted(times)[len(times) // 2]
+    return out
+
+
+def _run_worker(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "spurig_core.benchmark", *args],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["worker failed"])[-1]
+        return {"error": last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench(*, matrix: int = 64, groups: int = 16, device: str = "cpu", scan: str | Path | None = None,
+          methods: tuple[str, ...] = ("adjoint", "llr", "llr-nufft", "spurig"),
+          model: str | Path | None = None, gram: bool = True,
+          callback: Callback | None = None) -> dict[str, Any]:
+    """Time the methods on one scan, each in a fresh process, one after the other.
+
+    Parameters
+    ----------
+    matrix, groups : int
+        Size of the simulated scan (when ``scan`` is not given) and groups to reconstruct.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    scan : path, optional
+        A scan to use instead of simulating one.
+    methods : tuple of str
+        Methods to run (``spurig``/``hybrid`` need a shipped or given model).
+    gram : bool
+        Also time one gram application, NUFFT vs gridded.
+
+    Returns
+    -------
+    dict
+        ``{"machine": ..., "scan": ..., "rows": [...], "gram": {...}}``.
+    """
+    from .pipeline import METHODS
+
+    for m in methods:
+        if m not in METHODS:
+            raise InputError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if scan is None:
+        from .simulation import simulate
+
+        tmp = tempfile.TemporaryDirectory(prefix="spurig-bench-")
+        emit(callback, "bench", 0, len(methods) + 2, f"simulating a {matrix}³ scan")
+        scan = simulate(Path(tmp.name) / "bench.h5", matrix=matrix, coils=10, groups=groups,
+                        seed=0)
+    try:
+        report: dict[str, Any] = {"machine": machine_info(device), "scan": str(scan),
+                                  "matrix": matrix, "groups": groups, "device": device,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "rows": []}
+        total = len(methods) + (1 if gram else 0)
+        for i, m in enumerate(methods):
+            emit(callback, "bench", i, total, f"running {m}")
+            args = ["worker", str(scan), m, str(groups), device]
+            if model is not None:
+                args.append(str(model))
+            row = _run_worker(args)
+            row.setdefault("method", m)
+            report["rows"].append(row)
+        if gram:
+            emit(callback, "bench", len(methods), total, "gram micro-benchmark")
+            report["gram"] = _run_worker(["gram", str(scan), str(groups), device])
+        emit(callback, "bench", total, total)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of :func:`bench`'s report with ratios against LLR-NUFFT and LLR."""
+    rows = report["rows"]
+    times = {r["method"]: r["runtime_s"] for r in rows if "runtime_s" in r}
+    lines = [
+        f"Benchmark {report['date']}: {report['matrix']}³, {report['groups']} groups, "
+        f"device {report['device']}; machine: {report['machine'].get('cpu', '?')}, "
+        f"{report['machine'].get('cpu_cores')} cores, torch {report['machine']['torch']}"
+        + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ""),
+        "",
+        "| method | recon s (gridding incl.) | gridding s | kernel training s (excluded) "
+        "| peak RSS MB | × vs LLR-NUFFT | × vs LLR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | n/a: {r['error']} | | | | | |")
+            continue
+        t = r["runtime_s"]
+        vs_nufft = f"{times['llr-nufft'] / t:.1f}" if "llr-nufft" in times else "–"
+        vs_llr = f"{times['llr'] / t:.1f}" if "llr" in times else "–"
+        mem = f"{r['peak_rss_mb']:.0f}"
+        if "peak_cuda_mb" in r:
+            mem += f" (GPU {r['peak_cuda_mb']:.0f})"
+        lines.append(f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | "
+                     f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} |")
+    g = report.get("gram")
+    if g and "error" not in g:
+        lines += ["", f"One gram application: NUFFT {g['gram_nufft_s']:.3f} s, gridded "
+                  f"{g['gram_gridded_s']:.4f} s → {g['gram_nufft_s'] / g['gram_gridded_s']:.0f}×"]
+    elif g:
+        lines += ["", f"gram micro-benchmark failed: {g['error']}"]
+    return "\n".join(lines)
+
+
+def _main(argv: list[str]) -> int:
+    kind = argv[0]
+    if kind == "worker":
+        scan_path, method, groups, device = argv[1], argv[2], int(argv[3]), argv[4]
+        model = argv[5] if len(argv) > 5 else None
+        out = _worker(scan_path, method, groups, device, model)
+    elif kind == "gram":
+        out = _gram_worker(argv[1], int(argv[2]), argv[3])
+    else:
+        raise SystemExit(f"unknown worker kind {kind!r}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through bench()
+    from .errors import SpurigError
+
+    try:
+        sys.exit(_main(sys.argv[1:]))
+    except SpurigError as exc:
+        print(f"{exc}", file=sys.stderr)
+        sys.exit(2)
