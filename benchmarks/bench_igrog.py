@@ -106,20 +106,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="append a Markdown section here")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help=".npz of the simulated data (reused)")
     args = ap.parse_args()
 
     n = args.matrix
     t0 = time.perf_counter()
-    make = brain_subject if args.phantom == "brain" else analytic_subject
-    subject = make(n, seed=args.seed)
     seq = Sequence.default()
     if args.tr != seq.n_tr:
         seq = Sequence(seq.flip_angle_deg[: args.tr])
-    maps = head_array(n, args.coils, fov_mm=subject.fov_mm, mask=subject.head_mask, seed=1)
-    images, sbasis, _ = signal_subspace(subject, seq, SimulationConfig(matrix=n))
-    traj = spi_trajectory(n, args.groups, seq.n_tr)
-    kspace = nufft_forward(images, maps, traj, sbasis, eps=1e-6)
-    calib = calibration_data(torch.from_numpy(subject.pd_complex()), maps, args.calibration)
+    names = ("images", "sbasis", "maps", "traj", "kspace", "calib")
+    if args.cache is not None and args.cache.exists():
+        with np.load(args.cache) as f:
+            images, sbasis, maps, traj, kspace, calib = (torch.from_numpy(f[k]) for k in names)
+    else:
+        make = brain_subject if args.phantom == "brain" else analytic_subject
+        subject = make(n, seed=args.seed)
+        maps = head_array(n, args.coils, fov_mm=subject.fov_mm, mask=subject.head_mask, seed=1)
+        images, sbasis, _ = signal_subspace(subject, seq, SimulationConfig(matrix=n))
+        traj = spi_trajectory(n, args.groups, seq.n_tr)
+        kspace = nufft_forward(images, maps, traj, sbasis, eps=1e-6)
+        calib = calibration_data(torch.from_numpy(subject.pd_complex()), maps, args.calibration)
+        if args.cache is not None:
+            arrays = dict(zip(names, (images, sbasis, maps, traj, kspace, calib), strict=True))
+            np.savez(args.cache, **{k: v.numpy() for k, v in arrays.items()})
     basis = sbasis[:, :5].contiguous()
     t_sim = time.perf_counter() - t0
     print(f"simulated {tuple(kspace.shape)} (rank {images.shape[0]}) in {t_sim:.1f} s", flush=True)
@@ -192,7 +201,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if v is not None and k not in ("out", "json")
+            if v is not None and k not in ("out", "json", "cache")
         )
     )
     lines = [

@@ -138,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nufft-repeats", type=int, default=1)
     p.add_argument("--skip-nufft", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch and finufft threads")
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     info: dict[str, object] = {
         "torch_threads": torch.get_num_threads(),
         "omp": os.environ.get("OMP_NUM_THREADS"),
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             t_build, _, m_build = measure(
                 lambda eps=eps: SubspaceNUFFTEncoding(traj, maps, basis, eps=eps)
             )
-            op = SubspaceNUFFTEncoding(traj, maps, basis, eps=eps)
+            op = SubspaceNUFFTEncoding(traj, maps, basis, eps=eps, nthreads=a.threads)
             ts, cs, ms = [], [], []
             for _ in range(a.nufft_repeats):
                 t, c, m = measure(lambda op=op, eps=eps: results.__setitem__(eps, op.gram(x)))

@@ -3,6 +3,7 @@
 Run from the repository root, e.g.::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_physics.py --atoms 20000 --matrix 64
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_physics.py --skip epg --build
     PYTHONPATH=/tmp/mrpro .venv/bin/python benchmarks/bench_physics.py --mrpro /tmp/mrpro
 
 Prints Markdown lines for ``benchmarks/RESULTS-physics.md``.  The machines are shared: every line
@@ -13,8 +14,9 @@ gives wall and CPU time, and the 1-minute load average at its start.
 * Optionally mrpro's EPG (``mrpro.operators.models.EPG``) side by side on the same atoms: one group
   from equilibrium, 20 states (mrpro's default), against :func:`spurig_core.physics.epg_group` with
   20 states, including their agreement.
-* The full default dictionary (cached afterwards), then matching a ``matrix³`` volume of noisy
-  coefficient maps with a random B1 map against it: voxels/s and peak memory (RSS).
+* The full default dictionary (from the cache, or simulated anew with ``--build``), then matching
+  a ``matrix³`` volume of noisy coefficient maps with a random B1 map against it: voxels/s and
+  peak memory (RSS).
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ from spurig_core.matching import MatchingConfig, match_maps
 from spurig_core.physics import (
     DictionaryGrid,
     balance_basis,
+    balance_coefficients,
+    build_dictionary,
     epg_group,
     load_dictionary,
     simulate_signals,
+    unbalanced_basis,
 )
 
 
@@ -158,16 +163,22 @@ def bench_mrpro(path: str, n_atoms: int, seed: int) -> None:
     print(f"\nlargest difference mrpro vs spurig (relative to each signal's peak): {err:.2e}")
 
 
-def bench_matching(matrix: int, seed: int) -> None:
+def bench_matching(matrix: int, seed: int, build: bool) -> None:
     print(f"\n### Full default dictionary and matching of a {matrix}³ volume\n")
     rss0 = _rss_mb()
-    d, wall, cpu, load = _timed(load_dictionary)
+    if build:  # simulate it now (not from the cache)
+        phi = unbalanced_basis()
+        d, wall, cpu, load = _timed(build_dictionary, None, DictionaryGrid(), basis=phi)
+        how = "built (not cached)"
+    else:
+        d, wall, cpu, load = _timed(load_dictionary)
+        how = "load_dictionary (from the cache when there)"
     print(
-        f"- default dictionary ({d.n_atoms} atoms; energy in the default basis "
-        f"{d.energy:.5f}, in its own top-5 subspace {d.optimal_energy:.5f}): "
-        f"{wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f}); cached afterwards in "
-        f"$SPURIG_CACHE or ~/.cache/spurig; RSS {rss0:.0f} → {_rss_mb():.0f} MB, "
-        f"peak {_peak_mb():.0f} MB"
+        f"- default dictionary, {how}: {d.n_atoms} atoms; energy in the default basis "
+        f"{d.energy:.6f}, in its own top-5 subspace {d.optimal_energy:.6f}; "
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU → {d.n_atoms / wall:.0f} atoms/s, "
+        f"{d.n_atoms / max(cpu, 1e-9):.0f} atoms/CPU-s (load {load:.1f}); "
+        f"RSS {rss0:.0f} → {_rss_mb():.0f} MB, process peak {_peak_mb():.0f} MB"
     )
     g = torch.Generator().manual_seed(seed)
     n = matrix**3
@@ -178,8 +189,6 @@ def bench_matching(matrix: int, seed: int) -> None:
         n, 5, dtype=torch.complex64, generator=g
     )
     basis = balance_basis(d.basis)
-    from spurig_core.physics import balance_coefficients
-
     coef = balance_coefficients(x.T.reshape(5, matrix, matrix, matrix).contiguous())
     b1 = d.b1[pick].reshape(matrix, matrix, matrix)
     cfg = MatchingConfig()
@@ -208,6 +217,7 @@ def main() -> None:
     ap.add_argument("--matrix", type=int, default=64)
     ap.add_argument("--skip", nargs="*", default=[], choices=["epg", "mrpro", "match"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--build", action="store_true", help="simulate the default dictionary anew")
     a = ap.parse_args()
     print(
         f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
@@ -218,7 +228,7 @@ def main() -> None:
     if a.mrpro and "mrpro" not in a.skip:
         bench_mrpro(a.mrpro, a.mrpro_atoms, a.seed)
     if "match" not in a.skip:
-        bench_matching(a.matrix, a.seed)
+        bench_matching(a.matrix, a.seed, a.build)
 
 
 if __name__ == "__main__":

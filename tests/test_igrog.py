@@ -306,3 +306,21 @@ def test_bad_input_is_reported(data: dict, kernels: dict) -> None:
         GriddingConfig(n_sources=5, learned_kernel=False)
     with pytest.raises(InputError, match="device"):
         GriddingConfig(device="tpu")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(data: dict, kernels: dict) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ksp, traj = data["kspace"][:, :1], data["traj"][:1]
+    cpu = grid(ksp, traj, MATRIX, kernel=kernels["k5"], config=CFG5)
+    gpu = grid(
+        ksp, traj, MATRIX, kernel=kernels["k5"], config=dataclasses.replace(CFG5, device="cuda")
+    )
+    assert kernels["k5"].freqs.device.type == "cpu"  # the caller's kernel stays put
+    assert torch.equal(gpu.index.cpu(), cpu.index)
+    assert _nrmse(gpu.values.cpu(), cpu.values) < 1e-4
+    k = train_kernel(
+        data["calib"], traj, MATRIX, config=dataclasses.replace(CFG5, steps=50, device="cuda")
+    )
+    assert k.freqs.device.type == "cuda" and np.isfinite(k.metrics["val_rel_error"])

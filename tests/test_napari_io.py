@@ -310,7 +310,7 @@ def test_sample_data_loads_or_says_why() -> None:
     from spurig_core.errors import NotAvailableError
 
     try:
-        scan = _sample_data.sample_path("scan", create=False)  # simulating it is too slow here
+        scan = _sample_data.sample_path("scan")  # never simulated here (too slow)
     except NotAvailableError as exc:
         assert "sample" in str(exc)
         pytest.skip(f"the sample scan is not made in this checkout: {exc}")

@@ -276,6 +276,12 @@ def test_load_model_rejects_what_does_not_fit(tmp_path) -> None:
     save_checkpoint(state, tmp_path / "bad.pt")
     with pytest.raises(InputError, match="weights do not fit"):
         load_model(tmp_path / "bad.pt")
+    # a sequence entry that does not match its key
+    state = model_state(model, sequence=seq, basis=basis)
+    state["sequence_key"] = "0" * 16
+    save_checkpoint(state, tmp_path / "key.pt")
+    with pytest.raises(InputError, match="sequence key"):
+        load_model(tmp_path / "key.pt")
     # an unknown config field
     state = model_state(model, sequence=seq, basis=basis)
     state["config"]["colour"] = "blue"

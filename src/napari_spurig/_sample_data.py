@@ -1,9 +1,10 @@
 """npe2 sample-data contributions: the shipped demo scan and a precomputed result for it.
 
-The scan comes from :func:`spurig_core.simulation.sample_scan_path` (simulated on first use when the
-checkout does not ship it); the result from ``spurig_core.simulation.sample_result_path()`` when the
-engine provides it, else a ``*.zarr`` store named after the scan beside it.  When neither exists a
-clear :class:`spurig_core.errors.NotAvailableError` says so.
+The scan comes from :func:`spurig_core.simulation.sample_scan_path` (never simulated from the
+menu: that would block the viewer for minutes); the result from
+``spurig_core.simulation.sample_result_path()`` when the engine provides it, else a ``*.zarr``
+store named after the scan beside it.  When neither exists a clear
+:class:`spurig_core.errors.NotAvailableError` says so.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ def _simulation():  # type: ignore[no-untyped-def]
     return simulation
 
 
-def sample_path(kind: str, *, create: bool = True) -> Path:
+def sample_path(kind: str, *, create: bool = False) -> Path:
     """Path of the sample ``"scan"`` or ``"result"``.
 
     Parameters
     ----------
     kind : {"scan", "result"}
     create : bool
-        Let the engine simulate the sample scan when it is missing (takes a while).
+        Let the engine simulate the sample scan when it is missing.  Off for the napari menu
+        entries: simulating takes minutes and sample-data commands run in the GUI thread.
 
     Raises
     ------
@@ -46,7 +48,9 @@ def sample_path(kind: str, *, create: bool = True) -> Path:
         try:
             return Path(sim.sample_scan_path(create=create))
         except InputError as exc:
-            raise NotAvailableError(str(exc)) from None
+            raise NotAvailableError(
+                f"{exc} (make it once with `python sample_data/make_sample.py` or `spurig demo`)"
+            ) from None
     fn = getattr(sim, "sample_result_path", None)
     if fn is not None:
         return Path(fn())

@@ -9,7 +9,7 @@ magnitude ``PD = |cᴴ x| / ‖c‖²`` (so that the voxel signal is ``PD ·`` t
 
 The search is brute force but cheap: ``|cᴴ x|² = ψ(x) · φ(c)`` with the ``k²`` real features of
 the Hermitian outer products (``_hermitian_features``), so each block of voxels × atoms is one real
-matrix product followed by a maximum (about 2 ns per pair on one CPU core, against 12 ns for the
+matrix product followed by a maximum (2–4 ns per pair on one CPU core, against 12 ns for the
 complex product and its magnitude); the chosen atom's similarity and PD are then computed exactly.
 Memory stays bounded by the ``voxel_chunk × atom_chunk`` score block.
 

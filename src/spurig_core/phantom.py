@@ -32,6 +32,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -424,7 +425,7 @@ def _template() -> _Template:
     paths = template_paths()
     vols = {}
     for k, p in paths.items():
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
         zooms = img.header.get_zooms()[:3]
         if not np.allclose(zooms, 1.0):
             raise InputError(f"brain phantom: template {p.name} is not 1 mm isotropic ({zooms})")

@@ -144,8 +144,8 @@ def epg_group(
     if states is None:
         states = auto_states(float(t2_ms.max()), sequence) if n > 0 else 2
     k = max(2, min(int(states), exact_states(sequence)))
-    fa = torch.as_tensor(np.deg2rad(sequence.flip_angle_deg.astype(np.float64)), device=device)
-    alpha = (b1.to(torch.float64)[:, None] * fa[None, :]).to(dtype)  # (n, tr)
+    fa = np.deg2rad(sequence.flip_angle_deg.astype(np.float64))
+    alpha = torch.outer(torch.as_tensor(fa, dtype=dtype, device=device), b1)  # (tr, n)
     cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
     e2 = torch.exp(-sequence.tr_ms / t2_ms)
     e1 = torch.exp(-sequence.tr_ms / t1_ms)
@@ -156,7 +156,6 @@ def epg_group(
     # Per-repetition coefficients (RF rotation with the TR relaxation folded in), (tr, n) each.
     # In u = p + q, v = p − q the RF at phase 0 is  u' = cos α u − 2 sin α Z,  v' = v,
     # Z' = (sin α / 2) u + cos α Z;  then F relaxes by E2, Z by E1 (and Z0 recovers).
-    cos_a, sin_a = cos_a.T.contiguous(), sin_a.T.contiguous()
     cu = 0.5 * e2 * cos_a  # p' = cu·u + cz·Z + ½E2·v,  q' = cu·u + cz·Z − ½E2·v
     cz = -e2 * sin_a
     zu = 0.5 * e1 * sin_a  # Z' = zu·u + zz·Z (+ 1 − E1 for k = 0)
@@ -236,10 +235,10 @@ def simulate_signals(
     dtype : torch.dtype
         Real working precision, ``torch.float32`` or ``torch.float64``.
     chunk : int, optional
-        Parameter triples simulated at once (bounds memory).  ``None``: about ``2**18 / states``
-        on CPU (so that the working set stays in cache) and ``2**15`` on CUDA.  On the CPU, chunks
-        run in ``torch.get_num_threads()`` parallel threads, each with one intra-op thread (the
-        thread setting is restored afterwards).
+        Parameter triples simulated at once (bounds memory).  ``None``: ``min(2**18 / states,
+        4096)`` on CPU (so that the working set stays in cache) and ``2**15`` on CUDA.  On the CPU,
+        chunks run in ``torch.get_num_threads()`` parallel threads, each with one intra-op thread
+        (the thread setting is restored afterwards).
     callback : Callback, optional
         Receives ``emit(callback, "simulate", done, n)`` after each chunk.
 
@@ -314,8 +313,9 @@ def _steady_state(
         elif dev.type == "cuda":
             step = 1 << 15
         else:  # keep the working set (six (orders, 2·chunk) arrays) within a few MB of cache,
-            # with at least one chunk per thread
-            step = max(64, min((1 << 18) // k_first, -(-n // torch.get_num_threads())))
+            # the per-repetition coefficients (eight (tr, 2·chunk) arrays) near 130 MB, and at
+            # least one chunk per thread
+            step = max(64, min((1 << 18) // k_first, 4096, -(-n // torch.get_num_threads())))
         # a chunk runs at its largest order: do not mix in atoms that need > 25 % more orders
         stop = min(n, i0 + step, int(np.searchsorted(k_np, 1.25 * k_first, side="right")))
         stop = max(stop, i0 + 1)
@@ -691,8 +691,8 @@ def build_dictionary(
         t1_t, t2_t, b1_t, seq, imag, states=None, chunk=None, callback=callback, stage="dictionary"
     )
     gram = torch.zeros(seq.n_tr, seq.n_tr, dtype=torch.float64)
-    for i0 in range(0, n, 1 << 15):
-        r = imag[i0 : i0 + (1 << 15)].to(torch.float64)
+    for i0 in range(0, n, 1 << 13):
+        r = imag[i0 : i0 + (1 << 13)].to(torch.float64)
         gram += r.T @ r
     if basis is None:
         basis, energy = _top_k(gram, k)
@@ -705,8 +705,9 @@ def build_dictionary(
         b64 = basis.to(torch.complex128)
         energy = float((b64.conj().T @ gram.to(torch.complex128) @ b64).diagonal().real.sum())
         energy /= max(float(gram.diagonal().sum()), 1e-300)
-    # compressed = basisᴴ s = (i r) @ conj(basis)
-    compressed = 1j * (imag.to(torch.complex64) @ basis.conj())
+    # compressed = basisᴴ s = (i r) @ conj(basis) = r @ Im(basis) + i r @ Re(basis), in real
+    # arithmetic (a complex copy of r would double the peak memory)
+    compressed = torch.complex(imag @ basis.imag, imag @ basis.real)
     signals = torch.complex(torch.zeros_like(imag), imag) if keep else None
     return Dictionary(
         t1_ms=torch.as_tensor(t1, dtype=torch.float32),

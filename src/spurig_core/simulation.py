@@ -407,7 +407,10 @@ def nufft_forward(
         for c in range(coils):
             f = plan.execute(np.ascontiguousarray(img * maps[c][None]))  # (rank, M)
             f = f.reshape(rank, g1 - g0, tr, samples)
-            out[c, g0:g1] = np.einsum("tj,jgts->gts", bt, f, optimize=True)
+            for g in range(g1 - g0):  # per group: small temporaries
+                # out[t, s] = Σ_j bt[t, j] f[j, t, s], batched over t as (t, 1, j) @ (t, j, s)
+                ft = f[:, g].transpose(1, 0, 2)  # (tr, rank, samples), a view
+                out[c, g0 + g] = np.matmul(bt[:, None, :], ft)[:, 0, :]
         emit(callback, "nufft", g1, groups, f"groups {g1}/{groups}")
     return torch.from_numpy(out)
 

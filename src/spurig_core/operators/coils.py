@@ -127,11 +127,11 @@ def _signal_kernels(
 
     The right singular vectors ``v_j`` of the calibration matrix ``a`` with
     ``σ_j > threshold·σ_max`` and ``σ_j²`` above the noise floor, conjugated (patch vectors, the
-    rows of ``a``, lie in the span
-    of ``conj(v_j)``).  The smaller of the two Gram matrices is decomposed (``a^H a`` in single
-    precision: ample for a threshold of a few per cent).  The noise floor is the Marchenko–Pastur
-    upper edge ``σ²(√m + √n)²`` with ``σ²`` from the median eigenvalue (most are noise), times
-    ``noise_margin``; without it, noisy calibrations keep every kernel and the maps are arbitrary.
+    rows of ``a``, lie in the span of ``conj(v_j)``).  The smaller of the two Gram matrices is
+    decomposed (``a^H a`` in single precision: ample for a threshold of a few per cent).  The noise
+    floor is the Marchenko–Pastur upper edge ``σ²(√m + √n)²`` with ``σ²`` from the median eigenvalue
+    (most are noise), times ``noise_margin``; without it, noisy calibrations keep every kernel and
+    the maps are arbitrary.
     """
     a = _calibration_matrix(calib, w).to(torch.complex64)
     rows, cols = a.shape

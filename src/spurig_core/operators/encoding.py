@@ -196,7 +196,7 @@ class GriddedEncodingConfig:
 
     chunk: int = 16384
     sparse: bool | None = None
-    sparse_below: float = 0.35
+    sparse_below: float = 0.5
     samples_per_block: int = 1 << 18
 
 

@@ -31,6 +31,7 @@ nearest samples of a spiral arm to a point are its neighbours along the readout)
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -388,16 +389,25 @@ def _sample_displacements(
     count: int,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Displacement sets ``(count, n, 3)`` of random samples of the trajectory."""
-    arms = _flat_arms(trajectory).float()
-    # enough arms for ~4 samples per wanted set, bounded so memory stays small
-    n_arms = min(arms.shape[0], max(16, math.ceil(4 * count / arms.shape[1])))
-    pick = torch.randperm(arms.shape[0], generator=gen)[:n_arms]
-    _, _, disp = find_sources(
-        arms[pick], matrix, grid, n_sources=cfg.n_sources, search_window=cfg.search_window
-    )
-    disp = disp.reshape(-1, cfg.n_sources, 3)
-    return disp[torch.randint(disp.shape[0], (count,), generator=gen)]
+    """Displacement sets ``(count, n, 3)`` of random samples of the trajectory.
+
+    As many different arms (orientations) as possible: ``min(arms, count)`` random arms with
+    ``ceil(count / arms)`` random samples each, processed in chunks of 256 arms (bounded memory).
+    """
+    arms = _flat_arms(trajectory).float().cpu()
+    n_pick = min(arms.shape[0], count)
+    per = math.ceil(count / n_pick)
+    pick = torch.randperm(arms.shape[0], generator=gen)[:n_pick]
+    out = []
+    for i in range(0, n_pick, 256):
+        a = pick[i : i + 256]
+        _, _, disp = find_sources(
+            arms[a], matrix, grid, n_sources=cfg.n_sources, search_window=cfg.search_window
+        )
+        s = torch.randint(arms.shape[1], (len(a), per), generator=gen)
+        out.append(disp[torch.arange(len(a))[:, None], s].reshape(-1, cfg.n_sources, 3))
+    disp = torch.cat(out)
+    return disp[torch.randperm(disp.shape[0], generator=gen)[:count]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -663,7 +673,9 @@ def grid(
     values = torch.empty((coils, n_arms, ns), dtype=torch.complex64, device=dev)
     index = torch.empty((n_arms, ns), dtype=torch.int64, device=dev)
     if kernel is not None:
-        kernel = kernel.to(dev).eval()
+        if kernel.freqs.device != dev:  # leave the caller's kernel where it is
+            kernel = copy.deepcopy(kernel).to(dev)
+        kernel.eval()
     per = max(1, cfg.grid_batch // ns)
     total = math.ceil(n_arms / per)
     with torch.inference_mode():

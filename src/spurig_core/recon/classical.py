@@ -128,6 +128,7 @@ def _adjoint_and_norm(
         b = _gridded_values(op)
         if b is None:
             raise InputError("adjoint: give the k-space b or A^H b")
+        ahb = op.adjoint_data()  # type: ignore[attr-defined]  # cached by the gridded encoding
     if b is not None:
         _check_finite(b, "k-space")
         if ahb is None:

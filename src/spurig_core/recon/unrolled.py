@@ -170,7 +170,9 @@ class UnrolledRecon(nn.Module):
     # -- pieces ------------------------------------------------------------------------------
     def denoiser(self, i: int) -> Denoiser:
         """The denoiser of step ``i`` (0-based)."""
-        return self.denoisers[0 if self.cfg.share_weights else i]
+        d = self.denoisers[0 if self.cfg.share_weights else i]
+        assert isinstance(d, Denoiser)
+        return d
 
     def mu(self, i: int, lipschitz: float) -> torch.Tensor:
         """Step size ``μ_i = exp(ρ_i) / L`` of step ``i`` (0-based)."""
@@ -456,6 +458,8 @@ def load_model(
         seq = Sequence.from_dict(state["sequence"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{p}: unreadable sequence entry ({exc})") from None
+    if state.get("sequence_key", seq.key()) != seq.key():
+        raise InputError(f"{p}: its sequence does not match its stored sequence key (corrupt file)")
     mbasis = state["basis"]
     if not isinstance(mbasis, torch.Tensor) or mbasis.ndim != 2:
         raise InputError(f"{p}: basis entry is not a (tr, basis) tensor")

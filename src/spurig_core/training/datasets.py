@@ -105,7 +105,8 @@ class DCData:
     scale : float
         ``s = ‖b‖₂ / ‖A A^H b‖₂``; the initialisation is ``s · ahb``.
     lipschitz : float
-        ``‖A^H A‖₂`` (power iteration).
+        ``‖A^H A‖₂`` (20 power iterations; for reference: training re-estimates ``L`` exactly as
+        inference does, with the model's ``power_iters``).
     operator : dict
         Payload for :meth:`build_operator` (``"type"`` plus the builder's entries).
     """

@@ -339,9 +339,11 @@ class Trainer:
                 )
                 vols, lab = [ex.input(name), ex.target], ex.tissue
                 if cfg.augment.enabled:
-                    vols, lab = apply_affine(vols, lab, random_affine(cfg.augment, self.np_rng))
-                assert lab is not None
-                sl = random_crop(tuple(lab.shape), cfg.crop, self.np_rng)
+                    vols, moved = apply_affine(vols, lab, random_affine(cfg.augment, self.np_rng))
+                    assert moved is not None
+                    lab = moved
+                nx, ny, nz = (int(s) for s in lab.shape)
+                sl = random_crop((nx, ny, nz), cfg.crop, self.np_rng)
                 ins.append(vols[0][(slice(None), *sl)])
                 tgs.append(vols[1][(slice(None), *sl)])
                 tis.append(lab[sl])
@@ -381,23 +383,22 @@ class Trainer:
             ex = self.train_set[int(k)]
             dc = ex.dc[cfg.duration]
             op, lip = self._operator(ex)
-            args = (
-                self.model,
-                op,
+            data = (
                 dc.ahb.to(self.device),
                 dc.x0.to(self.device),
                 ex.target.to(self.device),
                 ex.tissue.to(self.device),
-                lip,
-                cfg,
             )
             n_in_step = min(
                 cfg.accumulation, len(order) - (j // cfg.accumulation) * cfg.accumulation
             )
+            sc = 1.0 / n_in_step
             if isinstance(cfg, GleamConfig):
-                loss = gleam_backward(*args, scale=1.0 / n_in_step, generator=self.gen)
+                loss = gleam_backward(self.model, op, *data, lip, cfg, scale=sc, generator=self.gen)
             else:
-                loss = unrolled_backward(*args, scale=1.0 / n_in_step, generator=self.gen)
+                loss = unrolled_backward(
+                    self.model, op, *data, lip, cfg, scale=sc, generator=self.gen
+                )
             acc.append(loss)
             if len(acc) == n_in_step:
                 self.opt.step()
