@@ -158,7 +158,7 @@ def test_mask_from_coefficient_energy(dictionary: Dictionary) -> None:
     coef = torch.zeros(5, 8, 4, 4, dtype=torch.complex64)
     coef[:, :4] = obj
     coef[:, 4:] = 1e-4 * obj.abs().max()  # faint background, below 5 % of the object
-    mask = coefficient_mask(coef, 0.05)
+    mask = coefficient_mask(coef, threshold=0.05)
     assert mask[:4].all() and not mask[4:].any()
     r = match_maps(coef, basis, config=CFG, dictionary=d)
     assert torch.equal(r.mask, mask)

@@ -96,7 +96,7 @@ class MatchResult:
     config: dict[str, Any]
 
 
-def coefficient_mask(coefficients: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+def coefficient_mask(coefficients: torch.Tensor, *, threshold: float = 0.05) -> torch.Tensor:
     """Object mask from coefficient energy.
 
     Parameters
@@ -333,7 +333,7 @@ def match_maps(
             basis.detach().cpu().to(torch.complex64), seq, cfg.grid, dictionary, dev, callback
         )
         if mask is None:
-            mask = coefficient_mask(coefficients, cfg.mask_threshold)
+            mask = coefficient_mask(coefficients, threshold=cfg.mask_threshold)
         mask = mask.to(dev, torch.bool)
         idx = torch.nonzero(mask.reshape(-1)).reshape(-1)
         x = coefficients.reshape(k, -1)[:, idx].T @ t.to(dev).T  # (n, basis) in Φ_dict

@@ -45,6 +45,8 @@ from .progress import Callback, emit
 
 __all__ = [
     "BASIS_GRID",
+    "CACHE_VERSION",
+    "KEEP_SIGNALS_MAX",
     "STATES_PER_T2_TR",
     "Dictionary",
     "DictionaryGrid",

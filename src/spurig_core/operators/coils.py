@@ -238,9 +238,8 @@ def espirit(
         raise InputError("calibration: all zeros")
     # Scale-free: normalise (eigenvalues of G do not depend on it, but float ranges do).
     calib = calib / torch.linalg.vector_norm(calib)
-    kernels = _signal_kernels(
-        calib.cpu(), w, cfg.threshold, cfg.noise_margin
-    )  # (j, coils, w0, w1, w2) c128
+    w3 = (w[0], w[1], w[2])
+    kernels = _signal_kernels(calib.cpu(), w3, cfg.threshold, cfg.noise_margin)  # (j, c, w³) c128
     r = _autocorrelation(kernels) / math.prod(w)  # (c, c', 2w0-1, 2w1-1, 2w2-1)
 
     # Axes 1 and 2 are evaluated at every voxel at once; axis 0 in slabs.

@@ -405,6 +405,7 @@ class NUFFT(LinearOperator):
         k = trajectory.detach().reshape(-1, 3).double()
         rad = (2.0 * math.pi * k / lim).float()
         self._gpu = self.device.type == "cuda" and _cufinufft() is not None
+        self._pts: tuple[Any, ...]
         if self._gpu:
             self._pts = tuple(rad[:, d].contiguous() for d in range(3))
         else:
@@ -419,6 +420,7 @@ class NUFFT(LinearOperator):
             isign = -1 if kind == 2 else 1
             if self._gpu:
                 cu = _cufinufft()
+                assert cu is not None
                 plan = cu.Plan(
                     kind,
                     self.matrix,
