@@ -416,3 +416,15 @@ def test_loss_history_records_only_losses() -> None:
     assert not h.add(ProgressEvent("train", 2, 3))
     assert h.add(ProgressEvent("train", 3, 3, metrics={"loss": 0.25}))
     assert h.steps == [1, 3] and h.losses == [0.5, 0.25]
+
+
+def test_closing_the_job_cancels_the_engine() -> None:
+    from napari_spurig._models import run_engine
+
+    cancel = threading.Event()
+    before = threading.active_count()
+    gen = run_engine(_iterative, 1000, cancel=cancel)
+    assert next(gen).step == 1
+    gen.close()  # what happens when a napari worker is quit
+    assert cancel.is_set()
+    assert threading.active_count() == before  # the engine thread has stopped

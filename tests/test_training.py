@@ -248,7 +248,7 @@ def test_pretraining_lowers_the_loss(cohort: Path, tmp_path: Path) -> None:
         cohort,
         tmp_path / "pre",
         epochs=3,
-        steps_per_epoch=3,
+        steps_per_epoch=2,
         batch_size=2,
         crop=16,
         augment=AugmentConfig(enabled=False),
@@ -261,7 +261,7 @@ def test_pretraining_lowers_the_loss(cohort: Path, tmp_path: Path) -> None:
     assert len(rows) == 3 and (tmp_path / "pre" / "loss.png").stat().st_size > 1000
     val = [float(r["val_loss"]) for r in rows]
     assert val[-1] < val[0]
-    assert [e.step for e in events] == list(range(1, 10)) and "loss" in events[0].metrics
+    assert [e.step for e in events] == list(range(1, 7)) and "loss" in events[0].metrics
     _loaded, meta = load_model(model)
     assert meta["stage"] == "pretrain" and meta["basis"].shape == (TR, 5)
 
@@ -344,7 +344,7 @@ def test_three_stages_chain(cohort: Path, tmp_path: Path) -> None:
     gcfg = GleamConfig(
         data_dir=str(cohort),
         out_dir=str(tmp_path / "g"),
-        model=tiny_cfg(steps=3, share_weights=False),
+        model=tiny_cfg(steps=2, share_weights=False),
         init=str(pre),
         epochs=1,
         accumulation=2,
@@ -355,11 +355,11 @@ def test_three_stages_chain(cohort: Path, tmp_path: Path) -> None:
     # GLEAM without weight sharing starts every step from the pretrained shared denoiser
     pm, _ = load_model(pre)
     gm, gmeta = load_model(gl)
-    assert gmeta["stage"] == "gleam" and len(gm.denoisers) == 3
+    assert gmeta["stage"] == "gleam" and len(gm.denoisers) == 2
     fcfg = FinetuneConfig(
         data_dir=str(cohort),
         out_dir=str(tmp_path / "f"),
-        model=tiny_cfg(steps=3, share_weights=False),
+        model=tiny_cfg(steps=2, share_weights=False),
         init=str(gl),
         epochs=1,
         accumulation=4,

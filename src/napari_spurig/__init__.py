@@ -61,8 +61,22 @@ def make_viewer(files: list[str] | None = None, *, show: bool = True, viewer: An
 
 
 def launch(files: list[str]) -> None:
-    """``spurig gui [FILES]``: the viewer of :func:`make_viewer`, then the napari event loop."""
-    import napari
+    """``spurig gui [FILES]``: the viewer of :func:`make_viewer`, then the napari event loop.
+
+    Raises
+    ------
+    NotAvailableError
+        When napari or a Qt binding is not installed.
+    """
+    from spurig_core.errors import NotAvailableError
+
+    try:
+        import napari
+        import qtpy  # noqa: F401 - fails without a Qt binding
+    except ImportError as exc:
+        raise NotAvailableError(
+            f"the GUI needs napari and a Qt binding: pip install 'spurig[gui]' ({exc})"
+        ) from None
 
     make_viewer(list(files))
     napari.run()

@@ -271,12 +271,19 @@ def reconstruct_job(
 
 
 def _stream_all(gen: Generator[Event, None, Any]) -> Generator[Event, None, Any]:
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield _stream(ev)
+    """Yield ``gen``'s events through :func:`_stream` and return its return value.
+
+    Closing this generator closes ``gen`` too, which cancels the engine (see :func:`run_engine`).
+    """
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield _stream(ev)
+    finally:
+        gen.close()
 
 
 # ----------------------------------------------------------------------------------------------

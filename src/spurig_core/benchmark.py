@@ -100,8 +100,12 @@ def _gram_worker(scan_path: str, groups: int, device: str, repeats: int = 3) -> 
         "nufft": SubspaceNUFFTEncoding(scan.trajectory.to(dev), maps, basis),
         "gridded": GriddedSubspaceEncoding(gridded.to(dev), maps, basis),
     }
-    x = torch.randn(basis.shape[1], *scan.matrix, dtype=torch.complex64,
-                    generator=torch.Generator().manual_seed(0)).to(dev)
+    x = torch.randn(
+        basis.shape[1],
+        *scan.matrix,
+        dtype=torch.complex64,
+        generator=torch.Generator().manual_seed(0),
+    ).to(dev)
     out: dict[str, float] = {}
     for name, op in ops.items():
         op.gram(x)  # warm-up (plans, kernels, buffers)
@@ -119,18 +123,29 @@ def _gram_worker(scan_path: str, groups: int, device: str, repeats: int = 3) -> 
 
 
 def _run_worker(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "spurig_core.benchmark", *args],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spurig_core.benchmark", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["worker failed"])[-1]
         return {"error": last}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(*, matrix: int = 64, groups: int = 16, device: str = "cpu", scan: str | Path | None = None,
-          methods: tuple[str, ...] = ("adjoint", "llr", "llr-nufft", "spurig"),
-          model: str | Path | None = None, gram: bool = True,
-          callback: Callback | None = None) -> dict[str, Any]:
+def bench(
+    *,
+    matrix: int = 64,
+    groups: int = 16,
+    device: str = "cpu",
+    scan: str | Path | None = None,
+    methods: tuple[str, ...] = ("adjoint", "llr", "llr-nufft", "spurig"),
+    model: str | Path | None = None,
+    gram: bool = True,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
     """Time the methods on one scan, each in a fresh process, one after the other.
 
     Parameters
@@ -162,13 +177,17 @@ def bench(*, matrix: int = 64, groups: int = 16, device: str = "cpu", scan: str 
 
         tmp = tempfile.TemporaryDirectory(prefix="spurig-bench-")
         emit(callback, "bench", 0, len(methods) + 2, f"simulating a {matrix}³ scan")
-        scan = simulate(Path(tmp.name) / "bench.h5", matrix=matrix, coils=10, groups=groups,
-                        seed=0)
+        scan = simulate(Path(tmp.name) / "bench.h5", matrix=matrix, coils=10, groups=groups, seed=0)
     try:
-        report: dict[str, Any] = {"machine": machine_info(device), "scan": str(scan),
-                                  "matrix": matrix, "groups": groups, "device": device,
-                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                  "rows": []}
+        report: dict[str, Any] = {
+            "machine": machine_info(device),
+            "scan": str(scan),
+            "matrix": matrix,
+            "groups": groups,
+            "device": device,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "rows": [],
+        }
         total = len(methods) + (1 if gram else 0)
         for i, m in enumerate(methods):
             emit(callback, "bench", i, total, f"running {m}")
@@ -212,12 +231,17 @@ def format_table(report: dict[str, Any]) -> str:
         mem = f"{r['peak_rss_mb']:.0f}"
         if "peak_cuda_mb" in r:
             mem += f" (GPU {r['peak_cuda_mb']:.0f})"
-        lines.append(f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | "
-                     f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} |")
+        lines.append(
+            f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | "
+            f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} |"
+        )
     g = report.get("gram")
     if g and "error" not in g:
-        lines += ["", f"One gram application: NUFFT {g['gram_nufft_s']:.3f} s, gridded "
-                  f"{g['gram_gridded_s']:.4f} s → {g['gram_nufft_s'] / g['gram_gridded_s']:.0f}×"]
+        lines += [
+            "",
+            f"One gram application: NUFFT {g['gram_nufft_s']:.3f} s, gridded "
+            f"{g['gram_gridded_s']:.4f} s → {g['gram_nufft_s'] / g['gram_gridded_s']:.0f}×",
+        ]
     elif g:
         lines += ["", f"gram micro-benchmark failed: {g['error']}"]
     return "\n".join(lines)

@@ -37,8 +37,14 @@ class _Progress:
 
         bar = self.bars.get(event.stage)
         if bar is None:
-            bar = tqdm(total=event.total or None, desc=event.stage, unit="step", leave=True,
-                       file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(
+                total=event.total or None,
+                desc=event.stage,
+                unit="step",
+                leave=True,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
             self.bars[event.stage] = bar
         if event.total and bar.total != event.total:
             bar.total = event.total
@@ -67,8 +73,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spurig", description="SPUR-iG 3D MRF reconstruction: simulate, reconstruct, "
-                "match, evaluate, train, benchmark, view.")
+    p = _Parser(
+        prog="spurig",
+        description="SPUR-iG 3D MRF reconstruction: simulate, reconstruct, "
+        "match, evaluate, train, benchmark, view.",
+    )
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -78,8 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--matrix", type=int, default=64)
     s.add_argument("--coils", type=int, default=10)
     s.add_argument("--groups", type=int, default=48)
-    s.add_argument("--noise", type=float, default=None,
-                   help="noise standard deviation relative to the k-space centre (default: config)")
+    s.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="noise standard deviation relative to the k-space centre (default: config)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--phantom", choices=("brain", "analytic"), default="brain")
 
@@ -107,8 +120,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("match", help="B1-corrected dictionary matching: add T1, T2, PD maps")
     s.add_argument("result", type=Path, metavar="RESULT.zarr")
-    s.add_argument("--scan", type=Path, default=None,
-                   help="scan for the B1 map and sequence (default: the result's source)")
+    s.add_argument(
+        "--scan",
+        type=Path,
+        default=None,
+        help="scan for the B1 map and sequence (default: the result's source)",
+    )
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 
     s = sub.add_parser("evaluate", help="PSNR/SSIM per balanced coefficient and T1/T2 errors")
@@ -157,22 +174,47 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
 
     cb = progress
     if args.command == "simulate":
-        path = pipeline.simulate(args.out, matrix=args.matrix, coils=args.coils, groups=args.groups,
-                                 noise=args.noise, seed=args.seed, phantom=args.phantom, callback=cb)
+        path = pipeline.simulate(
+            args.out,
+            matrix=args.matrix,
+            coils=args.coils,
+            groups=args.groups,
+            noise=args.noise,
+            seed=args.seed,
+            phantom=args.phantom,
+            callback=cb,
+        )
         print(f"wrote {path}")
     elif args.command == "simulate-cohort":
-        paths = pipeline.simulate_cohort(args.out_dir, subjects=args.subjects, split=args.split,
-                                         matrix=args.matrix, coils=args.coils, groups=args.groups,
-                                         noise=args.noise, seed=args.seed, callback=cb)
+        paths = pipeline.simulate_cohort(
+            args.out_dir,
+            subjects=args.subjects,
+            split=args.split,
+            matrix=args.matrix,
+            coils=args.coils,
+            groups=args.groups,
+            noise=args.noise,
+            seed=args.seed,
+            callback=cb,
+        )
         print(f"wrote {len(paths)} subjects under {args.out_dir}")
     elif args.command == "recon":
-        result = pipeline.recon_file(args.scan, args.out, method=args.method, groups=args.groups,
-                                     duration=args.duration, model=args.model, device=args.device,
-                                     save_iterations=args.save_iterations, config=args.config,
-                                     callback=cb)
+        result = pipeline.recon_file(
+            args.scan,
+            args.out,
+            method=args.method,
+            groups=args.groups,
+            duration=args.duration,
+            model=args.model,
+            device=args.device,
+            save_iterations=args.save_iterations,
+            config=args.config,
+            callback=cb,
+        )
         progress.close()
-        print(f"wrote {args.out} ({result.method}, {result.groups} groups, "
-              f"{result.runtime_s:.2f} s)")
+        print(
+            f"wrote {args.out} ({result.method}, {result.groups} groups, {result.runtime_s:.2f} s)"
+        )
     elif args.command == "match":
         pipeline.match_file(args.result, scan=args.scan, device=args.device, callback=cb)
         progress.close()
@@ -189,9 +231,15 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
         progress.close()
         print(f"wrote {ckpt}")
     elif args.command == "bench":
-        table = pipeline.bench(matrix=args.matrix, groups=args.groups, device=args.device,
-                               scan=args.scan, methods=tuple(args.methods.split(",")),
-                               out=args.out, callback=cb)
+        table = pipeline.bench(
+            matrix=args.matrix,
+            groups=args.groups,
+            device=args.device,
+            scan=args.scan,
+            methods=tuple(args.methods.split(",")),
+            out=args.out,
+            callback=cb,
+        )
         progress.close()
         print(table)
     elif args.command == "export":
@@ -220,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except MemoryError:
         progress.close()
-        print("spurig: error: out of memory (try a smaller matrix, fewer groups or --device cuda)",
-              file=sys.stderr)
+        print(
+            "spurig: error: out of memory (try a smaller matrix, fewer groups or --device cuda)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         progress.close()

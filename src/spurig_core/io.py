@@ -129,10 +129,12 @@ def write_scan(scan: Scan, path: PathLike, *, compression: str | None = None) ->
         f.attrs["matrix"] = np.asarray(scan.matrix, dtype=np.int64)
         f.attrs["fov_mm"] = np.asarray(scan.fov_mm, dtype=np.float64)
         f.create_dataset("kspace", data=arr(scan.kspace, np.complex64), compression=compression)
-        f.create_dataset("trajectory", data=arr(scan.trajectory, np.float32),
-                         compression=compression)
-        seq = f.create_dataset("sequence/flip_angle_deg",
-                               data=np.asarray(scan.sequence.flip_angle_deg, np.float32))
+        f.create_dataset(
+            "trajectory", data=arr(scan.trajectory, np.float32), compression=compression
+        )
+        seq = f.create_dataset(
+            "sequence/flip_angle_deg", data=np.asarray(scan.sequence.flip_angle_deg, np.float32)
+        )
         for name in ("tr_ms", "te_ms", "ti_ms", "rest_s"):
             seq.attrs[name] = float(getattr(scan.sequence, name))
         if scan.calibration is not None:
@@ -150,8 +152,16 @@ def write_scan(scan: Scan, path: PathLike, *, compression: str | None = None) ->
     return final
 
 
-def _dataset(f: Any, name: str, dtype: Any, ndim: int, path: Path, *, optional: bool = False,
-             finite: bool = True) -> np.ndarray | None:
+def _dataset(
+    f: Any,
+    name: str,
+    dtype: Any,
+    ndim: int,
+    path: Path,
+    *,
+    optional: bool = False,
+    finite: bool = True,
+) -> np.ndarray | None:
     import h5py
 
     if name not in f:
@@ -162,7 +172,9 @@ def _dataset(f: Any, name: str, dtype: Any, ndim: int, path: Path, *, optional: 
     if not isinstance(ds, h5py.Dataset):
         raise InputError(f"{path}: '{name}' is not a dataset")
     if ds.dtype != np.dtype(dtype):
-        raise InputError(f"{path}: dataset '{name}' has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+        raise InputError(
+            f"{path}: dataset '{name}' has dtype {ds.dtype}, expected {np.dtype(dtype)}"
+        )
     if ds.ndim != ndim:
         raise InputError(
             f"{path}: dataset '{name}' has {ds.ndim} dimensions {ds.shape}, expected {ndim}"
@@ -170,7 +182,9 @@ def _dataset(f: Any, name: str, dtype: Any, ndim: int, path: Path, *, optional: 
     try:
         data = ds[()]
     except (OSError, RuntimeError) as exc:
-        raise InputError(f"{path}: dataset '{name}' cannot be read (truncated file?): {exc}") from None
+        raise InputError(
+            f"{path}: dataset '{name}' cannot be read (truncated file?): {exc}"
+        ) from None
     if finite and np.issubdtype(data.dtype, np.inexact) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise InputError(f"{path}: dataset '{name}' contains {bad} NaN or Inf values")
@@ -204,7 +218,9 @@ def load_scan(path: PathLike) -> Scan:
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
-        raise InputError(f"{p}: not a readable HDF5 file (truncated or wrong format): {exc}") from None
+        raise InputError(
+            f"{p}: not a readable HDF5 file (truncated or wrong format): {exc}"
+        ) from None
     with f:
         schema = f.attrs.get("schema")
         if isinstance(schema, bytes):
@@ -234,7 +250,9 @@ def load_scan(path: PathLike) -> Scan:
                 f"to match 'kspace' {ksp.shape}"
             )
         if fa.shape != (tr,):
-            raise InputError(f"{p}: 'sequence/flip_angle_deg' has shape {fa.shape}, expected ({tr},)")
+            raise InputError(
+                f"{p}: 'sequence/flip_angle_deg' has shape {fa.shape}, expected ({tr},)"
+            )
         half = np.asarray(matrix, dtype=np.float64) / 2
         lo = traj.reshape(-1, 3).min(axis=0) if traj.size else np.zeros(3)
         hi = traj.reshape(-1, 3).max(axis=0) if traj.size else np.zeros(3)
@@ -245,8 +263,13 @@ def load_scan(path: PathLike) -> Scan:
             )
         seq_attrs = f["sequence/flip_angle_deg"].attrs
         try:
-            seq = Sequence(fa, tr_ms=float(seq_attrs["tr_ms"]), te_ms=float(seq_attrs["te_ms"]),
-                           ti_ms=float(seq_attrs["ti_ms"]), rest_s=float(seq_attrs["rest_s"]))
+            seq = Sequence(
+                fa,
+                tr_ms=float(seq_attrs["tr_ms"]),
+                te_ms=float(seq_attrs["te_ms"]),
+                ti_ms=float(seq_attrs["ti_ms"]),
+                rest_s=float(seq_attrs["rest_s"]),
+            )
         except KeyError as exc:
             raise InputError(
                 f"{p}: 'sequence/flip_angle_deg' lacks attribute {exc.args[0]!r}"
@@ -257,7 +280,9 @@ def load_scan(path: PathLike) -> Scan:
             raise InputError(f"{p}: 'calibration' has {calib.shape[0]} coils, 'kspace' has {coils}")
         maps = _dataset(f, "coil_maps", np.complex64, 4, p, optional=True)
         if maps is not None and maps.shape != (coils, *matrix):
-            raise InputError(f"{p}: 'coil_maps' has shape {maps.shape}, expected {(coils, *matrix)}")
+            raise InputError(
+                f"{p}: 'coil_maps' has shape {maps.shape}, expected {(coils, *matrix)}"
+            )
         b1 = _dataset(f, "b1", np.float32, 3, p, optional=True)
         if b1 is not None and b1.shape != matrix:
             raise InputError(f"{p}: 'b1' has shape {b1.shape}, expected {matrix}")
@@ -265,12 +290,18 @@ def load_scan(path: PathLike) -> Scan:
         reference = None
         if "reference" in f:
             parts = {}
-            for name, dtype in (("t1_ms", np.float32), ("t2_ms", np.float32), ("pd", np.complex64),
-                                ("tissue", np.uint8)):
+            for name, dtype in (
+                ("t1_ms", np.float32),
+                ("t2_ms", np.float32),
+                ("pd", np.complex64),
+                ("tissue", np.uint8),
+            ):
                 a = _dataset(f, f"reference/{name}", dtype, 3, p)
                 assert a is not None
                 if a.shape != matrix:
-                    raise InputError(f"{p}: 'reference/{name}' has shape {a.shape}, expected {matrix}")
+                    raise InputError(
+                        f"{p}: 'reference/{name}' has shape {a.shape}, expected {matrix}"
+                    )
                 parts[name] = torch.from_numpy(a)
             if int(parts["tissue"].max()) > 4:
                 raise InputError(f"{p}: 'reference/tissue' has labels above 4")
@@ -429,7 +460,9 @@ def nifti_affine(voxel_size_mm: tuple[float, float, float], shape: tuple[int, ..
     return aff
 
 
-def write_nifti(data: np.ndarray, path: PathLike, voxel_size_mm: tuple[float, float, float]) -> Path:
+def write_nifti(
+    data: np.ndarray, path: PathLike, voxel_size_mm: tuple[float, float, float]
+) -> Path:
     """Write a 3D (or 4D, channels last) real volume as NIfTI-1 with the affine of :func:`nifti_affine`."""
     import nibabel as nib
 
@@ -474,7 +507,9 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types on a broken file
-        raise InputError(f"{p}: not a readable checkpoint (truncated or wrong format): {exc}") from None
+        raise InputError(
+            f"{p}: not a readable checkpoint (truncated or wrong format): {exc}"
+        ) from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{p}: not a spurig checkpoint (no 'kind' entry)")
     return state

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .data import DURATIONS, Result, Scan, groups_for
-from .errors import InputError, NotAvailableError
+from .errors import InputError
 from .progress import Callback, emit
 
 __all__ = [
@@ -102,27 +102,57 @@ def _scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # simulation
 # ----------------------------------------------------------------------------------------------
-def simulate(out_path: str | Path, *, matrix: int = 64, coils: int = 10, groups: int = 48,
-             noise: float | None = None, seed: int = 0, phantom: str = "brain",
-             callback: Callback | None = None) -> Path:
+def simulate(
+    out_path: str | Path,
+    *,
+    matrix: int = 64,
+    coils: int = 10,
+    groups: int = 48,
+    noise: float | None = None,
+    seed: int = 0,
+    phantom: str = "brain",
+    callback: Callback | None = None,
+) -> Path:
     """Simulate a digital subject scanned with the full acquisition (``spurig simulate``)."""
     from . import simulation
 
-    kwargs: dict[str, Any] = {"matrix": matrix, "coils": coils, "groups": groups, "seed": seed,
-                              "phantom": phantom, "callback": callback}
+    kwargs: dict[str, Any] = {
+        "matrix": matrix,
+        "coils": coils,
+        "groups": groups,
+        "seed": seed,
+        "phantom": phantom,
+        "callback": callback,
+    }
     if noise is not None:
         kwargs["noise"] = noise
     return simulation.simulate(out_path, **kwargs)
 
 
-def simulate_cohort(out_dir: str | Path, *, subjects: int, split: str, matrix: int, coils: int,
-                    groups: int, noise: float | None, seed: int,
-                    callback: Callback | None = None) -> list[Path]:
+def simulate_cohort(
+    out_dir: str | Path,
+    *,
+    subjects: int,
+    split: str,
+    matrix: int,
+    coils: int,
+    groups: int,
+    noise: float | None,
+    seed: int,
+    callback: Callback | None = None,
+) -> list[Path]:
     """Train/val/test subjects with different seeds (``spurig simulate-cohort``)."""
     from . import simulation
 
-    kwargs: dict[str, Any] = {"subjects": subjects, "split": split, "matrix": matrix,
-                              "coils": coils, "groups": groups, "seed": seed, "callback": callback}
+    kwargs: dict[str, Any] = {
+        "subjects": subjects,
+        "split": split,
+        "matrix": matrix,
+        "coils": coils,
+        "groups": groups,
+        "seed": seed,
+        "callback": callback,
+    }
     if noise is not None:
         kwargs["noise"] = noise
     return simulation.simulate_cohort(out_dir, **kwargs)
@@ -131,10 +161,18 @@ def simulate_cohort(out_dir: str | Path, *, subjects: int, split: str, matrix: i
 # ----------------------------------------------------------------------------------------------
 # reconstruction
 # ----------------------------------------------------------------------------------------------
-def reconstruct(scan: Scan, *, method: str, groups: int | None = None,
-                model: str | Path | None = None, device: str = "cpu",
-                save_iterations: bool = False, callback: Callback | None = None,
-                duration: str | None = None, config: dict[str, Any] | None = None) -> Result:
+def reconstruct(
+    scan: Scan,
+    *,
+    method: str,
+    groups: int | None = None,
+    model: str | Path | None = None,
+    device: str = "cpu",
+    save_iterations: bool = False,
+    callback: Callback | None = None,
+    duration: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Result:
     """Reconstruct balanced subspace coefficients from a scan (``spurig recon``).
 
     Parameters
@@ -190,8 +228,9 @@ def reconstruct(scan: Scan, *, method: str, groups: int | None = None,
         from .operators.encoding import GriddedSubspaceEncoding
         from .operators.igrog import GriddingConfig, grid_scan
 
-        gcfg = from_dict(GriddingConfig, {"device": dev.type, **(config.get("gridding") or {})},
-                         where="gridding")
+        gcfg = from_dict(
+            GriddingConfig, {"device": dev.type, **(config.get("gridding") or {})}, where="gridding"
+        )
         gridded, grid_times = grid_scan(sub, config=gcfg, callback=callback)
         timings.update(grid_times)
         # The paper's runtime includes gridding but not kernel training (section 3.5).
@@ -210,16 +249,23 @@ def reconstruct(scan: Scan, *, method: str, groups: int | None = None,
     elif method in ("llr", "llr-nufft"):
         from .recon.classical import llr_recon
 
-        out = llr_recon(op, b, ahb=ahb, duration=_duration_name(n_groups),
-                        overrides=config.get("llr"), save_iterations=save_iterations,
-                        callback=callback)
+        out = llr_recon(
+            op,
+            b,
+            ahb=ahb,
+            duration=_duration_name(n_groups),
+            overrides=config.get("llr"),
+            save_iterations=save_iterations,
+            callback=callback,
+        )
         coeffs, iterations, cfg_record["llr"] = out.coefficients, out.iterations, out.config
     else:
         from .recon.unrolled import resolve_model, run_unrolled
 
         ckpt = resolve_model(model, method=method, duration=_duration_name(n_groups))
-        out = run_unrolled(ckpt, op, ahb, scan=scan, device=dev,
-                           save_iterations=save_iterations, callback=callback)
+        out = run_unrolled(
+            ckpt, op, ahb, scan=scan, device=dev, save_iterations=save_iterations, callback=callback
+        )
         coeffs, iterations = out.coefficients, out.iterations
         model_info = out.model_info
         cfg_record["unroll"] = out.config
@@ -244,11 +290,19 @@ def reconstruct(scan: Scan, *, method: str, groups: int | None = None,
     )
 
 
-def recon_file(scan_path: str | Path, out_path: str | Path, *, method: str,
-               groups: int | None = None, duration: str | None = None,
-               model: str | Path | None = None, device: str = "cpu",
-               save_iterations: bool = False, config: str | Path | None = None,
-               callback: Callback | None = None) -> Result:
+def recon_file(
+    scan_path: str | Path,
+    out_path: str | Path,
+    *,
+    method: str,
+    groups: int | None = None,
+    duration: str | None = None,
+    model: str | Path | None = None,
+    device: str = "cpu",
+    save_iterations: bool = False,
+    config: str | Path | None = None,
+    callback: Callback | None = None,
+) -> Result:
     """``spurig recon``: read and validate, reconstruct, write the zarr result atomically."""
     from .io import load_scan
 
@@ -269,9 +323,17 @@ def recon_file(scan_path: str | Path, out_path: str | Path, *, method: str,
     if model is not None and not Path(model).exists():
         raise InputError(f"model {model}: no such file")
     scan = load_scan(scan_path)
-    result = reconstruct(scan, method=method, groups=groups, duration=duration, model=model,
-                         device=device, save_iterations=save_iterations, callback=callback,
-                         config=overrides)
+    result = reconstruct(
+        scan,
+        method=method,
+        groups=groups,
+        duration=duration,
+        model=model,
+        device=device,
+        save_iterations=save_iterations,
+        callback=callback,
+        config=overrides,
+    )
     result.save(out)
     return result
 
@@ -279,8 +341,13 @@ def recon_file(scan_path: str | Path, out_path: str | Path, *, method: str,
 # ----------------------------------------------------------------------------------------------
 # matching and evaluation
 # ----------------------------------------------------------------------------------------------
-def match(result: Result, scan: Scan | None = None, *, device: str = "cpu",
-          callback: Callback | None = None) -> Result:
+def match(
+    result: Result,
+    scan: Scan | None = None,
+    *,
+    device: str = "cpu",
+    callback: Callback | None = None,
+) -> Result:
     """B1-corrected dictionary matching: the result with ``t1_ms``, ``t2_ms`` and ``pd`` added.
 
     The scan supplies the B1 map (when it has one) and the sequence; without a scan the default
@@ -292,13 +359,19 @@ def match(result: Result, scan: Scan | None = None, *, device: str = "cpu",
     dev = resolve_device(device)
     b1 = scan.b1 if scan is not None else None
     sequence = scan.sequence if scan is not None else Sequence.default()
-    maps = match_maps(result.coefficients, result.basis, b1=b1, sequence=sequence, device=dev,
-                      callback=callback)
+    maps = match_maps(
+        result.coefficients, result.basis, b1=b1, sequence=sequence, device=dev, callback=callback
+    )
     return result.replace(t1_ms=maps.t1_ms.cpu(), t2_ms=maps.t2_ms.cpu(), pd=maps.pd.cpu())
 
 
-def match_file(result_path: str | Path, *, scan: str | Path | None = None, device: str = "cpu",
-               callback: Callback | None = None) -> Result:
+def match_file(
+    result_path: str | Path,
+    *,
+    scan: str | Path | None = None,
+    device: str = "cpu",
+    callback: Callback | None = None,
+) -> Result:
     """``spurig match``: add T1/T2/PD maps to a result store (rewritten atomically)."""
     from .io import load_result, load_scan
 
@@ -319,8 +392,9 @@ def reference_coefficients(scan: Scan) -> torch.Tensor:
 
     if scan.reference is None:
         raise InputError(f"{scan.path}: the scan has no reference/ (ground truth)")
-    return _ref(scan.reference, _scan_basis(scan, torch.device("cpu")), b1=scan.b1,
-                sequence=scan.sequence)
+    return _ref(
+        scan.reference, _scan_basis(scan, torch.device("cpu")), b1=scan.b1, sequence=scan.sequence
+    )
 
 
 def evaluate(result: Result, scan: Scan) -> dict[str, Any]:
@@ -330,8 +404,9 @@ def evaluate(result: Result, scan: Scan) -> dict[str, Any]:
     return _evaluate(result, scan)
 
 
-def evaluate_file(result_path: str | Path, scan_path: str | Path, *,
-                  json_path: str | Path | None = None) -> dict[str, Any]:
+def evaluate_file(
+    result_path: str | Path, scan_path: str | Path, *, json_path: str | Path | None = None
+) -> dict[str, Any]:
     """``spurig evaluate``: metrics, optionally written as JSON (atomically)."""
     import json
 
@@ -351,8 +426,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return _fmt(metrics)
 
 
-def evaluate_cohort(results_dir: str | Path, *, out_dir: str | Path,
-                    callback: Callback | None = None) -> Path:
+def evaluate_cohort(
+    results_dir: str | Path, *, out_dir: str | Path, callback: Callback | None = None
+) -> Path:
     """``spurig evaluate-cohort``: Tables 1–2, p-values and figures over many results."""
     from .report import evaluate_cohort as _cohort
 
@@ -362,8 +438,9 @@ def evaluate_cohort(results_dir: str | Path, *, out_dir: str | Path,
 # ----------------------------------------------------------------------------------------------
 # training, benchmark, export, demo, GUI
 # ----------------------------------------------------------------------------------------------
-def train(stage: str, config: str | Path, *, resume: bool = False,
-          callback: Callback | None = None) -> Path:
+def train(
+    stage: str, config: str | Path, *, resume: bool = False, callback: Callback | None = None
+) -> Path:
     """``spurig train``: run one training stage from a TOML config."""
     if not Path(config).exists():
         raise InputError(f"config {config}: no such file")
@@ -372,9 +449,16 @@ def train(stage: str, config: str | Path, *, resume: bool = False,
     return run_stage(stage, config, resume=resume, callback=callback)
 
 
-def bench(*, matrix: int, groups: int, device: str, scan: str | Path | None,
-          methods: tuple[str, ...], out: str | Path | None,
-          callback: Callback | None = None) -> str:
+def bench(
+    *,
+    matrix: int,
+    groups: int,
+    device: str,
+    scan: str | Path | None,
+    methods: tuple[str, ...],
+    out: str | Path | None,
+    callback: Callback | None = None,
+) -> str:
     """``spurig bench``: the methods on one scan, side by side, as seconds and ratios.
 
     Returns the Markdown table (also written to ``out`` when given, atomically).
@@ -384,8 +468,9 @@ def bench(*, matrix: int, groups: int, device: str, scan: str | Path | None,
     from .io import atomic_path
 
     resolve_device(device)
-    report = _bench(matrix=matrix, groups=groups, device=device, scan=scan, methods=methods,
-                    callback=callback)
+    report = _bench(
+        matrix=matrix, groups=groups, device=device, scan=scan, methods=methods, callback=callback
+    )
     table = format_table(report)
     if out is not None:
         with atomic_path(out) as tmp:
@@ -402,15 +487,13 @@ def export(result_path: str | Path, out_dir: str | Path) -> list[Path]:
 
 def demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | None = None) -> str:
     """``spurig demo``: grid, reconstruct (SPUR-iG and LLR), match, evaluate, figures, report."""
-    raise NotAvailableError("spurig demo is not implemented yet (issue #6)")
+    from .demo import run_demo
+
+    return run_demo(out_dir, tiny=tiny, callback=callback)
 
 
 def launch_gui(files: list[str]) -> None:
     """``spurig gui``: napari with the plugin's widgets docked and ``files`` opened."""
-    try:
-        from napari_spurig import launch
-    except ImportError as exc:
-        raise NotAvailableError(
-            f"the GUI needs napari and a Qt binding: pip install 'spurig[gui]' ({exc})"
-        ) from None
+    from napari_spurig import launch  # raises NotAvailableError without napari or Qt
+
     launch(files)

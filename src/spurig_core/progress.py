@@ -46,8 +46,15 @@ class ProgressEvent:
 Callback = Callable[[ProgressEvent], None]
 
 
-def emit(callback: Callback | None, stage: str, step: int, total: int, message: str = "",
-         data: Any = None, **metrics: float) -> None:
+def emit(
+    callback: Callback | None,
+    stage: str,
+    step: int,
+    total: int,
+    message: str = "",
+    data: Any = None,
+    **metrics: float,
+) -> None:
     """Send one :class:`ProgressEvent` to ``callback`` if there is one."""
     if callback is not None:
         callback(ProgressEvent(stage, step, total, message, data, dict(metrics)))
@@ -59,7 +66,8 @@ def scaled(callback: Callback | None, stage: str) -> Callback | None:
         return None
 
     def _inner(event: ProgressEvent) -> None:
-        callback(ProgressEvent(stage, event.step, event.total, event.message, event.data,
-                               event.metrics))
+        callback(
+            ProgressEvent(stage, event.step, event.total, event.message, event.data, event.metrics)
+        )
 
     return _inner

@@ -46,9 +46,16 @@ class LinearOperator:
         Used in error messages; defaults to the class name.
     """
 
-    def __init__(self, in_shape: Seq[int] | None = None, out_shape: Seq[int] | None = None,
-                 *, name: str | None = None) -> None:
-        self.in_shape: Shape | None = tuple(int(s) for s in in_shape) if in_shape is not None else None
+    def __init__(
+        self,
+        in_shape: Seq[int] | None = None,
+        out_shape: Seq[int] | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.in_shape: Shape | None = (
+            tuple(int(s) for s in in_shape) if in_shape is not None else None
+        )
         self.out_shape: Shape | None = (
             tuple(int(s) for s in out_shape) if out_shape is not None else None
         )
@@ -107,9 +114,7 @@ class LinearOperator:
     # -- helpers for subclasses ------------------------------------------------------------------
     def _check(self, t: torch.Tensor, shape: Shape | None, what: str) -> None:
         if shape is not None and tuple(t.shape) != shape:
-            raise InputError(
-                f"{self.name}: {what} has shape {tuple(t.shape)}, expected {shape}"
-            )
+            raise InputError(f"{self.name}: {what} has shape {tuple(t.shape)}, expected {shape}")
 
     def check_in(self, x: torch.Tensor) -> None:
         """Raise :class:`InputError` unless ``x`` has ``in_shape``."""
@@ -119,8 +124,14 @@ class LinearOperator:
         """Raise :class:`InputError` unless ``y`` has ``out_shape``."""
         self._check(y, self.out_shape, "adjoint input")
 
-    def opnorm(self, x0: torch.Tensor | None = None, *, iters: int = 30, rtol: float = 1e-4,
-               generator: torch.Generator | None = None) -> float:
+    def opnorm(
+        self,
+        x0: torch.Tensor | None = None,
+        *,
+        iters: int = 30,
+        rtol: float = 1e-4,
+        generator: torch.Generator | None = None,
+    ) -> float:
         """Estimate the spectral norm ``‖A‖₂`` by power iteration on :meth:`gram`.
 
         Parameters
@@ -193,11 +204,15 @@ class SumOperator(LinearOperator):
     """``A + B`` (same domain and range)."""
 
     def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
-        for s, t, what in ((a.in_shape, b.in_shape, "inputs"), (a.out_shape, b.out_shape, "outputs")):
+        for s, t, what in (
+            (a.in_shape, b.in_shape, "inputs"),
+            (a.out_shape, b.out_shape, "outputs"),
+        ):
             if s is not None and t is not None and s != t:
                 raise InputError(f"cannot add {a.name} and {b.name}: {what} {s} and {t} differ")
-        super().__init__(a.in_shape or b.in_shape, a.out_shape or b.out_shape,
-                         name=f"({a.name} + {b.name})")
+        super().__init__(
+            a.in_shape or b.in_shape, a.out_shape or b.out_shape, name=f"({a.name} + {b.name})"
+        )
         self.a, self.b = a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,8 +276,11 @@ class DiagonalOperator(LinearOperator):
             # Adjoint of a broadcast is a sum over the broadcast dimensions.
             pad = len(out_shape) - len(in_shape)
             padded = (1,) * pad + in_shape
-            self._sum_dims = tuple(i for i, (o, s) in enumerate(zip(out_shape, padded, strict=True))
-                                   if s == 1 and o != 1)
+            self._sum_dims = tuple(
+                i
+                for i, (o, s) in enumerate(zip(out_shape, padded, strict=True))
+                if s == 1 and o != 1
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_in(x)

@@ -31,8 +31,11 @@ def grid_size(n: int, oversampling: float) -> int:
 
 def grid_shape(matrix: tuple[int, int, int], oversampling: float) -> tuple[int, int, int]:
     """Oversampled grid shape ``(X, Y, Z)`` for an image ``matrix``."""
-    return (grid_size(matrix[0], oversampling), grid_size(matrix[1], oversampling),
-            grid_size(matrix[2], oversampling))
+    return (
+        grid_size(matrix[0], oversampling),
+        grid_size(matrix[1], oversampling),
+        grid_size(matrix[2], oversampling),
+    )
 
 
 def nearest_grid_index(
