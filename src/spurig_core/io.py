@@ -69,6 +69,7 @@ def atomic_path(path: PathLike, *, directory: bool = False) -> Iterator[Path]:
         tmp.unlink()
     try:
         yield tmp
+        _set_default_mode(tmp)
         if directory:
             backup = None
             if final.exists():
@@ -85,6 +86,16 @@ def atomic_path(path: PathLike, *, directory: bool = False) -> Iterator[Path]:
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def _set_default_mode(path: Path) -> None:
+    """Give a finished temporary file the mode a plain ``open`` would (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_file():
+        path.chmod(0o666 & ~umask)
+    elif path.is_dir():
+        path.chmod(0o777 & ~umask)
 
 
 def file_sha256(path: PathLike, *, chunk: int = 1 << 22) -> str:

@@ -207,6 +207,11 @@ def reconstruct(
     n_groups = _resolve_groups(scan, groups, duration)
     sub = scan.first_groups(n_groups)
     config = dict(config or {})
+    ckpt = None
+    if method in ("spurig", "hybrid"):  # fail before any gridding work when no model fits
+        from .recon.models import resolve_model
+
+        ckpt = resolve_model(model, method=method, duration=_duration_name(n_groups))
     basis = _scan_basis(scan, dev)
     maps = _coil_maps(scan, dev, callback)
     kspace = sub.kspace.to(dev)
@@ -260,15 +265,19 @@ def reconstruct(
         )
         coeffs, iterations, cfg_record["llr"] = out.coefficients, out.iterations, out.config
     else:
-        from .recon.unrolled import resolve_model, run_unrolled
+        from .recon.models import run_unrolled
 
-        ckpt = resolve_model(model, method=method, duration=_duration_name(n_groups))
-        out = run_unrolled(
-            ckpt, op, ahb, scan=scan, device=dev, save_iterations=save_iterations, callback=callback
-        )
-        coeffs, iterations = out.coefficients, out.iterations
-        model_info = out.model_info
-        cfg_record["unroll"] = out.config
+        assert ckpt is not None
+        values = op.gridded.values  # type: ignore[attr-defined]
+        b_norm = float(torch.linalg.vector_norm(values.to(torch.complex128)))
+        unrolled = run_unrolled(ckpt, op, ahb, method=method, scan=scan, basis=basis,
+                                b_norm=b_norm, device=dev, save_iterations=save_iterations,
+                                callback=callback)
+        coeffs, iterations = unrolled.coefficients, unrolled.iterations
+        model_info = unrolled.model_info
+        cfg_record["unroll"] = unrolled.config
+        if unrolled.warning:
+            cfg_record["warning"] = unrolled.warning
     runtime = time.perf_counter() - t0
 
     source = None
