@@ -42,7 +42,7 @@ def test_config_rejects_unknown_and_mistyped() -> None:
         from_dict(Outer, {"nme": "x"})
     with pytest.raises(InputError, match="lr: expected a number"):
         from_dict(Outer, {"lr": "fast"})
-    with pytest.raises(InputError, match="inner.a: expected an integer"):
+    with pytest.raises(InputError, match=r"inner\.a: expected an integer"):
         from_dict(Outer, {"inner": {"a": 1.5}})
 
 
@@ -51,7 +51,9 @@ def test_default_sequence_matches_spec() -> None:
     n = np.arange(500)
     assert fa.shape == (500,)
     np.testing.assert_allclose(fa[:200], 10 + 20 * np.sin(np.pi * (n[:200] + 1) / 200), atol=1e-4)
-    np.testing.assert_allclose(fa[200:400], 90 * np.sin(np.pi * (n[200:400] - 199) / 200), atol=1e-4)
+    np.testing.assert_allclose(
+        fa[200:400], 90 * np.sin(np.pi * (n[200:400] - 199) / 200), atol=1e-4
+    )
     np.testing.assert_allclose(fa[400:], 10)
     seq = Sequence.default()
     assert (seq.tr_ms, seq.te_ms, seq.ti_ms, seq.rest_s) == (12.5, 1.7, 20.0, 1.2)
@@ -62,8 +64,12 @@ def test_default_sequence_matches_spec() -> None:
 
 
 def _spurig(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spurig_core.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spurig_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def test_scan_rejections(tmp_path: Path, rng: torch.Generator) -> None:
         load_scan(tmp_path / "missing.h5")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(InputError, match="truncated|HDF5"):
+    with pytest.raises(InputError, match=r"truncated|HDF5"):
         load_scan(bad)
     with h5py.File(path, "a") as f:
         f["kspace"][0, 0, 0, 0] = np.nan

@@ -99,13 +99,11 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     t1, t2 = table1(evals), table2(evals)
     rt = runtime_table(times, baseline="llr")
     sections = [
-        Section("Coefficients (Table 1 style)", "", [t1], []),
-        Section("Quantitative maps (Table 2 style)", "", [t2], []),
-        Section(
-            "Reconstruction time", "Gridding included, iGROG kernel training excluded.", [rt], []
-        ),
-        Section("Figures", "", [], figures),
-        Section("Files", "\n".join(f"- `{p.relative_to(out)}`" for p in nifti), [], []),
+        Section("Coefficients (Table 1 style)", "", (t1,)),
+        Section("Quantitative maps (Table 2 style)", "", (t2,)),
+        Section("Reconstruction time", "Gridding included, iGROG kernel training excluded.", (rt,)),
+        Section("Figures", "", (), tuple(figures)),
+        Section("Files", "\n".join(f"- `{p.relative_to(out)}`" for p in nifti)),
     ]
     intro = (
         f"Scan `{scan_path}` ({scan.matrix[0]}³, {scan.n_groups} groups = {duration}, "

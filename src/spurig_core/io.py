@@ -1,9 +1,9 @@
-"""The only module that knows file formats: HDF5 raw scans, zarr results, NIfTI maps, checkpoints.
+"""The only module that knows file formats: HDF5 raw scans, zarr results, NIfTI, checkpoints.
 
-Every writer is atomic: it writes to a temporary name beside the target and renames at the end, so an
-interrupted or failed write leaves nothing half-written and keeps whatever was there before.
-Every reader validates what it reads and raises :class:`~spurig_core.errors.InputError` with one line
-that names the file and the problem.
+Every writer is atomic: it writes to a temporary name beside the target and renames at the end,
+so an interrupted or failed write leaves nothing half-written and keeps whatever was there before.
+Every reader validates what it reads and raises :class:`~spurig_core.errors.InputError` with one
+line that names the file and the problem.
 """
 
 from __future__ import annotations
@@ -205,9 +205,9 @@ def _dataset(
 def load_scan(path: PathLike) -> Scan:
     """Read and validate a raw scan of schema ``spurig-raw/1`` (SPEC §3).
 
-    Checks the schema version, every dataset's presence, dtype and shape (consistent coils, groups,
-    repetitions, samples and matrix), that the trajectory lies in ``[-matrix/2, matrix/2)``, and that
-    nothing contains NaN or Inf.
+    Checks the schema version, every dataset's presence, dtype and shape (consistent coils,
+    groups, repetitions, samples and matrix), that the trajectory lies in
+    ``[-matrix/2, matrix/2)``, and that nothing contains NaN or Inf.
 
     Parameters
     ----------
@@ -350,10 +350,10 @@ def _write_array(group: Any, name: str, data: np.ndarray) -> None:
 def save_result(result: Result, path: PathLike) -> Path:
     """Write ``result`` as a zarr group of schema ``spurig-result/1`` (atomically).
 
-    Arrays: ``coefficients`` (basis, x, y, z) complex64, ``basis`` (tr, basis) complex64 and, when
-    present, ``iterations`` (n, basis, x, y, z), ``t1_ms``/``t2_ms``/``pd`` (x, y, z) float32.
-    Attributes: ``schema``, ``method``, ``groups``, ``runtime_s``, ``device``, ``model``, ``source``,
-    ``voxel_size_mm``, ``config`` and ``timings``.
+    Arrays: ``coefficients`` (basis, x, y, z) complex64, ``basis`` (tr, basis) complex64 and,
+    when present, ``iterations`` (n, basis, x, y, z), ``t1_ms``/``t2_ms``/``pd`` (x, y, z)
+    float32.  Attributes: ``schema``, ``method``, ``groups``, ``runtime_s``, ``device``,
+    ``model``, ``source``, ``voxel_size_mm``, ``config`` and ``timings``.
     """
     import zarr
 
@@ -403,11 +403,12 @@ def load_result(path: PathLike, *, lazy: bool = False) -> Result:
     import zarr
 
     p = _require_file(path, "result")
+    g: Any
     try:
         g = zarr.open_group(str(p), mode="r")
     except Exception as exc:  # zarr raises several types for a non-store
         raise InputError(f"{p}: not a readable zarr result store: {exc}") from None
-    attrs = dict(g.attrs)
+    attrs: dict[str, Any] = dict(g.attrs)
     if attrs.get("schema") != RESULT_SCHEMA:
         raise InputError(
             f"{p}: unsupported schema {attrs.get('schema')!r}; expected '{RESULT_SCHEMA}'"
@@ -434,7 +435,8 @@ def load_result(path: PathLike, *, lazy: bool = False) -> Result:
     assert coeffs is not None and basis is not None
     if basis.shape[1] != coeffs.shape[0]:
         raise InputError(
-            f"{p}: 'basis' has {basis.shape[1]} columns but 'coefficients' has {coeffs.shape[0]} maps"
+            f"{p}: 'basis' has {basis.shape[1]} columns but 'coefficients' has "
+            f"{coeffs.shape[0]} maps"
         )
     matrix = tuple(coeffs.shape[1:])
     maps = {}
@@ -465,7 +467,7 @@ def load_result(path: PathLike, *, lazy: bool = False) -> Result:
 # NIfTI
 # ----------------------------------------------------------------------------------------------
 def nifti_affine(voxel_size_mm: tuple[float, float, float], shape: tuple[int, ...]) -> np.ndarray:
-    """RAS affine of a volume whose voxel ``r`` sits at ``(r - shape//2) * voxel_size`` mm (SPEC §3)."""
+    """RAS affine of a volume whose voxel ``r`` sits at ``(r - shape//2) * voxel_size`` mm."""
     aff = np.diag([*voxel_size_mm, 1.0]).astype(np.float64)
     aff[:3, 3] = [-(n // 2) * v for n, v in zip(shape[:3], voxel_size_mm, strict=True)]
     return aff
@@ -474,7 +476,7 @@ def nifti_affine(voxel_size_mm: tuple[float, float, float], shape: tuple[int, ..
 def write_nifti(
     data: np.ndarray, path: PathLike, voxel_size_mm: tuple[float, float, float]
 ) -> Path:
-    """Write a 3D (or 4D, channels last) real volume as NIfTI-1 with the affine of :func:`nifti_affine`."""
+    """Write a 3D (or 4D, channels last) real volume as NIfTI-1 (affine: :func:`nifti_affine`)."""
     import nibabel as nib
 
     arr = np.asarray(data)

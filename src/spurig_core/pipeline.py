@@ -16,6 +16,7 @@ import torch
 
 from .data import DURATIONS, Result, Scan, groups_for
 from .errors import InputError
+from .operators.base import LinearOperator
 from .progress import Callback, emit
 
 __all__ = [
@@ -221,6 +222,7 @@ def reconstruct(
     cfg_record: dict[str, Any] = {"method": method, "groups": n_groups}
 
     b: torch.Tensor | None
+    op: LinearOperator
     if method in ("adjoint", "llr-nufft"):
         from .operators.encoding import SubspaceNUFFTEncoding
 
@@ -240,9 +242,10 @@ def reconstruct(
         timings.update(grid_times)
         # The paper's runtime includes gridding but not kernel training (section 3.5).
         t0 = time.perf_counter() - grid_times.get("gridding_s", 0.0)
-        op = GriddedSubspaceEncoding(gridded.to(dev), maps, basis)
+        gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis)
         b = None  # the gridded encoding takes its data (and ‖b‖) from its own gridded values
-        ahb = op.adjoint_data()
+        ahb = gop.adjoint_data()
+        op = gop
         cfg_record["gridding"] = to_dict(gcfg)
 
     if method == "adjoint":
@@ -268,11 +271,19 @@ def reconstruct(
         from .recon.models import run_unrolled
 
         assert ckpt is not None
-        values = op.gridded.values  # type: ignore[attr-defined]
-        b_norm = float(torch.linalg.vector_norm(values.to(torch.complex128)))
-        unrolled = run_unrolled(ckpt, op, ahb, method=method, scan=scan, basis=basis,
-                                b_norm=b_norm, device=dev, save_iterations=save_iterations,
-                                callback=callback)
+        b_norm = float(torch.linalg.vector_norm(gridded.values.to(torch.complex128)))
+        unrolled = run_unrolled(
+            ckpt,
+            op,
+            ahb,
+            method=method,
+            scan=scan,
+            basis=basis,
+            b_norm=b_norm,
+            device=dev,
+            save_iterations=save_iterations,
+            callback=callback,
+        )
         coeffs, iterations = unrolled.coefficients, unrolled.iterations
         model_info = unrolled.model_info
         cfg_record["unroll"] = unrolled.config
