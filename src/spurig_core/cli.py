@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="36/4/4", help="train/val/test counts, e.g. 36/4/4")
     s.add_argument("--matrix", type=int, default=64)
     s.add_argument("--coils", type=int, default=10)
-    s.add_argument("--groups", type=int, default=48)
+    s.add_argument("--groups", type=int, default=16, help="groups per subject (16 = 2 min)")
     s.add_argument("--noise", type=float, default=None)
     s.add_argument("--seed", type=int, default=1000)
 
@@ -258,7 +258,9 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spurig`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    progress = _Progress(quiet=args.quiet or not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    progress = _Progress(
+        quiet=args.quiet or (not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    )
     try:
         return _dispatch(args, progress)
     except SpurigError as exc:

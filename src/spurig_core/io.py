@@ -240,11 +240,11 @@ def load_scan(path: PathLike) -> Scan:
             raise InputError(f"{p}: no 'schema' attribute; expected '{RAW_SCHEMA}'")
         if schema != RAW_SCHEMA:
             raise InputError(f"{p}: unsupported schema {schema!r}; expected '{RAW_SCHEMA}'")
-        try:
-            matrix = tuple(int(v) for v in np.asarray(f.attrs["matrix"]).reshape(-1))
-            fov = tuple(float(v) for v in np.asarray(f.attrs["fov_mm"]).reshape(-1))
-        except KeyError as exc:
-            raise InputError(f"{p}: missing root attribute {exc.args[0]!r}") from None
+        for name in ("matrix", "fov_mm"):
+            if name not in f.attrs:
+                raise InputError(f"{p}: missing root attribute '{name}'")
+        matrix = tuple(int(v) for v in np.asarray(f.attrs["matrix"]).reshape(-1))
+        fov = tuple(float(v) for v in np.asarray(f.attrs["fov_mm"]).reshape(-1))
         if len(matrix) != 3 or min(matrix) < 1:
             raise InputError(f"{p}: attribute 'matrix' must be 3 positive ints, got {matrix}")
         if len(fov) != 3 or not all(np.isfinite(fov)) or min(fov) <= 0:
@@ -273,18 +273,18 @@ def load_scan(path: PathLike) -> Scan:
                 f"min {lo}, max {hi}"
             )
         seq_attrs = f["sequence/flip_angle_deg"].attrs
-        try:
-            seq = Sequence(
-                fa,
-                tr_ms=float(seq_attrs["tr_ms"]),
-                te_ms=float(seq_attrs["te_ms"]),
-                ti_ms=float(seq_attrs["ti_ms"]),
-                rest_s=float(seq_attrs["rest_s"]),
-            )
-        except KeyError as exc:
-            raise InputError(
-                f"{p}: 'sequence/flip_angle_deg' lacks attribute {exc.args[0]!r}"
-            ) from None
+        for name in ("tr_ms", "te_ms", "ti_ms", "rest_s"):
+            if name not in seq_attrs:
+                raise InputError(f"{p}: 'sequence/flip_angle_deg' lacks attribute '{name}'")
+            if not np.isfinite(float(seq_attrs[name])):
+                raise InputError(f"{p}: sequence attribute '{name}' is not finite")
+        seq = Sequence(
+            fa,
+            tr_ms=float(seq_attrs["tr_ms"]),
+            te_ms=float(seq_attrs["te_ms"]),
+            ti_ms=float(seq_attrs["ti_ms"]),
+            rest_s=float(seq_attrs["rest_s"]),
+        )
 
         calib = _dataset(f, "calibration", np.complex64, 4, p, optional=True)
         if calib is not None and calib.shape[0] != coils:
