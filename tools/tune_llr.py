@@ -65,6 +65,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def toml_float(t: float) -> str:
+    """A TOML float literal (``0`` would be an integer)."""
+    s = f"{t:g}"
+    return s if any(c in s for c in ".e") else s + ".0"
+
+
 def key(t: float) -> str:
     return f"{t:.6g}"
 
@@ -362,7 +368,7 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
                        f"{r['score']:.4f}  {r['psnr_mean']:.2f}              | "
                        f"{ad['score']:.4f}  {ad['psnr_mean']:.2f}")
     body = ["", "[llr]", f"iterations = {cfg.iterations}",
-            "thresholds = { " + ", ".join(f'"{d}" = {t[d]:g}' for d in order) + " }"]
+            "thresholds = { " + ", ".join(f'"{d}" = {toml_float(t[d])}' for d in order) + " }"]
     toml = "\n".join(comment + body) + "\n"
     return md, toml
 

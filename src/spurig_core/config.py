@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .errors import InputError
 
-__all__ = ["from_dict", "load_toml", "to_dict", "dump_toml"]
+__all__ = ["dump_toml", "from_dict", "load_toml", "to_dict"]
 
 T = TypeVar("T")
 

@@ -5,7 +5,8 @@ Shape vocabulary (used in every docstring of the package)
 ``(coils, x, y, z)``
     coil sensitivities / coil images; ``x, y, z`` are image axes 0, 1, 2.
 ``(coils, groups, tr, samples)``
-    measured k-space; ``groups`` acquisition groups of ``tr`` repetitions, ``samples`` per spiral arm.
+    measured k-space; ``groups`` acquisition groups of ``tr`` repetitions, ``samples`` per
+    spiral arm.
 ``(groups, tr, samples, 3)``
     trajectory in cycles per FOV (grid units), each coordinate in ``[-matrix/2, matrix/2)``.
 ``(basis, x, y, z)``
@@ -25,7 +26,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ DURATIONS: dict[str, int] = {"6min": 48, "2min": 16, "1min": 8, "30s": 4}
 
 
 def groups_for(duration: str) -> int:
-    """Number of leading groups of a named duration (``"6min"``, ``"2min"``, ``"1min"``, ``"30s"``)."""
+    """Leading groups of a named duration (``"6min"``, ``"2min"``, ``"1min"``, ``"30s"``)."""
     from .errors import InputError
 
     try:
@@ -71,7 +72,7 @@ def default_flip_angles_deg(n_tr: int = 500) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Sequence:
-    """A FISP-MRF group: inversion, ``ti_ms``, ``tr`` FISP repetitions, ``rest_s`` of recovery (SPEC §4).
+    """A FISP-MRF group: inversion, ``ti_ms``, ``tr`` FISP repetitions, ``rest_s`` (SPEC §4).
 
     Attributes
     ----------
@@ -98,7 +99,7 @@ class Sequence:
 
     @classmethod
     def default(cls) -> Sequence:
-        """The default sequence of SPEC §4: 500 repetitions, TR 12.5, TE 1.7, TI 20 ms, rest 1.2 s."""
+        """The default sequence (SPEC §4): 500 TRs, TR 12.5, TE 1.7, TI 20 ms, rest 1.2 s."""
         return cls(default_flip_angles_deg(500))
 
     @property
@@ -167,7 +168,7 @@ class Reference:
     tissue: torch.Tensor
 
     #: Tissue labels of SPEC §3.
-    LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "other"}
+    LABELS: ClassVar[dict[int, str]] = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "other"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,7 +233,7 @@ class Scan:
         )
 
     def first_groups(self, groups: int) -> Scan:
-        """The same scan cut to its first ``groups`` groups (retrospective undersampling, paper 2.4).
+        """The scan cut to its first ``groups`` groups (retrospective undersampling, paper 2.4).
 
         Raises
         ------
@@ -243,7 +244,8 @@ class Scan:
 
         if not 1 <= groups <= self.n_groups:
             raise InputError(
-                f"cannot use {groups} groups: the scan has {self.n_groups} (choose 1 to {self.n_groups})"
+                f"cannot use {groups} groups: the scan has {self.n_groups} "
+                f"(choose 1 to {self.n_groups})"
             )
         return dataclasses.replace(
             self,

@@ -1,1 +1,1 @@
-"""Linear operators: the algebra (base), Fourier transforms, coil/subspace encoding and iGROG gridding."""
+"""Linear operators: the algebra (base), Fourier transforms, coil/subspace encoding, iGROG."""

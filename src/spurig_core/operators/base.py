@@ -1,6 +1,6 @@
 """The linear-operator algebra every operator of spurig builds on (STYLE.md practice 2).
 
-An operator maps a tensor of ``in_shape`` to a tensor of ``out_shape`` (plain tensors, never tuples):
+An operator maps a tensor of ``in_shape`` to a tensor of ``out_shape`` (plain tensors, no tuples):
 
 >>> import torch
 >>> from spurig_core.operators.base import DiagonalOperator
@@ -8,8 +8,8 @@ An operator maps a tensor of ``in_shape`` to a tensor of ``out_shape`` (plain te
 >>> (D.H @ D)(torch.ones(2))
 tensor([1., 4.])
 
-``A @ B`` composes, ``A.H`` is the adjoint, ``A + B`` and ``c * A`` combine, ``A.gram(x)`` applies the
-normal operator ``A^H A`` (subclasses override it where a faster form exists, e.g. the FFT-based
+``A @ B`` composes, ``A.H`` is the adjoint, ``A + B`` and ``c * A`` combine, ``A.gram(x)`` applies
+the normal operator ``A^H A`` (subclasses override it where a faster form exists, e.g. the FFT-based
 gridded subspace gram), and :meth:`LinearOperator.opnorm` estimates ``‖A‖₂`` by power iteration.
 Subclasses check the shapes of what they receive and name themselves in the error.
 """
@@ -79,7 +79,7 @@ class LinearOperator:
         return self.forward(x)
 
     @property
-    def H(self) -> LinearOperator:  # noqa: N802 - the conventional name of the adjoint
+    def H(self) -> LinearOperator:
         """The adjoint operator."""
         return AdjointOperator(self)
 
@@ -178,7 +178,7 @@ class AdjointOperator(LinearOperator):
         return self.op.forward(y)
 
     @property
-    def H(self) -> LinearOperator:  # noqa: N802
+    def H(self) -> LinearOperator:
         return self.op
 
 

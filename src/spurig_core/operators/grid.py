@@ -8,8 +8,8 @@ Grid convention
 ---------------
 For an image matrix ``N`` (per axis) and oversampling ``os``, the grid has ``X = grid_size(N, os)``
 points (even, ``≈ os·N``) and the effective oversampling is ``X / N``.  Grid index ``p ∈ [0, X)``
-stands for the spatial frequency ``k = (p − X//2) · N / X`` in cycles per FOV, so that the FFT of the
-image zero-padded to ``X`` voxels (centred as in SPEC §3) evaluates the forward model of SPEC §3
+stands for the spatial frequency ``k = (p − X//2) · N / X`` in cycles per FOV, so that the FFT of
+the image zero-padded to ``X`` voxels (centred as in SPEC §3) evaluates the forward model of SPEC §3
 exactly at those frequencies.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["GriddedData", "grid_shape", "grid_size", "nearest_grid_index"]
 
 def grid_size(n: int, oversampling: float) -> int:
     """Points of the oversampled grid along an axis of ``n`` voxels (even, at least ``n``)."""
-    x = max(n, int(math.ceil(n * oversampling)))
+    x = max(n, math.ceil(n * oversampling))
     return x + (x % 2)
 
 

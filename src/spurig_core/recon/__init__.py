@@ -1,1 +1,1 @@
-"""Reconstruction algorithms: adjoint, FISTA with LLR, and the unrolled SPUR-iG / hybrid networks."""
+"""Reconstructions: adjoint, FISTA with LLR, and the unrolled SPUR-iG / hybrid networks."""

@@ -81,10 +81,19 @@ class UnrolledOutput:
     warning: str | None
 
 
-def run_unrolled(ckpt: str | Path, op: LinearOperator, ahb: torch.Tensor, *, method: str,
-                 scan: Scan, basis: torch.Tensor, b_norm: float, device: torch.device,
-                 save_iterations: bool = False,
-                 callback: Callback | None = None) -> UnrolledOutput:
+def run_unrolled(
+    ckpt: str | Path,
+    op: LinearOperator,
+    ahb: torch.Tensor,
+    *,
+    method: str,
+    scan: Scan,
+    basis: torch.Tensor,
+    b_norm: float,
+    device: torch.device,
+    save_iterations: bool = False,
+    callback: Callback | None = None,
+) -> UnrolledOutput:
     """Load ``ckpt``, check it fits the scan and method, and run the unrolled reconstruction.
 
     Parameters
@@ -115,8 +124,9 @@ def run_unrolled(ckpt: str | Path, op: LinearOperator, ahb: torch.Tensor, *, met
     if meta["warning"]:
         _log.warning(meta["warning"])
     with torch.no_grad():
-        coeffs, iterations = model.reconstruct(op, ahb, b_norm=b_norm,
-                                               save_iterations=save_iterations, callback=callback)
+        coeffs, iterations = model.reconstruct(
+            op, ahb, b_norm=b_norm, save_iterations=save_iterations, callback=callback
+        )
     return UnrolledOutput(
         coefficients=coeffs,
         iterations=iterations,
