@@ -137,6 +137,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("results_dir", type=Path, metavar="DIR")
     s.add_argument("--out", type=Path, default=Path("evaluation"))
 
+    s = sub.add_parser(
+        "prepare-training", help="training examples (targets, A^H b, LLR inputs, DC data)"
+    )
+    s.add_argument("cohort", type=Path, metavar="COHORT_DIR", help="simulate-cohort output")
+    s.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    s.add_argument("--durations", default="30s,1min,2min")
+    s.add_argument("--splits", default="train,val,test")
+    s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
+
     s = sub.add_parser("train", help="one of the three training stages")
     s.add_argument("--stage", required=True, choices=STAGES)
     s.add_argument("--config", required=True, type=Path, metavar="CFG.toml")
@@ -226,6 +235,17 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
     elif args.command == "evaluate-cohort":
         out = pipeline.evaluate_cohort(args.results_dir, out_dir=args.out, callback=cb)
         print(f"wrote tables and figures under {out}")
+    elif args.command == "prepare-training":
+        done = pipeline.prepare_training(
+            args.cohort,
+            args.out_dir,
+            durations=tuple(args.durations.split(",")),
+            splits=tuple(args.splits.split(",")),
+            config=args.config,
+            callback=cb,
+        )
+        progress.close()
+        print(f"prepared {len(done)} subjects under {args.out_dir}")
     elif args.command == "train":
         ckpt = pipeline.train(args.stage, args.config, resume=args.resume, callback=cb)
         progress.close()

@@ -31,6 +31,7 @@ __all__ = [
     "launch_gui",
     "match",
     "match_file",
+    "prepare_training",
     "recon_file",
     "reconstruct",
     "reference_coefficients",
@@ -329,17 +330,7 @@ def recon_file(
     out = Path(out_path)
     if out.suffix != ".zarr":
         raise InputError(f"{out}: the result must be a .zarr directory")
-    overrides: dict[str, Any] = {}
-    if config is not None:
-        import tomllib
-
-        p = Path(config)
-        if not p.exists():
-            raise InputError(f"config {p}: no such file")
-        try:
-            overrides = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"config {p}: not valid TOML: {exc}") from None
+    overrides = _read_overrides(config)
     if model is not None and not Path(model).exists():
         raise InputError(f"model {model}: no such file")
     scan = load_scan(scan_path)
@@ -458,6 +449,62 @@ def evaluate_cohort(
 # ----------------------------------------------------------------------------------------------
 # training, benchmark, export, demo, GUI
 # ----------------------------------------------------------------------------------------------
+def _read_overrides(config: str | Path | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    import tomllib
+
+    p = Path(config)
+    if not p.exists():
+        raise InputError(f"config {p}: no such file")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config {p}: not valid TOML: {exc}") from None
+
+
+def prepare_training(
+    cohort_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    durations: tuple[str, ...] = ("30s", "1min", "2min"),
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    config: str | Path | None = None,
+    callback: Callback | None = None,
+) -> list[Path]:
+    """``spurig prepare-training``: one training example per cohort subject (resumable).
+
+    For every ``COHORT_DIR/<split>/*.h5`` writes ``OUT_DIR/<split>/<stem>/`` (target coefficients,
+    tissue, scaled ``A^H b`` and FISTA-LLR inputs per duration, and the gridded DC data), skipping
+    subjects already prepared.  ``config`` may hold ``[gridding]`` and ``[llr]`` tables.
+    """
+    from .config import from_dict
+    from .operators.igrog import GriddingConfig
+    from .recon.llr import LLRConfig
+    from .training.datasets import prepare_subject
+
+    overrides = _read_overrides(config)
+    gcfg = from_dict(GriddingConfig, overrides.get("gridding", {}), where="gridding")
+    lcfg = from_dict(LLRConfig, overrides.get("llr", {}), where="llr")
+    for d in durations:
+        groups_for(d)
+    scans: list[tuple[str, Path]] = []
+    for split in splits:
+        if split not in ("train", "val", "test"):
+            raise InputError(f"--splits: unknown split {split!r} (train, val, test)")
+        scans += [(split, p) for p in sorted((Path(cohort_dir) / split).glob("*.h5"))]
+    if not scans:
+        raise InputError(f"{cohort_dir}: no <split>/*.h5 scans (run spurig simulate-cohort)")
+    done = []
+    for i, (split, scan_path) in enumerate(scans):
+        dest = Path(out_dir) / split / scan_path.stem
+        if not (dest / "example.pt").exists():
+            prepare_subject(scan_path, dest, durations, gridding=gcfg, llr=lcfg)
+        done.append(dest)
+        emit(callback, "prepare", i + 1, len(scans), f"{split}/{scan_path.stem}")
+    return done
+
+
 def train(
     stage: str, config: str | Path, *, resume: bool = False, callback: Callback | None = None
 ) -> Path:
