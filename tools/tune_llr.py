@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--cache", type=Path, default=Path("/tmp/spurig-tune-llr"))
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--merge", type=Path, nargs="*", default=[],
+                   help="other scores.json files (e.g. of a parallel run) to merge into the cache")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the tables from the cached scores")
     p.add_argument("--config-out", type=Path, default=ROOT / "configs/llr-tuned.toml")
     p.add_argument("--results-out", type=Path, default=ROOT / "benchmarks/RESULTS-llr-tuning.md")
     a = p.parse_args(argv)
@@ -235,16 +239,22 @@ def main(argv: list[str] | None = None) -> int:
         files = [f for f in files if f.stem in a.subjects]
     if not files:
         raise SystemExit(f"{a.val}: no validation subjects")
+    for other in a.merge:
+        for subj, durs in json.loads(other.read_text()).items():
+            for dur, entries in durs.items():
+                for k, v in entries.items():
+                    if cache.get(subj, dur, k) is None:
+                        cache.put(subj, dur, k, v)
     cfg = LLRConfig(iterations=a.iterations)
     log(f"subjects: {[f.stem for f in files]}; durations {a.durations}; threads "
         f"{torch.get_num_threads()}")
-    subjects = [Subject(f, a.cache) for f in files]
-    names = [s.name for s in subjects]
+    names = [f.stem for f in files]
+    subjects = [] if a.report_only else [Subject(f, a.cache) for f in files]
 
-    for dur in a.durations:
+    for dur in a.durations if subjects else []:
         run_adjoint(subjects, dur, cache)
         run_taus(subjects, dur, list(a.coarse), cache, cfg)
-    for _ in range(a.refine):
+    for _ in range(a.refine if subjects else 0):
         for dur in a.durations:
             best = best_tau(table(cache, names, dur))
             if best == 0.0:
@@ -301,9 +311,9 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
         "\"adjoint\" = the norm-matched adjoint s·A^H b of the same gridded encoding "
         "(FISTA's start; not the NUFFT `--method adjoint`).",
         "",
-        "The grid: coarse log grid " + ", ".join(f"{t:g}" for t in a.coarse)
-        + f", then {a.refine} refinement round(s) at best × "
-        + ", ".join(f"{f:g}" for f in a.refine_factors) + ".",
+        "Thresholds evaluated (coarse log grid, then points around the best): "
+        + "; ".join(f"{d}: " + ", ".join(sorted((k for k in tab if k != "adjoint"), key=float))
+                    for d, tab in tabs.items()) + ".",
         "",
         "## Tuned thresholds",
         "",

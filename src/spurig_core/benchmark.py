@@ -58,7 +58,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _worker(scan_path: str, method: str, groups: int, device: str, model: str | None) -> dict:
+def _worker(
+    scan_path: str,
+    method: str,
+    groups: int,
+    device: str,
+    model: str | None,
+    config: dict[str, Any] | None = None,
+) -> dict:
     """Run one method once (in this process) and return its measurements."""
     from .io import load_scan
     from .pipeline import reconstruct
@@ -68,7 +75,9 @@ def _worker(scan_path: str, method: str, groups: int, device: str, model: str | 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = reconstruct(scan, method=method, groups=groups, device=device, model=model)
+    result = reconstruct(
+        scan, method=method, groups=groups, device=device, model=model, config=config
+    )
     wall = time.perf_counter() - t0
     out = {
         "method": method,
@@ -84,18 +93,26 @@ def _worker(scan_path: str, method: str, groups: int, device: str, model: str | 
     return out
 
 
-def _gram_worker(scan_path: str, groups: int, device: str, repeats: int = 3) -> dict:
+def _gram_worker(
+    scan_path: str,
+    groups: int,
+    device: str,
+    config: dict[str, Any] | None = None,
+    repeats: int = 3,
+) -> dict:
     """Seconds of one gram application: NUFFT operator vs iGROG-gridded operator."""
+    from .config import from_dict
     from .io import load_scan
     from .operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
-    from .operators.igrog import grid_scan
+    from .operators.igrog import GriddingConfig, grid_scan
     from .pipeline import _coil_maps, _scan_basis
 
     dev = torch.device(device)
     scan = load_scan(scan_path).first_groups(groups)
     basis = _scan_basis(scan, dev)
     maps = _coil_maps(scan, dev, None)
-    gridded, _ = grid_scan(scan)
+    gcfg = from_dict(GriddingConfig, (config or {}).get("gridding", {}), where="gridding")
+    gridded, _ = grid_scan(scan, config=gcfg)
     ops = {
         "nufft": SubspaceNUFFTEncoding(scan.trajectory.to(dev), maps, basis),
         "gridded": GriddedSubspaceEncoding(gridded.to(dev), maps, basis),
@@ -144,6 +161,7 @@ def bench(
     methods: tuple[str, ...] = ("adjoint", "llr", "llr-nufft", "spurig"),
     model: str | Path | None = None,
     gram: bool = True,
+    config: dict[str, Any] | None = None,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Time the methods on one scan, each in a fresh process, one after the other.
@@ -191,15 +209,21 @@ def bench(
         total = len(methods) + (1 if gram else 0)
         for i, m in enumerate(methods):
             emit(callback, "bench", i, total, f"running {m}")
-            args = ["worker", str(scan), m, str(groups), device]
-            if model is not None:
-                args.append(str(model))
-            row = _run_worker(args)
+            job = {
+                "scan_path": str(scan),
+                "method": m,
+                "groups": groups,
+                "device": device,
+                "model": None if model is None else str(model),
+                "config": config,
+            }
+            row = _run_worker(["worker", json.dumps(job)])
             row.setdefault("method", m)
             report["rows"].append(row)
         if gram:
             emit(callback, "bench", len(methods), total, "gram micro-benchmark")
-            report["gram"] = _run_worker(["gram", str(scan), str(groups), device])
+            job = {"scan_path": str(scan), "groups": groups, "device": device, "config": config}
+            report["gram"] = _run_worker(["gram", json.dumps(job)])
         emit(callback, "bench", total, total)
     finally:
         if tmp is not None:
@@ -248,13 +272,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    kind = argv[0]
+    kind, job = argv[0], json.loads(argv[1])
     if kind == "worker":
-        scan_path, method, groups, device = argv[1], argv[2], int(argv[3]), argv[4]
-        model = argv[5] if len(argv) > 5 else None
-        out = _worker(scan_path, method, groups, device, model)
+        out = _worker(**job)
     elif kind == "gram":
-        out = _gram_worker(argv[1], int(argv[2]), argv[3])
+        out = _gram_worker(**job)
     else:
         raise SystemExit(f"unknown worker kind {kind!r}")
     print(json.dumps(out))

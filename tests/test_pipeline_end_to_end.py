@@ -1,0 +1,78 @@
+"""End-to-end runs of the user-facing jobs on tiny data: demo, bench, prepare-training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spurig_core import load_result
+from spurig_core.benchmark import bench, format_table
+from spurig_core.simulation import simulate
+
+# Seconds-long settings: a short iGROG kernel fit and few FISTA iterations.
+FAST = {"gridding": {"steps": 150, "train_sets": 256}, "llr": {"iterations": 4}}
+# Faster still for the timing harness: nearest-neighbour gridding without a kernel.
+NO_KERNEL = {"gridding": {"learned_kernel": False, "n_sources": 1}, "llr": {"iterations": 4}}
+
+
+@pytest.fixture(scope="module")
+def tiny_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scan") / "tiny.h5"
+    return simulate(path, matrix=16, coils=3, groups=4, seed=5, phantom="analytic")
+
+
+def test_demo_tiny_writes_results_figures_and_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spurig_core.cli", "-q", "demo", "--tiny", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "llr: PSNR c1" in proc.stdout and "adjoint: PSNR c1" in proc.stdout
+    for method in ("llr", "adjoint"):
+        res = load_result(tmp_path / f"{method}-30s.zarr")
+        assert res.t1_ms is not None and res.t2_ms is not None  # matched
+    report = (tmp_path / "report.md").read_text()
+    assert "Table 1" in report or "PSNR" in report
+    figs = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(figs) == 4
+    for f in figs:
+        w, h = Image.open(f).size
+        assert w > 200 and h > 200
+    assert list((tmp_path / "nifti-llr").glob("*.nii.gz"))
+
+
+def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
+    report = bench(scan=tiny_scan, groups=4, methods=("adjoint", "llr"), config=NO_KERNEL)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"adjoint", "llr"}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["runtime_s"] > 0 and r["peak_rss_mb"] > 0
+    assert rows["llr"]["gridding_s"] > 0 and rows["adjoint"]["gridding_s"] == 0
+    assert report["gram"]["gram_nufft_s"] > 0 and report["gram"]["gram_gridded_s"] > 0
+    table = format_table(report)
+    assert "| llr |" in table and "× vs LLR" in table and "One gram application" in table
+
+
+def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:
+    report = bench(scan=tiny_scan, groups=4, methods=("spurig",), gram=False, config=FAST)
+    (row,) = report["rows"]
+    assert "no shipped spurig model" in row["error"] or "model" in row["error"]
+    assert "n/a" in format_table(report)
+
+
+def test_prepare_training_cli_rejects_an_empty_cohort(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spurig_core.cli", "prepare-training", str(tmp_path), "out"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no <split>/*.h5 scans" in proc.stderr and "Traceback" not in proc.stderr
