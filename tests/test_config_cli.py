@@ -87,3 +87,19 @@ def test_cli_bad_input_exits_2_with_one_line(args: tuple[str, ...], needle: str)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2  # argparse adds a usage line
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.toml")),
+    ids=lambda p: Path(p).relative_to(Path(__file__).parents[1] / "configs").as_posix(),
+)
+def test_shipped_training_configs_load(path: str) -> None:
+    from spurig_core.training.stages import load_stage_config
+
+    name = Path(path).stem
+    stage = name.split("-")[0]
+    if stage not in ("pretrain", "gleam", "finetune"):
+        pytest.skip("not a training-stage config")
+    cfg = load_stage_config(stage, path)
+    assert cfg.epochs >= 1
