@@ -174,7 +174,7 @@ def test_durations_overrides_and_errors(
 ) -> None:
     op, _, b = toy
     res = llr_recon(op, b, duration="30s", overrides={"iterations": 1, "block": 4})
-    assert res.threshold == 1.5e-4 and res.settings.iterations == 1
+    assert res.threshold == LLRConfig().thresholds["30s"] and res.settings.iterations == 1
     res = llr_recon(op, b, groups=16, overrides={"iterations": 1, "thresholds": {"2min": 0.5}})
     assert res.threshold == 0.5
     with pytest.raises(InputError, match="llr"):

@@ -95,8 +95,13 @@ class Cache:
 def scores_of(coeffs: torch.Tensor, ref: dict[str, Any], method: str) -> dict[str, Any]:
     """Match (B1-corrected) and evaluate one reconstruction; the tuning metrics."""
     t0 = time.perf_counter()
-    res = Result(coefficients=coeffs.detach().cpu().to(torch.complex64), basis=ref["basis"],
-                 method=method, groups=ref["groups"], voxel_size_mm=ref["scan"].voxel_size_mm)
+    res = Result(
+        coefficients=coeffs.detach().cpu().to(torch.complex64),
+        basis=ref["basis"],
+        method=method,
+        groups=ref["groups"],
+        voxel_size_mm=ref["scan"].voxel_size_mm,
+    )
     res = match(res, ref["scan"])
     m = evaluate(res, ref["scan"], reference_coeffs=ref["ref_coeffs"], per_voxel=False)
     psnr = [float(v) for v in m["psnr"]]
@@ -142,19 +147,23 @@ class Subject:
             # The power iteration is deterministic (fixed seed): do it once per operator and
             # return its result for every threshold (same numbers, 30 grams fewer per τ).
             cfg = LLRConfig()
-            lip = lipschitz_constant(op, ahb, iters=cfg.power_iterations, safety=1.0,
-                                     seed=cfg.seed)
+            lip = lipschitz_constant(op, ahb, iters=cfg.power_iterations, safety=1.0, seed=cfg.seed)
             norm = math.sqrt(lip)
             op.opnorm = lambda *a, **k: norm  # type: ignore[method-assign]
             self.ops[dur] = op
         op = self.ops[dur]
-        ref = {"scan": self.scan, "basis": self.basis, "ref_coeffs": self.ref_coeffs,
-               "groups": groups}
+        ref = {
+            "scan": self.scan,
+            "basis": self.basis,
+            "ref_coeffs": self.ref_coeffs,
+            "groups": groups,
+        }
         return TuneCase(op=op, ahb=op.adjoint_data(), b_norm=None, reference=ref)
 
 
-def run_taus(subjects: list[Subject], dur: str, taus: list[float], cache: Cache,
-             cfg: LLRConfig) -> None:
+def run_taus(
+    subjects: list[Subject], dur: str, taus: list[float], cache: Cache, cfg: LLRConfig
+) -> None:
     for tau in taus:
         for s in subjects:
             if cache.get(s.name, dur, key(tau)) is not None:
@@ -162,17 +171,21 @@ def run_taus(subjects: list[Subject], dur: str, taus: list[float], cache: Cache,
             case = s.case(dur)
             holder: dict[str, Any] = {}
 
-            def score(coeffs: torch.Tensor, ref: dict[str, Any]) -> float:
+            def score(
+                coeffs: torch.Tensor, ref: dict[str, Any], holder: dict[str, Any] = holder
+            ) -> float:
                 holder.update(scores_of(coeffs, ref, "llr"))
-                return holder["score"]
+                return float(holder["score"])
 
             t0 = time.perf_counter()
             tune_llr_threshold(case, thresholds=[tau], score=score, config=cfg)
             holder["total_s"] = time.perf_counter() - t0
             cache.put(s.name, dur, key(tau), holder)
-            log(f"{dur} τ={tau:g} {s.name}: T1 {holder['t1']:.4f} T2 {holder['t2']:.4f} "
+            log(
+                f"{dur} τ={tau:g} {s.name}: T1 {holder['t1']:.4f} T2 {holder['t2']:.4f} "
                 f"sum {holder['score']:.4f} PSNR {holder['psnr_mean']:.2f} "
-                f"({holder['total_s']:.0f} s)")
+                f"({holder['total_s']:.0f} s)"
+            )
 
 
 def run_adjoint(subjects: list[Subject], dur: str, cache: Cache) -> None:
@@ -217,17 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=Path, default=ROOT / "data/cohort48/val")
     p.add_argument("--subjects", nargs="*", default=None, help="file stems (default: all *.h5)")
     p.add_argument("--durations", nargs="*", default=["2min", "1min", "30s"])
-    p.add_argument("--coarse", type=float, nargs="*",
-                   default=[0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    p.add_argument(
+        "--coarse", type=float, nargs="*", default=[0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    )
     p.add_argument("--refine", type=int, default=1, help="refinement rounds")
     p.add_argument("--refine-factors", type=float, nargs="*", default=[0.5, 0.7, 1.4, 2.0])
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--cache", type=Path, default=Path("/tmp/spurig-tune-llr"))
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--merge", type=Path, nargs="*", default=[],
-                   help="other scores.json files (e.g. of a parallel run) to merge into the cache")
-    p.add_argument("--report-only", action="store_true",
-                   help="compute nothing: write the tables from the cached scores")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other scores.json files (e.g. of a parallel run) to merge into the cache",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: write the tables from the cached scores",
+    )
     p.add_argument("--config-out", type=Path, default=ROOT / "configs/llr-tuned.toml")
     p.add_argument("--results-out", type=Path, default=ROOT / "benchmarks/RESULTS-llr-tuning.md")
     a = p.parse_args(argv)
@@ -240,14 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         raise SystemExit(f"{a.val}: no validation subjects")
     for other in a.merge:
+        if not other.exists():
+            continue
         for subj, durs in json.loads(other.read_text()).items():
             for dur, entries in durs.items():
                 for k, v in entries.items():
                     if cache.get(subj, dur, k) is None:
                         cache.put(subj, dur, k, v)
     cfg = LLRConfig(iterations=a.iterations)
-    log(f"subjects: {[f.stem for f in files]}; durations {a.durations}; threads "
-        f"{torch.get_num_threads()}")
+    log(
+        f"subjects: {[f.stem for f in files]}; durations {a.durations}; threads "
+        f"{torch.get_num_threads()}"
+    )
     names = [f.stem for f in files]
     subjects = [] if a.report_only else [Subject(f, a.cache) for f in files]
 
@@ -281,12 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
-           tuned6: float | None, names: list[str], a: argparse.Namespace,
-           cfg: LLRConfig) -> tuple[str, str]:
-    today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def render(
+    tabs: dict[str, dict[str, dict[str, Any]]],
+    tuned: dict[str, float],
+    tuned6: float | None,
+    names: list[str],
+    a: argparse.Namespace,
+    cfg: LLRConfig,
+) -> tuple[str, str]:
+    today = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     val = os.path.relpath(a.val, ROOT) if a.val.is_absolute() else str(a.val)
-    cmd = f"OMP_NUM_THREADS=2 .venv/bin/python tools/tune_llr.py --val {val}"
+    cmd = (
+        f"OMP_NUM_THREADS=2 .venv/bin/python tools/tune_llr.py --val {val} "
+        f"--subjects {' '.join(names)}"
+    )
     if a.durations != ["2min", "1min", "30s"]:
         cmd += " --durations " + " ".join(a.durations)
     lines = [
@@ -303,17 +337,20 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
         "Method (paper 2.5): FISTA-LLR on the iGROG-gridded encoding, "
         f"{cfg.iterations} iterations, 10³ patches with a random shift per iteration, "
         "initialised with the norm-matched adjoint; τ is the relative threshold of "
-        "`LLRConfig.threshold_reference=\"max\"` (see `spurig_core.recon.classical`). "
+        '`LLRConfig.threshold_reference="max"` (see `spurig_core.recon.classical`). '
         "Each reconstruction is matched with B1 correction (`pipeline.match`) and evaluated "
         "(`metrics.evaluate`); score = mean relative T1 error + mean relative T2 error in GM+WM, "
         "averaged over the subjects (lower is better). PSNR (dB) of the coefficients c1…c5 "
         "against the reference coefficients, averaged over slices and subjects. "
-        "\"adjoint\" = the norm-matched adjoint s·A^H b of the same gridded encoding "
+        '"adjoint" = the norm-matched adjoint s·A^H b of the same gridded encoding '
         "(FISTA's start; not the NUFFT `--method adjoint`).",
         "",
         "Thresholds evaluated (coarse log grid, then points around the best): "
-        + "; ".join(f"{d}: " + ", ".join(sorted((k for k in tab if k != "adjoint"), key=float))
-                    for d, tab in tabs.items()) + ".",
+        + "; ".join(
+            f"{d}: " + ", ".join(sorted((k for k in tab if k != "adjoint"), key=float))
+            for d, tab in tabs.items()
+        )
+        + ".",
         "",
         "## Tuned thresholds",
         "",
@@ -322,27 +359,41 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
     ]
     for dur, t in tuned.items():
         r = tabs[dur][key(t)]
-        lines.append(f"| {dur} | {DURATIONS[dur]} | **{t:g}** | {r['t1']:.4f} | {r['t2']:.4f} | "
-                     f"{r['score']:.4f} | {r['psnr_mean']:.2f} | {PAPER_THRESHOLDS[dur]:g} |")
+        lines.append(
+            f"| {dur} | {DURATIONS[dur]} | **{t:g}** | {r['t1']:.4f} | {r['t2']:.4f} | "
+            f"{r['score']:.4f} | {r['psnr_mean']:.2f} | {PAPER_THRESHOLDS[dur]:g} |"
+        )
     if tuned6 is not None:
-        lines.append(f"| 6min | 48 | {tuned6:g} (not tuned: 2-min value × paper ratio "
-                     f"{PAPER_6MIN_RATIO:g}) | – | – | – | – | {PAPER_THRESHOLDS['6min']:g} |")
-    lines += ["", "## LLR (tuned) vs adjoint", "",
-              "| duration | method | T1 err | T2 err | sum | PSNR c1 | c2 | c3 | c4 | c5 | mean |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| 6min | 48 | {tuned6:g} (not tuned: 2-min value × paper ratio "
+            f"{PAPER_6MIN_RATIO:g}) | – | – | – | – | {PAPER_THRESHOLDS['6min']:g} |"
+        )
+    lines += [
+        "",
+        "## LLR (tuned) vs adjoint",
+        "",
+        "| duration | method | T1 err | T2 err | sum | PSNR c1 | c2 | c3 | c4 | c5 | mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for dur, t in tuned.items():
         for label, k in ((f"LLR τ={t:g}", key(t)), ("adjoint", "adjoint")):
             r = tabs[dur][k]
             ps = " | ".join(f"{v:.2f}" for v in r["psnr"])
-            lines.append(f"| {dur} | {label} | {r['t1']:.4f} | {r['t2']:.4f} | {r['score']:.4f} | "
-                         f"{ps} | {r['psnr_mean']:.2f} |")
+            lines.append(
+                f"| {dur} | {label} | {r['t1']:.4f} | {r['t2']:.4f} | {r['score']:.4f} | "
+                f"{ps} | {r['psnr_mean']:.2f} |"
+            )
     lines += ["", "## Full tables (τ × duration)", ""]
     for dur, tab in tabs.items():
-        lines += [f"### {dur} ({DURATIONS[dur]} groups)", "",
-                  "| τ | T1 err | T2 err | sum | " + " | ".join(f"sum {n}" for n in names)
-                  + " | PSNR c1 | c2 | c3 | c4 | c5 | mean |",
-                  "|---" * (10 + len(names)) + "|"]
-        ks = sorted((k for k in tab if k != "adjoint"), key=float) + ["adjoint"]
+        lines += [
+            f"### {dur} ({DURATIONS[dur]} groups)",
+            "",
+            "| τ | T1 err | T2 err | sum | "
+            + " | ".join(f"sum {n}" for n in names)
+            + " | PSNR c1 | c2 | c3 | c4 | c5 | mean |",
+            "|---" * (10 + len(names)) + "|",
+        ]
+        ks = [*sorted((k for k in tab if k != "adjoint"), key=float), "adjoint"]
         for k in ks:
             if k not in tab:
                 continue
@@ -350,8 +401,10 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
             per = " | ".join(f"{r['per_subject'][n]:.4f}" for n in names)
             ps = " | ".join(f"{v:.2f}" for v in r["psnr"])
             mark = " **best**" if k != "adjoint" and float(k) == tuned[dur] else ""
-            lines.append(f"| {k}{mark} | {r['t1']:.4f} | {r['t2']:.4f} | {r['score']:.4f} | "
-                         f"{per} | {ps} | {r['psnr_mean']:.2f} |")
+            lines.append(
+                f"| {k}{mark} | {r['t1']:.4f} | {r['t2']:.4f} | {r['score']:.4f} | "
+                f"{per} | {ps} | {r['psnr_mean']:.2f} |"
+            )
         lines.append("")
     md = "\n".join(lines) + "\n"
 
@@ -365,8 +418,8 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
         f"# Command: {cmd}",
         f"# {cfg.iterations} FISTA iterations; score = mean rel. T1 + T2 error in GM+WM after",
         "# B1-corrected matching, averaged over the subjects. tau is relative",
-        "# (threshold_reference = \"max\"). 6min is not tuned (no 48-group validation scans): it is",
-        f"# the 2-min value x the paper's ratio 5e-5/1e-4 = {PAPER_6MIN_RATIO:g}.",
+        '# (threshold_reference = "max"). 6min is not tuned (no 48-group validation',
+        f"# scans): the 2-min value x the paper's ratio 5e-5/1e-4 = {PAPER_6MIN_RATIO:g}.",
         "# Full tables: benchmarks/RESULTS-llr-tuning.md",
         "#",
         "# duration  tau      T1 err  T2 err  sum     PSNR(mean c1..c5)  | adjoint: sum  PSNR",
@@ -374,11 +427,17 @@ def render(tabs: dict[str, dict[str, dict[str, Any]]], tuned: dict[str, float],
     for dur in tuned:
         r = tabs[dur][key(tuned[dur])]
         ad = tabs[dur]["adjoint"]
-        comment.append(f"# {dur:<9} {tuned[dur]:<8g} {r['t1']:.4f}  {r['t2']:.4f}  "
-                       f"{r['score']:.4f}  {r['psnr_mean']:.2f}              | "
-                       f"{ad['score']:.4f}  {ad['psnr_mean']:.2f}")
-    body = ["", "[llr]", f"iterations = {cfg.iterations}",
-            "thresholds = { " + ", ".join(f'"{d}" = {toml_float(t[d])}' for d in order) + " }"]
+        comment.append(
+            f"# {dur:<9} {tuned[dur]:<8g} {r['t1']:.4f}  {r['t2']:.4f}  "
+            f"{r['score']:.4f}  {r['psnr_mean']:.2f}              | "
+            f"{ad['score']:.4f}  {ad['psnr_mean']:.2f}"
+        )
+    body = [
+        "",
+        "[llr]",
+        f"iterations = {cfg.iterations}",
+        "thresholds = { " + ", ".join(f'"{d}" = {toml_float(t[d])}' for d in order) + " }",
+    ]
     toml = "\n".join(comment + body) + "\n"
     return md, toml
 
