@@ -118,17 +118,16 @@ def simulate(
     """Simulate a digital subject scanned with the full acquisition (``spurig simulate``)."""
     from . import simulation
 
-    kwargs: dict[str, Any] = {
-        "matrix": matrix,
-        "coils": coils,
-        "groups": groups,
-        "seed": seed,
-        "phantom": phantom,
-        "callback": callback,
-    }
-    if noise is not None:
-        kwargs["noise"] = noise
-    return simulation.simulate(out_path, **kwargs)
+    return simulation.simulate(
+        out_path,
+        matrix=matrix,
+        coils=coils,
+        groups=groups,
+        noise=noise,
+        seed=seed,
+        phantom=phantom,
+        callback=callback,
+    )
 
 
 def simulate_cohort(
@@ -146,18 +145,17 @@ def simulate_cohort(
     """Train/val/test subjects with different seeds (``spurig simulate-cohort``)."""
     from . import simulation
 
-    kwargs: dict[str, Any] = {
-        "subjects": subjects,
-        "split": split,
-        "matrix": matrix,
-        "coils": coils,
-        "groups": groups,
-        "seed": seed,
-        "callback": callback,
-    }
-    if noise is not None:
-        kwargs["noise"] = noise
-    return simulation.simulate_cohort(out_dir, **kwargs)
+    return simulation.simulate_cohort(
+        out_dir,
+        subjects=subjects,
+        split=split,
+        matrix=matrix,
+        coils=coils,
+        groups=groups,
+        noise=noise,
+        seed=seed,
+        callback=callback,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
