@@ -135,8 +135,11 @@ def run_engine(
                 if cancel.is_set():
                     raise Cancelled("cancelled by the user")
                 return value
+    except GeneratorExit:  # the consumer stopped early (a quit worker): that is a cancel
+        cancel.set()
+        raise
     finally:
-        if thread.is_alive():  # the consumer stopped early: make the engine stop too
+        if thread.is_alive():  # make the engine stop too before returning
             cancel.set()
             thread.join()
 

@@ -177,10 +177,14 @@ class Subject:
 
     @property
     def tissue(self) -> np.ndarray:
-        """Labels (x, y, z), uint8: the dominant compartment where the fractions sum ≥ 0.5."""
+        """Labels (x, y, z), uint8: the dominant compartment where the fractions sum ≥ 0.1.
+
+        The low threshold keeps edge voxels of the head (which carry signal) inside the object, so
+        the reference of SPEC §5 accounts for every voxel the scan encodes.
+        """
         total = self.fractions.sum(axis=0)
         lab = np.asarray(COMPARTMENTS, dtype=np.uint8)[self.fractions.argmax(axis=0)]
-        return np.where(total >= 0.5, lab, 0).astype(np.uint8)
+        return np.where(total >= 0.1, lab, 0).astype(np.uint8)
 
     @property
     def head_mask(self) -> np.ndarray:
