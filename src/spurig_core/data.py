@@ -154,8 +154,9 @@ class Reference:
     Attributes
     ----------
     t1_ms, t2_ms : Tensor, shape (x, y, z), float32
-        Relaxation times in ms (0 outside the object; for partial-volume voxels the dominant
-        compartment's value).
+        Relaxation times in ms (0 outside the object).  In simulated partial-volume voxels they
+        are the effective single-compartment values whose signal best matches the voxel's mixture
+        (:func:`spurig_core.simulation.effective_reference`); labels keep the dominant compartment.
     pd : Tensor, shape (x, y, z), complex64
         Proton density with its phase.
     tissue : Tensor, shape (x, y, z), uint8
