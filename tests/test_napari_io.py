@@ -394,6 +394,7 @@ def test_reconstruct_params_validation(tmp_path: Path) -> None:
     ok.validate()
     assert ok.n_groups() == 4
     assert ReconstructParams(scan, tmp_path / "o.zarr", duration="groups", groups=3).n_groups() == 3
+    assert ReconstructParams(scan, tmp_path / "o.zarr").n_groups() is None  # default: all groups
     for bad, match in [
         ({"scan_path": tmp_path / "nope.h5"}, "nope.h5"),
         ({"method": "magic"}, "magic"),

@@ -56,7 +56,7 @@ METHODS: dict[str, str] = {
 #: Training stage labels and the engine's names (paper 2.3.2, appendix A).
 STAGES: dict[str, str] = {"pretrain": "pretrain", "GLEAM": "gleam", "fine-tune": "finetune"}
 #: Scan durations of SPEC §2, plus ``"groups"`` for an explicit number of groups.
-DURATION_CHOICES: tuple[str, ...] = ("6min", "2min", "1min", "30s", "groups")
+DURATION_CHOICES: tuple[str, ...] = ("all", "6min", "2min", "1min", "30s", "groups")
 
 Event = Any  # spurig_core.progress.ProgressEvent (imported lazily)
 
@@ -170,7 +170,8 @@ class ReconstructParams:
     method : str
         Engine method name (a value of :data:`METHODS`).
     duration : str
-        One of :data:`DURATION_CHOICES`; ``"groups"`` uses :attr:`groups`.
+        One of :data:`DURATION_CHOICES`; ``"all"`` uses every group of the scan, ``"groups"``
+        uses :attr:`groups`.
     groups : int
         Number of leading groups when ``duration == "groups"``.
     model_path : Path, optional
@@ -184,7 +185,7 @@ class ReconstructParams:
     scan_path: Path
     output_path: Path
     method: str = "spurig"
-    duration: str = "6min"
+    duration: str = "all"
     groups: int = 48
     model_path: Path | None = None
     device: str = "cpu"
@@ -216,9 +217,11 @@ class ReconstructParams:
             raise InputError(f"model {self.model_path}: no such file")
 
     def n_groups(self) -> int | None:
-        """Leading groups to use (``None`` = all of the scan's groups for ``6min``)."""
+        """Leading groups to use (``None`` = all of the scan's groups)."""
         from spurig_core.data import DURATIONS
 
+        if self.duration == "all":
+            return None
         return self.groups if self.duration == "groups" else DURATIONS[self.duration]
 
 

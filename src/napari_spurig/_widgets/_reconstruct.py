@@ -65,7 +65,7 @@ class ReconstructWidget(Container):
         )
         self.scan_layer = ComboBox(label="or from layer", choices=self._scan_choices, nullable=True)
         self.method = ComboBox(label="method", choices=list(METHODS), value="SPUR-iG")
-        self.duration = ComboBox(label="duration", choices=list(DURATION_CHOICES), value="6min")
+        self.duration = ComboBox(label="duration", choices=list(DURATION_CHOICES), value="all")
         self.groups = SpinBox(label="groups", min=1, max=10_000, value=48, enabled=False)
         self.model = FileEdit(
             label="model (.pt)",
