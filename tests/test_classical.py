@@ -267,7 +267,11 @@ def simulated() -> dict[str, object]:
 
 
 def _operators(sim: dict[str, object], groups: int, *, nufft: bool) -> dict[str, tuple[Any, Any]]:
-    from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
+    from spurig_core.operators.encoding import (
+        GriddedEncodingConfig,
+        GriddedSubspaceEncoding,
+        SubspaceNUFFTEncoding,
+    )
     from spurig_core.operators.igrog import GriddingConfig, grid
 
     scan = sim["scan"].first_groups(groups)  # type: ignore[attr-defined]
@@ -278,8 +282,10 @@ def _operators(sim: dict[str, object], groups: int, *, nufft: bool) -> dict[str,
         scan.matrix,
         config=GriddingConfig(learned_kernel=False, n_sources=1),
     )
+    # Compared with the NUFFT encoding, the gridded one fits the same plain (unweighted) data term.
+    ecfg = GriddedEncodingConfig(density_compensation=0.0) if nufft else None
     ops: dict[str, tuple[Any, Any]] = {
-        "gridded": (GriddedSubspaceEncoding(gd, scan.coil_maps, basis), None)
+        "gridded": (GriddedSubspaceEncoding(gd, scan.coil_maps, basis, config=ecfg), None)
     }
     if nufft:
         ops["nufft"] = (SubspaceNUFFTEncoding(scan.trajectory, scan.coil_maps, basis), scan.kspace)

@@ -19,6 +19,9 @@ from spurig_core.operators.grid import GriddedData, grid_shape, nearest_grid_ind
 MATRIX = (6, 6, 4)
 COILS, GROUPS, TR, SAMPLES, BASIS = 3, 2, 5, 16, 3
 
+#: The plain data term ½‖Aα − b‖² (no density compensation): comparable with the NUFFT encoding.
+PLAIN = GriddedEncodingConfig(density_compensation=0.0)
+
 
 def _setup(g: torch.Generator, matrix=MATRIX, duplicates: bool = True):
     n = torch.tensor(matrix, dtype=torch.float32)
@@ -59,7 +62,7 @@ def _direct_encoding(alpha, maps, basis, k) -> np.ndarray:
 
 def test_gridded_forward_matches_direct_sum(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     alpha = random_like_shape((BASIS, *MATRIX), rng)
     ref = _direct_encoding(alpha, maps, basis, _grid_frequencies(gd))
     out = op(alpha).numpy()
@@ -77,7 +80,7 @@ def test_nufft_encoding_matches_direct_sum(rng: torch.Generator) -> None:
 
 def test_gridded_equals_nufft_at_grid_points(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    grid_op = GriddedSubspaceEncoding(gd, maps, basis)
+    grid_op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     nufft_op = SubspaceNUFFTEncoding(_grid_frequencies(gd).float(), maps, basis, eps=1e-6)
     alpha = random_like_shape((BASIS, *MATRIX), rng)
     assert rel_err(grid_op(alpha), nufft_op(alpha)) < 1e-5
@@ -85,12 +88,17 @@ def test_gridded_equals_nufft_at_grid_points(rng: torch.Generator) -> None:
     assert rel_err(grid_op.gram(alpha), nufft_op.gram(alpha)) < 1e-5
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_gridded_gram_equals_explicit_normal_matrix(sparse: bool, rng: torch.Generator) -> None:
+@pytest.mark.parametrize(("sparse", "density"), [(False, 0.0), (True, 0.0), (True, 1.0)])
+def test_gridded_gram_equals_explicit_normal_matrix(
+    sparse: bool, density: float, rng: torch.Generator
+) -> None:
     matrix = (4, 2, 2)
     _, gd, maps, basis = _setup(rng, matrix)
     op = GriddedSubspaceEncoding(
-        gd, maps, basis, config=GriddedEncodingConfig(sparse=sparse, chunk=40)
+        gd,
+        maps,
+        basis,
+        config=GriddedEncodingConfig(sparse=sparse, chunk=40, density_compensation=density),
     )
     n_in = BASIS * 4 * 2 * 2
     eye = torch.eye(n_in, dtype=torch.complex64).reshape(n_in, BASIS, *matrix)
@@ -107,7 +115,7 @@ def test_gridded_gram_equals_explicit_normal_matrix(sparse: bool, rng: torch.Gen
 
 def test_kernels_count_duplicates(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     ref = np.zeros((BASIS, BASIS, int(np.prod(gd.grid))), dtype=np.complex128)
     phi = basis.numpy().astype(np.complex128)
     idx = gd.index.numpy()
@@ -123,7 +131,7 @@ def test_kernels_count_duplicates(rng: torch.Generator) -> None:
 
 def test_projected_data_and_adjoint_data(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     proj = op.project()
     assert proj.shape == (COILS, BASIS, *gd.grid)
     ref = np.zeros((COILS, BASIS, int(np.prod(gd.grid))), dtype=np.complex128)
@@ -159,7 +167,7 @@ def test_dense_and_sparse_kernels_agree(rng: torch.Generator) -> None:
 
 def test_buffers_are_not_aliased(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     x1, x2 = random_like_shape((BASIS, *MATRIX), rng), random_like_shape((BASIS, *MATRIX), rng)
     g1 = op.gram(x1)
     keep = g1.clone()
@@ -173,7 +181,7 @@ def test_buffers_are_not_aliased(rng: torch.Generator) -> None:
 def test_adjoint_scale_matches_its_definition(rng: torch.Generator) -> None:
     traj, gd, maps, basis = _setup(rng)
     for op in (
-        GriddedSubspaceEncoding(gd, maps, basis),
+        GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN),
         SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6),
     ):
         b = gd.values
@@ -187,7 +195,7 @@ def test_adjoint_scale_matches_its_definition(rng: torch.Generator) -> None:
 def test_gradient_through_a_data_consistency_step(rng: torch.Generator) -> None:
     """The gradient of ½‖Aα − b‖² is A^H(Aα − b) computed with the fast gram (unrolled training)."""
     _, gd, maps, basis = _setup(rng)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     alpha = random_like_shape((BASIS, *MATRIX), rng).requires_grad_(True)
     loss = 0.5 * (op(alpha) - gd.values).abs().pow(2).sum()
     loss.backward()
@@ -217,7 +225,7 @@ def test_bad_inputs_are_rejected(rng: torch.Generator) -> None:
         GriddedSubspaceEncoding(GriddedData(gd.values, bad_index, gd.grid, gd.matrix), maps, basis)
     with pytest.raises(InputError, match="trajectory"):
         SubspaceNUFFTEncoding(traj[..., :2], maps, basis)
-    op = GriddedSubspaceEncoding(gd, maps, basis)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
     nan = gd.values.clone()
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(InputError, match="NaN"):
@@ -232,11 +240,45 @@ def test_encodings_on_cuda_match_cpu(rng: torch.Generator) -> None:
         pytest.skip("no CUDA device")
     traj, gd, maps, basis = _setup(rng)
     alpha = random_like_shape((BASIS, *MATRIX), rng)
-    cpu = GriddedSubspaceEncoding(gd, maps, basis)
-    gpu = GriddedSubspaceEncoding(gd.to("cuda"), maps.cuda(), basis.cuda())
+    cpu = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
+    gpu = GriddedSubspaceEncoding(gd.to("cuda"), maps.cuda(), basis.cuda(), config=PLAIN)
     assert rel_err(gpu.gram(alpha.cuda()).cpu(), cpu.gram(alpha)) < 1e-5
     assert rel_err(gpu.adjoint_data().cpu(), cpu.adjoint_data()) < 1e-5
     ncpu = SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6)
     ngpu = SubspaceNUFFTEncoding(traj.cuda(), maps.cuda(), basis.cuda(), eps=1e-6)
     assert rel_err(ngpu(alpha.cuda()).cpu(), ncpu(alpha)) < 1e-4
     assert rel_err(ngpu.adjoint(gd.values.cuda()).cpu(), ncpu.adjoint(gd.values)) < 1e-4
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_density_compensation_weights_the_data_term(gamma: float, rng: torch.Generator) -> None:
+    """``W^{1/2} A`` with ``w ∝ n(p)^{-γ}`` (mean 1) against a hand-built weighted encoding."""
+    _, gd, maps, basis = _setup(rng)
+    plain = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
+    op = GriddedSubspaceEncoding(
+        gd, maps, basis, config=GriddedEncodingConfig(density_compensation=gamma)
+    )
+    idx = gd.index.reshape(-1)
+    counts = torch.bincount(idx, minlength=int(np.prod(gd.grid))).double()
+    w = counts[idx] ** -gamma
+    w = (w / w.mean()).reshape(gd.index.shape)
+    assert op.weights is not None and rel_err(op.weights, w) < 1e-6
+    assert plain.weights is None
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    sw = w.sqrt().to(torch.complex64)
+    assert rel_err(op(alpha), plain(alpha) * sw) < 1e-5
+    # data side: A_w^H (W^{1/2} b) = A^H W b, and ‖W^{1/2} b‖ is the norm-matching ‖b‖
+    assert rel_err(op.adjoint_data(), plain.adjoint(gd.values * sw * sw)) < 1e-5
+    assert op.data_norm() == pytest.approx(float(torch.linalg.vector_norm(gd.values * sw)), 1e-5)
+    assert rel_err(op.adjoint_projected(op.project()), op.adjoint_data()) < 1e-5
+    # the weights flatten the kernel energy: duplicates no longer dominate the gram
+    tr_plain = plain.kernels.diagonal(dim1=0, dim2=1).real.sum(-1).reshape(-1)
+    tr_w = op.kernels.diagonal(dim1=0, dim2=1).real.sum(-1).reshape(-1)
+    hit = tr_plain > 0
+    spread = lambda t: float(t[hit].max() / t[hit].min())  # noqa: E731
+    assert spread(tr_w) < spread(tr_plain)
+
+
+def test_density_compensation_rejects_out_of_range() -> None:
+    with pytest.raises(InputError, match="density_compensation"):
+        GriddedEncodingConfig(density_compensation=1.5)

@@ -54,13 +54,15 @@ def _gridded(
     return GriddedData(_c((coils, groups, tr, samples), g), index, grid, matrix)
 
 
-def _gridded_encoding(g: torch.Generator, sparse: bool) -> GriddedSubspaceEncoding:
+def _gridded_encoding(
+    g: torch.Generator, sparse: bool, density: float = 0.0
+) -> GriddedSubspaceEncoding:
     gd = _gridded(g)
     return GriddedSubspaceEncoding(
         gd,
         _c((3, 8, 8, 8), g),
         _c((4, 5), g),
-        config=GriddedEncodingConfig(sparse=sparse, chunk=300),
+        config=GriddedEncodingConfig(sparse=sparse, chunk=300, density_compensation=density),
     )
 
 
@@ -93,6 +95,7 @@ OPERATORS: list[Case] = [
     ),
     Case("gridded-encoding", lambda g: _gridded_encoding(g, sparse=False)),
     Case("gridded-encoding-sparse", lambda g: _gridded_encoding(g, sparse=True)),
+    Case("gridded-encoding-dcf", lambda g: _gridded_encoding(g, sparse=True, density=0.5)),
 ]
 
 _PARAMS = [pytest.param(case, id=case.name) for case in OPERATORS]

@@ -380,7 +380,8 @@ def test_three_stages_chain(cohort: Path, tmp_path: Path) -> None:
 
 
 def test_gridded_payload_rebuilds_the_real_encoding() -> None:
-    from spurig_core.operators.encoding import GriddedSubspaceEncoding
+    from spurig_core.config import to_dict
+    from spurig_core.operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
     from spurig_core.operators.grid import GriddedData, grid_shape
 
     g = torch.Generator().manual_seed(9)
@@ -399,10 +400,21 @@ def test_gridded_payload_rebuilds_the_real_encoding() -> None:
         "index": index.to(torch.int32),
         "grid": list(grid),
         "matrix": list(matrix),
+        "encoding": to_dict(op.config),
     }
     dc = DCData(op.adjoint_data(), 1.0, 1.0, 1.0, payload)
     rebuilt = dc.build_operator()
     x = torch.randn(5, *matrix, dtype=torch.complex64, generator=g)
     torch.testing.assert_close(rebuilt.gram(x), op.gram(x), rtol=1e-4, atol=1e-4)
+    # a payload from before density compensation rebuilds the plain (unweighted) encoding
+    legacy = {k: v for k, v in payload.items() if k != "encoding"}
+    plain = GriddedSubspaceEncoding(
+        GriddedData(values, index, grid, matrix),
+        maps,
+        phi,
+        config=GriddedEncodingConfig(density_compensation=0.0),
+    )
+    rebuilt = DCData(dc.ahb, 1.0, 1.0, 1.0, legacy).build_operator()
+    torch.testing.assert_close(rebuilt.gram(x), plain.gram(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="unknown operator type"):
         DCData(dc.ahb, 1.0, 1.0, 1.0, {"type": "nope"}).build_operator()

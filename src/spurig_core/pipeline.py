@@ -231,7 +231,7 @@ def reconstruct(
         ahb = op.adjoint(kspace)
     else:
         from .config import from_dict, to_dict
-        from .operators.encoding import GriddedSubspaceEncoding
+        from .operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
         from .operators.igrog import GriddingConfig, grid_scan
 
         gcfg = from_dict(
@@ -241,11 +241,13 @@ def reconstruct(
         timings.update(grid_times)
         # The paper's runtime includes gridding but not kernel training (section 3.5).
         t0 = time.perf_counter() - grid_times.get("gridding_s", 0.0)
-        gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis)
+        ecfg = from_dict(GriddedEncodingConfig, config.get("encoding") or {}, where="encoding")
+        gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
         b = None  # the gridded encoding takes its data (and ‖b‖) from its own gridded values
         ahb = gop.adjoint_data()
         op = gop
         cfg_record["gridding"] = to_dict(gcfg)
+        cfg_record["encoding"] = to_dict(ecfg)
 
     if method == "adjoint":
         from .recon.classical import adjoint_recon
@@ -270,7 +272,7 @@ def reconstruct(
         from .recon.models import run_unrolled
 
         assert ckpt is not None
-        b_norm = float(torch.linalg.vector_norm(gridded.values.to(torch.complex128)))
+        b_norm = gop.data_norm()
         unrolled = run_unrolled(
             ckpt,
             op,
@@ -474,15 +476,18 @@ def prepare_training(
 
     For every ``COHORT_DIR/<split>/*.h5`` writes ``OUT_DIR/<split>/<stem>/`` (target coefficients,
     tissue, scaled ``A^H b`` and FISTA-LLR inputs per duration, and the gridded DC data), skipping
-    subjects already prepared.  ``config`` may hold ``[gridding]`` and ``[llr]`` tables.
+    subjects already prepared.  ``config`` may hold ``[gridding]``, ``[encoding]`` and ``[llr]``
+    tables.
     """
     from .config import from_dict
+    from .operators.encoding import GriddedEncodingConfig
     from .operators.igrog import GriddingConfig
     from .recon.llr import LLRConfig
     from .training.datasets import prepare_subject
 
     overrides = _read_overrides(config)
     gcfg = from_dict(GriddingConfig, overrides.get("gridding", {}), where="gridding")
+    ecfg = from_dict(GriddedEncodingConfig, overrides.get("encoding", {}), where="encoding")
     lcfg = from_dict(LLRConfig, overrides.get("llr", {}), where="llr")
     for d in durations:
         groups_for(d)
@@ -497,7 +502,7 @@ def prepare_training(
     for i, (split, scan_path) in enumerate(scans):
         dest = Path(out_dir) / split / scan_path.stem
         if not (dest / "example.pt").exists():
-            prepare_subject(scan_path, dest, durations, gridding=gcfg, llr=lcfg)
+            prepare_subject(scan_path, dest, durations, gridding=gcfg, llr=lcfg, encoding=ecfg)
         done.append(dest)
         emit(callback, "prepare", i + 1, len(scans), f"{split}/{scan_path.stem}")
     return done

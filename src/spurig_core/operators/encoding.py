@@ -192,12 +192,28 @@ class GriddedEncodingConfig:
         Sampled fraction below which ``sparse=None`` chooses the sparse storage.
     samples_per_block : int
         Samples per block while building the kernels (bounds the memory of the build).
+    density_compensation : float
+        Exponent ``γ`` of the k-space weight ``w(p) ∝ n(p)^{-γ}`` of the data term, with ``n(p)``
+        the number of samples (all groups and repetitions) gridded to point ``p``, normalised to a
+        mean weight of 1 over the samples; the operator becomes ``W^{1/2} A`` and its data
+        ``W^{1/2} b``.  ``0`` is the plain ``½‖Aα − b‖²``.  3D SPI samples the centre with a
+        density ``∝ 1/|k|²``, so without a weight the gram's spectrum spans orders of magnitude and
+        40 FISTA iterations (or 6 unrolled steps) barely move the high frequencies; ``γ = 1``
+        equalises it (a density-compensated, weighted least-squares data term, as in gridding
+        reconstructions since Pipe & Menon 1999, doi:10.1002/(SICI)1522-2594(199901)41:1<179::AID-MRM25>3.0.CO;2-V).
     """
 
     chunk: int = 16384
     sparse: bool | None = None
     sparse_below: float = 0.5
     samples_per_block: int = 1 << 18
+    density_compensation: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.density_compensation <= 1.0):
+            raise InputError(
+                f"encoding.density_compensation: choose 0 to 1, got {self.density_compensation}"
+            )
 
 
 class GriddedSubspaceEncoding(LinearOperator):
@@ -279,10 +295,30 @@ class GriddedSubspaceEncoding(LinearOperator):
         self.basis = basis.to(dev, torch.complex64)
         self._phi_t = self.basis.T.reshape(self.n_basis, 1, t, 1).contiguous()
         self._index = idx.to(dev, torch.int64).reshape(-1)
+        self._weights(g, t, s)
         self._chunk = self.config.chunk if dev.type == "cpu" and self.config.chunk > 0 else 0
         self._build_kernels()
         self._buffers: dict[str, torch.Tensor] = {}
         self._ahb: torch.Tensor | None = None
+
+    # -- density weights ---------------------------------------------------------------------------
+    def _weights(self, g: int, t: int, s: int) -> None:
+        """Grid weights ``w(p)`` (``None`` without compensation) and per-sample ``√w``."""
+        gamma = float(self.config.density_compensation)
+        self._wgrid: torch.Tensor | None = None
+        self._sqrtw: torch.Tensor | None = None
+        if gamma == 0.0 or self._index.numel() == 0:
+            return
+        counts = torch.bincount(self._index, minlength=self.n_grid).to(torch.float64)
+        w = counts.clamp(min=1.0).pow(-gamma)
+        w *= self._index.numel() / float(w[self._index].sum())  # mean weight 1 over the samples
+        self._wgrid = w.to(torch.float32)
+        self._sqrtw = self._wgrid[self._index].sqrt().reshape(g, t, s)
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """Per-sample data weights ``w`` (shape (groups, tr, samples), float32), or ``None``."""
+        return None if self._sqrtw is None else self._sqrtw.square()
 
     # -- kernels -----------------------------------------------------------------------------------
     def _build_kernels(self) -> None:
@@ -298,6 +334,8 @@ class GriddedSubspaceEncoding(LinearOperator):
             ids = idx[:, t0:t1, :].reshape(-1)
             src = outer[t0:t1].reshape(1, t1 - t0, 1, nb * nb).expand(g, -1, s, -1)
             kern.index_add_(0, ids, src.reshape(-1, nb * nb))
+        if self._wgrid is not None:
+            kern.mul_(self._wgrid[:, None])
         sampled = torch.unique(self._index)
         frac = sampled.numel() / self.n_grid
         sparse = (
@@ -386,10 +424,14 @@ class GriddedSubspaceEncoding(LinearOperator):
             bf.mul_(self._post)
             y = bf.reshape(self.n_basis, -1).index_select(1, self._index)
             _mix_basis(y.reshape(self.n_basis, *sh), self._phi_t, out[c])
+            if self._sqrtw is not None:
+                out[c].mul_(self._sqrtw)
         return out
 
     def _project_coil(self, bc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out[k, p] = Σ_{index = p} conj(Φ̃[t,k]) bc[g,t,s]`` (zeroes ``out`` first)."""
+        """``out[k, p] = Σ_{index = p} conj(Φ̃[t,k]) √w[g,t,s] bc[g,t,s]`` (zeroes ``out`` first)."""
+        if self._sqrtw is not None:
+            bc = bc * self._sqrtw
         out.zero_()
         ov = out.reshape(self.n_basis, -1)
         for k in range(self.n_basis):
@@ -434,12 +476,12 @@ class GriddedSubspaceEncoding(LinearOperator):
         return apply_linear(x, self._gram, self._gram)
 
     def project(self, values: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected k-space ``b̃[c, k, p] = Σ_{(g,t,s): index = p} conj(Φ̃[t,k]) b[c,g,t,s]``.
+        """Projected k-space ``b̃[c, k, p] = Σ_{(g,t,s): index = p} conj(Φ̃[t,k]) w b[c,g,t,s]``.
 
         Parameters
         ----------
         values : Tensor, shape (coils, groups, tr, samples), optional
-            Default: the gridded data's own values.
+            Raw (unweighted) data; default: the gridded data's own values.
 
         Returns
         -------
@@ -490,11 +532,27 @@ class GriddedSubspaceEncoding(LinearOperator):
         return self._ahb.clone()
 
     def _values(self, values: torch.Tensor | None) -> torch.Tensor:
+        """The data term's right-hand side ``W^{1/2} b`` of raw data ``b`` (default: own values)."""
         b = self.gridded.values if values is None else values
         self.check_out(b)
         if not torch.isfinite(torch.view_as_real(b.to(torch.complex64))).all():
             raise InputError(f"{self.name}: k-space contains NaN or Inf")
-        return b.to(self.device, torch.complex64)
+        b = b.to(self.device, torch.complex64)
+        return b if self._sqrtw is None else b * self._sqrtw
+
+    def data_values(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """The (density-weighted) data ``W^{1/2} b`` that this operator's ``A`` is fitted to.
+
+        Parameters
+        ----------
+        values : Tensor, shape (coils, groups, tr, samples), optional
+            Raw data on the same layout; default: the gridded data's own values.
+        """
+        return self._values(values)
+
+    def data_norm(self) -> float:
+        """``‖W^{1/2} b‖₂`` of the gridded data's own values (the norm-matching ``‖b‖``)."""
+        return float(torch.linalg.vector_norm(self._values(None).to(torch.complex128)))
 
 
 def adjoint_scale(op: LinearOperator, b: torch.Tensor, *, ahb: torch.Tensor | None = None) -> float:

@@ -118,7 +118,7 @@ def adjoint_recon(
 def _gridded_values(op: LinearOperator) -> torch.Tensor | None:
     from ..operators.encoding import GriddedSubspaceEncoding
 
-    return op.gridded.values if isinstance(op, GriddedSubspaceEncoding) else None
+    return op.data_values() if isinstance(op, GriddedSubspaceEncoding) else None
 
 
 def _adjoint_and_norm(

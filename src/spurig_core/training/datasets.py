@@ -73,7 +73,8 @@ def register_operator(kind: str, builder: OperatorBuilder) -> None:
 
 def _gridded_builder(payload: dict[str, Any], device: torch.device) -> LinearOperator:
     try:
-        from ..operators.encoding import GriddedSubspaceEncoding
+        from ..config import from_dict
+        from ..operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
     except ImportError as exc:
         raise NotAvailableError(
             f"the gridded encoding (spurig_core.operators.encoding) is not available: {exc}"
@@ -86,7 +87,13 @@ def _gridded_builder(payload: dict[str, Any], device: torch.device) -> LinearOpe
         int(maps.shape[0]), *index.shape
     )
     gridded = GriddedData(values, index, tuple(payload["grid"]), tuple(payload["matrix"]))
-    return GriddedSubspaceEncoding(gridded, maps, payload["basis"].to(device))
+    # Payloads written before density compensation existed carry no "encoding": plain data term.
+    ecfg = from_dict(
+        GriddedEncodingConfig,
+        payload.get("encoding", {"density_compensation": 0.0}),
+        where="dc operator",
+    )
+    return GriddedSubspaceEncoding(gridded, maps, payload["basis"].to(device), config=ecfg)
 
 
 register_operator("gridded-subspace", _gridded_builder)
@@ -277,6 +284,7 @@ def prepare_subject(
     *,
     gridding: Any = None,
     llr: Any = None,
+    encoding: Any = None,
     name: str | None = None,
     callback: Callback | None = None,
 ) -> Path:
@@ -295,6 +303,9 @@ def prepare_subject(
         Named durations (``"30s"``, ``"1min"``, ``"2min"``, ``"6min"``).
     gridding : GriddingConfig, optional
     llr : LLRConfig, optional
+    encoding : GriddedEncodingConfig, optional
+        The data-consistency operator's settings (density compensation); stored with the DC data
+        so that training rebuilds the same operator.
     name : str, optional
         Subject name (the scan file's stem by default).
     callback : Callback, optional
@@ -331,6 +342,7 @@ def prepare_subject(
     try:
         from .. import physics
         from ..metrics import reference_coefficients
+        from ..config import to_dict
         from ..operators.encoding import GriddedSubspaceEncoding
         from ..operators.igrog import grid_scan
         from ..recon.classical import llr_recon
@@ -350,9 +362,9 @@ def prepare_subject(
     dcs: dict[str, DCData] = {}
     for n, d in enumerate(durs):
         gridded = gridded_all.first_groups(groups_for(d))
-        op = GriddedSubspaceEncoding(gridded, maps, basis)
+        op = GriddedSubspaceEncoding(gridded, maps, basis, config=encoding)
         ahb = op.adjoint_data().to(torch.complex64)
-        b_norm = float(torch.linalg.vector_norm(gridded.values.to(torch.complex128)))
+        b_norm = op.data_norm()
         x0, s = scaled_init(op, ahb, b_norm)
         lip = estimate_lipschitz(op, ahb, iters=20)
         inputs[f"adjoint-{d}"] = x0
@@ -367,6 +379,7 @@ def prepare_subject(
             "index": index,
             "grid": list(gridded.grid),
             "matrix": list(gridded.matrix),
+            "encoding": to_dict(op.config),
         }
         dcs[d] = DCData(ahb, b_norm, s, lip, payload)
         emit(callback, "prepare", n + 1, len(durs), f"prepared {d}")
