@@ -574,6 +574,9 @@ def evaluate(
         "subject": scan.path.stem if scan.path is not None else None,
         "source": dict(result.source) if result.source else None,
     }
+    label = (result.config or {}).get("label")
+    if label:  # a variant of a method (e.g. an ablation), shown as its own column
+        out["label"] = str(label)
     out.update(coefficient_metrics(result.coefficients, ref, scan.reference.tissue))
     if result.t1_ms is not None and result.t2_ms is not None:
         out.update(

@@ -22,7 +22,14 @@ from ..io import file_sha256
 from ..operators.base import LinearOperator
 from ..progress import Callback
 
-__all__ = ["MODELS_DIR", "UnrolledOutput", "resolve_model", "run_unrolled", "shipped_models"]
+__all__ = [
+    "MODELS_DIR",
+    "UnrolledOutput",
+    "model_encoding",
+    "resolve_model",
+    "run_unrolled",
+    "shipped_models",
+]
 
 #: Where the shipped models live.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -56,6 +63,20 @@ def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Pa
             "pass --model CKPT"
         )
     return p
+
+
+def model_encoding(ckpt: str | Path) -> dict[str, Any]:
+    """The gridded encoding settings a model was trained with (``{}`` when not recorded).
+
+    Models trained on data-consistency operators with a density-compensated data term record it
+    (``GriddedEncodingConfig`` fields); inference must use the same operator, since the learned
+    step sizes and the denoiser's input statistics depend on it.
+    """
+    from ..io import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    enc = state.get("encoding") if isinstance(state, dict) else None
+    return dict(enc) if isinstance(enc, dict) else {}
 
 
 @dataclass(frozen=True, eq=False)

@@ -449,13 +449,18 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
-        return {
+        extra = {
             "stage": self.stage,
             "duration": self.cfg.duration,
             "train_config": to_dict(self.cfg),
             "epoch": self.epoch,
             "step": self.step,
         }
+        # the data-consistency operator the model learned with (inference rebuilds the same one)
+        dc = self.train_set[0].dc.get(self.cfg.duration)
+        if dc is not None and dc.payload.get("type") == "gridded-subspace":
+            extra["encoding"] = dict(dc.payload.get("encoding", {"density_compensation": 0.0}))
+        return extra
 
     def state(self) -> dict[str, Any]:
         """A resumable checkpoint (kind ``spurig-train``)."""
