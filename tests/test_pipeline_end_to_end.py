@@ -97,9 +97,7 @@ def test_reconstruct_reuses_gridded_data(tiny_scan: Path) -> None:
     # a shorter scan takes the first groups of the gridded data (the kernel stays the whole
     # scan's: a fresh gridding of 2 groups would fit its kernel to their displacements only)
     short = reconstruct(scan, method="llr", groups=2, config=FAST, gridded=gridded)
-    again = reconstruct(
-        scan, method="llr", groups=2, config=FAST, gridded=gridded.first_groups(2)
-    )
+    again = reconstruct(scan, method="llr", groups=2, config=FAST, gridded=gridded.first_groups(2))
     assert short.groups == 2
     torch.testing.assert_close(short.coefficients, again.coefficients)
     with pytest.raises(InputError, match="do not cover"):

@@ -418,3 +418,15 @@ def test_gridded_payload_rebuilds_the_real_encoding() -> None:
     torch.testing.assert_close(rebuilt.gram(x), plain.gram(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="unknown operator type"):
         DCData(dc.ahb, 1.0, 1.0, 1.0, {"type": "nope"}).build_operator()
+
+
+def test_model_records_its_data_term(tmp_path: Path) -> None:
+    """A model file carries the gridded encoding it was trained with; inference reads it back."""
+    from spurig_core.io import save_checkpoint
+    from spurig_core.recon.models import model_encoding
+
+    enc = {"density_compensation": 0.5, "chunk": 16384}
+    save_checkpoint({"kind": "spurig-model", "encoding": enc}, tmp_path / "m.pt")
+    assert model_encoding(tmp_path / "m.pt") == enc
+    save_checkpoint({"kind": "spurig-model"}, tmp_path / "old.pt")
+    assert model_encoding(tmp_path / "old.pt") == {}  # not recorded: the defaults apply

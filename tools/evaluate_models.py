@@ -1,4 +1,4 @@
-"""Reconstruct held-out test subjects with every method and duration, then make Tables 1–2 (issue 5).
+"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
 
 For each simulated scan ``TEST_DIR/*.h5`` the iGROG kernel is trained and the whole scan gridded
 once (:func:`spurig_core.operators.igrog.grid_scan`, default settings); every duration takes the

@@ -1,13 +1,13 @@
 """Copy trained models into ``spurig_core/models/`` and write their model cards (issue 5).
 
 For every ``(method, duration)`` whose final stage finished under ``--runs`` (default
-``runs/cpu48``), the fine-tuned ``model.pt`` becomes ``src/spurig_core/models/<method>-<duration>.pt``
-and ``<method>-<duration>.md`` states what made it: the three stage configs (TOML as used), the
-data, the epochs/steps, best validation loss and wall time of each stage (from ``loss.csv``), the
-data-consistency operator it learned with, and the measured metrics of that model and of the
-baselines on the held-out test subjects (``--eval``: the ``evaluations.json`` that
-``tools/evaluate_models.py`` writes).  The loss curves are copied beside the card
-(``<method>-<duration>-<stage>.png``) so the card can show them.
+``runs/cpu48``), the fine-tuned ``model.pt`` becomes
+``src/spurig_core/models/<method>-<duration>.pt``, and ``<method>-<duration>.md`` states what
+made it: the three stage configs (TOML as used), the data, the epochs/steps, best validation loss
+and wall time of each stage (from ``loss.csv``), the data-consistency operator it learned with,
+and the measured metrics of that model and of the baselines on the held-out test subjects
+(``--eval``: the ``evaluations.json`` that ``tools/evaluate_models.py`` writes).  The loss curves
+are copied beside the card (``<method>-<duration>-<stage>.png``) so the card can show them.
 
 Run::
 
@@ -54,7 +54,9 @@ def _stage_summary(run: Path) -> dict[str, float]:
 
 
 def _metrics(evals: list[dict], label: str, duration: str) -> dict[str, float] | None:
-    sel = [e for e in evals if (e.get("label") or e["method"]) == label and e["duration"] == duration]
+    sel = [
+        e for e in evals if (e.get("label") or e["method"]) == label and e["duration"] == duration
+    ]
     if not sel:
         return None
     out = {
@@ -139,7 +141,13 @@ def card(method: str, duration: str, runs: Path, evals: list[dict]) -> str:
         lines.append(f"![{name}]({method}-{duration}-{name}.png)")
     lines += ["", "## Configs", ""]
     for name in names:
-        lines += [f"### `configs/cpu48/{name}.toml`", "```toml", (CONFIGS / f"{name}.toml").read_text().rstrip(), "```", ""]
+        lines += [
+            f"### `configs/cpu48/{name}.toml`",
+            "```toml",
+            (CONFIGS / f"{name}.toml").read_text().rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +161,9 @@ def main() -> int:
     shipped = []
     for (method, duration), names in CHAINS.items():
         final = runs / names[-1]
-        if not (final / "model.pt").exists() or not all((runs / n / "loss.csv").exists() for n in names):
+        if not (final / "model.pt").exists() or not all(
+            (runs / n / "loss.csv").exists() for n in names
+        ):
             print(f"skip {method}-{duration}: {final}/model.pt not there yet")
             continue
         dest = MODELS / f"{method}-{duration}.pt"

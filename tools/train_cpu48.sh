@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the shipped CPU models (48³ cohort) stage by stage, two chains side by side (1 thread each).
-#   chain A: SPUR-iG pretrain -> for 2min, 30s, 1min: GLEAM -> fine-tune
-#   chain B: hybrid pretrain -> hybrid GLEAM 2min -> hybrid fine-tune 2min
+#   chain A: SPUR-iG pretrain -> for 2min, 30s: GLEAM -> fine-tune
+#   chain B: hybrid pretrain -> hybrid GLEAM 2min -> hybrid fine-tune 2min -> (once the SPUR-iG
+#            pretraining has finished) SPUR-iG GLEAM 1min -> fine-tune 1min
 # Every stage resumes from its last checkpoint (`--resume`) when it is run again, so the script
 # can be restarted after an interruption. Logs: runs/cpu48/*.log.
 # Data first:
@@ -18,18 +19,24 @@ stage() {  # stage NAME CONFIG
     >> "runs/cpu48/$name.log" 2>&1
   echo "$(date -u +%H:%M:%S) finished $name" >> runs/cpu48/chain.log
 }
+spurig_duration() {
+  stage "gleam-$1" "configs/cpu48/gleam-$1.toml"
+  stage "finetune-$1" "configs/cpu48/finetune-$1.toml"
+}
 chain_a() {
   stage pretrain configs/cpu48/pretrain.toml
-  for d in 2min 30s 1min; do
-    stage "gleam-$d" "configs/cpu48/gleam-$d.toml"
-    stage "finetune-$d" "configs/cpu48/finetune-$d.toml"
-  done
+  touch runs/cpu48/.pretrain-done
+  spurig_duration 2min
+  spurig_duration 30s
 }
 chain_b() {
   stage pretrain-hybrid configs/cpu48/pretrain-hybrid.toml
   stage gleam-hybrid-2min configs/cpu48/gleam-hybrid-2min.toml
   stage finetune-hybrid-2min configs/cpu48/finetune-hybrid-2min.toml
+  while [ ! -f runs/cpu48/.pretrain-done ] && kill -0 "$1" 2>/dev/null; do sleep 30; done
+  [ -f runs/cpu48/.pretrain-done ] && spurig_duration 1min
 }
+rm -f runs/cpu48/.pretrain-done
 chain_a & a=$!
-chain_b & b=$!
+chain_b "$a" & b=$!
 wait $a $b

@@ -341,8 +341,8 @@ def prepare_subject(
             )
     try:
         from .. import physics
-        from ..metrics import reference_coefficients
         from ..config import to_dict
+        from ..metrics import reference_coefficients
         from ..operators.encoding import GriddedSubspaceEncoding
         from ..operators.igrog import grid_scan
         from ..recon.classical import llr_recon

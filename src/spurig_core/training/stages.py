@@ -458,8 +458,8 @@ class Trainer:
         }
         # the data-consistency operator the model learned with (inference rebuilds the same one)
         dc = self.train_set[0].dc.get(self.cfg.duration)
-        if dc is not None and dc.payload.get("type") == "gridded-subspace":
-            extra["encoding"] = dict(dc.payload.get("encoding", {"density_compensation": 0.0}))
+        if dc is not None and dc.operator.get("type") == "gridded-subspace":
+            extra["encoding"] = dict(dc.operator.get("encoding", {"density_compensation": 0.0}))
         return extra
 
     def state(self) -> dict[str, Any]:
