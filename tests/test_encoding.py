@@ -282,3 +282,22 @@ def test_density_compensation_weights_the_data_term(gamma: float, rng: torch.Gen
 def test_density_compensation_rejects_out_of_range() -> None:
     with pytest.raises(InputError, match="density_compensation"):
         GriddedEncodingConfig(density_compensation=1.5)
+
+
+def test_nufft_and_gridded_density_weights_agree(rng: torch.Generator) -> None:
+    """On samples at grid points, the weighted NUFFT and gridded encodings are the same operator."""
+    _, gd, maps, basis = _setup(rng)
+    cfg = GriddedEncodingConfig(density_compensation=0.5)
+    grid_op = GriddedSubspaceEncoding(gd, maps, basis, config=cfg)
+    nufft_op = SubspaceNUFFTEncoding(
+        _grid_frequencies(gd).float(), maps, basis, eps=1e-6, density_compensation=0.5
+    )
+    assert grid_op.weights is not None and nufft_op.weights is not None
+    assert rel_err(nufft_op.weights, grid_op.weights) < 1e-6
+    alpha = random_like_shape((BASIS, *MATRIX), rng)
+    assert rel_err(grid_op(alpha), nufft_op(alpha)) < 1e-5
+    assert rel_err(grid_op.gram(alpha), nufft_op.gram(alpha)) < 1e-5
+    b = nufft_op.data_values(gd.values)
+    assert rel_err(nufft_op.adjoint(b), grid_op.adjoint_data()) < 1e-5
+    with pytest.raises(InputError, match="density_compensation"):
+        SubspaceNUFFTEncoding(_grid_frequencies(gd).float(), maps, basis, density_compensation=2)

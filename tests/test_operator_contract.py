@@ -93,6 +93,12 @@ OPERATORS: list[Case] = [
             _trajectory(g), _c((3, 8, 8, 8), g), _c((4, 5), g), eps=1e-6
         ),
     ),
+    Case(
+        "nufft-encoding-dcf",
+        lambda g: SubspaceNUFFTEncoding(
+            _trajectory(g), _c((3, 8, 8, 8), g), _c((4, 5), g), eps=1e-6, density_compensation=1.0
+        ),
+    ),
     Case("gridded-encoding", lambda g: _gridded_encoding(g, sparse=False)),
     Case("gridded-encoding-sparse", lambda g: _gridded_encoding(g, sparse=True)),
     Case("gridded-encoding-dcf", lambda g: _gridded_encoding(g, sparse=True, density=0.5)),

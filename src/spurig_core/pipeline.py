@@ -231,12 +231,24 @@ def reconstruct(
     b: torch.Tensor | None
     op: LinearOperator
     if method in ("adjoint", "llr-nufft"):
-        from .operators.encoding import SubspaceNUFFTEncoding
+        from .config import from_dict, to_dict
+        from .operators.encoding import GriddedEncodingConfig, SubspaceNUFFTEncoding
 
+        # the same density-compensated data term as the gridded methods (weights from the
+        # samples' nearest points of the same oversampled grid)
+        ecfg = from_dict(GriddedEncodingConfig, config.get("encoding") or {}, where="encoding")
         t0 = time.perf_counter()
-        op = SubspaceNUFFTEncoding(sub.trajectory.to(dev), maps, basis)
-        b = kspace
-        ahb = op.adjoint(kspace)
+        nop = SubspaceNUFFTEncoding(
+            sub.trajectory.to(dev),
+            maps,
+            basis,
+            density_compensation=ecfg.density_compensation,
+            grid_oversampling=float((config.get("gridding") or {}).get("grid_oversampling", 1.5)),
+        )
+        b = nop.data_values(kspace)
+        ahb = nop.adjoint(b)
+        op = nop
+        cfg_record["encoding"] = to_dict(ecfg)
     else:
         from .config import from_dict, to_dict
         from .operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding

@@ -36,13 +36,14 @@ import torch
 from ..errors import InputError
 from .base import LinearOperator
 from .fourier import NUFFT, apply_linear, centre_offset, modulation
-from .grid import GriddedData
+from .grid import GriddedData, grid_shape, nearest_grid_index
 
 __all__ = [
     "GriddedEncodingConfig",
     "GriddedSubspaceEncoding",
     "SubspaceNUFFTEncoding",
     "adjoint_scale",
+    "density_weights",
 ]
 
 _DIMS = (-3, -2, -1)
@@ -60,6 +61,30 @@ def _check_maps_basis(coil_maps: torch.Tensor, basis: torch.Tensor, tr: int, nam
     for what, t in (("coil_maps", coil_maps), ("basis", basis)):
         if not torch.isfinite(torch.view_as_real(t.to(torch.complex64))).all():
             raise InputError(f"{name}: {what} contains NaN or Inf")
+
+
+def density_weights(index: torch.Tensor, n_grid: int, gamma: float) -> torch.Tensor | None:
+    """Per-sample data weights ``w ∝ n(p)^{-γ}`` with mean 1 (``None`` for ``γ = 0``).
+
+    Parameters
+    ----------
+    index : Tensor, shape (groups, tr, samples), int
+        Grid point of every sample.
+    n_grid : int
+        Number of grid points.
+    gamma : float
+        Exponent (see :class:`GriddedEncodingConfig`).
+
+    Returns
+    -------
+    Tensor, shape (groups, tr, samples), float32, or None
+    """
+    if gamma == 0.0 or index.numel() == 0:
+        return None
+    flat = index.reshape(-1).long()
+    counts = torch.bincount(flat, minlength=n_grid).to(torch.float64)
+    w = counts.clamp(min=1.0).pow(-float(gamma))[flat]
+    return (w * (flat.numel() / float(w.sum()))).to(torch.float32).reshape(index.shape)
 
 
 def _mix_basis(y: torch.Tensor, phi_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -88,6 +113,14 @@ class SubspaceNUFFTEncoding(LinearOperator):
         NUFFT accuracy (``1e-4`` default; see ``benchmarks/RESULTS-operators.md``).
     nthreads : int, optional
         finufft threads.
+    density_compensation : float
+        ``γ`` of the data weight ``w ∝ n(p)^{-γ}`` (mean 1), with ``n(p)`` the number of samples
+        whose nearest point of the ``grid_oversampling`` grid is ``p`` — the same weights as the
+        gridded encoding's (:class:`GriddedEncodingConfig`), so ``llr`` and ``llr-nufft`` solve
+        the same problem.  The operator is ``W^{1/2} A``; its data are :meth:`data_values`.
+        ``0`` (the default here): the plain data term.
+    grid_oversampling : float
+        Oversampling of the grid that defines ``n(p)``.
 
     Notes
     -----
@@ -103,6 +136,8 @@ class SubspaceNUFFTEncoding(LinearOperator):
         *,
         eps: float = 1e-4,
         nthreads: int | None = None,
+        density_compensation: float = 0.0,
+        grid_oversampling: float = 1.5,
     ) -> None:
         if trajectory.ndim != 4 or trajectory.shape[-1] != 3:
             raise InputError(
@@ -123,6 +158,37 @@ class SubspaceNUFFTEncoding(LinearOperator):
             (nb, *self.matrix), (coil_maps.shape[0], g, t, s), name="SubspaceNUFFTEncoding"
         )
         self._phi_t = self.basis.T.reshape(nb, 1, t, 1).contiguous()
+        if not 0.0 <= density_compensation <= 1.0:
+            raise InputError(
+                f"SubspaceNUFFTEncoding: density_compensation must lie in [0, 1], got "
+                f"{density_compensation}"
+            )
+        self._w: torch.Tensor | None = None
+        self._sqrtw: torch.Tensor | None = None
+        if density_compensation > 0.0:
+            m3 = (self.matrix[0], self.matrix[1], self.matrix[2])
+            grid = grid_shape(m3, grid_oversampling)
+            index, _ = nearest_grid_index(trajectory.to(self.device), m3, grid)
+            self._w = density_weights(index, math.prod(grid), density_compensation)
+            assert self._w is not None
+            self._sqrtw = self._w.sqrt()
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """Per-sample data weights ``w`` (shape (groups, tr, samples), float32), or ``None``."""
+        return self._w
+
+    def data_values(self, kspace: torch.Tensor) -> torch.Tensor:
+        """The (density-weighted) data ``W^{1/2} b`` this operator is fitted to.
+
+        Parameters
+        ----------
+        kspace : Tensor, shape (coils, groups, tr, samples), complex64
+            Raw k-space on this operator's trajectory.
+        """
+        self.check_out(kspace)
+        b = kspace.to(self.device, torch.complex64)
+        return b if self._sqrtw is None else b * self._sqrtw
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.complex64)
@@ -131,6 +197,8 @@ class SubspaceNUFFTEncoding(LinearOperator):
         for c in range(self.maps.shape[0]):
             y = self.nufft._type2(self.maps[c] * x).reshape(-1, *sh)
             _mix_basis(y, self._phi_t, out[c])
+            if self._sqrtw is not None:
+                out[c].mul_(self._sqrtw)
         return out
 
     def _adj(self, b: torch.Tensor) -> torch.Tensor:
@@ -138,7 +206,8 @@ class SubspaceNUFFTEncoding(LinearOperator):
         acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=b.device)  # type: ignore[arg-type]
         phi_c = self._phi_t.conj()
         for c in range(self.maps.shape[0]):
-            w = phi_c * b[c].unsqueeze(0)  # (basis, groups, tr, samples)
+            bc = b[c] if self._sqrtw is None else b[c] * self._sqrtw
+            w = phi_c * bc.unsqueeze(0)  # (basis, groups, tr, samples)
             img = self.nufft._type1(w.reshape(w.shape[0], -1))
             acc.addcmul_(img, self.maps[c].conj())
         return acc
@@ -152,6 +221,8 @@ class SubspaceNUFFTEncoding(LinearOperator):
         for c in range(self.maps.shape[0]):
             y = self.nufft._type2(self.maps[c] * x).reshape(-1, *sh)
             _mix_basis(y, self._phi_t, line)
+            if self._w is not None:
+                line.mul_(self._w)
             torch.mul(phi_c, line.unsqueeze(0), out=y)
             img = self.nufft._type1(y.reshape(y.shape[0], -1))
             acc.addcmul_(img, self.maps[c].conj())
@@ -311,13 +382,13 @@ class GriddedSubspaceEncoding(LinearOperator):
         gamma = float(self.config.density_compensation)
         self._wgrid: torch.Tensor | None = None
         self._sqrtw: torch.Tensor | None = None
-        if gamma == 0.0 or self._index.numel() == 0:
+        w = density_weights(self._index.reshape(g, t, s), self.n_grid, gamma)
+        if w is None:
             return
-        counts = torch.bincount(self._index, minlength=self.n_grid).to(torch.float64)
-        w = counts.clamp(min=1.0).pow(-gamma)
-        w *= self._index.numel() / float(w[self._index].sum())  # mean weight 1 over the samples
-        self._wgrid = w.to(torch.float32)
-        self._sqrtw = self._wgrid[self._index].sqrt().reshape(g, t, s)
+        wgrid = torch.zeros(self.n_grid, dtype=torch.float32, device=self.device)
+        wgrid[self._index] = w.reshape(-1)  # w depends only on the grid point
+        self._wgrid = wgrid
+        self._sqrtw = w.sqrt()
 
     @property
     def weights(self) -> torch.Tensor | None:
