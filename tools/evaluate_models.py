@@ -16,8 +16,10 @@ Run::
         --methods adjoint,llr,spurig,hybrid --durations 2min,1min,30s
 
 ``--model-dir DIR`` takes ``<method>-<duration>.pt`` from ``DIR`` instead of the shipped models
-(missing ones are skipped with a note); ``--label NAME`` stores results as ``NAME-<duration>``
-(e.g. ablation variants, with ``--model-dir`` pointing at their checkpoints).
+(missing ones are skipped with a note); ``--model CKPT`` uses one checkpoint for the trained
+method; ``--label NAME`` stores results as ``NAME-<duration>`` and shows them as their own column
+(ablation variants, e.g. ``--methods spurig --durations 1min --model runs/.../model.pt
+--label "GLEAM w/o PT"``).
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
         for d in durations:
             for m in methods:
                 label = args.label or m
-                store = out_dir / scan_path.stem / f"{label}-{d}.zarr"
+                safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+                store = out_dir / scan_path.stem / f"{safe}-{d}.zarr"
                 if store.exists():
                     continue
                 model = None
                 if m in ("spurig", "hybrid"):
-                    model = _model_for(m, d, model_dir)
+                    model = Path(args.model) if args.model else _model_for(m, d, model_dir)
                     if model is None:
                         print(f"skip {m} {d}: no {m}-{d}.pt in {model_dir}", flush=True)
                         continue
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--durations", default="2min,1min,30s")
     p.add_argument("--subjects", type=int, default=0, help="at most this many scans (0: all)")
     p.add_argument("--model-dir", default="")
+    p.add_argument("--model", default="")
     p.add_argument("--label", default="")
     p.add_argument("--no-report", action="store_true")
     args = p.parse_args(argv)
