@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         if title.startswith(("Figures", "Files")):
             continue
         keep.append("#### " + block.strip())
-    intro = text.split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    intro = text.split("\n## ", 1)[0].split("\n", 1)[1].strip().replace(f"{ROOT}/", "")
     figs = sorted((out / "figures").glob("fig2_*_c1.png"))
     img = ""
     if figs:
