@@ -34,7 +34,9 @@ def test_demo_tiny_writes_results_figures_and_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "llr: PSNR c1" in proc.stdout and "adjoint: PSNR c1" in proc.stdout
-    for method in ("llr", "adjoint"):
+    # the shipped 30 s model runs on the tiny 4-group scan (SPUR-iG is the demo's first method)
+    assert "spurig: PSNR c1" in proc.stdout and "SPUR-iG skipped" not in proc.stdout
+    for method in ("spurig", "llr", "adjoint"):
         res = load_result(tmp_path / f"{method}-30s.zarr")
         assert res.t1_ms is not None and res.t2_ms is not None  # matched
     report = (tmp_path / "report.md").read_text()
@@ -44,7 +46,7 @@ def test_demo_tiny_writes_results_figures_and_report(tmp_path: Path) -> None:
     for f in figs:
         w, h = Image.open(f).size
         assert w > 200 and h > 200
-    assert list((tmp_path / "nifti-llr").glob("*.nii.gz"))
+    assert list((tmp_path / "nifti-spurig").glob("*.nii.gz"))
 
 
 def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
@@ -61,9 +63,10 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
 
 
 def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:
-    report = bench(scan=tiny_scan, groups=4, methods=("spurig",), gram=False, config=FAST)
+    # only a 2-min hybrid model ships: the 4-group (30 s) scan has none
+    report = bench(scan=tiny_scan, groups=4, methods=("hybrid",), gram=False, config=FAST)
     (row,) = report["rows"]
-    assert "no shipped spurig model" in row["error"] or "model" in row["error"]
+    assert "no shipped hybrid model for the 30s scan" in row["error"]
     assert "n/a" in format_table(report)
 
 

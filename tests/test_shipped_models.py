@@ -1,0 +1,34 @@
+"""The shipped models: each loads, fits the default sequence, has a card, and records its data term."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spurig_core import physics
+from spurig_core.recon.models import model_encoding, resolve_model, shipped_models
+from spurig_core.recon.unrolled import load_model
+
+MODELS = shipped_models()
+
+
+def test_the_four_models_of_issue_5_ship() -> None:
+    names = {m.stem for m in MODELS}
+    assert {"spurig-2min", "spurig-1min", "spurig-30s", "hybrid-2min"} <= names
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+def test_shipped_model_loads_fits_and_has_a_card(path: Path) -> None:
+    method, duration = path.stem.split("-", 1)
+    basis = physics.default_basis().to(torch.complex64)
+    model, meta = load_model(path, basis=basis)
+    assert meta["warning"] is None  # trained for the default sequence
+    assert meta["config"].network.dim == (3 if method == "spurig" else 2)
+    assert meta["duration"] == duration and meta["stage"] == "finetune"
+    assert model_encoding(path)["density_compensation"] == 0.5
+    assert resolve_model(None, method=method, duration=duration) == path
+    card = path.with_suffix(".md").read_text(encoding="utf-8")
+    assert "## Measured on the held-out test subjects" in card and "| LLR |" in card
+    assert path.stat().st_size < 10e6  # the repository stays small
