@@ -1,4 +1,4 @@
-"""The shipped models: each loads, fits the default sequence, has a card, and records its data term."""
+"""Shipped models: each loads, fits the default sequence, has a card and records its data term."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_the_four_models_of_issue_5_ship() -> None:
 def test_shipped_model_loads_fits_and_has_a_card(path: Path) -> None:
     method, duration = path.stem.split("-", 1)
     basis = physics.default_basis().to(torch.complex64)
-    model, meta = load_model(path, basis=basis)
+    _model, meta = load_model(path, basis=basis)
     assert meta["warning"] is None  # trained for the default sequence
     assert meta["config"].network.dim == (3 if method == "spurig" else 2)
     assert meta["duration"] == duration and meta["stage"] == "finetune"
