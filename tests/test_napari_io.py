@@ -429,3 +429,26 @@ def test_closing_the_job_cancels_the_engine() -> None:
     gen.close()  # what happens when a napari worker is quit
     assert cancel.is_set()
     assert threading.active_count() == before  # the engine thread has stopped
+
+
+def test_sample_data_contributions_load_a_scan_and_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sample-data commands on real files where the engine looks for them (a small stand-in
+    scan under the sample's name in ``$SPURIG_SAMPLE_DIR``, with a result beside it as the demo
+    leaves one), so the loading path is checked even where the 48³ sample was never made."""
+    from napari_spurig import _sample_data
+    from spurig_core import pipeline
+    from spurig_core.io import load_scan
+    from spurig_core.simulation import SAMPLE_NAME
+
+    monkeypatch.setenv("SPURIG_SAMPLE_DIR", str(tmp_path))
+    scan_path = pipeline.simulate(tmp_path / SAMPLE_NAME, matrix=12, coils=1, groups=2, seed=2)
+    assert _sample_data.sample_path("scan") == scan_path
+    layers = _sample_data.sample_scan()
+    assert any(m["name"].endswith("reference T1") for _, m, _ in layers)
+    res = pipeline.reconstruct(load_scan(scan_path), method="adjoint")
+    res.save(tmp_path / f"{scan_path.stem}-spurig.zarr")
+    result_layers = _sample_data.sample_result()
+    assert result_layers[0][1]["axis_labels"][0] == "coefficient"
+    assert tuple(result_layers[0][1]["scale"][1:]) == pytest.approx(res.voxel_size_mm)
