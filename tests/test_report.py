@@ -349,3 +349,37 @@ def test_evaluate_cohort_errors(tmp_path):
     res.save(tmp_path / "r" / "x.zarr")
     with pytest.raises(InputError, match="source"):
         evaluate_cohort(tmp_path / "r", tmp_path / "out")
+
+
+def test_variant_figures_for_ablations_and_steps(tmp_path: Path) -> None:
+    """Figure 4 when a duration has several labelled variants, Figure 5 when steps differ."""
+    from PIL import Image
+
+    from spurig_core.report import _variant_figures
+
+    def ev(label: str | None, steps: int, subject: str, level: float) -> dict:
+        e = {
+            "method": "spurig",
+            "groups": 8,
+            "duration": "1min",
+            "subject": subject,
+            "unroll_steps": steps,
+            "psnr_slices": [[level, level + 1.0]] * 5,
+            "ssim_slices": [[0.5, 0.6]] * 5,
+        }
+        if label:
+            e["label"] = label
+        return e
+
+    evals = [
+        ev(None, 6, "a", 20.0),
+        ev(None, 6, "b", 21.0),
+        ev("GLEAM only", 6, "a", 19.0),
+        ev("GLEAM 2 steps", 2, "a", 18.0),
+        {"method": "llr", "groups": 8, "duration": "1min", "psnr_slices": [[25.0]] * 5},
+    ]
+    paths = _variant_figures(evals, tmp_path)
+    assert sorted(p.name for p in paths) == ["fig4_ablation_1min.png", "fig5_steps_1min.png"]
+    for p in paths:
+        assert Image.open(p).size == (800, 350)
+    assert _variant_figures([ev(None, 6, "a", 20.0)], tmp_path / "none") == []

@@ -512,6 +512,54 @@ def _find_scan(store: Path, source: Mapping[str, Any] | None, results_dir: Path)
     raise InputError(f"{store}: its scan {source['path']} was not found (nor beside the result)")
 
 
+def _pooled_eval(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One evaluation whose per-slice PSNR/SSIM lists pool those of several subjects."""
+    out: dict[str, Any] = {}
+    for metric in ("psnr", "ssim"):
+        k = len(group[0][f"{metric}_slices"])
+        out[f"{metric}_slices"] = [
+            [v for e in group for v in e[f"{metric}_slices"][j]] for j in range(k)
+        ]
+    return out
+
+
+def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[Path]:
+    """Figure 4 (training variants of the trained method) and Figure 5 (unroll steps) per
+    duration, when the results hold more than one variant: variants are told apart by their
+    ``label`` (the plain ``spurig`` result is "Full"), steps by the model's ``unroll_steps``."""
+    from . import figures as figs
+
+    paths: list[Path] = []
+    trained = [e for e in evals if e.get("method") == "spurig" and "psnr_slices" in e]
+    for duration in _durations(trained):
+        here = [e for e in trained if _duration_of(e) == duration]
+        by_label: dict[str, list[Mapping[str, Any]]] = {}
+        for e in here:
+            by_label.setdefault(str(e.get("label") or "Full"), []).append(e)
+        if len(by_label) > 1:
+            variants = {lab: _pooled_eval(g) for lab, g in by_label.items()}
+            paths.append(
+                figs.ablation_figure(
+                    variants,
+                    fig_dir / f"fig4_ablation_{duration}.png",
+                    title=f"Training variants, {duration}",
+                )
+            )
+        by_steps: dict[int, list[Mapping[str, Any]]] = {}
+        for e in here:
+            if "unroll_steps" in e and (not e.get("label") or "steps" in str(e.get("label"))):
+                by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+        if len(by_steps) > 1:
+            paths.append(
+                figs.steps_figure(
+                    {n: _pooled_eval(g) for n, g in by_steps.items()},
+                    fig_dir / f"fig5_steps_{duration}.png",
+                    title=f"Unroll steps, {duration}",
+                )
+            )
+    return paths
+
+
 def evaluate_cohort(
     results_dir: str | Path,
     out_dir: str | Path,
@@ -580,6 +628,9 @@ def evaluate_cohort(
             )
         e = evaluate(res, scan, reference_coeffs=refs.get(key))
         e["store"] = str(store.relative_to(root))
+        unroll = (res.config or {}).get("unroll") or {}
+        if "steps" in unroll:
+            e["unroll_steps"] = int(unroll["steps"])
         evals.append(e)
         if figures:
             subject = str(e.get("subject"))
@@ -621,6 +672,8 @@ def evaluate_cohort(
             fig_paths.append(
                 figs.speedup_figure(usable, fig_dir / "fig8_speedup.png", baseline=base)
             )
+    if figures:
+        fig_paths += _variant_figures(evals, out / "figures")
     sections.append(Section("Reconstruction time", tables=(rt,)))
     if fig_paths:
         sections.append(Section("Figures", figures=tuple(fig_paths)))
