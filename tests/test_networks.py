@@ -26,11 +26,14 @@ def _alpha(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 
 def _randomise_film(model: torch.nn.Module, seed: int = 3) -> None:
+    """Random FiLM heads and output convolution (both start at zero), as after training."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".film." in name:
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif "unet.out." in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
 @pytest.mark.parametrize("dim", [3, 2])
@@ -130,12 +133,13 @@ def test_unconditioned_network_has_no_film() -> None:
 
 def test_residual_network_with_zero_head_is_identity() -> None:
     net = Denoiser(UNetConfig(base_width=8))
-    with torch.no_grad():
-        net.unet.out.weight.zero_()
-        net.unet.out.bias.zero_()
     a = _alpha((5, 16, 16, 8), seed=4) * 3 + 1
-    with torch.no_grad():
+    with torch.no_grad():  # a fresh network: the head starts at zero
         torch.testing.assert_close(net(a, 3), a, rtol=1e-4, atol=1e-4)
+        _randomise_film(net)
+        assert float((net(a, 3) - a).abs().max()) > 1e-2
+    legacy = Denoiser(UNetConfig(base_width=8, zero_head=False))
+    assert float(legacy.unet.out.weight.abs().max()) > 0
 
 
 def test_architecture_follows_appendix() -> None:

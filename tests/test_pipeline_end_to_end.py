@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from spurig_core import load_result
@@ -123,3 +124,42 @@ def test_evaluate_models_tool_writes_results_and_tables(tiny_scan: Path, tmp_pat
     assert "| 30s | A^H b |" in (out / "report" / "table1.md").read_text()
     bad = subprocess.run([*cmd, "--durations", "2min"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_prepare_training_reuses_llr_inputs_for_another_data_term(
+    tiny_scan: Path, tmp_path: Path
+) -> None:
+    """``[inputs] llr_from`` re-prepares a cohort for a new data term without re-running LLR."""
+    from spurig_core.errors import InputError
+    from spurig_core.pipeline import prepare_training
+    from spurig_core.training.datasets import load_example
+
+    cohort = tmp_path / "cohort"
+    (cohort / "train").mkdir(parents=True)
+    (cohort / "train" / "subj.h5").symlink_to(tiny_scan)
+    grid = "[gridding]\nsteps = 150\ntrain_sets = 256\n[llr]\niterations = 4\n"
+    first_cfg = tmp_path / "first.toml"
+    first_cfg.write_text(grid)
+    prepare_training(
+        cohort, tmp_path / "p1", durations=("30s",), splits=("train",), config=first_cfg
+    )
+    second_cfg = tmp_path / "second.toml"
+    second_cfg.write_text(
+        grid + '[encoding]\ndensity_compensation = 0.75\n[inputs]\nllr_from = "p1"\n'
+    )
+    prepare_training(
+        cohort, tmp_path / "p2", durations=("30s",), splits=("train",), config=second_cfg
+    )
+    a = load_example(tmp_path / "p1" / "train" / "subj", durations=("30s",))
+    b = load_example(tmp_path / "p2" / "train" / "subj", durations=("30s",))
+    assert torch.equal(a.inputs["llr-30s"], b.inputs["llr-30s"])  # reused, not recomputed
+    assert not torch.allclose(a.inputs["adjoint-30s"], b.inputs["adjoint-30s"])
+    assert a.dc["30s"].operator["encoding"]["density_compensation"] == 0.5
+    assert b.dc["30s"].operator["encoding"]["density_compensation"] == 0.75
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[inputs]\nllr_from = "nowhere"\n')
+    with pytest.raises(InputError, match="llr_from"):
+        prepare_training(cohort, tmp_path / "p3", durations=("30s",), config=bad)
+    bad.write_text('[inputs]\nllr_form = "p1"\n')
+    with pytest.raises(InputError, match="unknown key"):
+        prepare_training(cohort, tmp_path / "p3", durations=("30s",), config=bad)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Figure 4 ablations and the Figure 5 steps sweep at 1 min (issue 5), after tools/train_cpu48.sh.
-#   Full            = runs/cpu48/finetune-1min (shipped spurig-1min)
-#   GLEAM only      = runs/cpu48/gleam-1min (no fine-tuning)
-#   GLEAM w/o PT    = configs/cpu48/ablation/gleam-nopt-1min.toml
+#   Full            = $RUNS/finetune-1min (shipped spurig-1min)
+#   GLEAM only      = $RUNS/gleam-1min (no fine-tuning)
+#   GLEAM w/o PT    = $CONFIGS/ablation/gleam-nopt-1min.toml
 #   Uncond.         = pretrain-uncond -> gleam-uncond-1min -> finetune-uncond-1min
 #   Uncond. w/o WS  = pretrain-uncond -> gleam-uncond-noshare-1min -> finetune-uncond-noshare-1min
 #   Steps sweep     = gleam-steps{2,4,8}-1min (and the 6-step gleam-1min)
@@ -10,8 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPURIG=${SPURIG:-.venv/bin/spurig}
-A=configs/cpu48/ablation
-R=runs/cpu48/ablation
+CONFIGS=${CONFIGS:-configs/cpu48dc}   # the config set of tools/train_cpu48.sh
+RUNS=${RUNS:-runs/cpu48dc}
+EVAL=${EVAL:-data/eval48}
+A=$CONFIGS/ablation
+R=$RUNS/ablation
 mkdir -p "$R"
 stage() {  # stage STAGE NAME
   local resume=()
@@ -24,12 +27,12 @@ stage() {  # stage STAGE NAME
   stage gleam gleam-uncond-noshare-1min; stage finetune finetune-uncond-noshare-1min ) &
 wait
 ev() {  # ev LABEL MODEL
-  OMP_NUM_THREADS=2 .venv/bin/python tools/evaluate_models.py data/cohort48/test data/eval48 \
+  OMP_NUM_THREADS=2 .venv/bin/python tools/evaluate_models.py data/cohort48/test "$EVAL" \
     --methods spurig --durations 1min --model "$2" --label "$1" --no-report
 }
-ev "GLEAM only" runs/cpu48/gleam-1min/model.pt
+ev "GLEAM only" "$RUNS/gleam-1min/model.pt"
 ev "GLEAM w/o PT" "$R/gleam-nopt-1min/model.pt"
 ev "Uncond." "$R/finetune-uncond-1min/model.pt"
 ev "Uncond. w/o WS" "$R/finetune-uncond-noshare-1min/model.pt"
 for n in 2 4 8; do ev "GLEAM $n steps" "$R/gleam-steps$n-1min/model.pt"; done
-.venv/bin/python tools/evaluate_models.py data/cohort48/test data/eval48 --methods adjoint --durations 1min
+.venv/bin/python tools/evaluate_models.py data/cohort48/test "$EVAL" --methods adjoint --durations 1min

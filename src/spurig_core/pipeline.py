@@ -512,7 +512,9 @@ def prepare_training(
     For every ``COHORT_DIR/<split>/*.h5`` writes ``OUT_DIR/<split>/<stem>/`` (target coefficients,
     tissue, scaled ``A^H b`` and FISTA-LLR inputs per duration, and the gridded DC data), skipping
     subjects already prepared.  ``config`` may hold ``[gridding]``, ``[encoding]`` and ``[llr]``
-    tables.
+    tables, and a ``[inputs]`` table whose ``llr_from`` names an earlier prepared directory whose
+    ``llr-<duration>`` inputs are reused (relative to the config file): re-preparing a cohort for
+    a model with another data term then costs the gridding only.
     """
     from .config import from_dict
     from .operators.encoding import GriddedEncodingConfig
@@ -524,6 +526,15 @@ def prepare_training(
     gcfg = from_dict(GriddingConfig, overrides.get("gridding", {}), where="gridding")
     ecfg = from_dict(GriddedEncodingConfig, overrides.get("encoding", {}), where="encoding")
     lcfg = from_dict(LLRConfig, overrides.get("llr", {}), where="llr")
+    inputs_cfg = dict(overrides.get("inputs", {}))
+    unknown = set(inputs_cfg) - {"llr_from"}
+    if unknown:
+        raise InputError(f"config [inputs]: unknown key(s) {', '.join(sorted(unknown))}")
+    llr_from: Path | None = None
+    if inputs_cfg.get("llr_from"):
+        llr_from = Path(str(config)).parent / str(inputs_cfg["llr_from"])
+        if not llr_from.is_dir():
+            raise InputError(f"config [inputs] llr_from: {llr_from} is not a directory")
     for d in durations:
         groups_for(d)
     scans: list[tuple[str, Path]] = []
@@ -537,7 +548,21 @@ def prepare_training(
     for i, (split, scan_path) in enumerate(scans):
         dest = Path(out_dir) / split / scan_path.stem
         if not (dest / "example.pt").exists():
-            prepare_subject(scan_path, dest, durations, gridding=gcfg, llr=lcfg, encoding=ecfg)
+            reuse = None
+            if llr_from is not None:
+                from .training.datasets import load_example
+
+                old = load_example(llr_from / split / scan_path.stem)
+                reuse = {k: v for k, v in old.inputs.items() if k.startswith("llr-")}
+            prepare_subject(
+                scan_path,
+                dest,
+                durations,
+                gridding=gcfg,
+                llr=lcfg,
+                encoding=ecfg,
+                llr_inputs=reuse,
+            )
         done.append(dest)
         emit(callback, "prepare", i + 1, len(scans), f"{split}/{scan_path.stem}")
     return done

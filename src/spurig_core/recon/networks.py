@@ -15,8 +15,10 @@ Architecture (appendix A.1)
   is un-whitened with the same statistics.
 * Residual: ``output = input + net(input)`` in the whitened space.  An unrolled denoiser must stay
   close to the identity on inputs that are already clean (later steps, the index-4–6 pretraining
-  inputs), and the residual form makes the untrained network a small perturbation of the identity,
-  which keeps early unrolled training stable (the DC step is not fought by a random map).
+  inputs).  The last (1×1) convolution starts at zero (``zero_head``), so an untrained network is
+  exactly the identity and every optimiser step is measured against it: with the default random
+  head, the residual branch adds noise of the input's own scale (a 48³ validation state of 23.8 dB
+  came out at 20.6 dB) and several hundred steps went into undoing it.
 
 The 2D version (``dim=2``) uses the same blocks with 2D convolutions and is applied slice by slice
 along the axial (last) axis, the whitening being estimated on the whole volume (hybrid 2D/3D
@@ -72,6 +74,8 @@ class UNetConfig:
         FiLM conditioning on the unroll index (``False``: the "uncond." ablation).
     residual : bool
         ``output = input + net(input)`` in the whitened space (see the module notes).
+    zero_head : bool
+        Initialise the output convolution to zero (with ``residual``: the identity map).
     slice_chunk : int
         2D only: axial slices passed through the network at once (bounds memory).
     """
@@ -85,6 +89,7 @@ class UNetConfig:
     embed_dim: int = 48
     conditioned: bool = True
     residual: bool = True
+    zero_head: bool = True
     slice_chunk: int = 64
 
     def __post_init__(self) -> None:
@@ -306,6 +311,9 @@ class UNet(nn.Module):
             self.up.append(convt(widths[lvl + 1], widths[lvl], 2, stride=2))
             self.dec.append(_ResBlock(2 * widths[lvl], widths[lvl], cfg, cond_dim))
         self.out = conv(widths[0], ch, 1)
+        if cfg.zero_head:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Apply the network.

@@ -286,6 +286,7 @@ def prepare_subject(
     llr: Any = None,
     encoding: Any = None,
     name: str | None = None,
+    llr_inputs: dict[str, torch.Tensor] | None = None,
     callback: Callback | None = None,
 ) -> Path:
     """Make the training example of one simulated subject (``example.pt`` and ``dc-*.pt``).
@@ -308,6 +309,10 @@ def prepare_subject(
         so that training rebuilds the same operator.
     name : str, optional
         Subject name (the scan file's stem by default).
+    llr_inputs : dict of str to Tensor, optional
+        ``"llr-<duration>"`` reconstructions to reuse instead of running FISTA-LLR again (e.g.
+        when re-preparing a subject for a model with another data term: the pretraining inputs
+        are the LLR baseline's reconstructions, which do not depend on the model's operator).
     callback : Callback, optional
         ``emit(callback, "prepare", i, n)`` per duration.
 
@@ -368,9 +373,18 @@ def prepare_subject(
         x0, s = scaled_init(op, ahb, b_norm)
         lip = estimate_lipschitz(op, ahb, iters=20)
         inputs[f"adjoint-{d}"] = x0
-        inputs[f"llr-{d}"] = llr_recon(
-            op, ahb=ahb, b_norm=b_norm, config=llr, duration=d
-        ).coefficients.to(torch.complex64)
+        reuse = (llr_inputs or {}).get(f"llr-{d}")
+        if reuse is not None:
+            if tuple(reuse.shape) != tuple(x0.shape):
+                raise InputError(
+                    f"{scan_path}: reused input llr-{d} has shape {tuple(reuse.shape)}, "
+                    f"expected {tuple(x0.shape)}"
+                )
+            inputs[f"llr-{d}"] = reuse.to(torch.complex64)
+        else:
+            inputs[f"llr-{d}"] = llr_recon(
+                op, ahb=ahb, b_norm=b_norm, config=llr, duration=d
+            ).coefficients.to(torch.complex64)
         index = gridded.index.to(torch.int32 if n_grid < 2**31 else torch.int64)
         payload = {
             "type": "gridded-subspace",
