@@ -58,9 +58,16 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
         assert "error" not in r, r
         assert r["runtime_s"] > 0 and r["peak_rss_mb"] > 0
     assert rows["llr"]["gridding_s"] > 0 and rows["adjoint"]["gridding_s"] == 0
+    # one shared gridding: its seconds are added to the gridded method's runtime
+    shared = report["gridding"]
+    assert "error" not in shared and shared["peak_rss_mb"] > 0
+    assert rows["llr"]["gridding_shared"] and not rows["adjoint"]["gridding_shared"]
+    assert rows["llr"]["gridding_s"] == shared["gridding_s"]
+    assert rows["llr"]["runtime_s"] > shared["gridding_s"]
     assert report["gram"]["gram_nufft_s"] > 0 and report["gram"]["gram_gridded_s"] > 0
     table = format_table(report)
     assert "| llr |" in table and "× vs LLR" in table and "One gram application" in table
+    assert "iGROG, once for all gridded methods" in table
 
 
 def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:

@@ -27,7 +27,8 @@ def test_shipped_model_loads_fits_and_has_a_card(path: Path) -> None:
     assert meta["warning"] is None  # trained for the default sequence
     assert meta["config"].network.dim == (3 if method == "spurig" else 2)
     assert meta["duration"] == duration and meta["stage"] == "finetune"
-    assert model_encoding(path)["density_compensation"] == 0.5
+    # the unrolled models' data term converges within six steps (γ = 0.75, RESULTS-models.md)
+    assert model_encoding(path)["density_compensation"] == 0.75
     assert resolve_model(None, method=method, duration=duration) == path
     card = path.with_suffix(".md").read_text(encoding="utf-8")
     assert "## Measured on the held-out test subjects" in card and "| LLR |" in card
