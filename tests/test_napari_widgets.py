@@ -145,7 +145,7 @@ def test_reconstruct_spurig_with_the_shipped_model(
     assert res.model["file"] == "spurig-30s.pt"
     assert res.iterations is not None and res.iterations.shape == (7, 5, 16, 16, 16)  # x0 + 6 steps
     assert torch.isfinite(res.coefficients.abs()).all()
-    assert (res.config or {}).get("encoding", {}).get("density_compensation") == 0.5
+    assert (res.config or {}).get("encoding", {}).get("density_compensation") == 0.75
 
 
 def test_reconstruct_streams_iterations_and_cancel_leaves_nothing(
