@@ -313,7 +313,8 @@ class UNet(nn.Module):
         self.out = conv(widths[0], ch, 1)
         if cfg.zero_head:
             nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+            if self.out.bias is not None:
+                nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Apply the network.
