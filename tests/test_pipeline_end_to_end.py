@@ -57,6 +57,9 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
     for r in rows.values():
         assert "error" not in r, r
         assert r["runtime_s"] > 0 and r["peak_rss_mb"] > 0
+        # the simulated scan has ground truth: quality is reported next to speed
+        assert 0 < r["psnr"] < 100 and 0 < r["ssim"] <= 1
+    assert rows["llr"]["psnr"] > rows["adjoint"]["psnr"]
     assert rows["llr"]["gridding_s"] > 0 and rows["adjoint"]["gridding_s"] == 0
     # one shared gridding: its seconds are added to the gridded method's runtime
     shared = report["gridding"]
@@ -68,6 +71,7 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
     table = format_table(report)
     assert "| llr |" in table and "× vs LLR" in table and "One gram application" in table
     assert "iGROG, once for all gridded methods" in table
+    assert f"| {rows['llr']['psnr']:.2f} |" in table
 
 
 def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:

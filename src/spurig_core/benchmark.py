@@ -172,6 +172,12 @@ def _worker(
     }
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if scan.reference is not None:  # quality next to speed (after the timed part)
+        from .metrics import evaluate
+
+        metrics = evaluate(result, scan, per_voxel=False)
+        out["psnr"] = float(sum(metrics["psnr"]) / len(metrics["psnr"]))
+        out["ssim"] = float(sum(metrics["ssim"]) / len(metrics["ssim"]))
     return out
 
 
@@ -354,13 +360,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['machine'].get('cpu_cores')} cores, torch {report['machine']['torch']}"
         + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ""),
         "",
-        "| method | recon s (gridding incl.) | gridding s | kernel training s (excluded) "
-        "| peak RSS MB | × vs LLR-NUFFT | × vs LLR |",
-        "|---|---|---|---|---|---|---|",
+        "| method | recon s (gridding incl.) | gridding s | algorithm s | kernel training s "
+        "(excluded) | peak RSS MB | × vs LLR-NUFFT | × vs LLR | mean PSNR c1–c5 (dB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | n/a: {r['error']} | | | | | |")
+            lines.append(f"| {r['method']} | n/a: {r['error']} | | | | | | | |")
             continue
         t = r["runtime_s"]
         vs_nufft = f"{times['llr-nufft'] / t:.1f}" if "llr-nufft" in times else "–"
@@ -368,9 +374,10 @@ def format_table(report: dict[str, Any]) -> str:
         mem = f"{r['peak_rss_mb']:.0f}"
         if "peak_cuda_mb" in r:
             mem += f" (GPU {r['peak_cuda_mb']:.0f})"
+        quality = f"{r['psnr']:.2f}" if "psnr" in r else "–"
         lines.append(
-            f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | "
-            f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} |"
+            f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | {t - r['gridding_s']:.2f} | "
+            f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} | {quality} |"
         )
     gr = report.get("gridding")
     if gr and "error" not in gr:
