@@ -32,9 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "src" / "spurig_core" / "models"
 CONFIGS = ROOT / "configs" / "cpu48dc"
 
-#: (method, duration) -> (pretrain, gleam, finetune) run names under --runs
+#: (method, duration) -> the runs (under --runs, configs under --configs) that made the model, in
+#: order: pretraining, GLEAM (possibly continued in a second run), fine-tuning
 CHAINS = {
-    ("spurig", "2min"): ("pretrain", "gleam-2min", "finetune-2min"),
+    ("spurig", "2min"): (
+        "pretrain",
+        "gleam-2min",
+        "longer/gleam30-2min",
+        "longer/finetune30-2min",
+    ),
     ("spurig", "1min"): ("pretrain", "gleam-1min", "finetune-1min"),
     ("spurig", "30s"): ("pretrain", "gleam-30s", "finetune-30s"),
     ("hybrid", "2min"): ("pretrain-hybrid", "gleam-hybrid-2min", "finetune-hybrid-2min"),
@@ -56,6 +62,22 @@ def _stage_summary(run: Path) -> dict[str, float]:
         "final_train": float(rows[-1]["train_loss"]) if rows else float("nan"),
         "minutes": sum(float(r["time_s"]) for r in rows) / 60,
     }
+
+
+def _stage_label(names: tuple[str, ...], i: int) -> str:
+    """``pretrain`` / ``GLEAM`` / ``GLEAM (continued)`` / ``fine-tune`` for run ``names[i]``."""
+    base = names[i].rsplit("/", 1)[-1]
+    if base.startswith("pretrain"):
+        return "pretrain"
+    if base.startswith("finetune"):
+        return "fine-tune"
+    earlier = [n for n in names[:i] if "gleam" in n.rsplit("/", 1)[-1]]
+    return "GLEAM (continued)" if earlier else "GLEAM"
+
+
+def _png(method: str, duration: str, name: str) -> str:
+    """File name of a stage's loss curve beside the card."""
+    return f"{method}-{duration}-{name.replace('/', '-')}.png"
 
 
 def _metrics(evals: list[dict], label: str, duration: str) -> dict[str, float] | None:
@@ -126,14 +148,16 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         "(re-gridded, s·A^H b and the DC data at the density compensation above; the LLR inputs "
         "are reused).",
         "",
-        "## Training (`tools/train_cpu48.sh`, 1 CPU thread per stage)",
+        "## Training (`tools/train_cpu48.sh`, 1 CPU thread per stage; a continued GLEAM run: "
+        "`configs/cpu48dc/longer/`)",
         "| stage | config | epochs | optimiser steps | best validation loss | last train loss "
         "| minutes |",
         "|---|---|---|---|---|---|---|",
     ]
     total_min = 0.0
-    for stage, name in zip(("pretrain", "GLEAM", "fine-tune"), names, strict=True):
+    for i, name in enumerate(names):
         s = _stage_summary(runs / name)
+        stage = _stage_label(names, i)
         total_min += s["minutes"]
         lines.append(
             f"| {stage} | `{_rel(configs)}/{name}.toml` | {s['epochs']} | {s['steps']} | "
@@ -163,7 +187,7 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         "## Loss curves",
     ]
     for name in names:
-        lines.append(f"![{name}]({method}-{duration}-{name}.png)")
+        lines.append(f"![{name}]({_png(method, duration, name)})")
     lines += ["", "## Configs", ""]
     for name in names:
         lines += [
@@ -197,7 +221,7 @@ def main() -> int:
             shutil.copyfile(final / "model.pt", tmp)
         for n in names:
             if (runs / n / "loss.png").exists():
-                shutil.copyfile(runs / n / "loss.png", MODELS / f"{method}-{duration}-{n}.png")
+                shutil.copyfile(runs / n / "loss.png", MODELS / _png(method, duration, n))
         with atomic_path(dest.with_suffix(".md")) as tmp:
             Path(tmp).write_text(card(method, duration, runs, evals, Path(args.configs).resolve()))
         shipped.append(dest.name)
