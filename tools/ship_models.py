@@ -173,7 +173,7 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         if gap < 1.5:
             verdict += (
                 " This CPU-scale model does not reach the paper's result (issue #5 asks for "
-                f"≥ 1.5 dB above LLR at 2 min): its three stages took {total_min:.0f} CPU-minutes "
+                f"≥ 1.5 dB above LLR at 2 min): its training took {total_min:.0f} CPU-minutes "
                 "(one thread), the paper's training 8 GPU-days; it ships so that the SPUR-iG path "
                 "(demo, plugin, CLI) runs end to end, and will be replaced by longer-trained "
                 "weights."
