@@ -15,8 +15,8 @@ validation subject ``--val`` before training and after every 20 steps.  With ``-
 network starts from a model's denoiser (e.g. the pretrained one), otherwise from a fresh
 zero-head UNet (width 16).  ``--noise f`` adds, at every step, fresh white complex Gaussian noise
 of ``f`` times the input's own background standard deviation (per coefficient) to the input, so
-that the fixed noise of a subject cannot be memorised.  A scratch experiment for benchmarks/RESULTS-models.md, not a
-training recipe.
+that the fixed noise of a subject cannot be memorised.  A scratch experiment for
+benchmarks/RESULTS-models.md, not a training recipe.
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def main() -> None:
         print(f"| {r['step']} | {r['state']} | {float(r['psnr']):.2f} | {vals} |")  # type: ignore[arg-type]
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "subject": a.subject, "duration": a.duration, "rows": rows}, f)
+            json.dump(
+                {"model": a.model, "subject": a.subject, "duration": a.duration, "rows": rows}, f
+            )
 
 
 if __name__ == "__main__":
