@@ -78,12 +78,12 @@ class LLRConfig:
     block: int = 10
     # Tuned per duration on held-out subjects as in paper 2.5 (issue 4), with the density-
     # compensated data term (GriddedEncodingConfig.density_compensation = 0.5): see
-    # benchmarks/RESULTS-llr-tuning.md, configs/llr-tuned.toml and tools/tune_llr.py. 1min: the
-    # geometric mean of its neighbours; 6min: the 2-min value times the paper's 6-min/2-min ratio
-    # (0.5). The paper's own values, which act as almost no regularisation in this
+    # benchmarks/RESULTS-llr-tuning.md, configs/llr-tuned.toml and tools/tune_llr.py (both
+    # validation subjects, T1+T2 criterion); 6min: the 2-min value times the paper's 6-min/2-min
+    # ratio (0.5). The paper's own values, which act as almost no regularisation in this
     # normalisation, stay in PAPER_THRESHOLDS.
     thresholds: dict[str, float] = field(
-        default_factory=lambda: {"6min": 0.015, "2min": 0.03, "1min": 0.042, "30s": 0.06}
+        default_factory=lambda: {"6min": 0.015, "2min": 0.03, "1min": 0.03, "30s": 0.042}
     )
     threshold_reference: Literal["max", "absolute"] = "max"
     init: Literal["adjoint", "zeros"] = "adjoint"
