@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from spurig_core import load_scan
+from spurig_core.benchmark import load_gridded
 from spurig_core.metrics import coefficient_metrics
 from spurig_core.operators.encoding import (
     GriddedEncodingConfig,
     GriddedSubspaceEncoding,
     adjoint_scale,
 )
-from spurig_core.operators.grid import GriddedData
 from spurig_core.pipeline import _scan_basis, reference_coefficients
 
 
@@ -44,8 +44,7 @@ def main() -> None:
     a = p.parse_args()
     scan = load_scan(a.scan)
     assert scan.reference is not None, "needs a simulated scan with reference/"
-    st = torch.load(a.gridded, weights_only=False)
-    g = GriddedData(st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]))
+    g, _ = load_gridded(a.gridded)
     g = g.first_groups(a.groups)
     ref = reference_coefficients(scan)
     tissue = scan.reference.tissue

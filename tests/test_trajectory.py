@@ -146,11 +146,11 @@ def test_validator_accepts_the_trajectory(tmp_path) -> None:
     from spurig_core.data import Scan, Sequence
     from spurig_core.io import write_scan
 
-    k = spi_trajectory(8, 2, 3)
+    k = spi_trajectory(8, 2, 5)  # 5 TRs: a scan needs at least the basis rank (io_fields)
     scan = Scan(
-        kspace=torch.zeros(1, 2, 3, k.shape[2], dtype=torch.complex64),
+        kspace=torch.zeros(1, 2, 5, k.shape[2], dtype=torch.complex64),
         trajectory=k,
-        sequence=Sequence(np.full(3, 10.0, np.float32)),
+        sequence=Sequence(np.full(5, 10.0, np.float32)),
         matrix=(8, 8, 8),
         fov_mm=(220.0, 220.0, 220.0),
     )

@@ -32,11 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from spurig_core.benchmark import load_gridded, save_gridded
 from spurig_core.data import Scan
 from spurig_core.errors import InputError
-from spurig_core.io import atomic_path, load_result, load_scan
+from spurig_core.io import load_result, load_scan
 from spurig_core.operators.grid import GriddedData
 from spurig_core.operators.igrog import grid_scan
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
@@ -49,24 +48,19 @@ def _model_for(method: str, duration: str, model_dir: Path) -> Path | None:
 
 
 def _gridded(scan: Scan, cache: Path) -> tuple[GriddedData, dict[str, float]]:
-    """Grid the scan once (default iGROG settings), cached on disk for later runs."""
+    """Grid the scan once (default iGROG settings), cached on disk for later runs.
+
+    The cache is plain data read weights-only (:func:`spurig_core.benchmark.load_gridded`); a cache
+    of an older format (or an unreadable one) is replaced.
+    """
     if cache.exists():
-        st = torch.load(cache, weights_only=False)
-        g = GriddedData(st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]))
-        return g, dict(st["times"])
+        try:
+            return load_gridded(cache)
+        except InputError as exc:
+            print(f"re-gridding: {exc}", file=sys.stderr)
     gridded, times = grid_scan(scan)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache) as tmp:
-        torch.save(
-            {
-                "values": gridded.values,
-                "index": gridded.index,
-                "grid": list(gridded.grid),
-                "matrix": list(gridded.matrix),
-                "times": times,
-            },
-            tmp,
-        )
+    save_gridded(cache, gridded, times)
     return gridded, times
 
 

@@ -9,10 +9,15 @@ and wall time of each stage (from ``loss.csv``), the data-consistency operator i
 and the measured metrics of that model and of the baselines on the held-out test subjects
 (``--eval``: the ``evaluations.json`` that ``tools/evaluate_models.py`` writes).  The loss curves
 are copied beside the card (``<method>-<duration>-<stage>.png``) so the card can show them.
+The card states the file's size and sha256 (:func:`sha_line`); spurig reports the sha256 when it
+loads a model and refuses a file that differs from its card.
 
 Run::
 
     .venv/bin/python tools/ship_models.py --eval data/eval48/report/evaluations.json
+
+``--refresh-sha`` only rewrites the sha256 line of the cards already in ``models/`` (after a
+model file was replaced by hand, or for cards written before the line existed).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spurig_core.io import atomic_path, load_checkpoint
+from spurig_core.io import atomic_path, file_sha256, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "src" / "spurig_core" / "models"
@@ -46,6 +51,40 @@ CHAINS = {
     ("hybrid", "2min"): ("pretrain-hybrid", "gleam-hybrid-2min", "finetune-hybrid-2min"),
 }
 LABELS = {"spurig": "SPUR-iG", "hybrid": "hybrid 2D/3D", "llr": "LLR", "adjoint": "A^H b"}
+
+
+#: How the card line that states the file's sha256 starts (:func:`sha_line`).
+SHA_PREFIX = "- File: `"
+
+
+def sha_line(model: Path, name: str | None = None) -> str:
+    """The card line with the model file's size and sha256 (read back by spurig on load)."""
+    return (
+        f"{SHA_PREFIX}{name or model.name}`, {model.stat().st_size} bytes, "
+        f"sha256 `{file_sha256(model)}`."
+    )
+
+
+def refresh_sha(card_path: Path, model: Path) -> bool:
+    """Put :func:`sha_line` of ``model`` into the card (after its first paragraph if absent).
+
+    Returns whether the card changed.
+    """
+    text = card_path.read_text()
+    line = sha_line(model)
+    lines = text.split("\n")
+    old = [i for i, ln in enumerate(lines) if ln.startswith(SHA_PREFIX)]
+    if old:
+        lines[old[0]] = line
+    else:
+        at = next((i for i, ln in enumerate(lines) if ln.startswith("Written ")), 1)
+        lines[at + 1 : at + 1] = ["", line]
+    new = "\n".join(lines)
+    if new == text:
+        return False
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(new)
+    return True
 
 
 def _rel(p: Path) -> str:
@@ -126,6 +165,8 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         f"Written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by `tools/ship_models.py` from "
         f"`{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}`.",
         "",
+        sha_line(runs / names[-1] / "model.pt", f"{method}-{duration}.pt"),
+        "",
         "## Network and data consistency",
         f"- {'3D' if net.get('dim', 3) == 3 else '2D slice-wise (axial)'} FiLM-conditioned "
         f"SE-ResUNet, base width {net.get('base_width')}, conditioned: {net.get('conditioned')}; "
@@ -205,7 +246,15 @@ def main() -> int:
     p.add_argument("--runs", default=str(ROOT / "runs" / "cpu48dc"))
     p.add_argument("--configs", default=str(CONFIGS))
     p.add_argument("--eval", default="")
+    p.add_argument("--refresh-sha", action="store_true", help="only update the cards' sha256")
     args = p.parse_args()
+    if args.refresh_sha:
+        for model in sorted(MODELS.glob("*.pt")):
+            card_path = model.with_suffix(".md")
+            if card_path.exists():
+                changed = refresh_sha(card_path, model)
+                print(f"{card_path.name}: {'updated' if changed else 'unchanged'}")
+        return 0
     runs = Path(args.runs).resolve()
     evals = json.loads(Path(args.eval).read_text()) if args.eval else []
     shipped = []

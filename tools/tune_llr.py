@@ -46,7 +46,9 @@ from typing import Any
 
 import torch
 
+from spurig_core.benchmark import load_gridded, save_gridded
 from spurig_core.data import DURATIONS, Result
+from spurig_core.errors import InputError
 from spurig_core.io import load_scan
 from spurig_core.metrics import evaluate, reference_coefficients
 from spurig_core.operators.encoding import GriddedSubspaceEncoding
@@ -127,13 +129,13 @@ class Subject:
             self.scan.reference, self.basis, b1=self.scan.b1, sequence=self.scan.sequence
         )
         gpath = cache_dir / f"{self.name}-gridded.pt"
-        if gpath.exists():
-            self.gridded = torch.load(gpath, weights_only=False)
+        try:  # plain data, read weights-only; an older or broken cache is replaced
+            self.gridded, _ = load_gridded(gpath)
             log(f"{self.name}: gridded data from {gpath}")
-        else:
+        except InputError:
             t0 = time.perf_counter()
             self.gridded, times = grid_scan(self.scan)
-            torch.save(self.gridded, gpath)
+            save_gridded(gpath, self.gridded, times)
             log(f"{self.name}: iGROG kernel + gridding {time.perf_counter() - t0:.0f} s {times}")
         self.ops: dict[str, GriddedSubspaceEncoding] = {}
 

@@ -303,31 +303,29 @@ def scan_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
     schema = _h5_schema(p)
     if schema != _RAW_SCHEMA:
         raise InputError(f"{p}: unsupported schema {schema!r}; expected '{_RAW_SCHEMA}'")
+    from spurig_core._readers import h5_dataset, scan_header
+    from spurig_core.io_fields import check_range
+
     stem = p.name.removesuffix(".hdf5").removesuffix(".h5")
     layers: list[LayerDataTuple] = []
     with h5py.File(p, "r") as f:
-        try:
-            matrix = tuple(int(v) for v in np.asarray(f.attrs["matrix"]).reshape(-1))
-            fov = tuple(float(v) for v in np.asarray(f.attrs["fov_mm"]).reshape(-1))
-        except KeyError as exc:
-            raise InputError(f"{p}: missing root attribute {exc.args[0]!r}") from None
-        if len(matrix) != 3 or len(fov) != 3 or min(matrix) < 1:
-            raise InputError(f"{p}: attributes 'matrix'/'fov_mm' must hold 3 values each")
+        # the same checks as spurig_core.io.load_scan for what is shown (k-space is not read)
+        matrix, fov = scan_header(f, str(p), _RAW_SCHEMA)
         vox = (fov[0] / matrix[0], fov[1] / matrix[1], fov[2] / matrix[2])
         meta = {"kind": "scan", "scan_path": str(p.resolve()), "voxel_size_mm": vox}
+        dtypes = {"reference/pd": np.complex64, "reference/tissue": np.uint8}
 
         def read(name: str) -> np.ndarray | None:
-            if name not in f:
+            a = h5_dataset(
+                f, name, dtypes.get(name, np.float32), ("matrix",) * 3, str(p), optional=True
+            )
+            if a is None:
                 return None
-            ds = f[name]
-            if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != matrix:
-                raise InputError(
-                    f"{p}: '{name}' has shape {getattr(ds, 'shape', None)}, expected {matrix}"
-                )
-            try:
-                return np.asarray(ds[()])
-            except (OSError, RuntimeError) as exc:
-                raise InputError(f"{p}: '{name}' cannot be read (truncated file?): {exc}") from None
+            if a.shape != matrix:
+                raise InputError(f"{p}: '{name}' has shape {a.shape}, expected {matrix}")
+            if name != "reference/pd":
+                check_range(a, name, str(p))
+            return a
 
         for name, kind, label in (("reference/t1_ms", "t1", "T1"), ("reference/t2_ms", "t2", "T2")):
             a = read(name)
@@ -378,6 +376,57 @@ def scan_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
     return layers
 
 
+def _warn(message: str) -> None:
+    """A napari warning notification (headless-safe: napari.utils needs no Qt)."""
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def _result_arrays(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validated attributes and lazy dask arrays of a result store (SPEC §5).
+
+    Applies :func:`spurig_core.io.load_result`'s checks that need no full read (schema, attribute
+    types and ranges, dtypes, ranks, axis ranges such as a declared matrix above 1024, a chunk
+    larger than the available memory, missing chunks), then decodes the coefficients and maps once
+    (not the iterates): a damaged chunk is an InputError, NaN/Inf a warning (shown blank).
+    """
+    import dask.array as da
+
+    from spurig_core._readers import open_result_group, result_attrs, zarr_array
+    from spurig_core.errors import InputError
+
+    w = str(p)
+    g, raw = open_result_group(p, _RESULT_SCHEMA)
+    attrs = result_attrs(raw, w)
+    m3 = ("result_matrix",) * 3
+    specs = {
+        "coefficients": (np.complex64, ("basis", *m3), False),
+        "iterations": (np.complex64, ("iterations", "basis", *m3), True),
+        "t1_ms": (np.float32, m3, True),
+        "t2_ms": (np.float32, m3, True),
+        "pd": (np.float32, m3, True),
+    }
+    arrays: dict[str, Any] = {}
+    for name, (dtype, axes, optional) in specs.items():
+        z = zarr_array(g, name, dtype, axes, w, optional=optional, read=False)
+        if z is None:
+            continue
+        arrays[name] = da.from_zarr(z)
+        if name == "iterations":
+            continue  # the largest array stays unread until shown
+        try:
+            bad = int((~da.isfinite(arrays[name])).sum().compute())
+        except Exception as exc:  # codec errors of truncated or garbage chunks
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise InputError(
+                f"{p}: array '{name}' cannot be decoded (truncated or damaged chunk): {first}"
+            ) from None
+        if bad:
+            _warn(f"{p}: array '{name}' contains {bad} NaN or Inf values (shown blank)")
+    return attrs, arrays
+
+
 def result_layers(
     path: str | os.PathLike[str], *, unbalanced: bool = False, iterations: bool = True
 ) -> list[LayerDataTuple]:
@@ -401,40 +450,21 @@ def result_layers(
     Raises
     ------
     InputError
-        When the store has another schema or its arrays have the wrong shape or dtype.
+        When the store is damaged or not of the schema (see :func:`_result_arrays`); NaN or Inf
+        values give a warning notification instead.
     """
-    import dask.array as da
-    import zarr
-
     from spurig_core.errors import InputError
 
     p = Path(path)
-    try:
-        g = zarr.open_group(str(p), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise InputError(f"{p}: not a readable zarr result store: {exc}") from None
-    attrs = dict(g.attrs)
-    if attrs.get("schema") != _RESULT_SCHEMA:
-        raise InputError(
-            f"{p}: unsupported schema {attrs.get('schema')!r}; expected '{_RESULT_SCHEMA}'"
-        )
-    names = set(g.array_keys())
-    if "coefficients" not in names:
-        raise InputError(f"{p}: missing array 'coefficients' (schema {_RESULT_SCHEMA})")
-    coeffs = da.from_zarr(str(p), component="coefficients")
-    if coeffs.ndim != 4 or coeffs.dtype != np.complex64:
-        raise InputError(
-            f"{p}: 'coefficients' is {coeffs.dtype} {coeffs.shape}, "
-            "expected complex64 (basis, x, y, z)"
-        )
-    vox_attr: Any = attrs.get("voxel_size_mm") or (1.0, 1.0, 1.0)
-    vox = tuple(float(v) for v in vox_attr)
+    attrs, arrays = _result_arrays(p)
+    coeffs = arrays["coefficients"]
+    vox = attrs["voxel_size_mm"]
     stem = p.name.removesuffix(".zarr")
     meta = {
         "kind": "result",
         "result_path": str(p.resolve()),
-        "method": attrs.get("method"),
-        "groups": attrs.get("groups"),
+        "method": attrs["method"],
+        "groups": attrs["groups"],
         "voxel_size_mm": vox,
     }
     symbol = "α" if unbalanced else "α̃"
@@ -446,9 +476,9 @@ def result_layers(
         metadata={**meta, "kind": "coefficients", "unbalanced": unbalanced},
     )
     layers = [main]
-    if iterations and "iterations" in names:
-        it = da.from_zarr(str(p), component="iterations")
-        if it.ndim != 5 or tuple(it.shape[1:]) != tuple(coeffs.shape):
+    if iterations and "iterations" in arrays:
+        it = arrays["iterations"]
+        if tuple(it.shape[1:]) != tuple(coeffs.shape):
             raise InputError(
                 f"{p}: 'iterations' has shape {it.shape}, "
                 f"expected (n, {', '.join(map(str, coeffs.shape))})"
@@ -465,8 +495,8 @@ def result_layers(
         lay[1]["visible"] = False
         layers.append(lay)
     for name, kind, label in (("t1_ms", "t1", "T1"), ("t2_ms", "t2", "T2"), ("pd", "pd", "PD")):
-        if name in names:
-            a = da.from_zarr(str(p), component=name)
+        if name in arrays:
+            a = arrays[name]
             if tuple(a.shape) != tuple(coeffs.shape[1:]):
                 raise InputError(f"{p}: '{name}' has shape {a.shape}, expected {coeffs.shape[1:]}")
             layers.append(

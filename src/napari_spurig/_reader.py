@@ -2,8 +2,10 @@
 
 Each ``get_*_reader`` returns a reader function for paths it handles and ``None`` for the others
 (e.g. an HDF5 file of another schema), so napari can offer other plugins.  A file of our schema that
-is corrupt makes the reader raise :class:`spurig_core.errors.InputError` with one line naming the
-problem, which napari shows as a notification.
+is corrupt (or a ``*.zarr`` store whose ``zarr.json`` is damaged) makes the reader show an error
+notification with one line naming the problem and raise it as
+:class:`spurig_core.errors.InputError`; nothing else (``RuntimeError``, ``JSONDecodeError``, codec
+errors) escapes.  NaN/Inf coefficients and a scan without reference maps give a warning.
 """
 
 from __future__ import annotations
@@ -25,24 +27,54 @@ def _single(path: str | list[str]) -> str | None:
     return str(path)
 
 
+def _notifying(fn: ReaderFunction) -> ReaderFunction:
+    """``fn`` whose errors become an error notification and one-line InputError."""
+    from functools import wraps
+
+    @wraps(fn)
+    def reader(path: str | list[str]) -> list[LayerDataTuple]:
+        from napari.utils.notifications import show_error
+
+        from spurig_core.errors import InputError
+
+        try:
+            return fn(path)
+        except InputError as exc:
+            show_error(str(exc))
+            raise
+        except Exception as exc:  # a damaged file must not surface as a raw library error
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            msg = f"{_single(path) or path}: cannot be read ({type(exc).__name__}: {first})"
+            show_error(msg)
+            raise InputError(msg) from None
+
+    return reader
+
+
+@_notifying
 def read_scan(path: str | list[str]) -> list[LayerDataTuple]:
     """Reference maps of a raw scan; ``[(None,)]`` (napari's "nothing to show") when it has none."""
     p = _single(path)
     assert p is not None
     layers = _scan_layers(p)
     if not layers:
-        from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_warning
 
-        show_info(f"{p}: no reference maps; use the Reconstruct widget (method adjoint) for A^H b")
+        show_warning(
+            f"{p}: no reference maps (reference/, b1); use the Reconstruct widget "
+            "(method adjoint) for A^H b"
+        )
         return [(None,)]  # type: ignore[list-item]
     return layers
 
 
+@_notifying
 def _read_results(path: str | list[str]) -> list[LayerDataTuple]:
     paths = path if isinstance(path, list) else [path]
     return [lay for p in paths for lay in result_layers(p)]
 
 
+@_notifying
 def _read_nifti(path: str | list[str]) -> list[LayerDataTuple]:
     paths = path if isinstance(path, list) else [path]
     return [lay for p in paths for lay in nifti_layers(p)]
@@ -54,7 +86,7 @@ def _raise(message: str) -> ReaderFunction:
     def reader(path: str | list[str]) -> list[LayerDataTuple]:
         raise InputError(message)
 
-    return reader
+    return _notifying(reader)
 
 
 def get_scan_reader(path: str | list[str]) -> ReaderFunction | None:
@@ -79,8 +111,13 @@ def get_result_reader(path: str | list[str]) -> ReaderFunction | None:
         if not Path(p).exists():
             return None
         if not is_result_store(p):
+            from spurig_core._readers import check_store_json
             from spurig_core.errors import InputError
 
+            try:
+                check_store_json(Path(p))
+            except InputError as exc:
+                return _raise(str(exc))  # a damaged store: say so, do not stay silent
             try:
                 import zarr
 

@@ -34,11 +34,15 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     Raises
     ------
     InputError
-        When the layer is not 3D or 4D.
+        When the layer is not 3D or 4D, or the path cannot take the file (a folder or another
+        kind of file is there, or its folder cannot be written): checked before any data is
+        computed.
     """
     from spurig_core.errors import InputError
     from spurig_core.io import write_nifti
+    from spurig_core.outputs import check_output
 
+    check_output(path, kind="nifti")
     if hasattr(data, "compute"):
         data = data.compute()
     arr = np.asarray(data)

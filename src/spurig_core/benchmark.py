@@ -32,7 +32,7 @@ import torch
 from .errors import InputError
 from .progress import Callback, emit
 
-__all__ = ["bench", "format_table", "machine_info"]
+__all__ = ["GRIDDED_KIND", "bench", "format_table", "load_gridded", "machine_info", "save_gridded"]
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
@@ -66,14 +66,45 @@ def _peak_rss_mb() -> float:
 
 
 GRIDDED_METHODS = ("llr", "spurig", "hybrid")
+#: ``kind`` of a cached gridding (:func:`save_gridded`).
+GRIDDED_KIND = "spurig-gridded"
 
 
-def _load_gridded(path: str) -> tuple[Any, dict[str, float]]:
+def save_gridded(path: str | Path, gridded: Any, times: dict[str, float]) -> Path:
+    """Cache a :class:`~spurig_core.operators.grid.GriddedData` and its timings as plain data.
+
+    Written atomically with :func:`~spurig_core.io.save_checkpoint` (kind ``spurig-gridded``), so
+    that :func:`load_gridded` reads it back weights-only.
+    """
+    from .io import save_checkpoint
+
+    state = {
+        "kind": GRIDDED_KIND,
+        "values": gridded.values.cpu(),
+        "index": gridded.index.cpu(),
+        "grid": [int(v) for v in gridded.grid],
+        "matrix": [int(v) for v in gridded.matrix],
+        "times": {str(k): float(v) for k, v in times.items()},
+    }
+    return save_checkpoint(state, path)
+
+
+def load_gridded(path: str | Path) -> tuple[Any, dict[str, float]]:
+    """Read :func:`save_gridded`'s file: ``(GriddedData, times)``.
+
+    Raises
+    ------
+    InputError
+        When the file is not a cached gridding (or is refused by ``io.load_checkpoint``).
+    """
+    from .io import load_checkpoint
     from .operators.grid import GriddedData
 
-    st = torch.load(path, weights_only=False)
+    st = load_checkpoint(path)
+    if st.get("kind") != GRIDDED_KIND:
+        raise InputError(f"{path}: a {st.get('kind')!r} file, not a cached gridding")
     g = GriddedData(st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]))
-    return g, dict(st["times"])
+    return g, {str(k): float(v) for k, v in dict(st["times"]).items()}
 
 
 def _grid_worker(
@@ -98,16 +129,7 @@ def _grid_worker(
         where="gridding",
     )
     gridded, times = grid_scan(scan, config=gcfg)
-    torch.save(
-        {
-            "values": gridded.values.cpu(),
-            "index": gridded.index.cpu(),
-            "grid": list(gridded.grid),
-            "matrix": list(gridded.matrix),
-            "times": times,
-        },
-        out_path,
-    )
+    save_gridded(out_path, gridded, times)
     out = {
         "kernel_training_s": float(times.get("kernel_training_s", 0.0)),
         "gridding_s": float(times.get("gridding_s", 0.0)),
@@ -140,7 +162,7 @@ def _worker(
     shared = None
     times: dict[str, float] = {}
     if gridded is not None and method in GRIDDED_METHODS:
-        shared, times = _load_gridded(gridded)
+        shared, times = load_gridded(gridded)
         shared = shared.to(device)
     base_rss = _peak_rss_mb()
     if device.startswith("cuda"):
@@ -201,7 +223,7 @@ def _gram_worker(
     basis = _scan_basis(scan, dev)
     maps = _coil_maps(scan, dev, None)
     if gridded is not None:
-        grid_data, _ = _load_gridded(gridded)
+        grid_data, _ = load_gridded(gridded)
     else:
         gcfg = from_dict(GriddingConfig, (config or {}).get("gridding", {}), where="gridding")
         grid_data, _ = grid_scan(scan, config=gcfg)
@@ -288,6 +310,10 @@ def bench(
     for m in methods:
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    if scan is not None:  # a bad scan is one line and exit 2 here, not an error row per worker
+        from .io import load_scan
+
+        load_scan(scan)
     tmp = tempfile.TemporaryDirectory(prefix="spurig-bench-")
     work = Path(tmp.name)
     if scan is None:

@@ -29,7 +29,15 @@ from scipy import special
 
 from .errors import InputError
 
-__all__ = ["CoilConfig", "compress", "element_positions", "head_array", "loop_field"]
+__all__ = [
+    "CoilConfig",
+    "compress",
+    "compression_matrix",
+    "element_positions",
+    "head_array",
+    "loop_field",
+    "whitening_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ def head_array(
     mask: np.ndarray | None = None,
     config: CoilConfig | None = None,
     seed: int = 0,
+    compressed: bool = True,
 ) -> torch.Tensor:
     """Virtual-coil sensitivities of the simulated head array.
 
@@ -212,6 +221,9 @@ def head_array(
         Array geometry.
     seed : int
         Seed of the per-element cable phases.
+    compressed : bool
+        ``False``: the physical elements' own maps (``coils`` must equal the element count),
+        normalised to unit root-sum-of-squares, without SVD compression.
 
     Returns
     -------
@@ -227,5 +239,74 @@ def head_array(
     fov = (float(fov_mm),) * 3 if isinstance(fov_mm, int | float) else tuple(map(float, fov_mm))
     if coils > cfg.n_elements:
         raise InputError(f"coils: {coils} virtual coils exceed the {cfg.n_elements} array elements")
+    if not compressed and coils != cfg.n_elements:
+        raise InputError(
+            f"coils: uncompressed maps need coils = {cfg.n_elements} (the array's elements), "
+            f"got {coils}"
+        )
     maps = _physical_maps(mat, fov, cfg, np.random.default_rng(seed))  # type: ignore[arg-type]
+    if not compressed:
+        rss = np.sqrt((np.abs(maps) ** 2).sum(axis=0))
+        return torch.from_numpy((maps / np.maximum(rss, 1e-12 * rss.max())).astype(np.complex64))
     return torch.from_numpy(compress(maps, coils, mask))
+
+
+def whitening_matrix(noise: np.ndarray) -> np.ndarray:
+    """Noise pre-whitening: ``W`` with ``W Ψ W^H = I`` for the noise covariance ``Ψ``.
+
+    ``W = L^{-1}`` with ``Ψ = L L^H`` (Cholesky) and ``Ψ = N N^H / n`` estimated from noise-only
+    samples (Pruessmann et al., MRM 46:638, 2001, doi:10.1002/mrm.1241); applied to k-space and
+    calibration data, it makes the channels' noise white with unit variance.
+
+    Parameters
+    ----------
+    noise : ndarray, shape (coils, n), complex
+        Samples of a noise measurement (no RF).
+
+    Returns
+    -------
+    ndarray, shape (coils, coils), complex64
+
+    Raises
+    ------
+    InputError
+        When there are fewer samples than coils or the covariance is singular (a dead channel).
+    """
+    n_coils, n = noise.shape
+    if n < n_coils:
+        raise InputError(f"noise scan: {n} samples cannot estimate a {n_coils}-channel covariance")
+    x = np.asarray(noise, dtype=np.complex128)
+    psi = x @ x.conj().T / n
+    try:
+        low = np.linalg.cholesky(psi)
+    except np.linalg.LinAlgError:
+        raise InputError(
+            "noise scan: the noise covariance is singular (a channel without noise?)"
+        ) from None
+    return np.linalg.inv(low).astype(np.complex64)
+
+
+def compression_matrix(data: np.ndarray, coils: int) -> np.ndarray:
+    """SVD coil compression of measured data to ``coils`` virtual coils.
+
+    The virtual coils are the leading left singular vectors of the data matrix (Buehrer et al.,
+    MRM 57:1131, 2007, doi:10.1002/mrm.21237; Huang et al., MRI 26:133, 2008): ``A = U_K^H``, so
+    ``A @ x`` keeps the most energy of ``x`` that ``K`` channels can.  Compute it from the
+    calibration data (or the centre of k-space) and apply it to every array of the scan.
+
+    Parameters
+    ----------
+    data : ndarray, shape (elements, n), complex
+        Samples of all channels (e.g. calibration points).
+    coils : int
+        Virtual coils to keep (``1 … elements``).
+
+    Returns
+    -------
+    ndarray, shape (coils, elements), complex64
+    """
+    n_el = data.shape[0]
+    if not 1 <= coils <= n_el:
+        raise InputError(f"--coils {coils}: choose 1 to {n_el} virtual coils")
+    u, _, _ = np.linalg.svd(np.asarray(data, dtype=np.complex128), full_matrices=False)
+    return u[:, :coils].conj().T.astype(np.complex64)

@@ -91,11 +91,28 @@ class Sequence:
     rest_s: float = 1.2
 
     def __post_init__(self) -> None:
-        fa = np.ascontiguousarray(np.asarray(self.flip_angle_deg, dtype=np.float32).reshape(-1))
+        from .errors import InputError
+        from .io_fields import check_sequence
+
+        try:
+            fa = np.asarray(self.flip_angle_deg, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"sequence: flip_angle_deg = {self.flip_angle_deg!r:.40} is not an array of "
+                "numbers (degrees)"
+            ) from None
+        fa = np.ascontiguousarray(fa)
         fa.setflags(write=False)
         object.__setattr__(self, "flip_angle_deg", fa)
         for name in ("tr_ms", "te_ms", "ti_ms", "rest_s"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                raise InputError(f"sequence: {name} = {v!r:.40} is not a number")
+            object.__setattr__(self, name, float(v))
+        # physical ranges of SPEC §4 (io_fields.FIELDS): TE < TR, flips in [0, 180], …
+        check_sequence(
+            fa, {n: getattr(self, n) for n in ("tr_ms", "te_ms", "ti_ms", "rest_s")}, "sequence"
+        )
 
     @classmethod
     def default(cls) -> Sequence:

@@ -8,13 +8,9 @@ line that names the file and the problem.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ import torch
 
 from .data import Reference, Result, Scan, Sequence
 from .errors import InputError
+from .outputs import atomic_path
 
 __all__ = [
     "RAW_SCHEMA",
@@ -45,59 +42,8 @@ PathLike = str | os.PathLike[str]
 
 
 # ----------------------------------------------------------------------------------------------
-# atomic writes
+# file helpers (atomic writes: spurig_core.outputs.atomic_path, re-exported here)
 # ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path: PathLike, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
-
-    On an exception the temporary file or directory is removed and ``path`` is left untouched.
-
-    Parameters
-    ----------
-    path : path-like
-        The final file (or directory, with ``directory=True``).
-    directory : bool
-        Whether the target is a directory (e.g. a zarr store).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    if directory:
-        tmp.unlink()
-    try:
-        yield tmp
-        _set_default_mode(tmp)
-        if directory:
-            backup = None
-            if final.exists():
-                backup = final.with_name(f".{final.name}.old-{os.getpid()}")
-                os.replace(final, backup)
-            os.replace(tmp, final)
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def _set_default_mode(path: Path) -> None:
-    """Give a finished temporary file the mode a plain ``open`` would (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    if path.is_file():
-        path.chmod(0o666 & ~umask)
-    elif path.is_dir():
-        path.chmod(0o777 & ~umask)
-
-
 def file_sha256(path: PathLike, *, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes (hex)."""
     h = hashlib.sha256()
@@ -107,10 +53,19 @@ def file_sha256(path: PathLike, *, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _require_file(path: PathLike, what: str) -> Path:
+def _require_file(path: PathLike, what: str, *, directory: bool = False) -> Path:
+    """``path`` as a Path that exists, is readable and is a file (or a directory)."""
+    if not isinstance(path, str | os.PathLike) or isinstance(path, bytes):
+        raise InputError(f"{what}: expected a path (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} {p}: no such file")
+    if directory and not p.is_dir():
+        raise InputError(f"{what} {p}: is a file, not a .zarr store directory")
+    if not directory and p.is_dir():
+        raise InputError(f"{what} {p}: is a directory, not a file")
+    if not os.access(p, os.R_OK | (os.X_OK if directory else 0)):
+        raise InputError(f"{what} {p}: permission denied (not readable)")
     return p
 
 
@@ -163,51 +118,15 @@ def write_scan(scan: Scan, path: PathLike, *, compression: str | None = None) ->
     return final
 
 
-def _dataset(
-    f: Any,
-    name: str,
-    dtype: Any,
-    ndim: int,
-    path: Path,
-    *,
-    optional: bool = False,
-    finite: bool = True,
-) -> np.ndarray | None:
-    import h5py
-
-    if name not in f:
-        if optional:
-            return None
-        raise InputError(f"{path}: missing dataset '{name}' (schema {RAW_SCHEMA})")
-    ds = f[name]
-    if not isinstance(ds, h5py.Dataset):
-        raise InputError(f"{path}: '{name}' is not a dataset")
-    if ds.dtype != np.dtype(dtype):
-        raise InputError(
-            f"{path}: dataset '{name}' has dtype {ds.dtype}, expected {np.dtype(dtype)}"
-        )
-    if ds.ndim != ndim:
-        raise InputError(
-            f"{path}: dataset '{name}' has {ds.ndim} dimensions {ds.shape}, expected {ndim}"
-        )
-    try:
-        data = ds[()]
-    except (OSError, RuntimeError) as exc:
-        raise InputError(
-            f"{path}: dataset '{name}' cannot be read (truncated file?): {exc}"
-        ) from None
-    if finite and np.issubdtype(data.dtype, np.inexact) and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise InputError(f"{path}: dataset '{name}' contains {bad} NaN or Inf values")
-    return data
-
-
 def load_scan(path: PathLike) -> Scan:
     """Read and validate a raw scan of schema ``spurig-raw/1`` (SPEC §3).
 
-    Checks the schema version, every dataset's presence, dtype and shape (consistent coils,
-    groups, repetitions, samples and matrix), that the trajectory lies in
-    ``[-matrix/2, matrix/2)``, and that nothing contains NaN or Inf.
+    Checks the schema version; every dataset's presence, dtype, rank and shape (consistent coils,
+    groups, repetitions, samples and matrix); that every attribute and value lies in its physical
+    range (:data:`spurig_core.io_fields.FIELDS`: sequence timings and flip angles, matrix, FOV,
+    B1, reference T1/T2, tissue labels); that the trajectory lies in ``[-matrix/2, matrix/2)``;
+    that nothing contains NaN or Inf or overflows float32; and, before reading each dataset, that
+    its declared size fits in the available memory.
 
     Parameters
     ----------
@@ -221,7 +140,7 @@ def load_scan(path: PathLike) -> Scan:
     Raises
     ------
     InputError
-        With one line naming the file and the problem.
+        With one line naming the file, the field and the problem.
     """
     import h5py
 
@@ -232,105 +151,82 @@ def load_scan(path: PathLike) -> Scan:
         raise InputError(
             f"{p}: not a readable HDF5 file (truncated or wrong format): {exc}"
         ) from None
-    with f:
-        schema = f.attrs.get("schema")
-        if isinstance(schema, bytes):
-            schema = schema.decode()
-        if schema is None:
-            raise InputError(f"{p}: no 'schema' attribute; expected '{RAW_SCHEMA}'")
-        if schema != RAW_SCHEMA:
-            raise InputError(f"{p}: unsupported schema {schema!r}; expected '{RAW_SCHEMA}'")
-        for name in ("matrix", "fov_mm"):
-            if name not in f.attrs:
-                raise InputError(f"{p}: missing root attribute '{name}'")
-        matrix = tuple(int(v) for v in np.asarray(f.attrs["matrix"]).reshape(-1))
-        fov = tuple(float(v) for v in np.asarray(f.attrs["fov_mm"]).reshape(-1))
-        if len(matrix) != 3 or min(matrix) < 1:
-            raise InputError(f"{p}: attribute 'matrix' must be 3 positive ints, got {matrix}")
-        if len(fov) != 3 or not all(np.isfinite(fov)) or min(fov) <= 0:
-            raise InputError(f"{p}: attribute 'fov_mm' must be 3 positive numbers, got {fov}")
+    try:
+        with f:
+            parts = _read_scan(f, p)
+    except InputError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py internals
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{p}: not a readable scan ({type(exc).__name__}: {first})") from None
+    return Scan(**parts, path=p.resolve(), sha256=file_sha256(p))
 
-        ksp = _dataset(f, "kspace", np.complex64, 4, p)
-        traj = _dataset(f, "trajectory", np.float32, 4, p)
-        fa = _dataset(f, "sequence/flip_angle_deg", np.float32, 1, p)
-        assert ksp is not None and traj is not None and fa is not None
-        coils, groups, tr, samples = ksp.shape
-        if traj.shape != (groups, tr, samples, 3):
-            raise InputError(
-                f"{p}: 'trajectory' has shape {traj.shape}, expected {(groups, tr, samples, 3)} "
-                f"to match 'kspace' {ksp.shape}"
-            )
-        if fa.shape != (tr,):
-            raise InputError(
-                f"{p}: 'sequence/flip_angle_deg' has shape {fa.shape}, expected ({tr},)"
-            )
-        half = np.asarray(matrix, dtype=np.float64) / 2
-        lo = traj.reshape(-1, 3).min(axis=0) if traj.size else np.zeros(3)
-        hi = traj.reshape(-1, 3).max(axis=0) if traj.size else np.zeros(3)
-        if (lo < -half).any() or (hi >= half).any():
-            raise InputError(
-                f"{p}: 'trajectory' leaves [-matrix/2, matrix/2) = [{-half}, {half}): "
-                f"min {lo}, max {hi}"
-            )
-        seq_attrs = f["sequence/flip_angle_deg"].attrs
-        for name in ("tr_ms", "te_ms", "ti_ms", "rest_s"):
-            if name not in seq_attrs:
-                raise InputError(f"{p}: 'sequence/flip_angle_deg' lacks attribute '{name}'")
-            if not np.isfinite(float(seq_attrs[name])):
-                raise InputError(f"{p}: sequence attribute '{name}' is not finite")
-        seq = Sequence(
-            fa,
-            tr_ms=float(seq_attrs["tr_ms"]),
-            te_ms=float(seq_attrs["te_ms"]),
-            ti_ms=float(seq_attrs["ti_ms"]),
-            rest_s=float(seq_attrs["rest_s"]),
+
+def _read_scan(f: Any, p: Path) -> dict[str, Any]:
+    """The :class:`Scan` fields of an open ``spurig-raw/1`` file (see :func:`load_scan`)."""
+    from ._readers import h5_dataset, scan_header, scan_sequence_values
+    from .io_fields import check_range
+
+    w = str(p)
+    matrix, fov = scan_header(f, w, RAW_SCHEMA)
+    ksp = h5_dataset(f, "kspace", np.complex64, ("coils", "groups", "repetitions", "samples"), w)
+    assert ksp is not None  # not optional
+    coils, groups, tr, samples = ksp.shape
+    traj = h5_dataset(f, "trajectory", np.float32, ("groups", "repetitions", "samples", ""), w)
+    assert traj is not None
+    if traj.shape != (groups, tr, samples, 3):
+        raise InputError(
+            f"{p}: 'trajectory' has shape {traj.shape}, expected {(groups, tr, samples, 3)} "
+            f"to match 'kspace' {ksp.shape}"
         )
-
-        calib = _dataset(f, "calibration", np.complex64, 4, p, optional=True)
-        if calib is not None and calib.shape[0] != coils:
-            raise InputError(f"{p}: 'calibration' has {calib.shape[0]} coils, 'kspace' has {coils}")
-        maps = _dataset(f, "coil_maps", np.complex64, 4, p, optional=True)
-        if maps is not None and maps.shape != (coils, *matrix):
-            raise InputError(
-                f"{p}: 'coil_maps' has shape {maps.shape}, expected {(coils, *matrix)}"
-            )
-        b1 = _dataset(f, "b1", np.float32, 3, p, optional=True)
-        if b1 is not None and b1.shape != matrix:
+    half = np.asarray(matrix, dtype=np.float64) / 2
+    lo, hi = traj.reshape(-1, 3).min(axis=0), traj.reshape(-1, 3).max(axis=0)
+    if (lo < -half).any() or (hi >= half).any():
+        raise InputError(
+            f"{p}: 'trajectory' leaves [-matrix/2, matrix/2) = [{-half}, {half}): "
+            f"min {lo}, max {hi}"
+        )
+    fa, timings = scan_sequence_values(f, w, tr)
+    c3, m3 = ("calibration",) * 3, ("matrix",) * 3
+    calib = h5_dataset(f, "calibration", np.complex64, ("coils", *c3), w, optional=True)
+    if calib is not None and calib.shape[0] != coils:
+        raise InputError(f"{p}: 'calibration' has {calib.shape[0]} coils, 'kspace' has {coils}")
+    maps = h5_dataset(f, "coil_maps", np.complex64, ("coils", *m3), w, optional=True)
+    if maps is not None and maps.shape != (coils, *matrix):
+        raise InputError(f"{p}: 'coil_maps' has shape {maps.shape}, expected {(coils, *matrix)}")
+    b1 = h5_dataset(f, "b1", np.float32, m3, w, optional=True)
+    if b1 is not None:
+        if b1.shape != matrix:
             raise InputError(f"{p}: 'b1' has shape {b1.shape}, expected {matrix}")
-
-        reference = None
-        if "reference" in f:
-            parts = {}
-            for name, dtype in (
-                ("t1_ms", np.float32),
-                ("t2_ms", np.float32),
-                ("pd", np.complex64),
-                ("tissue", np.uint8),
-            ):
-                a = _dataset(f, f"reference/{name}", dtype, 3, p)
-                assert a is not None
-                if a.shape != matrix:
-                    raise InputError(
-                        f"{p}: 'reference/{name}' has shape {a.shape}, expected {matrix}"
-                    )
-                parts[name] = torch.from_numpy(a)
-            if int(parts["tissue"].max()) > 4:
-                raise InputError(f"{p}: 'reference/tissue' has labels above 4")
-            reference = Reference(**parts)
-
-    return Scan(
-        kspace=torch.from_numpy(ksp),
-        trajectory=torch.from_numpy(traj),
-        sequence=seq,
-        matrix=(matrix[0], matrix[1], matrix[2]),
-        fov_mm=(fov[0], fov[1], fov[2]),
-        calibration=torch.from_numpy(calib) if calib is not None else None,
-        coil_maps=torch.from_numpy(maps) if maps is not None else None,
-        b1=torch.from_numpy(b1) if b1 is not None else None,
-        reference=reference,
-        path=p.resolve(),
-        sha256=file_sha256(p),
-    )
+        check_range(b1, "b1", w)
+    reference = None
+    if "reference" in f:
+        parts = {}
+        for name, dtype in (
+            ("t1_ms", np.float32),
+            ("t2_ms", np.float32),
+            ("pd", np.complex64),
+            ("tissue", np.uint8),
+        ):
+            a = h5_dataset(f, f"reference/{name}", dtype, m3, w)
+            assert a is not None
+            if a.shape != matrix:
+                raise InputError(f"{p}: 'reference/{name}' has shape {a.shape}, expected {matrix}")
+            if name != "pd":
+                check_range(a, f"reference/{name}", w)
+            parts[name] = torch.from_numpy(a)
+        reference = Reference(**parts)
+    return {
+        "kspace": torch.from_numpy(ksp),
+        "trajectory": torch.from_numpy(traj),
+        "sequence": Sequence(fa, **timings),
+        "matrix": matrix,
+        "fov_mm": fov,
+        "calibration": None if calib is None else torch.from_numpy(calib),
+        "coil_maps": None if maps is None else torch.from_numpy(maps),
+        "b1": None if b1 is None else torch.from_numpy(b1),
+        "reference": reference,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,7 +239,14 @@ def _np(t: torch.Tensor, dtype: Any) -> np.ndarray:
 def _write_array(group: Any, name: str, data: np.ndarray) -> None:
     # One chunk per coefficient (and per iteration) volume: napari reads a plane at a time lazily.
     chunks = (*([1] * (data.ndim - 3)), *data.shape[-3:]) if data.ndim > 3 else data.shape
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+    # Every chunk is stored, all-zero ones too, so that a deleted chunk can be told from a zero one.
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        config={"write_empty_chunks": True},
+    )
     arr[...] = data
 
 
@@ -354,10 +257,17 @@ def save_result(result: Result, path: PathLike) -> Path:
     when present, ``iterations`` (n, basis, x, y, z), ``t1_ms``/``t2_ms``/``pd`` (x, y, z)
     float32.  Attributes: ``schema``, ``method``, ``groups``, ``runtime_s``, ``device``,
     ``model``, ``source``, ``voxel_size_mm``, ``config`` and ``timings``.
+
+    Raises
+    ------
+    InputError
+        When ``path`` is not a path ending in ``.zarr`` or ``result`` is not a :class:`Result`.
     """
     import zarr
 
-    final = Path(path)
+    from ._checks import check_result_target
+
+    final = check_result_target(result, path)
     with atomic_path(final, directory=True) as tmp:
         g = zarr.open_group(str(tmp), mode="w")
         _write_array(g, "coefficients", _np(result.coefficients, np.complex64))
@@ -386,7 +296,11 @@ def save_result(result: Result, path: PathLike) -> Path:
 
 
 def load_result(path: PathLike, *, lazy: bool = False) -> Result:
-    """Read a zarr result store of schema ``spurig-result/1``.
+    """Read and validate a zarr result store of schema ``spurig-result/1`` (SPEC §5).
+
+    Checks the schema, each array's dtype, rank and shape, each attribute's type and range
+    (:data:`spurig_core.io_fields.FIELDS`), that every chunk is stored (a deleted chunk would read
+    as zeros) and decodes, and that values are finite and do not overflow float32.
 
     Parameters
     ----------
@@ -398,67 +312,47 @@ def load_result(path: PathLike, *, lazy: bool = False) -> Result:
     Raises
     ------
     InputError
-        When the store is missing, has another schema, or its arrays have wrong shapes or dtypes.
+        With one line naming the store, the array or attribute and the problem.
     """
-    import zarr
+    from ._readers import open_result_group, result_attrs, zarr_array
+    from .io_fields import check_range
 
-    p = _require_file(path, "result")
-    g: Any
-    try:
-        g = zarr.open_group(str(p), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise InputError(f"{p}: not a readable zarr result store: {exc}") from None
-    attrs: dict[str, Any] = dict(g.attrs)
-    if attrs.get("schema") != RESULT_SCHEMA:
-        raise InputError(
-            f"{p}: unsupported schema {attrs.get('schema')!r}; expected '{RESULT_SCHEMA}'"
-        )
-
-    def read(name: str, dtype: Any, ndim: int, optional: bool = False) -> torch.Tensor | None:
-        if name not in g:
-            if optional:
-                return None
-            raise InputError(f"{p}: missing array '{name}' (schema {RESULT_SCHEMA})")
-        a = g[name]
-        if np.dtype(a.dtype) != np.dtype(dtype) or a.ndim != ndim:
-            raise InputError(
-                f"{p}: array '{name}' is {a.dtype} {a.shape}, expected {np.dtype(dtype)} with "
-                f"{ndim} dimensions"
-            )
-        data = np.asarray(a[...])
-        if not np.isfinite(data).all():
-            raise InputError(f"{p}: array '{name}' contains NaN or Inf values")
-        return torch.from_numpy(data)
-
-    coeffs = read("coefficients", np.complex64, 4)
-    basis = read("basis", np.complex64, 2)
-    assert coeffs is not None and basis is not None
+    p = _require_file(path, "result", directory=True)
+    w = str(p)
+    g, raw = open_result_group(p, RESULT_SCHEMA)
+    attrs = result_attrs(raw, w)
+    m3 = ("result_matrix",) * 3
+    coeffs = zarr_array(g, "coefficients", np.complex64, ("basis", *m3), w)
+    basis = zarr_array(g, "basis", np.complex64, ("repetitions", "basis"), w)
     if basis.shape[1] != coeffs.shape[0]:
         raise InputError(
             f"{p}: 'basis' has {basis.shape[1]} columns but 'coefficients' has "
             f"{coeffs.shape[0]} maps"
         )
-    matrix = tuple(coeffs.shape[1:])
     maps = {}
     for name in ("t1_ms", "t2_ms", "pd"):
-        t = read(name, np.float32, 3, optional=True)
-        if t is not None and tuple(t.shape) != matrix:
-            raise InputError(f"{p}: '{name}' has shape {tuple(t.shape)}, expected {matrix}")
+        t = zarr_array(g, name, np.float32, m3, w, optional=True)
+        if t is not None:
+            if t.shape != coeffs.shape[1:]:
+                raise InputError(f"{p}: '{name}' has shape {t.shape}, expected {coeffs.shape[1:]}")
+            check_range(t, name, w)
+            t = torch.from_numpy(t)
         maps[name] = t
-    iterations = None if lazy else read("iterations", np.complex64, 5, optional=True)
+    iterations = None
+    if not lazy:
+        axes = ("iterations", "basis", *m3)
+        its = zarr_array(g, "iterations", np.complex64, axes, w, optional=True)
+        if its is not None:
+            if its.shape[1:] != coeffs.shape:
+                raise InputError(
+                    f"{p}: 'iterations' has shape {its.shape}, expected (n, {coeffs.shape})"
+                )
+            iterations = torch.from_numpy(its)
     return Result(
-        coefficients=coeffs,
-        basis=basis,
-        method=str(attrs.get("method", "unknown")),
-        groups=int(attrs.get("groups", 0)),
-        runtime_s=float(attrs.get("runtime_s", 0.0)),
-        device=str(attrs.get("device", "cpu")),
-        voxel_size_mm=tuple(attrs.get("voxel_size_mm", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
-        model=attrs.get("model"),
-        source=attrs.get("source"),
-        config=dict(attrs.get("config") or {}),
+        coefficients=torch.from_numpy(coeffs),
+        basis=torch.from_numpy(basis),
         iterations=iterations,
-        timings=dict(attrs.get("timings") or {}),
+        **attrs,
         **maps,
     )
 
@@ -501,7 +395,17 @@ def write_nifti(
 # checkpoints
 # ----------------------------------------------------------------------------------------------
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
-    """``torch.save`` a checkpoint dictionary atomically."""
+    """``torch.save`` a checkpoint dictionary of plain data atomically.
+
+    Raises
+    ------
+    TypeError
+        When ``state`` holds something :func:`load_checkpoint` would refuse (a numpy array, a
+        dataclass, …): convert it to dicts, lists, numbers, strings or tensors first.
+    """
+    from ._checkpoint import check_plain
+
+    check_plain(state)
     final = Path(path)
     with atomic_path(final) as tmp:
         torch.save(state, tmp)
@@ -509,20 +413,46 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
 
 
 def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (CPU tensors).
+    """Load a checkpoint written by :func:`save_checkpoint` (CPU tensors), never running code.
+
+    Every model, training and data file goes through here.  It is read with
+    ``torch.load(weights_only=True)`` (no fallback): a pickle that calls or builds anything but
+    tensors and plain containers is refused, and so is NaN or Inf in any floating tensor.
 
     Raises
     ------
     InputError
-        When the file is missing, truncated or not a spurig checkpoint.
+        When the file is missing, truncated, carries Python objects (code), holds NaN or Inf, or is
+        not a spurig checkpoint; one line naming the file.
     """
+    import pickle
+    import warnings
+
+    from ._checkpoint import non_finite, refusal_reason
+
     p = _require_file(path, "checkpoint")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on a broken file
+        reason = None
+        if isinstance(exc, pickle.UnpicklingError):
+            with open(p, "rb") as f:
+                reason = refusal_reason(str(exc), f.read(2))
+        if reason is not None:
+            raise InputError(
+                f"{p}: refused: the file contains Python objects other than tensors and plain "
+                f"data (weights_only load failed: {reason}); spurig never runs code from a model "
+                "file"
+            ) from None
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"{p}: not a readable checkpoint (truncated or wrong format): {exc}"
+            f"{p}: not a readable checkpoint (truncated or wrong format): {first}"
         ) from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{p}: not a spurig checkpoint (no 'kind' entry)")
+    bad = non_finite(state)
+    if bad is not None:
+        raise InputError(f"{p}: refused: tensor {bad!r} contains NaN or Inf")
     return state

@@ -281,8 +281,9 @@ def match_maps(
     basis : Tensor, shape (tr, basis), complex64
         The orthonormal basis the coefficients refer to; this is how the caller chooses.
     b1 : Tensor, shape (x, y, z), float, optional
-        Relative B1+; each voxel searches the atoms at the nearest grid B1 (values outside the grid
-        are clamped to its ends, non-finite ones taken as 1).  ``None``: B1 = 1 everywhere.
+        Relative B1+, finite and in ``(0, 3]`` (:data:`spurig_core.io_fields.FIELDS`); each voxel
+        searches the atoms at the nearest grid B1 (values outside the grid are clamped to its
+        ends).  ``None``: B1 = 1 everywhere.
     mask : Tensor, shape (x, y, z), bool, optional
         Voxels to match; ``None``: :func:`coefficient_mask` with ``config.mask_threshold``.
     sequence : Sequence, optional
@@ -304,7 +305,7 @@ def match_maps(
     Raises
     ------
     InputError
-        On shapes that do not fit, or NaN/Inf coefficients.
+        On shapes that do not fit, NaN/Inf coefficients, or B1 outside ``(0, 3]``.
     """
     cfg = MatchingConfig() if config is None else config
     seq = Sequence.default() if sequence is None else sequence
@@ -322,6 +323,12 @@ def match_maps(
     for name, t in (("b1", b1), ("mask", mask)):
         if t is not None and tuple(t.shape) != shape:
             raise InputError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if b1 is not None:  # B1 <= 0 or NaN would silently pick the grid's lowest atoms
+        from .io_fields import check_magnitude, check_range
+
+        b1_np = b1.detach().to("cpu", torch.float32).numpy()
+        check_magnitude(b1_np, "b1", "match", kind="map")
+        check_range(b1_np, "b1", "match")
     coefficients = coefficients.to(dev, torch.complex64)
     if not bool(torch.isfinite(torch.view_as_real(coefficients)).all()):
         raise InputError("coefficients: contain NaN or Inf")
@@ -342,7 +349,6 @@ def match_maps(
             b1_vox = torch.ones(idx.numel(), device=dev)
         else:
             b1_vox = b1.to(dev, torch.float32).reshape(-1)[idx]
-            b1_vox = torch.where(torch.isfinite(b1_vox), b1_vox, 1.0)
         b1_index = (b1_vox[:, None] - b1_grid[None, :]).abs().argmin(dim=1)
         atom, sim, pd = match_vectors(x, d, b1_index, config=cfg, callback=callback)
 

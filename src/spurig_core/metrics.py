@@ -213,6 +213,7 @@ def reference_coefficients(
             f"reference: t1_ms {t1.shape}, t2_ms {t2.shape}, pd {pd.shape} and tissue "
             f"{tissue.shape} must share one (x, y, z) shape"
         )
+    _check_reference_values(t1, t2, tissue)
     if basis.ndim != 2:
         raise InputError(f"basis: expected shape (tr, basis), got {tuple(basis.shape)}")
     n_tr, k = (int(s) for s in basis.shape)
@@ -229,6 +230,10 @@ def reference_coefficients(
         b1_arr = _to_numpy(b1).astype(np.float32)
         if b1_arr.shape != shape:
             raise InputError(f"b1: has shape {b1_arr.shape}, expected {shape}")
+    from .io_fields import check_magnitude, check_range
+
+    check_magnitude(b1_arr, "b1", "reference", kind="map")
+    check_range(b1_arr, "b1", "reference")
 
     fg = (tissue > 0) & (t1 > 0) & (t2 > 0) & (b1_arr > 0)
     out = np.zeros((k, *shape), dtype=np.complex64)
@@ -258,6 +263,16 @@ def reference_coefficients(
     flat = out.reshape(k, -1)
     flat[:, idx] = vals.T
     return torch.from_numpy(out)
+
+
+def _check_reference_values(t1: np.ndarray, t2: np.ndarray, tissue: np.ndarray) -> None:
+    """Ground truth in its physical range (T1 0–10 000 ms, T2 0–5 000 ms, labels 0–4)."""
+    from .io_fields import check_magnitude, check_range
+
+    for name, a in (("reference/t1_ms", t1), ("reference/t2_ms", t2)):
+        check_magnitude(a, name, "reference", kind="map")
+        check_range(a, name, "reference")
+    check_range(tissue, "reference/tissue", "reference")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,7 +97,16 @@ def auto_states(t2_ms: float, sequence: Sequence) -> int:
 # EPG core
 # ----------------------------------------------------------------------------------------------
 def _as_1d(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if isinstance(value, str | bytes) or (
+        isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool)
+    ):
+        raise InputError(f"{name}: expected real numbers, got {value!r:.40}")
+    try:
+        t = torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(
+            f"{name}: expected a number or an array of numbers, got {value!r:.40}"
+        ) from None
     if t.ndim > 1:
         raise InputError(f"{name}: expected a scalar or shape (n,), got shape {tuple(t.shape)}")
     return t.reshape(-1)
@@ -257,6 +266,8 @@ def simulate_signals(
     """
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+    if sequence is not None and not isinstance(sequence, Sequence):
+        raise InputError(f"sequence: expected a Sequence or None, got {type(sequence).__name__}")
     seq = Sequence.default() if sequence is None else sequence
     dev = torch.device(device)
     t1 = _as_1d(t1_ms, "t1_ms", dtype, dev)

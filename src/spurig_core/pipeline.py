@@ -2,7 +2,9 @@
 used by the command line and the napari plugin.
 
 Functions here compose the topic modules; they own file handling (read, validate, write
-atomically), device selection and progress reporting, nothing else.  Heavy modules are imported
+atomically), device selection and progress reporting, nothing else.  Every entry that writes
+checks its outputs first (:func:`spurig_core.outputs.check_output`: not an input, writable, not
+an existing path of another kind unless ``overwrite=True``).  Heavy modules are imported
 inside the functions so that ``import spurig_core`` stays fast.
 """
 
@@ -14,10 +16,13 @@ from typing import Any
 
 import torch
 
+from . import _checks
 from .data import DURATIONS, Result, Scan, groups_for
 from .errors import InputError
 from .operators.base import LinearOperator
 from .operators.grid import GriddedData
+from .outputs import check_output
+from .overrides import check_overrides, read_overrides
 from .progress import Callback, emit
 
 __all__ = [
@@ -28,11 +33,15 @@ __all__ = [
     "evaluate_cohort",
     "evaluate_file",
     "export",
+    "export_dicom",
+    "export_ismrmrd",
     "format_metrics",
+    "import_ismrmrd",
     "launch_gui",
     "match",
     "match_file",
     "prepare_training",
+    "recon_cohort",
     "recon_file",
     "reconstruct",
     "reference_coefficients",
@@ -115,10 +124,13 @@ def simulate(
     seed: int = 0,
     phantom: str = "brain",
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Simulate a digital subject scanned with the full acquisition (``spurig simulate``)."""
     from . import simulation
 
+    _checks.simulate_args(out_path, matrix, coils, groups, noise, seed, phantom, callback)
+    check_output(out_path, kind="h5", overwrite=overwrite)
     return simulation.simulate(
         out_path,
         matrix=matrix,
@@ -142,10 +154,32 @@ def simulate_cohort(
     noise: float | None,
     seed: int,
     callback: Callback | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> list[Path]:
-    """Train/val/test subjects with different seeds (``spurig simulate-cohort``)."""
+    """Train/val/test subjects with different seeds (``spurig simulate-cohort``); with
+    ``workers`` or ``scheduler``, one task per subject on a dask cluster (:mod:`.cohort`)."""
     from . import simulation
 
+    check_output(out_dir, kind="dir", overwrite=overwrite)
+    if workers is not None or scheduler:
+        from .cohort import cluster
+        from .cohort_jobs import simulate_cohort as cohort_tasks
+
+        with cluster(workers, scheduler) as client:
+            return cohort_tasks(
+                out_dir,
+                subjects=subjects,
+                split=split,
+                matrix=matrix,
+                coils=coils,
+                groups=groups,
+                noise=noise,
+                seed=seed,
+                client=client,
+                callback=callback,
+            )
     return simulation.simulate_cohort(
         out_dir,
         subjects=subjects,
@@ -163,7 +197,7 @@ def simulate_cohort(
 # reconstruction
 # ----------------------------------------------------------------------------------------------
 def reconstruct(
-    scan: Scan,
+    scan: Scan | str | Path,
     *,
     method: str,
     groups: int | None = None,
@@ -174,13 +208,14 @@ def reconstruct(
     duration: str | None = None,
     config: dict[str, Any] | None = None,
     gridded: GriddedData | None = None,
+    on_bad_gridding: str = "warn",
 ) -> Result:
     """Reconstruct balanced subspace coefficients from a scan (``spurig recon``).
 
     Parameters
     ----------
-    scan : Scan
-        A validated scan (:func:`spurig_core.io.load_scan`).
+    scan : Scan or path-like
+        A scan, or the path of one (read with :func:`spurig_core.io.load_scan`).
     method : str
         ``"spurig"``, ``"hybrid"`` (trained models), ``"llr"`` (FISTA-LLR on iGROG-gridded data),
         ``"llr-nufft"`` (FISTA-LLR with finufft) or ``"adjoint"`` (scaled ``A^H b``).
@@ -202,6 +237,11 @@ def reconstruct(
         ``groups`` groups): reused instead of training a kernel and gridding again, e.g. to
         compare several methods and durations on one scan.  ``runtime_s`` then excludes gridding
         and ``timings["gridding_reused"]`` is 1.
+    on_bad_gridding : {"warn", "fallback", "error"}
+        What a gridded method does when the iGROG self-check fails
+        (:mod:`spurig_core.operators.igrog_check`): print one warning line and go on, use the
+        NUFFT data term instead (``llr`` becomes ``llr-nufft``; ``spurig``/``hybrid`` run their
+        network on it), or stop with an error.  The check is kept in ``config["gridding_check"]``.
 
     Returns
     -------
@@ -209,12 +249,25 @@ def reconstruct(
         Coefficients ``(basis, x, y, z)``; ``runtime_s`` covers gridding and the algorithm but not
         iGROG kernel training (paper 3.5).
     """
+    scan = _checks.reconstruct_args(  # every argument's type and value, and the memory needed
+        scan,
+        method=method,
+        groups=groups,
+        duration=duration,
+        model=model,
+        device=device,
+        save_iterations=save_iterations,
+        callback=callback,
+        config=config,
+    )
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if on_bad_gridding not in ("warn", "fallback", "error"):
+        raise InputError(f"--on-bad-gridding: {on_bad_gridding!r} is not warn, fallback or error")
     dev = resolve_device(device)
     n_groups = _resolve_groups(scan, groups, duration)
     sub = scan.first_groups(n_groups)
-    config = dict(config or {})
+    config = check_overrides(config)  # every table and value, before any work
     ckpt = None
     if method in ("spurig", "hybrid"):  # fail before any gridding work when no model fits
         from .recon.models import resolve_model
@@ -277,10 +330,24 @@ def reconstruct(
             enc = model_encoding(ckpt)
         enc.update(config.get("encoding") or {})
         ecfg = from_dict(GriddedEncodingConfig, enc, where="encoding")
-        gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
-        b = None  # the gridded encoding takes its data (and ‖b‖) from its own gridded values
-        ahb = gop.adjoint_data()
-        op = gop
+        from .operators.igrog_check import apply_gridding_check, nufft_encoding
+
+        bad = apply_gridding_check(gridded, method, on_bad_gridding, cfg_record, callback)
+        if bad:  # the self-check failed: the NUFFT data term replaces the gridded one
+            method = "llr-nufft" if method == "llr" else method
+            op, b, ahb = nufft_encoding(
+                sub.trajectory.to(dev),
+                maps,
+                basis,
+                kspace,
+                density_compensation=ecfg.density_compensation,
+                grid_oversampling=gcfg.grid_oversampling,
+            )
+        else:
+            gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
+            b = None  # the gridded encoding takes its data (and ‖b‖) from its own gridded values
+            ahb = gop.adjoint_data()
+            op = gop
         cfg_record["gridding"] = to_dict(gcfg)
         cfg_record["encoding"] = to_dict(ecfg)
 
@@ -307,7 +374,7 @@ def reconstruct(
         from .recon.models import run_unrolled
 
         assert ckpt is not None
-        b_norm = gop.data_norm()
+        b_norm = gop.data_norm() if b is None else float(torch.linalg.vector_norm(b))
         unrolled = run_unrolled(
             ckpt,
             op,
@@ -358,6 +425,8 @@ def recon_file(
     save_iterations: bool = False,
     config: str | Path | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
+    on_bad_gridding: str = "warn",
 ) -> Result:
     """``spurig recon``: read and validate, reconstruct, write the zarr result atomically."""
     from .io import load_scan
@@ -365,7 +434,8 @@ def recon_file(
     out = Path(out_path)
     if out.suffix != ".zarr":
         raise InputError(f"{out}: the result must be a .zarr directory")
-    overrides = _read_overrides(config)
+    check_output(out, kind="zarr", inputs=(scan_path, model, config), overwrite=overwrite)
+    overrides = read_overrides(config)
     if model is not None and not Path(model).exists():
         raise InputError(f"model {model}: no such file")
     scan = load_scan(scan_path)
@@ -379,6 +449,7 @@ def recon_file(
         save_iterations=save_iterations,
         callback=callback,
         config=overrides,
+        on_bad_gridding=on_bad_gridding,
     )
     result.save(out)
     return result
@@ -388,8 +459,8 @@ def recon_file(
 # matching and evaluation
 # ----------------------------------------------------------------------------------------------
 def match(
-    result: Result,
-    scan: Scan | None = None,
+    result: Result | str | Path,
+    scan: Scan | str | Path | None = None,
     *,
     device: str = "cpu",
     callback: Callback | None = None,
@@ -397,11 +468,12 @@ def match(
     """B1-corrected dictionary matching: the result with ``t1_ms``, ``t2_ms`` and ``pd`` added.
 
     The scan supplies the B1 map (when it has one) and the sequence; without a scan the default
-    sequence and B1 = 1 are used.
+    sequence and B1 = 1 are used.  ``result`` and ``scan`` may be paths (they are loaded).
     """
     from .data import Sequence
     from .matching import match_maps
 
+    result, scan = _checks.match_args(result, scan, device)
     dev = resolve_device(device)
     b1 = scan.b1 if scan is not None else None
     sequence = scan.sequence if scan is not None else Sequence.default()
@@ -422,6 +494,7 @@ def match_file(
     from .io import load_result, load_scan
 
     result = load_result(result_path)
+    check_output(result_path, kind="zarr", inputs=(scan,))  # rewritten in place
     scan_obj = None
     if scan is not None:
         scan_obj = load_scan(scan)
@@ -443,21 +516,27 @@ def reference_coefficients(scan: Scan) -> torch.Tensor:
     )
 
 
-def evaluate(result: Result, scan: Scan) -> dict[str, Any]:
-    """The metrics of SPEC §5 for ``result`` against the scan's reference."""
+def evaluate(result: Result | str | Path, scan: Scan | str | Path) -> dict[str, Any]:
+    """The metrics of SPEC §5 for ``result`` against the scan's reference (paths are loaded)."""
     from .metrics import evaluate as _evaluate
 
-    return _evaluate(result, scan)
+    return _evaluate(*_checks.evaluate_args(result, scan))
 
 
 def evaluate_file(
-    result_path: str | Path, scan_path: str | Path, *, json_path: str | Path | None = None
+    result_path: str | Path,
+    scan_path: str | Path,
+    *,
+    json_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """``spurig evaluate``: metrics, optionally written as JSON (atomically)."""
     import json
 
     from .io import atomic_path, load_result, load_scan
 
+    if json_path is not None:
+        check_output(json_path, kind="json", inputs=(result_path, scan_path), overwrite=overwrite)
     metrics = evaluate(load_result(result_path, lazy=True), load_scan(scan_path))
     if json_path is not None:
         with atomic_path(json_path) as tmp:
@@ -473,31 +552,62 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def evaluate_cohort(
-    results_dir: str | Path, *, out_dir: str | Path, callback: Callback | None = None
+    results_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    callback: Callback | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Path:
-    """``spurig evaluate-cohort``: Tables 1–2, p-values and figures over many results."""
+    """``spurig evaluate-cohort``: Tables 1–2, p-values and figures over many results (with
+    ``workers``/``scheduler``: one task per result folder on a dask cluster, :mod:`.cohort`)."""
+    from .cohort import cluster
     from .report import evaluate_cohort as _cohort
 
-    return _cohort(results_dir, out_dir, callback=callback)
+    check_output(out_dir, kind="dir", inputs=(results_dir,), overwrite=overwrite)
+    with cluster(workers, scheduler) as client:
+        return _cohort(results_dir, out_dir, callback=callback, client=client)
+
+
+def recon_cohort(
+    cohort_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    methods: tuple[str, ...] = ("spurig", "llr", "adjoint"),
+    durations: tuple[str, ...] = ("2min", "1min", "30s"),
+    config: str | Path | None = None,
+    match: bool = True,
+    callback: Callback | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> list[Path]:
+    """``spurig recon-cohort``: every scan × method × duration, serially or as dask tasks.
+
+    See :mod:`spurig_core.cohort_jobs` for the layout; returns every result store.
+    """
+    from .cohort import cluster
+    from .cohort_jobs import recon_cohort as _recon
+
+    check_output(out_dir, kind="dir", inputs=(cohort_dir, config), overwrite=overwrite)
+    overrides = check_overrides(read_overrides(config))
+    with cluster(workers, scheduler) as client:
+        return _recon(
+            cohort_dir,
+            out_dir,
+            methods=methods,
+            durations=durations,
+            overrides=overrides,
+            match=match,
+            client=client,
+            callback=callback,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # training, benchmark, export, demo, GUI
 # ----------------------------------------------------------------------------------------------
-def _read_overrides(config: str | Path | None) -> dict[str, Any]:
-    if config is None:
-        return {}
-    import tomllib
-
-    p = Path(config)
-    if not p.exists():
-        raise InputError(f"config {p}: no such file")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"config {p}: not valid TOML: {exc}") from None
-
-
 def prepare_training(
     cohort_dir: str | Path,
     out_dir: str | Path,
@@ -506,6 +616,9 @@ def prepare_training(
     splits: tuple[str, ...] = ("train", "val", "test"),
     config: str | Path | None = None,
     callback: Callback | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> list[Path]:
     """``spurig prepare-training``: one training example per cohort subject (resumable).
 
@@ -514,27 +627,24 @@ def prepare_training(
     subjects already prepared.  ``config`` may hold ``[gridding]``, ``[encoding]`` and ``[llr]``
     tables, and a ``[inputs]`` table whose ``llr_from`` names an earlier prepared directory whose
     ``llr-<duration>`` inputs are reused (relative to the config file): re-preparing a cohort for
-    a model with another data term then costs the gridding only.
+    a model with another data term then costs the gridding only.  With ``workers`` or
+    ``scheduler`` every subject is a task on a dask cluster (:mod:`.cohort`).
     """
     from .config import from_dict
     from .operators.encoding import GriddedEncodingConfig
     from .operators.igrog import GriddingConfig
     from .recon.llr import LLRConfig
-    from .training.datasets import prepare_subject
 
-    overrides = _read_overrides(config)
+    overrides = read_overrides(config, prepare=True)
     gcfg = from_dict(GriddingConfig, overrides.get("gridding", {}), where="gridding")
     ecfg = from_dict(GriddedEncodingConfig, overrides.get("encoding", {}), where="encoding")
     lcfg = from_dict(LLRConfig, overrides.get("llr", {}), where="llr")
-    inputs_cfg = dict(overrides.get("inputs", {}))
-    unknown = set(inputs_cfg) - {"llr_from"}
-    if unknown:
-        raise InputError(f"config [inputs]: unknown key(s) {', '.join(sorted(unknown))}")
     llr_from: Path | None = None
-    if inputs_cfg.get("llr_from"):
-        llr_from = Path(str(config)).parent / str(inputs_cfg["llr_from"])
+    if overrides.get("inputs", {}).get("llr_from"):
+        llr_from = Path(str(config)).parent / str(overrides["inputs"]["llr_from"])
         if not llr_from.is_dir():
             raise InputError(f"config [inputs] llr_from: {llr_from} is not a directory")
+    check_output(out_dir, kind="dir", inputs=(cohort_dir, config, llr_from), overwrite=overwrite)
     for d in durations:
         groups_for(d)
     scans: list[tuple[str, Path]] = []
@@ -544,38 +654,39 @@ def prepare_training(
         scans += [(split, p) for p in sorted((Path(cohort_dir) / split).glob("*.h5"))]
     if not scans:
         raise InputError(f"{cohort_dir}: no <split>/*.h5 scans (run spurig simulate-cohort)")
-    done = []
-    for i, (split, scan_path) in enumerate(scans):
-        dest = Path(out_dir) / split / scan_path.stem
-        if not (dest / "example.pt").exists():
-            reuse = None
-            if llr_from is not None:
-                from .training.datasets import load_example
+    from .cohort import cluster
+    from .cohort_jobs import prepare_cohort
 
-                old = load_example(llr_from / split / scan_path.stem)
-                reuse = {k: v for k, v in old.inputs.items() if k.startswith("llr-")}
-            prepare_subject(
-                scan_path,
-                dest,
-                durations,
-                gridding=gcfg,
-                llr=lcfg,
-                encoding=ecfg,
-                llr_inputs=reuse,
-            )
-        done.append(dest)
-        emit(callback, "prepare", i + 1, len(scans), f"{split}/{scan_path.stem}")
-    return done
+    with cluster(workers, scheduler) as client:
+        return prepare_cohort(
+            scans,
+            out_dir,
+            durations=durations,
+            configs=(gcfg, lcfg, ecfg),
+            llr_from=llr_from,
+            client=client,
+            callback=callback,
+        )
 
 
 def train(
-    stage: str, config: str | Path, *, resume: bool = False, callback: Callback | None = None
+    stage: str,
+    config: str | Path,
+    *,
+    resume: bool = False,
+    callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """``spurig train``: run one training stage from a TOML config."""
-    if not Path(config).exists():
-        raise InputError(f"config {config}: no such file")
-    from .training.stages import run_stage
+    """``spurig train``: run one training stage from a TOML config (all checked before work)."""
+    from .config import read_toml
+    from .training.stages import load_stage_config, run_stage
 
+    read_toml(config)  # one line for a missing, folder, binary or non-UTF-8 file
+    cfg = load_stage_config(stage, config)  # every key and value
+    base = Path(config).parent  # relative paths are relative to the config file
+    init = base / cfg.init if cfg.init else None
+    inputs = (base / cfg.data_dir, init, config)
+    check_output(base / cfg.out_dir, kind="dir", inputs=inputs, overwrite=overwrite)
     return run_stage(stage, config, resume=resume, callback=callback)
 
 
@@ -588,6 +699,7 @@ def bench(
     methods: tuple[str, ...],
     out: str | Path | None,
     callback: Callback | None = None,
+    overwrite: bool = False,
 ) -> str:
     """``spurig bench``: the methods on one scan, side by side, as seconds and ratios.
 
@@ -598,6 +710,8 @@ def bench(
     from .io import atomic_path
 
     resolve_device(device)
+    if out is not None:
+        check_output(out, kind="text", inputs=(scan,), overwrite=overwrite)
     report = _bench(
         matrix=matrix, groups=groups, device=device, scan=scan, methods=methods, callback=callback
     )
@@ -608,17 +722,46 @@ def bench(
     return table
 
 
-def export(result_path: str | Path, out_dir: str | Path) -> list[Path]:
+def export(result_path: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
     """``spurig export``: NIfTI maps and coefficient magnitudes."""
     from .report import export_result
 
+    check_output(out_dir, kind="dir", inputs=(result_path,), overwrite=overwrite)
     return export_result(result_path, out_dir)
 
 
-def demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | None = None) -> str:
+def import_ismrmrd(raw_path: str | Path, out_path: str | Path, **options: Any) -> Any:
+    """``spurig import-ismrmrd``: see :func:`spurig_core.exchange.import_ismrmrd`."""
+    from . import exchange
+
+    return exchange.import_ismrmrd(raw_path, out_path, **options)
+
+
+def export_ismrmrd(scan_path: str | Path, out_path: str | Path, **options: Any) -> Path:
+    """``spurig export-ismrmrd``: see :func:`spurig_core.exchange.export_ismrmrd`."""
+    from . import exchange
+
+    return exchange.export_ismrmrd(scan_path, out_path, **options)
+
+
+def export_dicom(result_path: str | Path, out_dir: str | Path, **options: Any) -> list[Path]:
+    """``spurig export-dicom``: see :func:`spurig_core.exchange.export_dicom`."""
+    from . import exchange
+
+    return exchange.export_dicom(result_path, out_dir, **options)
+
+
+def demo(
+    out_dir: str | Path,
+    *,
+    tiny: bool = False,
+    callback: Callback | None = None,
+    overwrite: bool = False,
+) -> str:
     """``spurig demo``: grid, reconstruct (SPUR-iG and LLR), match, evaluate, figures, report."""
     from .demo import run_demo
 
+    check_output(out_dir, kind="dir", overwrite=overwrite)
     return run_demo(out_dir, tiny=tiny, callback=callback)
 
 

@@ -560,6 +560,57 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
     return paths
 
 
+def _evaluate_stores(
+    stores: Sequence[tuple[int, Path]], root: Path
+) -> list[tuple[int, dict[str, Any], Path, str | None, torch.Tensor | None]]:
+    """Evaluate result stores (one task of :func:`evaluate_cohort`: the stores of one folder).
+
+    Returns, per store, ``(position, evaluation, scan path, note, reference coefficients)``.
+    """
+    scans: dict[Path, Any] = {}
+    refs: dict[tuple[Path, bytes], torch.Tensor] = {}
+    out = []
+    for pos, store in stores:
+        res = load_result(store, lazy=True)
+        scan_path = _find_scan(store, res.source, root).resolve()
+        if scan_path not in scans:
+            scans[scan_path] = load_scan(scan_path)
+        scan = scans[scan_path]
+        note = None
+        if res.source and res.source.get("sha256") and scan.sha256 != res.source["sha256"]:
+            note = f"{store.name}: scan {scan_path.name} changed since reconstruction"
+        key = (scan_path, res.basis.numpy().tobytes())
+        if key not in refs and scan.reference is not None:
+            refs[key] = reference_coefficients(
+                scan.reference, res.basis, b1=scan.b1, sequence=scan.sequence
+            )
+        e = evaluate(res, scan, reference_coeffs=refs.get(key))
+        e["store"] = str(store.relative_to(root))
+        unroll = (res.config or {}).get("unroll") or {}
+        if "steps" in unroll:
+            e["unroll_steps"] = int(unroll["steps"])
+        out.append((pos, e, scan_path, note, refs.get(key)))
+    return out
+
+
+def _evaluate_all(
+    stores: Sequence[Path], root: Path, client: Any, callback: Callback | None
+) -> list[tuple[int, dict[str, Any], Path, str | None, torch.Tensor | None]]:
+    """:func:`_evaluate_stores` per folder as tasks (:func:`spurig_core.cohort.run_tasks`), in
+    the order of ``stores``."""
+    from .cohort import Task, run_tasks
+
+    folders: dict[Path, list[tuple[int, Path]]] = {}
+    for pos, store in enumerate(stores):
+        folders.setdefault(store.parent, []).append((pos, store))
+    tasks = [
+        Task(str(folder.relative_to(root)), _evaluate_stores, args=(group, root))
+        for folder, group in folders.items()
+    ]
+    done = run_tasks(tasks, client, callback=callback, stage="evaluate")
+    return sorted((item for t in tasks for item in done[t.key]), key=lambda item: item[0])
+
+
 def evaluate_cohort(
     results_dir: str | Path,
     out_dir: str | Path,
@@ -567,6 +618,7 @@ def evaluate_cohort(
     callback: Callback | None = None,
     figures: bool = True,
     alpha: float = 0.05,
+    client: Any = None,
 ) -> Path:
     """Evaluate every result under ``results_dir``; write tables, figures and ``report.md``.
 
@@ -586,6 +638,9 @@ def evaluate_cohort(
         Whether to draw the figures.
     alpha : float
         Significance level of the tables.
+    client : distributed.Client, optional
+        Evaluate the stores of each folder (subject) as a task on this cluster
+        (:mod:`spurig_core.cohort`); the tables are the same as serially.
 
     Returns
     -------
@@ -607,36 +662,22 @@ def evaluate_cohort(
         raise InputError(f"results directory {root}: no *.zarr result stores found")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    emit(callback, "evaluate", 0, len(stores), stores[0].name)
+    items = _evaluate_all(stores, root, client, callback)
+    evals = [e for _, e, _, _, _ in items]
+    notes = [note for _, _, _, note, _ in items if note]
     scans: dict[Path, Any] = {}
-    refs: dict[tuple[Path, bytes], torch.Tensor] = {}
-    evals: list[dict[str, Any]] = []
     panels: dict[str, Any] = {}  # subject -> figures.SubjectPanels
-    notes: list[str] = []
-    for i, store in enumerate(stores):
-        emit(callback, "evaluate", i, len(stores), store.name)
-        res = load_result(store, lazy=True)
-        scan_path = _find_scan(store, res.source, root).resolve()
-        if scan_path not in scans:
-            scans[scan_path] = load_scan(scan_path)
-        scan = scans[scan_path]
-        if res.source and res.source.get("sha256") and scan.sha256 != res.source["sha256"]:
-            notes.append(f"{store.name}: scan {scan_path.name} changed since reconstruction")
-        key = (scan_path, res.basis.numpy().tobytes())
-        if key not in refs and scan.reference is not None:
-            refs[key] = reference_coefficients(
-                scan.reference, res.basis, b1=scan.b1, sequence=scan.sequence
-            )
-        e = evaluate(res, scan, reference_coeffs=refs.get(key))
-        e["store"] = str(store.relative_to(root))
-        unroll = (res.config or {}).get("unroll") or {}
-        if "steps" in unroll:
-            e["unroll_steps"] = int(unroll["steps"])
-        evals.append(e)
-        if figures:
-            subject = str(e.get("subject"))
-            if subject not in panels:
-                panels[subject] = figs.SubjectPanels(scan.reference, refs[key], name=subject)
-            panels[subject].add(res, row=_duration_of(e), column=_label_of(e))
+    for pos, e, scan_path, _, ref in items if figures else ():
+        if ref is None:  # no ground truth: nothing to draw against
+            continue
+        subject = str(e.get("subject"))
+        if subject not in panels:
+            if scan_path not in scans:
+                scans[scan_path] = load_scan(scan_path)
+            panels[subject] = figs.SubjectPanels(scans[scan_path].reference, ref, name=subject)
+        res = load_result(stores[pos], lazy=True)
+        panels[subject].add(res, row=_duration_of(e), column=_label_of(e))
     emit(callback, "evaluate", len(stores), len(stores), "tables")
 
     sections: list[Section] = []
@@ -682,7 +723,8 @@ def evaluate_cohort(
     slim = [{k: v for k, v in e.items() if not k.endswith("_voxels")} for e in evals]
     _write_text(out / "evaluations.json", json.dumps(slim, indent=1))
     intro = (
-        f"{len(evals)} results of {len(scans)} scans under `{root}`; metrics of SPEC §5. "
+        f"{len(evals)} results of {len({p for _, _, p, _, _ in items})} scans under `{root}`; "
+        "metrics of SPEC §5. "
         "Raw per-result metrics: `evaluations.json`."
     )
     return write_report(out / "report.md", *sections, title="spurig cohort evaluation", intro=intro)

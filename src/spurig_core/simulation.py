@@ -58,6 +58,7 @@ from .trajectory import TrajectoryConfig, spi_trajectory
 
 __all__ = [
     "SimulationConfig",
+    "acquire_scan",
     "calibration_data",
     "effective_reference",
     "nufft_forward",
@@ -104,6 +105,11 @@ class SimulationConfig:
         :func:`effective_reference`).
     phantom_config, coil_config, trajectory_config
         Tunables of the subject, the head array and the trajectory.
+    calibration_noise : float or None
+        Relative noise of the calibration data (``None``: the same as ``noise``).
+    coil_compression : bool
+        ``False``: the physical elements' maps (``coils`` must equal the array's element count),
+        normalised to unit root-sum-of-squares, instead of SVD-compressed virtual coils.
     """
 
     matrix: int = 64
@@ -121,8 +127,13 @@ class SimulationConfig:
     phantom_config: PhantomConfig = field(default_factory=PhantomConfig)
     coil_config: CoilConfig = field(default_factory=CoilConfig)
     trajectory_config: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    calibration_noise: float | None = None
+    coil_compression: bool = True
 
     def __post_init__(self) -> None:
+        cn = self.calibration_noise
+        if cn is not None and not (cn >= 0 and np.isfinite(cn)):
+            raise InputError(f"calibration_noise: must be a finite number >= 0, got {cn}")
         if self.matrix < 4:
             raise InputError(f"--matrix: must be at least 4, got {self.matrix}")
         if not 1 <= self.groups <= 48:
@@ -583,7 +594,7 @@ def simulate_scan(
     """
     cfg = config or SimulationConfig()
     seq = sequence or Sequence.default()
-    s_subject, s_coils, s_noise = (int(v) for v in np.random.SeedSequence(seed).generate_state(3))
+    s_subject, s_coils, _ = (int(v) for v in np.random.SeedSequence(seed).generate_state(3))
     emit(callback, "subject", 0, 3, f"{cfg.phantom} subject {cfg.matrix}³")
     make = brain_subject if cfg.phantom == "brain" else analytic_subject
     subject = make(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
@@ -595,11 +606,67 @@ def simulate_scan(
         mask=subject.head_mask,
         config=cfg.coil_config,
         seed=s_coils,
+        compressed=cfg.coil_compression,
     )
     emit(callback, "subject", 2, 3, "signals")
     images, basis, _ = signal_subspace(subject, seq, cfg, callback=callback)
     reference = effective_reference(subject, images, basis, seq, purity=cfg.purity)
     emit(callback, "subject", 3, 3, f"time-series rank {images.shape[0]}")
+    return acquire_scan(
+        subject,
+        images,
+        basis,
+        maps,
+        cfg,
+        sequence=seq,
+        reference=reference,
+        seed=seed,
+        callback=callback,
+    )
+
+
+def acquire_scan(
+    subject: Subject,
+    images: torch.Tensor,
+    basis: torch.Tensor,
+    coil_maps: torch.Tensor,
+    config: SimulationConfig,
+    *,
+    sequence: Sequence,
+    reference: Reference | None = None,
+    seed: int = 0,
+    callback: Callback | None = None,
+) -> Scan:
+    """Scan a prepared subject: trajectory, k-space, calibration and noise (SPEC §3).
+
+    The acquisition half of :func:`simulate_scan` (which calls it with the same arguments), so
+    that one subject can be scanned with many trajectories, coil arrays, calibration sizes and
+    noise levels (``benchmarks/bench_igrog_robustness.py``).
+
+    Parameters
+    ----------
+    subject : Subject
+        For the calibration image, FOV and B1.
+    images, basis : Tensor
+        The subject's time-series factors (:func:`signal_subspace`).
+    coil_maps : Tensor, shape (coils, x, y, z), complex64
+    config : SimulationConfig
+        ``groups``, ``trajectory_config``, ``calibration``, ``noise``, ``calibration_noise``,
+        ``nufft_eps`` and ``group_chunk`` are used.
+    sequence : Sequence
+    reference : Reference, optional
+        Written as the scan's ``reference``.
+    seed : int
+        The noise seed is derived from it as in :func:`simulate_scan`.
+    callback : Callback, optional
+        ``"nufft"`` progress.
+
+    Returns
+    -------
+    Scan
+    """
+    cfg, seq, maps = config, sequence, coil_maps
+    s_noise = int(np.random.SeedSequence(seed).generate_state(3)[2])
     traj = spi_trajectory(cfg.matrix, cfg.groups, seq.n_tr, cfg.trajectory_config)
     kspace = nufft_forward(
         images, maps, traj, basis, eps=cfg.nufft_eps, group_chunk=cfg.group_chunk, callback=callback
@@ -612,7 +679,8 @@ def simulate_scan(
     _add_noise(k_np, cfg.noise * centre, rng)
     cc = tuple(s // 2 for s in c_np.shape[1:])
     calib_centre = float(np.sqrt(np.mean(np.abs(c_np[:, cc[0], cc[1], cc[2]]) ** 2)))
-    _add_noise(c_np, cfg.noise * calib_centre, rng)
+    cal_noise = cfg.noise if cfg.calibration_noise is None else cfg.calibration_noise
+    _add_noise(c_np, cal_noise * calib_centre, rng)
     fov = float(subject.fov_mm)
     return Scan(
         kspace=kspace,

@@ -111,6 +111,8 @@ class ReconstructWidget(Container):
         )
         self.live_layer: Any = None
         self.output_path: Path | None = None
+        #: ``"model NAME sha256 HEX"`` of the model the last run loaded (shown with the result)
+        self.model_line = ""
         self._voxel = (1.0, 1.0, 1.0)
 
     # -- form ----------------------------------------------------------------------------------
@@ -175,6 +177,7 @@ class ReconstructWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"running {self.method.value}…"
+        self.model_line = ""
         return self.runner.start(reconstruct_job, params)
 
     def request_cancel(self, *_: Any) -> None:
@@ -186,6 +189,8 @@ class ReconstructWidget(Container):
     def _on_event(self, event: Any) -> None:
         if event.message:
             self.status.value = event.message
+        if event.stage == "model":
+            self.model_line = event.message
         if event.data is None:
             return
         mag = np.asarray(event.data, dtype=np.float32)
@@ -206,7 +211,7 @@ class ReconstructWidget(Container):
     def _on_done(self, path: Path) -> None:
         self._drop_live()
         add_layers(self.viewer, result_layers(path))
-        self.status.value = f"saved {path}"
+        self.status.value = f"saved {path}" + (f"; {self.model_line}" if self.model_line else "")
 
     def _on_stop(self) -> None:
         if self.runner.error is not None or self.runner.cancelled:

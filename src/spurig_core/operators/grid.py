@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -86,17 +87,25 @@ class GriddedData:
         Oversampled grid shape ``(X, Y, Z)``.
     matrix : tuple of 3 int
         Image matrix ``(x, y, z)``.
+    check : dict, optional
+        The iGROG self-check of the kernel that produced the values
+        (:func:`spurig_core.operators.igrog_check.check_gridding`), or ``None`` when not run.
     """
 
     values: torch.Tensor
     index: torch.Tensor
     grid: tuple[int, int, int]
     matrix: tuple[int, int, int]
+    check: dict[str, Any] | None = None
 
     def first_groups(self, groups: int) -> GriddedData:
         """The first ``groups`` groups (a shorter scan)."""
-        return GriddedData(self.values[:, :groups], self.index[:groups], self.grid, self.matrix)
+        return GriddedData(
+            self.values[:, :groups], self.index[:groups], self.grid, self.matrix, self.check
+        )
 
     def to(self, device: torch.device | str) -> GriddedData:
         """The same data on ``device``."""
-        return GriddedData(self.values.to(device), self.index.to(device), self.grid, self.matrix)
+        return GriddedData(
+            self.values.to(device), self.index.to(device), self.grid, self.matrix, self.check
+        )

@@ -32,6 +32,7 @@ nearest samples of a spiral arm to a point are its neighbours along the readout)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import time
@@ -75,6 +76,9 @@ class GriddingConfig:
         ``False``: move samples to the nearest grid point without a kernel (needs ``n_sources=1``).
     search_window : int
         Readout neighbours on each side of a sample that are candidate sources.
+    source_spacing : float
+        ``> 0``: sources about this far apart along the readout (cycles/FOV, 0 to 2) instead of
+        the ``n_sources`` nearest candidates (:func:`find_sources`).
     hidden, layers : int
         Width and number of hidden ReLU layers of the kernel MLP.
     fourier_features : int
@@ -105,12 +109,34 @@ class GriddingConfig:
         Seed of the Fourier features, weights, pair synthesis and batches.
     device : str
         ``"cpu"`` or ``"cuda"``.
+    ridge : float
+        Weight (0 to 1) of the noise-aware term of the kernel fit: the training loss adds
+        ``ridge · mean_c Σ_j |G_cj|²``, the noise power a target coil receives from unit white
+        noise on its sources (the weight norm of GRAPPA's g-factor).  ``0``: no penalty.
+    pair_weight : {"global", "local"}
+        Weight of each calibration pair in the loss: ``"global"``, all data divided by one RMS
+        (the strong k-space centre dominates the fit); ``"local"``, each pair divided by the RMS of
+        its own sources, so the weak outer calibration region — where the data look like the
+        periphery of the acquisition, noise included — counts as much as the centre.
+    check : bool
+        Run the self-check of :mod:`~spurig_core.operators.igrog_check` after training
+        (:func:`grid_scan` stores it in :attr:`GriddedData.check`).
+    check_samples : int
+        Acquired samples of the self-check's NUFFT spot check (at least 256).
+    max_rel_error : float
+        Bound on the spot check's relative error (0 to 1): above it the check fails.
+    max_error_ratio : float
+        Bound (0 to 1) on the spot check's error over that of moving the same samples without a
+        kernel: a kernel that barely beats the plain move fails the check.
+    max_noise_gain : float
+        Bound on the self-check's image-domain noise gain (at least 1): above it the check fails.
     """
 
     grid_oversampling: float = 1.5
     n_sources: int = 5
     learned_kernel: bool = True
     search_window: int = 6
+    source_spacing: float = 0.0
     hidden: int = 256
     layers: int = 3
     fourier_features: int = 128
@@ -125,6 +151,13 @@ class GriddingConfig:
     grid_batch: int = 32768
     seed: int = 0
     device: str = "cpu"
+    ridge: float = 0.0
+    pair_weight: str = "global"
+    check: bool = True
+    check_samples: int = 4096
+    max_rel_error: float = 0.3
+    max_error_ratio: float = 0.85
+    max_noise_gain: float = 1.3
 
     def __post_init__(self) -> None:
         if self.grid_oversampling < 1.0:
@@ -152,6 +185,22 @@ class GriddingConfig:
                 raise InputError(f"gridding.{name}: {getattr(self, name)} is below 1")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"gridding.device: {self.device!r} is not 'cpu' or 'cuda'")
+        if self.pair_weight not in ("global", "signal", "local"):
+            raise InputError(
+                f"gridding.pair_weight: {self.pair_weight!r} is not 'global', 'signal' or 'local'"
+            )
+        if not 0.0 <= self.source_spacing <= 2.0:
+            raise InputError(f"gridding.source_spacing: {self.source_spacing} is outside 0 to 2")
+        if not 0.0 <= self.ridge <= 1.0:
+            raise InputError(f"gridding.ridge: {self.ridge} is outside 0 to 1")
+        if self.check_samples < 256:
+            raise InputError(f"gridding.check_samples: {self.check_samples} is below 256")
+        if not 0.0 < self.max_rel_error <= 1.0:
+            raise InputError(f"gridding.max_rel_error: {self.max_rel_error} is outside (0, 1]")
+        if not 0.0 < self.max_error_ratio <= 1.0:
+            raise InputError(f"gridding.max_error_ratio: {self.max_error_ratio} is outside (0, 1]")
+        if not self.max_noise_gain >= 1.0:
+            raise InputError(f"gridding.max_noise_gain: {self.max_noise_gain} is below 1")
 
 
 def _device(name: str) -> torch.device:
@@ -327,6 +376,7 @@ def find_sources(
     *,
     n_sources: int,
     search_window: int,
+    source_spacing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Target grid point and source samples of every sample of a batch of arms.
 
@@ -342,6 +392,12 @@ def find_sources(
         Sources per target.
     search_window : int
         Candidates are the ``2·search_window + 1`` readout neighbours (window shifted at the ends).
+    source_spacing : float
+        ``> 0``: instead of the nearest candidates, take every ``m``-th readout sample around the
+        sample itself, ``m = max(1, round(source_spacing / Δ))`` with ``Δ`` the local readout
+        step (mean over 5 samples), so that the sources of a densely sampled readout are about
+        ``source_spacing`` cycles/FOV apart rather than a tight, nearly collinear cluster (whose
+        kernel amplifies noise); the set is shifted to fit at the ends of the arm.
 
     Returns
     -------
@@ -359,6 +415,8 @@ def find_sources(
     s = torch.arange(ns, device=dev)
     if n_sources == 1 and search_window == 0:
         src = s.expand(arms, ns).unsqueeze(-1)
+    elif source_spacing > 0 and n_sources > 1:
+        src = _strided_sources(trajectory, n_sources, source_spacing)
     else:
         width = min(2 * search_window + 1, ns)
         if width < n_sources:
@@ -375,6 +433,32 @@ def find_sources(
     ks = torch.gather(trajectory.double(), 1, src.reshape(arms, -1, 1).expand(-1, -1, 3))
     disp = ks.view(arms, ns, -1, 3) - k_target[:, :, None, :]
     return index, src, disp.float()
+
+
+def _strided_sources(trajectory: torch.Tensor, n: int, spacing: float) -> torch.Tensor:
+    """Readout indices ``(arms, samples, n)`` of sources about ``spacing`` apart along the arm.
+
+    Source ``j`` is the sample nearest to arc length ``base + j·spacing`` with
+    ``base = L(s) − ((n − 1)//2)·spacing`` (shifted to fit inside the arm); indices are then made
+    strictly increasing, so a readout sparser than ``spacing`` gives consecutive samples.
+    """
+    ns = int(trajectory.shape[1])
+    dev = trajectory.device
+    step = torch.linalg.vector_norm(torch.diff(trajectory.double(), dim=1), dim=-1)
+    arc = torch.cat([torch.zeros_like(step[:, :1]), torch.cumsum(step, dim=1)], dim=1)  # (a, ns)
+    total = arc[:, -1:]
+    base = arc - ((n - 1) // 2) * spacing
+    base = torch.minimum(base, total - (n - 1) * spacing).clamp_min(0.0)
+    want = base[..., None] + spacing * torch.arange(n, device=dev, dtype=torch.float64)
+    flat = want.reshape(want.shape[0], -1)
+    right = torch.searchsorted(arc.contiguous(), flat.contiguous()).clamp(max=ns - 1)
+    left = (right - 1).clamp(min=0)
+    pick_left = (flat - torch.gather(arc, 1, left)) < (torch.gather(arc, 1, right) - flat)
+    idx = torch.where(pick_left, left, right).view(want.shape)
+    for j in range(1, n):  # strictly increasing
+        idx[..., j] = torch.maximum(idx[..., j], idx[..., j - 1] + 1)
+    over = (idx[..., -1] - (ns - 1)).clamp(min=0)  # shift back a set that ran past the end
+    return idx - over[..., None]
 
 
 def _flat_arms(trajectory: torch.Tensor) -> torch.Tensor:
@@ -402,7 +486,12 @@ def _sample_displacements(
     for i in range(0, n_pick, 256):
         a = pick[i : i + 256]
         _, _, disp = find_sources(
-            arms[a], matrix, grid, n_sources=cfg.n_sources, search_window=cfg.search_window
+            arms[a],
+            matrix,
+            grid,
+            n_sources=cfg.n_sources,
+            search_window=cfg.search_window,
+            source_spacing=cfg.source_spacing,
         )
         s = torch.randint(arms.shape[1], (len(a), per), generator=gen)
         out.append(disp[torch.arange(len(a))[:, None], s].reshape(-1, cfg.n_sources, 3))
@@ -545,6 +634,15 @@ def train_kernel(
     src = vals[..., 1:].permute(1, 2, 0, 3).reshape(sets, per, coils * n)  # (P, per, coils·n)
     scale = float(src.abs().square().mean().sqrt()) or 1.0
     tgt, src, disp = (tgt / scale).to(dev), (src / scale).to(dev), disp.to(dev)
+    # per-pair loss weights: 1 ("global"), the pair's own source RMS ("signal") or its inverse
+    # ("local")
+    rms = src.abs().square().mean(-1, keepdim=True).sqrt()  # (P, per, 1)
+    if cfg.pair_weight == "signal":
+        pair_w = rms / rms.mean()
+    elif cfg.pair_weight == "local":
+        pair_w = 1.0 / rms.clamp_min(1e-4)
+    else:
+        pair_w = torch.ones_like(rms)
     n_val = max(1, sets // 20)
     n_tr = sets - n_val
 
@@ -568,8 +666,11 @@ def train_kernel(
     every = max(1, cfg.steps // 100)
     for step in range(cfg.steps):
         idx = torch.randint(n_tr, (min(cfg.batch, n_tr),), generator=gen).to(dev)
-        err = batch_predict(disp[idx], src[idx]) - tgt[idx]
+        g = kernel(disp[idx])
+        err = (torch.bmm(src[idx], g.transpose(1, 2)) - tgt[idx]) * pair_w[idx]
         loss = (err.real.abs() + err.imag.abs()).mean()
+        if cfg.ridge > 0:  # noise-aware term: the mean squared weight norm of a target coil
+            loss = loss + cfg.ridge * g.abs().square().sum(-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -665,6 +766,7 @@ def grid(
     n = kernel.n_sources if kernel is not None else 1
     # sources are searched as during training (the kernel only knows those configurations)
     window = int(kernel.config.get("search_window", cfg.search_window)) if kernel is not None else 0
+    spacing = float(kernel.config.get("source_spacing", 0.0)) if kernel is not None else 0.0
     shape = grid_shape(matrix, cfg.grid_oversampling)
     g_, t_, ns = (int(s) for s in trajectory.shape[:3])
     arms_traj = _flat_arms(trajectory)
@@ -683,7 +785,9 @@ def grid(
             a1 = min(a0 + per, n_arms)
             tr = arms_traj[a0:a1].to(dev, torch.float32)
             ksp = arms_ksp[:, a0:a1].to(dev, torch.complex64)
-            idx, src, disp = find_sources(tr, matrix, shape, n_sources=n, search_window=window)
+            idx, src, disp = find_sources(
+                tr, matrix, shape, n_sources=n, search_window=window, source_spacing=spacing
+            )
             index[a0:a1] = idx
             if kernel is None:
                 values[:, a0:a1] = ksp
@@ -714,6 +818,9 @@ def grid_scan(
     Returns
     -------
     gridded : GriddedData
+        With ``check`` set to the self-check of the kernel on this scan
+        (:func:`~spurig_core.operators.igrog_check.check_gridding`, its seconds in
+        ``check["check_s"]``) when ``config.check`` is true and a kernel was trained.
     timings : dict of str to float
         ``kernel_training_s`` (0 without a kernel) and ``gridding_s`` — kept apart because the
         paper's reconstruction times include gridding but not kernel training.
@@ -741,7 +848,13 @@ def grid_scan(
     if gridded.values.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    return gridded, {
-        "kernel_training_s": t1 - t0 if kernel is not None else 0.0,
-        "gridding_s": t2 - t1,
-    }
+    times = {"kernel_training_s": t1 - t0 if kernel is not None else 0.0, "gridding_s": t2 - t1}
+    if kernel is not None and cfg.check and scan.calibration is not None:
+        from .igrog_check import check_gridding
+
+        emit(callback, "igrog-check", 0, 1, "gridding self-check")
+        check = check_gridding(kernel, scan.calibration, scan.trajectory, scan.matrix, config=cfg)
+        check["check_s"] = time.perf_counter() - t2
+        gridded = dataclasses.replace(gridded, check=check)
+        emit(callback, "igrog-check", 1, 1, "passed" if check["passed"] else "failed")
+    return gridded, times

@@ -2,13 +2,20 @@
 
 Shipped models live in ``spurig_core/models/`` (package data) as ``<method>-<duration>.pt``
 (e.g. ``spurig-2min.pt``, ``hybrid-2min.pt``), each with a model card ``<same name>.md`` that
-states its config, training data, steps and measured metrics.  ``--model CKPT`` overrides the
-choice.
+states its config, training data, steps and measured metrics, and the file's sha256.  ``--model
+CKPT`` overrides the choice.
+
+A model is read without running code from it (``io.load_checkpoint``: ``weights_only``), must be
+of kind ``spurig-model`` from an unrolled training stage with the method's network (3D for
+``spurig``, 2D for ``hybrid``) and weights that fit its stated architecture, and is checked before
+any gridding work.  Its sha256 is reported when it is used (a progress event
+``"model NAME sha256 HEX"``) and, when a model card sits beside it, must equal the card's.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +27,13 @@ from ..data import Scan
 from ..errors import InputError
 from ..io import file_sha256
 from ..operators.base import LinearOperator
-from ..progress import Callback
+from ..progress import Callback, emit
 
 __all__ = [
     "MODELS_DIR",
     "UnrolledOutput",
+    "card_sha256",
+    "check_card",
     "model_encoding",
     "resolve_model",
     "run_unrolled",
@@ -35,6 +44,7 @@ __all__ = [
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 _log = logging.getLogger("spurig")
+_CARD_SHA = re.compile(r"sha256 `([0-9a-f]{64})`")
 
 
 def shipped_models() -> list[Path]:
@@ -42,26 +52,70 @@ def shipped_models() -> list[Path]:
     return sorted(MODELS_DIR.glob("*.pt")) if MODELS_DIR.is_dir() else []
 
 
-def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Path:
-    """The checkpoint to use: ``model`` when given, else the shipped one for method and duration.
+def card_sha256(card: str | Path) -> str | None:
+    """The sha256 a model card states for its file (``sha256 `HEX``` in the card), or None."""
+    try:
+        m = _CARD_SHA.search(Path(card).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return m.group(1) if m else None
+
+
+def check_card(path: str | Path) -> dict[str, Any]:
+    """The model file's sha256, checked against the model card beside it (``<stem>.md``).
+
+    Returns
+    -------
+    dict
+        ``sha256`` (hex), ``card`` (the card's path when it states a sha256, else None) and
+        ``line``: ``"model NAME sha256 HEX"`` (plus ``"(matches its model card)"``), for the user.
 
     Raises
     ------
     InputError
-        When ``model`` does not exist, or no shipped model covers ``method`` at ``duration``.
+        When the card states another sha256 (the file was changed after it was shipped).
     """
+    p = Path(path)
+    sha = file_sha256(p)
+    card = p.with_suffix(".md")
+    want = card_sha256(card) if card.is_file() else None
+    if want is not None and want != sha:
+        raise InputError(
+            f"{p}: sha256 {sha[:16]}… differs from the {want[:16]}… its model card {card.name} "
+            "states (the file was changed after it was shipped)"
+        )
+    line = f"model {p.name} sha256 {sha}" + (" (matches its model card)" if want else "")
+    return {"sha256": sha, "card": card if want else None, "line": line}
+
+
+def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Path:
+    """The checkpoint to use: ``model`` when given, else the shipped one for method and duration.
+
+    The file is validated for ``method`` at once (:func:`~.unrolled.load_model` with
+    ``method``), so a model that does not fit fails before any long work.
+
+    Raises
+    ------
+    InputError
+        When ``model`` does not exist, no shipped model covers ``method`` at ``duration``, or
+        the file is refused (Python objects in it, wrong kind or network, weights that do not
+        fit, a sha256 that differs from its card).
+    """
+    from .unrolled import load_model
+
     if model is not None:
         p = Path(model)
         if not p.exists():
             raise InputError(f"model {p}: no such file")
-        return p
-    p = MODELS_DIR / f"{method}-{duration}.pt"
-    if not p.exists():
-        have = ", ".join(m.stem for m in shipped_models()) or "none"
-        raise InputError(
-            f"no shipped {method} model for the {duration} scan (shipped: {have}); "
-            "pass --model CKPT"
-        )
+    else:
+        p = MODELS_DIR / f"{method}-{duration}.pt"
+        if not p.exists():
+            have = ", ".join(m.stem for m in shipped_models()) or "none"
+            raise InputError(
+                f"no shipped {method} model for the {duration} scan (shipped: {have}); "
+                "pass --model CKPT"
+            )
+    load_model(p, method=method if method in ("spurig", "hybrid") else None)
     return p
 
 
@@ -136,12 +190,10 @@ def run_unrolled(
     """
     from .unrolled import load_model
 
-    model, meta = load_model(ckpt, basis=basis, sequence=scan.sequence, device=device)
-    want = 3 if method == "spurig" else 2
-    dim = meta["config"].network.dim
-    if dim != want:
-        kind = "3D (spurig)" if dim == 3 else "2D slice-wise (hybrid)"
-        raise InputError(f"model {Path(ckpt).name}: a {kind} network cannot run --method {method}")
+    model, meta = load_model(
+        ckpt, basis=basis, sequence=scan.sequence, device=device, method=method
+    )
+    emit(callback, "model", 1, 1, meta["line"])
     if meta["warning"]:
         _log.warning(meta["warning"])
     with torch.no_grad():
@@ -151,7 +203,7 @@ def run_unrolled(
     return UnrolledOutput(
         coefficients=coeffs,
         iterations=iterations,
-        model_info={"file": Path(ckpt).name, "sha256": file_sha256(ckpt)},
+        model_info={"file": Path(ckpt).name, "sha256": meta["sha256"]},
         config=to_dict(meta["config"]),
         warning=meta["warning"],
     )

@@ -410,50 +410,55 @@ def check_model_fits(
     return None
 
 
-def load_model(
-    path: str | Path,
-    *,
-    basis: torch.Tensor | None = None,
-    sequence: Sequence | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[UnrolledRecon, dict[str, Any]]:
-    """Read and validate a model file or training checkpoint.
+#: Config fields that decide the network's parameter shapes; a model file must state them all.
+_ARCH_FIELDS = ("steps", "share_weights", "network")
+_NET_FIELDS = ("dim", "basis", "base_width", "levels", "se_reduction", "embed_dim", "conditioned")
+#: What each reconstruction method needs of a model (``UNetConfig.dim``).
+_METHOD_DIM = {"spurig": 3, "hybrid": 2}
 
-    Parameters
-    ----------
-    path : path-like
-        A file written by the training stages (kind ``spurig-model`` or ``spurig-train``).
-    basis : Tensor, shape (tr, basis), optional
-        The scan's balanced basis, checked with :func:`check_model_fits`.
-    sequence : Sequence, optional
-        The scan's sequence; a different one gives a warning in ``meta["warning"]``.
-    device : str or torch.device
 
-    Returns
-    -------
-    model : UnrolledRecon
-        In eval mode on ``device``.
-    meta : dict
-        ``config`` (UnrollConfig), ``sequence`` (Sequence), ``basis`` (Tensor (tr, basis)),
-        ``kind``, ``stage``, ``duration`` (when recorded) and ``warning`` (str or None).
-
-    Raises
-    ------
-    InputError
-        Missing, corrupt or truncated file, wrong kind, a config or weights that do not fit, a
-        basis of another shape.
-    """
-    from ..io import load_checkpoint
-
-    p = Path(path)
-    state = load_checkpoint(p)
+def _check_kind(state: dict[str, Any], p: Path, method: str | None) -> str:
+    """The file's ``kind``; with ``method`` only a finished model (no resume or pretrain file)."""
     kind = state.get("kind")
     if kind not in (MODEL_KIND, TRAIN_KIND):
         raise InputError(f"{p}: a {kind!r} checkpoint, not a SPUR-iG model ({MODEL_KIND!r})")
-    for key in ("config", "sequence", "basis", "model"):
-        if key not in state:
-            raise InputError(f"{p}: model file lacks its {key!r} entry")
-    cfg = from_dict(UnrollConfig, state["config"], where=f"{p}: config")
+    if method is None:
+        return str(kind)
+    if kind == TRAIN_KIND:
+        raise InputError(
+            f"{p}: a training-resume checkpoint (kind {TRAIN_KIND!r}); --method {method} expects "
+            f"kind {MODEL_KIND!r} (the run's model.pt)"
+        )
+    if state.get("stage") == "pretrain":
+        raise InputError(
+            f"{p}: a pretrain-stage (denoiser-only) model; --method {method} expects kind "
+            f"{MODEL_KIND!r} from the gleam or finetune stage"
+        )
+    return str(kind)
+
+
+def _check_architecture(state: dict[str, Any], p: Path, method: str | None) -> UnrollConfig:
+    """The stored ``UnrollConfig``, which must state every shape-deciding field."""
+    raw = state["config"]
+    net = raw.get("network") if isinstance(raw, dict) else None
+    missing = [k for k in _ARCH_FIELDS if not isinstance(raw, dict) or k not in raw]
+    missing += [f"network.{k}" for k in _NET_FIELDS if isinstance(net, dict) and k not in net]
+    if missing or not isinstance(net, dict):
+        raise InputError(f"{p}: config lacks its architecture field(s) {', '.join(missing)}")
+    cfg = from_dict(UnrollConfig, raw, where=f"{p}: config")
+    if method is not None and cfg.network.dim != _METHOD_DIM.get(method, cfg.network.dim):
+        got = "3D (spurig)" if cfg.network.dim == 3 else "2D slice-wise (hybrid)"
+        want = "3D (spurig)" if _METHOD_DIM[method] == 3 else "2D slice-wise (hybrid)"
+        raise InputError(
+            f"{p}: a {got} network; --method {method} expects a {want} model of kind {MODEL_KIND!r}"
+        )
+    return cfg
+
+
+def _sequence_and_basis(
+    state: dict[str, Any], p: Path, cfg: UnrollConfig
+) -> tuple[Sequence, torch.Tensor]:
+    """The stored sequence and ``(tr, basis)`` basis, consistent with each other and ``cfg``."""
     try:
         seq = Sequence.from_dict(state["sequence"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -469,12 +474,89 @@ def load_model(
         )
     if mbasis.shape[0] != seq.n_tr:
         raise InputError(f"{p}: basis has {mbasis.shape[0]} TRs, its sequence {seq.n_tr}")
-    model = UnrolledRecon(cfg)
+    return seq, mbasis
+
+
+def _load_weights(model: UnrolledRecon, weights: Any, p: Path) -> None:
+    """Load ``weights`` into ``model`` strictly; any difference of keys or shapes is one line."""
+    msg = f"{p}: weights do not fit the stored config"
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise InputError(f"{msg}: the 'model' entry is not a dictionary of named tensors")
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or extra:
+        what = [f"{len(missing)} missing (e.g. {missing[0]!r})"] if missing else []
+        what += [f"{len(extra)} unexpected (e.g. {extra[0]!r})"] if extra else []
+        raise InputError(f"{msg}: {', '.join(what)} parameter(s)")
+    for k, v in own.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise InputError(
+                f"{msg}: {k!r} has shape {tuple(weights[k].shape)}, the config makes "
+                f"{tuple(v.shape)}"
+            )
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p}: weights do not fit the stored config: {first}") from None
+        raise InputError(f"{msg}: {first}") from None
+
+
+def load_model(
+    path: str | Path,
+    *,
+    basis: torch.Tensor | None = None,
+    sequence: Sequence | None = None,
+    device: str | torch.device = "cpu",
+    method: str | None = None,
+) -> tuple[UnrolledRecon, dict[str, Any]]:
+    """Read and validate a model file or training checkpoint (never running code from it).
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by the training stages (kind ``spurig-model`` or ``spurig-train``).
+    basis : Tensor, shape (tr, basis), optional
+        The scan's balanced basis, checked with :func:`check_model_fits`.
+    sequence : Sequence, optional
+        The scan's sequence; a different one gives a warning in ``meta["warning"]``.
+    device : str or torch.device
+    method : {"spurig", "hybrid"}, optional
+        Load as the model of this reconstruction method (``--model``): only kind
+        ``spurig-model`` from an unrolled stage, with a 3D (``spurig``) or 2D (``hybrid``)
+        network.  ``None`` (e.g. ``init`` of a training stage) accepts any stage and resume files.
+
+    Returns
+    -------
+    model : UnrolledRecon
+        In eval mode on ``device``.
+    meta : dict
+        ``config`` (UnrollConfig), ``sequence`` (Sequence), ``basis`` (Tensor (tr, basis)),
+        ``kind``, ``stage``, ``duration`` (when recorded), ``warning`` (str or None),
+        ``sha256`` (of the file), ``card`` (the model card whose sha256 it matches, or None) and
+        ``line`` (``"model NAME sha256 HEX"``, for the user).
+
+    Raises
+    ------
+    InputError
+        Missing, corrupt or truncated file, Python objects or NaN/Inf in it, wrong kind (for
+        ``method``), missing architecture fields, weights that do not fit, a basis of another
+        shape, a sha256 that differs from the file's model card.
+    """
+    from ..io import load_checkpoint
+    from .models import check_card
+
+    p = Path(path)
+    state = load_checkpoint(p)
+    kind = _check_kind(state, p, method)
+    for key in ("config", "sequence", "basis", "model"):
+        if key not in state:
+            raise InputError(f"{p}: model file lacks its {key!r} entry")
+    cfg = _check_architecture(state, p, method)
+    seq, mbasis = _sequence_and_basis(state, p, cfg)
+    model = UnrolledRecon(cfg)
+    _load_weights(model, state["model"], p)
     model.to(device).eval()
     meta: dict[str, Any] = {
         "kind": kind,
@@ -484,6 +566,7 @@ def load_model(
         "stage": state.get("stage"),
         "duration": state.get("duration"),
         "warning": None,
+        **check_card(p),
     }
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
     return model, meta

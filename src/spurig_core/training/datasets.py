@@ -391,8 +391,8 @@ def prepare_subject(
             "coil_maps": maps,
             "basis": basis,
             "index": index,
-            "grid": list(gridded.grid),
-            "matrix": list(gridded.matrix),
+            "grid": [int(v) for v in gridded.grid],  # plain ints: checkpoints load weights-only
+            "matrix": [int(v) for v in gridded.matrix],
             "encoding": to_dict(op.config),
         }
         dcs[d] = DCData(ahb, b_norm, s, lip, payload)

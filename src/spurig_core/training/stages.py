@@ -11,39 +11,42 @@
 
 Adam with the learning rate halved after ``lr_patience`` validation epochs without improvement
 (``ReduceLROnPlateau``).  After every epoch a resumable checkpoint ``last.pt`` is written atomically
-(model, optimiser, scheduler, epoch/step, the data generators and the torch/numpy/python RNG
-states), the best model so far ``model.pt`` (kind ``spurig-model``, read by
-:func:`spurig_core.recon.unrolled.load_model`), and the loss curves ``loss.csv`` and ``loss.png``.
+(model, optimiser, scheduler, epoch/step/samples seen, the data generators and the
+torch/numpy/python RNG states), the best model so far ``model.pt`` (kind ``spurig-model``, read by
+:func:`spurig_core.recon.unrolled.load_model`), and the loss curves ``loss.csv``, ``steps.csv`` and
+``loss.png`` (:mod:`.records`).  Under ``torchrun`` the same run is shared by several processes
+(:mod:`.distributed`): same batches, gradients summed, rank 0 writes; a checkpoint resumes with
+any number of processes.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import from_dict, load_toml, to_dict
+from ..config import from_dict, to_dict
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
-from ..recon.unrolled import (
-    MODEL_KIND,
-    TRAIN_KIND,
-    UnrollConfig,
-    UnrolledRecon,
-    estimate_lipschitz,
-    model_state,
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon, estimate_lipschitz, model_state
+from .augment import apply_affine, random_affine, random_crop
+from .configs import (
+    STAGES,
+    FinetuneConfig,
+    GleamConfig,
+    PretrainConfig,
+    _Common,
+    load_stage_config,
 )
-from .augment import AugmentConfig, apply_affine, random_affine, random_crop
 from .datasets import Example, list_subjects, load_example
-from .losses import TISSUE_WEIGHTS, tissue_l1
+from .distributed import Context, process_group, read_config, reduce_gradients
+from .losses import tissue_l1
+from .records import EPOCH_COLUMNS, STEP_COLUMNS, plot_curves, rng_state, set_rng_state, write_csv
 from .steps import amp, gleam_backward, pretrain_backward, unrolled_backward
 
 __all__ = [
@@ -60,158 +63,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Common:
-    """Fields shared by the three stages.
-
-    Attributes
-    ----------
-    data_dir : str
-        Cohort directory with prepared subjects in ``train/``, ``val/`` (``test/`` unused here).
-    out_dir : str
-        Where checkpoints, the model and loss curves go.
-    duration : str
-        Scan duration the model is for (``"30s"``, ``"1min"``, ``"2min"``).
-    model : UnrollConfig
-    init : str
-        Model file to start from (``""``: random initialisation, e.g. GLEAM "no PT").
-    epochs : int
-    lr : float
-        Adam's initial learning rate (5e-3 in appendix A.1).
-    lr_patience : int
-        Validation epochs without improvement before the rate is multiplied by ``lr_factor``.
-    lr_factor : float
-    tissue_weights : tuple of float
-        λ per label (eq. 4).
-    bf16 : bool
-        bfloat16 autocast inside the UNets (whitening, DC and losses stay float32).
-    seed : int
-    device : str
-    max_train : int
-        Use at most this many training subjects (0: all).
-    max_val : int
-        Use at most this many validation subjects (0: all).
-    """
-
-    data_dir: str
-    out_dir: str
-    duration: str = "1min"
-    model: UnrollConfig = field(default_factory=UnrollConfig)
-    init: str = ""
-    epochs: int = 100
-    lr: float = 5e-3
-    lr_patience: int = 20
-    lr_factor: float = 0.5
-    tissue_weights: tuple[float, ...] = TISSUE_WEIGHTS
-    bf16: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    max_train: int = 0
-    max_val: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InputError(f"{type(self).__name__}.epochs: must be at least 1")
-        if not self.lr > 0:
-            raise InputError(f"{type(self).__name__}.lr: must be positive")
-
-
-@dataclass(frozen=True)
-class PretrainConfig(_Common):
-    """Stage 1 (appendix A.2).
-
-    Attributes
-    ----------
-    inputs : tuple of str
-        Input types; ``"adjoint"`` means ``adjoint-<duration>``, ``"target"`` the target itself.
-    indices : tuple of int
-        Pseudo unroll index of each input type; ``0`` draws from ``target_index``.
-    target_index : tuple of 2 int
-        Range (inclusive) of the random index of the target input.
-    batch_size : int
-    crop : int
-        Side of the random cubic crops (clipped to the volume).
-    steps_per_epoch : int
-        Batches per epoch (0: one per training subject and input type / batch size).
-    augment : AugmentConfig
-    """
-
-    inputs: tuple[str, ...] = ("adjoint", "llr-30s", "llr-1min", "llr-2min", "target")
-    indices: tuple[int, ...] = (1, 2, 2, 3, 0)
-    target_index: tuple[int, int] = (4, 6)
-    batch_size: int = 8
-    crop: int = 96
-    steps_per_epoch: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.inputs) != len(self.indices):
-            raise InputError("PretrainConfig: inputs and indices must have the same length")
-
-
-@dataclass(frozen=True)
-class GleamConfig(_Common):
-    """Stage 2 (appendix A.3).
-
-    Attributes
-    ----------
-    accumulation : int
-        Subjects per optimiser step (batch 1, gradient accumulation 4).
-    step_weight_ratio : float
-        ``λ_K / λ_1`` of the geometric step weights (10).
-    ssim_weight : float
-        ``λ_SSIM`` of the MS-SSIM term on the final output (0 disables it).
-    ssim_slices : int
-        Random axial slices for MS-SSIM (30).
-    """
-
-    accumulation: int = 4
-    step_weight_ratio: float = 10.0
-    ssim_weight: float = 1.0
-    ssim_slices: int = 30
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(_Common):
-    """Stage 3 (appendix A.4): loss on the final output only.
-
-    Attributes
-    ----------
-    accumulation, ssim_weight, ssim_slices
-        As in :class:`GleamConfig`.
-    checkpointing : bool
-        Gradient checkpointing across DC and denoiser steps (``False``: naive full backprop).
-    """
-
-    accumulation: int = 4
-    ssim_weight: float = 1.0
-    ssim_slices: int = 30
-    checkpointing: bool = True
-
-
-STAGES: dict[str, type[_Common]] = {
-    "pretrain": PretrainConfig,
-    "gleam": GleamConfig,
-    "finetune": FinetuneConfig,
-}
-
-
-def load_stage_config(stage: str, path: str | Path) -> _Common:
-    """Read the stage's frozen config from a TOML file (top-level table, or ``[<stage>]``)."""
-    if stage not in STAGES:
-        raise InputError(f"unknown training stage {stage!r}: choose {', '.join(STAGES)}")
-    import tomllib
-
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text()) if p.exists() else None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        data = None
-    table = stage if isinstance(data, dict) and isinstance(data.get(stage), dict) else None
-    return load_toml(STAGES[stage], p, table=table)
-
-
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +76,9 @@ class Trainer:
     train, val : list of Example
         Prepared subjects (the unrolled stages need ``dc[cfg.duration]``).
     callback : Callback, optional
-        ``emit(callback, "train", step, total, loss=...)`` after every optimiser step.
+        ``emit(callback, "train", step, total, loss=...)`` after every optimiser step (rank 0).
+    dist : Context, optional
+        This process's place in a distributed run (:mod:`.distributed`; default: alone).
     """
 
     def __init__(
@@ -236,12 +89,14 @@ class Trainer:
         val: list[Example],
         *,
         callback: Callback | None = None,
+        dist: Context | None = None,
     ) -> None:
         if not train:
             raise InputError(f"{cfg.data_dir}: no prepared training subjects in train/")
         self.stage, self.cfg, self.train_set, self.val_set = stage, cfg, train, val
         self.callback = callback
-        self.device = torch.device(cfg.device)
+        self.dist = dist or Context()
+        self.device = self.dist.device(cfg.device)
         self.out = Path(cfg.out_dir)
         basis0 = train[0].basis
         for ex in train + val:
@@ -259,6 +114,7 @@ class Trainer:
         self.model = UnrolledRecon(cfg.model).to(self.device)
         if cfg.init:
             self._init_from(Path(cfg.init))
+        self.dist.broadcast_module(self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
@@ -267,8 +123,11 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
         self.step = 0
+        self.samples = 0  # training samples seen, over all processes
+        self.saved_epoch = 0  # epoch of the last checkpoint written by this run
         self.best = math.inf
         self.history: list[dict[str, float]] = []
+        self.steps_log: list[dict[str, float]] = []
         self._ops: dict[str, tuple[LinearOperator, float]] = {}
 
     # -- set-up --------------------------------------------------------------------------------
@@ -322,110 +181,129 @@ class Trainer:
         return max(1, math.ceil(len(self.train_set) / cfg.accumulation))
 
     # -- epochs ---------------------------------------------------------------------------------
+    def _draw_pretrain(self) -> tuple[Example, str, int, Any, tuple[slice, ...]]:
+        """One pretraining sample's random choices (every process draws every sample)."""
+        cfg = self.cfg
+        assert isinstance(cfg, PretrainConfig)
+        ex = self.train_set[int(self.np_rng.integers(len(self.train_set)))]
+        k = int(self.np_rng.integers(len(cfg.inputs)))
+        name = cfg.inputs[k]
+        name = f"adjoint-{cfg.duration}" if name == "adjoint" else name
+        index = cfg.indices[k] or int(
+            self.np_rng.integers(cfg.target_index[0], cfg.target_index[1] + 1)
+        )
+        affine = random_affine(cfg.augment, self.np_rng) if cfg.augment.enabled else None
+        nx, ny, nz = (int(n) for n in ex.tissue.shape)
+        return ex, name, index, affine, random_crop((nx, ny, nz), cfg.crop, self.np_rng)
+
+    @staticmethod
+    def _make_sample(
+        draw: tuple[Example, str, int, Any, tuple[slice, ...]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Input crop, target crop, tissue crop and pseudo index of a drawn sample."""
+        ex, name, index, affine, sl = draw
+        vols, lab = [ex.input(name), ex.target], ex.tissue
+        if affine is not None:
+            vols, moved = apply_affine(vols, lab, affine)
+            assert moved is not None
+            lab = moved
+        return vols[0][(slice(None), *sl)], vols[1][(slice(None), *sl)], lab[sl], index
+
+    def _optimiser_step(self, loss_part: float, n_samples: int, total: int) -> float:
+        """Sum gradients and losses over the processes, step, log; the global mean loss."""
+        reduce_gradients(self.model.parameters(), self.dist)
+        (loss_sum,) = self.dist.sum([loss_part])
+        self.opt.step()
+        self.step += 1
+        self.samples += n_samples
+        loss = loss_sum / n_samples
+        lr = self.opt.param_groups[0]["lr"]
+        self.steps_log.append(
+            {"step": self.step, "samples": self.samples, "epoch": self.epoch + 1, "loss": loss}
+            | {"lr": lr}
+        )
+        if self.dist.is_main:
+            msg = f"{self.stage} epoch {self.epoch + 1}"
+            emit(self.callback, "train", self.step, total, msg, loss=loss)
+        return loss
+
     def _pretrain_epoch(self) -> float:
+        """One epoch of stage 1: process ``r`` computes crops ``r, r + W, …`` of each batch."""
         cfg = self.cfg
         assert isinstance(cfg, PretrainConfig)
         losses = []
         total = cfg.epochs * self.steps_per_epoch
         for _ in range(self.steps_per_epoch):
-            ins, tgs, tis, idx = [], [], [], []
-            for _b in range(cfg.batch_size):
-                ex = self.train_set[int(self.np_rng.integers(len(self.train_set)))]
-                k = int(self.np_rng.integers(len(cfg.inputs)))
-                name = cfg.inputs[k]
-                name = f"adjoint-{cfg.duration}" if name == "adjoint" else name
-                index = cfg.indices[k] or int(
-                    self.np_rng.integers(cfg.target_index[0], cfg.target_index[1] + 1)
-                )
-                vols, lab = [ex.input(name), ex.target], ex.tissue
-                if cfg.augment.enabled:
-                    vols, moved = apply_affine(vols, lab, random_affine(cfg.augment, self.np_rng))
-                    assert moved is not None
-                    lab = moved
-                nx, ny, nz = (int(s) for s in lab.shape)
-                sl = random_crop((nx, ny, nz), cfg.crop, self.np_rng)
-                ins.append(vols[0][(slice(None), *sl)])
-                tgs.append(vols[1][(slice(None), *sl)])
-                tis.append(lab[sl])
-                idx.append(index)
+            draws = [self._draw_pretrain() for _ in range(cfg.batch_size)]
+            mine = [self._make_sample(draws[i]) for i in self.dist.shard(cfg.batch_size)]
             self.opt.zero_grad(set_to_none=True)
-            loss = pretrain_backward(
-                self.model,
-                torch.stack(ins).to(self.device),
-                torch.stack(tgs).to(self.device),
-                torch.stack(tis).to(self.device),
-                torch.tensor(idx, dtype=torch.float32),
-                weights=cfg.tissue_weights,
-                bf16=cfg.bf16,
-            )
-            self.opt.step()
-            self.step += 1
-            losses.append(loss)
-            emit(
-                self.callback,
-                "train",
-                self.step,
-                total,
-                f"pretrain epoch {self.epoch + 1}",
-                loss=loss,
-            )
+            part = 0.0
+            if mine:
+                ins, tgs, tis, idx = zip(*mine, strict=True)
+                share = len(mine) / cfg.batch_size  # this process's part of the batch mean
+                loss = pretrain_backward(
+                    self.model,
+                    torch.stack(ins).to(self.device),
+                    torch.stack(tgs).to(self.device),
+                    torch.stack(tis).to(self.device),
+                    torch.tensor(idx, dtype=torch.float32),
+                    weights=cfg.tissue_weights,
+                    bf16=cfg.bf16,
+                    scale=share,
+                )
+                part = loss * len(mine)
+            losses.append(self._optimiser_step(part, cfg.batch_size, total))
         return float(np.mean(losses))
 
     def _unrolled_epoch(self) -> float:
+        """One epoch of stage 2 or 3: each optimiser step's ``accumulation`` subjects are shared
+        out over the processes; each subject's MS-SSIM slices come from its own drawn seed."""
         cfg = self.cfg
         assert isinstance(cfg, GleamConfig | FinetuneConfig)
         order = self.np_rng.permutation(len(self.train_set))
         total = cfg.epochs * self.steps_per_epoch
         losses: list[float] = []
-        acc: list[float] = []
-        self.opt.zero_grad(set_to_none=True)
-        for j, k in enumerate(order):
-            ex = self.train_set[int(k)]
-            dc = ex.dc[cfg.duration]
-            op, lip = self._operator(ex)
-            data = (
-                dc.ahb.to(self.device),
-                dc.x0.to(self.device),
-                ex.target.to(self.device),
-                ex.tissue.to(self.device),
-            )
-            n_in_step = min(
-                cfg.accumulation, len(order) - (j // cfg.accumulation) * cfg.accumulation
-            )
-            sc = 1.0 / n_in_step
-            if isinstance(cfg, GleamConfig):
-                loss = gleam_backward(self.model, op, *data, lip, cfg, scale=sc, generator=self.gen)
-            else:
-                loss = unrolled_backward(
-                    self.model, op, *data, lip, cfg, scale=sc, generator=self.gen
+        for start in range(0, len(order), cfg.accumulation):
+            group = order[start : start + cfg.accumulation]
+            seeds = self.np_rng.integers(0, 2**62, size=len(group))
+            self.opt.zero_grad(set_to_none=True)
+            part = 0.0
+            for j in self.dist.shard(len(group)):
+                ex = self.train_set[int(group[j])]
+                dc = ex.dc[cfg.duration]
+                op, lip = self._operator(ex)
+                data = (
+                    dc.ahb.to(self.device),
+                    dc.x0.to(self.device),
+                    ex.target.to(self.device),
+                    ex.tissue.to(self.device),
                 )
-            acc.append(loss)
-            if len(acc) == n_in_step:
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.step += 1
-                losses.append(float(np.mean(acc)))
-                emit(
-                    self.callback,
-                    "train",
-                    self.step,
-                    total,
-                    f"{self.stage} epoch {self.epoch + 1}",
-                    loss=losses[-1],
+                self.gen.manual_seed(int(seeds[j]))
+                backward = gleam_backward if isinstance(cfg, GleamConfig) else unrolled_backward
+                part += backward(
+                    self.model,
+                    op,
+                    *data,
+                    lip,
+                    cfg,  # type: ignore[arg-type]
+                    scale=1.0 / len(group),
+                    generator=self.gen,
                 )
-                acc = []
+            losses.append(self._optimiser_step(part, len(group), total))
         return float(np.mean(losses))
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean validation loss (NaN without validation subjects)."""
+        """Mean validation loss (NaN without validation subjects); the processes share the
+        subjects and sum their losses."""
         cfg = self.cfg
         if not self.val_set:
             return math.nan
         self.model.eval()
         vals = []
         try:
-            for ex in self.val_set:
+            for k in self.dist.shard(len(self.val_set)):
+                ex = self.val_set[k]
                 tgt, tis = ex.target.to(self.device), ex.tissue.to(self.device)
                 if isinstance(cfg, PretrainConfig):
                     for name, index in zip(cfg.inputs, cfg.indices, strict=True):
@@ -445,7 +323,8 @@ class Trainer:
                     vals.append(float(tissue_l1(out, tgt, tis, cfg.tissue_weights)))
         finally:
             self.model.train()
-        return float(np.mean(vals))
+        total, count = self.dist.sum([math.fsum(vals), len(vals)])
+        return total / count
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
@@ -455,6 +334,8 @@ class Trainer:
             "train_config": to_dict(self.cfg),
             "epoch": self.epoch,
             "step": self.step,
+            "samples": self.samples,
+            "world_size": self.dist.world_size,  # a record only: resuming ignores it
         }
         # the data-consistency operator the model learned with (inference rebuilds the same one)
         dc = self.train_set[0].dc.get(self.cfg.duration)
@@ -472,13 +353,8 @@ class Trainer:
                 "scheduler": self.sched.state_dict(),
                 "best": self.best,
                 "history": list(self.history),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": self.np_rng.bit_generator.state,
-                    "python": random.getstate(),
-                    "generator": self.gen.get_state(),
-                    "numpy_global": np.random.get_state(),  # noqa: NPY002 (restored for exactness)
-                },
+                "steps": list(self.steps_log),
+                "rng": rng_state(self.np_rng, self.gen),
             }
         )
         return model_state(
@@ -503,37 +379,30 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.samples = int(state.get("samples", 0))
+        self.saved_epoch = self.epoch
         self.best = float(state["best"])
         self.history = list(state["history"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.np_rng.bit_generator.state = rng["numpy"]
-        random.setstate(rng["python"])
-        self.gen.set_state(rng["generator"])
-        np.random.set_state(rng["numpy_global"])  # noqa: NPY002
+        self.steps_log = list(state.get("steps", []))
+        set_rng_state(state["rng"], self.np_rng, self.gen)
 
     def _write_curves(self, *, plot: bool = True) -> None:
-        """``loss.csv`` after every epoch; ``loss.png`` when ``plot`` (at the end of the run)."""
-        from ..io import atomic_path
-
-        keys = ["epoch", "step", "train_loss", "val_loss", "lr", "time_s"]
-        with atomic_path(self.out / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: row.get(k) for k in keys})
+        """``loss.csv`` and ``steps.csv`` after every epoch; ``loss.png`` when ``plot``."""
+        write_csv(self.out / "loss.csv", self.history, EPOCH_COLUMNS)
+        write_csv(self.out / "steps.csv", self.steps_log, STEP_COLUMNS)
         if plot:
             title = f"{self.stage} ({self.cfg.duration})"
-            _plot_curves(self.history, self.out / "loss.png", title=title)
+            plot_curves(self.history, self.out / "loss.png", title=title)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> Path:
-        """Train until ``cfg.epochs``; returns the path of the best model file."""
-        from ..io import save_checkpoint
+        """Train until ``cfg.epochs``; returns the path of the best model file.
 
+        Only rank 0 writes (``model.pt`` when the metric improved, ``last.pt`` and the curves, each
+        atomically, after every epoch); the processes meet at a barrier before returning.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         model_path = self.out / "model.pt"
-        ex = self.train_set[0]
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
             self.model.train()
@@ -553,48 +422,33 @@ class Trainer:
                     "val_loss": val,
                     "lr": self.opt.param_groups[0]["lr"],
                     "time_s": time.perf_counter() - t0,
+                    "samples": self.samples,
                 }
             )
-            if metric < self.best or not model_path.exists():
-                self.best = min(self.best, metric)
-                save_checkpoint(
-                    model_state(
-                        self.model,
-                        sequence=ex.sequence,
-                        basis=ex.basis,
-                        kind=MODEL_KIND,
-                        extra=self._extra(),
-                    ),
-                    model_path,
-                )
-            save_checkpoint(self.state(), self.out / "last.pt")
-            self._write_curves(plot=self.epoch == self.cfg.epochs)
+            improved = metric < self.best or not model_path.exists()
+            self.best = min(self.best, metric)
+            if self.dist.is_main:
+                self._save(model_path if improved else None)
+            self.saved_epoch = self.epoch
+        self.dist.barrier()
         return model_path
 
+    def _save(self, model_path: Path | None) -> None:
+        """Write the best model (when given), ``last.pt`` and the curves."""
+        from ..io import save_checkpoint
 
-def _plot_curves(history: list[dict[str, float]], path: Path, *, title: str) -> None:
-    """Loss curves to a PNG (matplotlib imported here, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if any(not math.isnan(h["val_loss"]) for h in history):
-        ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+        ex = self.train_set[0]
+        if model_path is not None:
+            state = model_state(
+                self.model,
+                sequence=ex.sequence,
+                basis=ex.basis,
+                kind=MODEL_KIND,
+                extra=self._extra(),
+            )
+            save_checkpoint(state, model_path)
+        save_checkpoint(self.state(), self.out / "last.pt")
+        self._write_curves(plot=self.epoch == self.cfg.epochs)
 
 
 def run_stage(
@@ -640,12 +494,22 @@ def run_stage(
         train_dirs = train_dirs[: cfg.max_train]
     if cfg.max_val:
         val_dirs = val_dirs[: cfg.max_val]
+    dcfg = read_config(config_path)
+    last = out / "last.pt"
+    if resume and not last.exists():
+        raise InputError(f"{last}: nothing to resume from")
     train = [load_example(d, durations=durs) for d in train_dirs]
     val = [load_example(d, durations=durs) for d in val_dirs]
-    trainer = Trainer(stage, cfg, train, val, callback=callback)
-    if resume:
-        last = out / "last.pt"
-        if not last.exists():
-            raise InputError(f"{last}: nothing to resume from")
-        trainer.restore(load_checkpoint(last))
-    return trainer.fit()
+    run: list[Trainer] = []
+
+    def status() -> str:
+        epoch = run[0].saved_epoch if run else 0
+        if epoch and last.exists():
+            return f"the last checkpoint {last} (epoch {epoch}) is intact; continue with --resume"
+        return f"no epoch finished in this run; {last} is as before"
+
+    with process_group(dcfg, device=cfg.device, status=status) as ctx:
+        run.append(Trainer(stage, cfg, train, val, callback=callback, dist=ctx))
+        if resume:
+            run[0].restore(load_checkpoint(last))
+        return run[0].fit()

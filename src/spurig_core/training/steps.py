@@ -17,7 +17,7 @@ from ..recon.unrolled import UnrolledRecon
 from .losses import TISSUE_WEIGHTS, gleam_weights, ms_ssim_loss, tissue_l1
 
 if TYPE_CHECKING:
-    from .stages import FinetuneConfig, GleamConfig
+    from .configs import FinetuneConfig, GleamConfig
 
 __all__ = ["amp", "gleam_backward", "pretrain_backward", "unrolled_backward"]
 
@@ -38,6 +38,7 @@ def pretrain_backward(
     *,
     weights: tuple[float, ...] = TISSUE_WEIGHTS,
     bf16: bool = False,
+    scale: float = 1.0,
 ) -> float:
     """Forward, tissue-aware L1 and backward of one pretraining batch.
 
@@ -51,16 +52,19 @@ def pretrain_backward(
         Pseudo unroll indices.
     weights : tuple of float
     bf16 : bool
+    scale : float
+        Multiplies the loss before ``backward`` (this process's share of a batch split over
+        several processes, :mod:`.distributed`).
 
     Returns
     -------
     float
-        The loss.
+        The loss (the mean over this batch, unscaled).
     """
     with amp(bf16, inputs.device):
         out = model.denoiser(0)(inputs, index)
     loss = tissue_l1(out, targets, tissue, weights)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     return float(loss.detach())
 
 

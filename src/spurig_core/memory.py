@@ -1,0 +1,168 @@
+"""Memory each reconstruction step needs, estimated from the shapes before anything is allocated.
+
+Each estimate counts the large arrays a step must hold at once (complex64 = 8 bytes per value),
+not the allocator's overhead, so it is a lower bound: a step refused here would certainly fail, and
+one admitted may still need somewhat more.  The available memory is ``MemAvailable`` of
+``/proc/meminfo`` (else ``SC_AVPHYS_PAGES · SC_PAGE_SIZE``), or the free memory of the CUDA device,
+capped by the environment variable ``SPURIG_MEMORY_GB`` when it is set (to keep a job below a
+budget on a shared machine).
+
+=================  ==============================================================================
+step               arrays counted
+=================  ==============================================================================
+reading            the declared dataset (``prod(shape) · itemsize``)
+ESPIRiT            maps ``coils·x·y·z`` and the kernel autocorrelation ``coils²·(2w−1)·y·z``
+gridding           k-space in and out, ``2·coils·groups·tr·samples``, and one int64 index per sample
+gridded DC / LLR   gram kernel ``basis²·X·Y·Z`` (X = 1.5× grid), coil maps, two padded grids per
+                   coil batch ``2·basis·X·Y·Z``, six FISTA iterates ``basis·x·y·z``, saved iterates
+NUFFT              coil maps, the 2× upsampled fine grids ``2·basis·8·x·y·z``, k-space
+=================  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+from .errors import InputError
+
+__all__ = [
+    "available_bytes",
+    "format_bytes",
+    "recon_estimates",
+    "require_bytes",
+]
+
+_COMPLEX = 8  # bytes per complex64 value
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as ``"1.2 GB"`` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def _host_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 62
+
+
+def available_bytes(device: str = "cpu") -> int:
+    """Memory a step may use now on ``device`` (host RAM, or free CUDA memory).
+
+    ``SPURIG_MEMORY_GB`` (a positive number) caps the value.
+    """
+    avail = _host_available()
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                avail = int(torch.cuda.mem_get_info()[0])
+        except RuntimeError:  # pragma: no cover - driver trouble: fall back to the host figure
+            pass
+    cap = os.environ.get("SPURIG_MEMORY_GB")
+    if cap:
+        try:
+            gb = float(cap)
+        except ValueError:
+            raise InputError(f"SPURIG_MEMORY_GB={cap!r} is not a number of GB") from None
+        if not (math.isfinite(gb) and gb > 0):
+            raise InputError(f"SPURIG_MEMORY_GB={cap!r} must be a positive number of GB")
+        avail = min(avail, int(gb * 1e9))
+    return avail
+
+
+def require_bytes(need: float, what: str, *, device: str = "cpu") -> None:
+    """Raise one InputError line when ``need`` bytes exceed :func:`available_bytes`.
+
+    Parameters
+    ----------
+    need : float
+        Estimated bytes.
+    what : str
+        The step and its shapes, e.g. ``"ESPIRiT coil maps (64 coils, 512×512×512)"``.
+    """
+    have = available_bytes(device)
+    if need > have:
+        where = "GPU memory" if str(device).startswith("cuda") else "memory"
+        raise InputError(
+            f"{what} needs about {format_bytes(need)} but only {format_bytes(have)} of {where} "
+            "is available (use fewer groups or coils, a smaller matrix, or a larger machine)"
+        )
+
+
+def _grid(n: int, oversampling: float) -> int:
+    from .operators.grid import grid_size
+
+    return int(grid_size(int(n), float(oversampling)))
+
+
+def recon_estimates(
+    *,
+    method: str,
+    matrix: Sequence[int],
+    coils: int,
+    groups: int,
+    tr: int,
+    samples: int,
+    basis: int = 5,
+    espirit: bool = False,
+    oversampling: float = 1.5,
+    saved_iterates: int = 0,
+) -> list[tuple[str, float]]:
+    """Estimated peak bytes of each step of ``reconstruct`` (see the module table).
+
+    Returns
+    -------
+    list of (str, float)
+        ``(step description, bytes)`` in the order the steps run.
+    """
+    x, y, z = (int(v) for v in matrix)
+    n = x * y * z
+    shape = f"{x}×{y}×{z}"
+    samples_total = float(coils) * groups * tr * samples
+    steps: list[tuple[str, float]] = []
+    if espirit:
+        w2 = 7  # 2·kernel_width − 1 with the default kernel width 4
+        need = _COMPLEX * (coils * n + coils * coils * w2 * y * z)
+        steps.append((f"ESPIRiT coil maps ({coils} coils, {shape})", need))
+    maps = _COMPLEX * coils * n
+    iterates = _COMPLEX * basis * n * (6 + saved_iterates)
+    if method in ("adjoint", "llr-nufft"):
+        fine = 2 * basis * _COMPLEX * 8 * n
+        steps.append(
+            (
+                f"NUFFT encoding ({coils} coils, {basis} coefficients, {shape})",
+                maps + fine + _COMPLEX * samples_total + iterates,
+            )
+        )
+        return steps
+    grid = _grid(x, oversampling) * _grid(y, oversampling) * _grid(z, oversampling)
+    steps.append(
+        (
+            f"iGROG gridding ({coils} coils × {groups} groups × {tr} TRs × {samples} samples)",
+            2 * _COMPLEX * samples_total + 8 * groups * tr * samples,
+        )
+    )
+    gram = _COMPLEX * basis * basis * grid + 2 * _COMPLEX * basis * grid
+    steps.append(
+        (
+            f"gridded data consistency ({coils} coils, {basis} coefficients, {shape})",
+            gram + maps + iterates + _COMPLEX * samples_total,
+        )
+    )
+    return steps

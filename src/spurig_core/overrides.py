@@ -1,0 +1,71 @@
+"""The ``--config`` TOML of ``spurig recon`` and ``spurig prepare-training``, checked before work.
+
+Such a file holds up to three tables, each the fields of one stage config that replace its
+defaults: ``[gridding]`` (:class:`~spurig_core.operators.igrog.GriddingConfig`), ``[encoding]``
+(:class:`~spurig_core.operators.encoding.GriddedEncodingConfig`) and ``[llr]``
+(:class:`~spurig_core.recon.llr.LLRConfig`); ``prepare-training`` also reads ``[inputs]``
+(:class:`PrepareInputs`).  Every table and value is checked when the file is read
+(:func:`spurig_core.config.check_tables`), so ``[llr] iterations = -1`` is one line before any
+data is read or a kernel is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import check_tables, read_toml
+
+__all__ = ["PrepareInputs", "check_overrides", "read_overrides", "recon_tables"]
+
+
+@dataclass(frozen=True)
+class PrepareInputs:
+    """``[inputs]`` of a prepare-training config.
+
+    Attributes
+    ----------
+    llr_from : str
+        A folder prepared earlier (relative to the config file) whose ``llr-<duration>`` inputs
+        are reused; ``""``: compute them.
+    """
+
+    llr_from: str = ""
+
+
+def recon_tables() -> dict[str, type]:
+    """The tables a reconstruction config may hold and the stage config of each."""
+    from .operators.encoding import GriddedEncodingConfig
+    from .operators.igrog import GriddingConfig
+    from .recon.llr import LLRConfig
+
+    return {"gridding": GriddingConfig, "encoding": GriddedEncodingConfig, "llr": LLRConfig}
+
+
+def check_overrides(overrides: dict[str, Any] | None, *, where: str = "config") -> dict[str, Any]:
+    """Check an overrides mapping ``{"gridding": {...}, "llr": {...}}``; return it as a dict."""
+    return check_tables(overrides or {}, recon_tables(), where=where)
+
+
+def read_overrides(config: str | Path | None, *, prepare: bool = False) -> dict[str, Any]:
+    """Read a ``--config`` TOML and check every table and value (``{}`` without a file).
+
+    Parameters
+    ----------
+    config : path-like, optional
+        The TOML file.
+    prepare : bool
+        Also accept the ``[inputs]`` table of ``prepare-training``.
+
+    Raises
+    ------
+    InputError
+        One line for a missing file, a folder, a binary, non-UTF-8 or invalid TOML file, an
+        unknown table or key, a value of the wrong type, NaN/Inf or a value out of range
+        (:data:`spurig_core.config.RANGES`).
+    """
+    if config is None:
+        return {}
+    tables = {**recon_tables(), **({"inputs": PrepareInputs} if prepare else {})}
+    return check_tables(read_toml(config), tables, where=f"config {config}")
