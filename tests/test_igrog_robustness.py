@@ -246,9 +246,7 @@ def test_fallback_uses_the_nufft_and_says_so(
     assert len(msgs) == 1 and "\n" not in msgs[0] and "NUFFT" in msgs[0]
     direct = reconstruct(broken, method="llr-nufft", config=FAST)
     scale = float(direct.coefficients.abs().max())
-    torch.testing.assert_close(
-        res.coefficients, direct.coefficients, rtol=1e-3, atol=1e-3 * scale
-    )
+    torch.testing.assert_close(res.coefficients, direct.coefficients, rtol=1e-3, atol=1e-3 * scale)
     # the check is stored with the result
     back = load_result(res.save(tmp_path / "fallback.zarr"))
     assert back.config["gridding_check"]["passed"] is False

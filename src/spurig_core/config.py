@@ -67,6 +67,8 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "check_samples": ">= 256",
         "max_rel_error": "(0, 1]",
         "max_noise_gain": ">= 1",
+        "source_spacing": "[0, 2]",
+        "max_error_ratio": "(0, 1]",
     },
     "GriddedEncodingConfig": {
         "chunk": ">= 0",
