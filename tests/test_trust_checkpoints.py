@@ -266,6 +266,9 @@ def test_reconstruct_widget_refuses_the_payload(
         qtbot.waitUntil(
             lambda: w.runner.worker is not None and not w.runner.running, timeout=120_000
         )
+        # the status label and the notification follow the worker's end through Qt signals
+        qtbot.waitUntil(lambda: w.status.value.startswith("failed: "), timeout=10_000)
+        qtbot.waitUntil(lambda: any(REFUSED in str(n.message) for n in seen), timeout=10_000)
     finally:
         notification_manager.notification_ready.disconnect(seen.append)
     assert isinstance(w.runner.error, InputError) and REFUSED in str(w.runner.error)
