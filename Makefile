@@ -20,7 +20,7 @@ ifeq ($(SPURIG_NO_GUI),1)
 NOGUI := and not gui
 endif
 
-.PHONY: demo test test-all gui bench lint format venv preflight clean
+.PHONY: demo test test-all gui bench lint format venv preflight clean screenshots
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ test-all: $(STAMP) preflight
 
 gui: $(STAMP) preflight
 	$(BIN)/spurig gui
+
+# README screenshots of the napari plugin (docs/images/), under Xvfb.
+screenshots: $(STAMP) preflight
+	xvfb-run -a -s "-screen 0 1700x1050x24" $(BIN)/python tools/screenshots.py
 
 bench: $(STAMP)
 	$(BIN)/spurig bench --matrix $(BENCH_MATRIX) --groups $(BENCH_GROUPS) --out benchmarks/bench-latest.md

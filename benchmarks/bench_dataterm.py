@@ -30,7 +30,8 @@ from spurig_core.operators.encoding import (
     GriddedSubspaceEncoding,
     adjoint_scale,
 )
-from spurig_core.pipeline import _scan_basis, reference_coefficients
+from spurig_core.pipeline import reference_coefficients
+from spurig_core.recon.data_term import scan_basis as _scan_basis
 
 
 def main() -> None:

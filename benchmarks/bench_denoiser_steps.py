@@ -57,7 +57,7 @@ def main() -> None:
         alpha = dc.x0
         rows.append({"step": 0, "state": "x0", **row(alpha, ex.target, ex.tissue)})
         for i in range(net.cfg.steps):
-            half = alpha - net.mu(i, lip) * (op.gram(alpha) - dc.ahb)
+            half = net.dc_half(op, dc.ahb, alpha, i, lip)
             rows.append({"step": i + 1, "state": "dc", **row(half, ex.target, ex.tissue)})
             alpha = net.denoiser(i)(half, i + 1)
             rows.append({"step": i + 1, "state": "denoiser", **row(alpha, ex.target, ex.tissue)})

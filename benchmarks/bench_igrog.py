@@ -107,6 +107,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="append a Markdown section here")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None, help=".npz of the simulated data (reused)")
+    ap.add_argument(
+        "--gridding",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a GriddingConfig field, e.g. source_spacing=0 (repeatable)",
+    )
     args = ap.parse_args()
 
     n = args.matrix
@@ -134,7 +141,11 @@ def main() -> None:
     print(f"simulated {tuple(kspace.shape)} (rank {images.shape[0]}) in {t_sim:.1f} s", flush=True)
 
     matrix = (n, n, n)
-    base = GriddingConfig(steps=args.steps, device=args.device, seed=args.seed)
+    changes: dict[str, object] = {}
+    for item in args.gridding:
+        key, _, value = item.partition("=")
+        changes[key] = type(getattr(GriddingConfig, key))(value)
+    base = GriddingConfig(steps=args.steps, device=args.device, seed=args.seed, **changes)
     variants = {
         "(a) iGROG n=5": base,
         "(b) learned n=1": dataclasses.replace(base, n_sources=1),
@@ -142,8 +153,9 @@ def main() -> None:
     }
 
     t0 = time.perf_counter()
-    nufft_op = SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6)
-    ref_ahb = nufft_op.adjoint(kspace)
+    # both adjoints with the data term's density weights (γ = 0.5): A^H W b
+    nufft_op = SubspaceNUFFTEncoding(traj, maps, basis, eps=1e-6, density_compensation=0.5)
+    ref_ahb = nufft_op.adjoint(nufft_op.data_values(kspace))
     t_nufft_adj = time.perf_counter() - t0
     del nufft_op
 
@@ -170,11 +182,11 @@ def main() -> None:
         if exact is None:  # the grid points are the same for every variant
             exact = nufft_forward(images, maps, _grid_frequencies(gd), sbasis, eps=1e-6)
             op = GriddedSubspaceEncoding(gd, maps, basis)
-            exact_ahb = op.adjoint(exact)
+            exact_ahb = op.adjoint_data(exact)
             floor = _nrmse(exact_ahb, ref_ahb)
         val_err = _nrmse(gd.values, exact)
         op = GriddedSubspaceEncoding(gd, maps, basis)
-        ahb = op.adjoint(gd.values)
+        ahb = op.adjoint_data()
         ahb_err, ahb_grid_err = _nrmse(ahb, ref_ahb), _nrmse(ahb, exact_ahb)
         del op, ahb
         row = {
@@ -201,8 +213,9 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if v is not None and k not in ("out", "json", "cache")
+            if v is not None and k not in ("out", "json", "cache", "gridding")
         )
+        + "".join(f" --gridding {g}" for g in args.gridding)
     )
     lines = [
         f"## {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC — {n}³, {args.coils} coils, "

@@ -119,7 +119,7 @@ def _recon_worker(
         tb = time.perf_counter()
         op = GriddedSubspaceEncoding(gridded, maps, basis)
         extra["kernel_build_s"] = time.perf_counter() - tb
-        kw = {"ahb": op.adjoint_data()}
+        kw = {"ahb": op.adjoint_data(), "b_norm": op.data_norm()}
     t_setup = time.perf_counter() - t0
     cfg_llr = LLRConfig(iterations=iterations, power_iterations=power)
     t1 = time.perf_counter()

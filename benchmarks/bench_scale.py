@@ -77,12 +77,16 @@ def example(n: int, seed: int) -> Example:
     return Example(f"s{seed}", truth, tissue.to(torch.uint8), phi, seq, inputs, {"1min": dc})
 
 
-def _run(cmd: list[str]) -> float:
-    """Run ``cmd``; the CPU seconds (user + system) it and its children used."""
+def _run(cmd: list[str], threads: int | None = 1) -> float:
+    """Run ``cmd`` with ``OMP_NUM_THREADS=threads`` (unset: ``None``); the CPU seconds (user +
+    system) it and its children used."""
     import resource
 
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -176,7 +180,7 @@ def cohort(root: Path, n: int, scans: int, repeats: int) -> list[str]:
                 str(workers),
             ]
             t0 = time.perf_counter()
-            used = _run(cmd)
+            used = _run(cmd, threads=None)  # each worker: cores // workers threads
             cpu[workers] = min(cpu[workers], used)
             wall[workers] = min(wall[workers], time.perf_counter() - t0)
     lines.append(

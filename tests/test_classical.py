@@ -299,8 +299,9 @@ def test_llr_beats_adjoint_on_simulated_subject(
     ref = simulated["ref"]
     assert isinstance(ref, torch.Tensor)
     op, _ = _operators(simulated, groups, nufft=False)["gridded"]
-    adj = _magnitude_psnr(adjoint_recon(op), ref)
-    res = llr_recon(op, duration=duration)  # the configured (paper) threshold of the duration
+    term = {"ahb": op.adjoint_data(), "b_norm": op.data_norm()}  # the encoding's own data
+    adj = _magnitude_psnr(adjoint_recon(op, **term), ref)
+    res = llr_recon(op, **term, duration=duration)  # the configured (paper) threshold
     assert res.threshold == LLRConfig().thresholds[duration]
     assert res.coefficients.shape == ref.shape and res.coefficients.dtype == torch.complex64
     assert _magnitude_psnr(res.coefficients, ref) > adj + 3.0
@@ -312,7 +313,8 @@ def _compare_encodings(simulated: dict[str, object], groups: int, cfg: LLRConfig
     ops = _operators(simulated, groups, nufft=True)
     psnr = {}
     for name, (op, b) in ops.items():
-        res = llr_recon(op, b, threshold=0.01, config=cfg)
+        own = {"ahb": op.adjoint_data(), "b_norm": op.data_norm()} if b is None else {}
+        res = llr_recon(op, b, threshold=0.01, config=cfg, **own)
         psnr[name] = _magnitude_psnr(res.coefficients, ref)
     adj = _magnitude_psnr(adjoint_recon(ops["nufft"][0], ops["nufft"][1]), ref)
     assert abs(psnr["gridded"] - psnr["nufft"]) < 0.5, psnr

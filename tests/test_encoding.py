@@ -301,3 +301,38 @@ def test_nufft_and_gridded_density_weights_agree(rng: torch.Generator) -> None:
     assert rel_err(nufft_op.adjoint(b), grid_op.adjoint_data()) < 1e-5
     with pytest.raises(InputError, match="density_compensation"):
         SubspaceNUFFTEncoding(_grid_frequencies(gd).float(), maps, basis, density_compensation=2)
+
+
+def test_data_norm_is_the_complex128_norm_and_the_nan_check_stays(rng: torch.Generator) -> None:
+    """Issue #14: the float64 norm over re/im parts equals the complex128 norm; the NaN/Inf check
+    of the own values runs once, that of other values every time."""
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)
+    assert op.weights is not None
+    want = float(torch.linalg.vector_norm((gd.values * op.weights.sqrt()).to(torch.complex128)))
+    assert op.data_norm() == pytest.approx(want, rel=1e-12)
+    assert op.data_norm() == pytest.approx(want, rel=1e-12)  # second call: check skipped
+    bad = gd.values.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="NaN or Inf"):
+        op.adjoint_data(bad)
+    nan_own = GriddedSubspaceEncoding(GriddedData(bad, gd.index, gd.grid, gd.matrix), maps, basis)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        nan_own.data_norm()
+
+
+def test_kernel_sums_are_exact_with_many_duplicates() -> None:
+    """Issue #14: the sparse count-matrix build of ``K`` against a float64 sum over the samples,
+    with thousands of samples on a few grid points (where float32 accumulation drifted)."""
+    from spurig_core.operators.encoding import _count_product
+
+    gen = torch.Generator().manual_seed(3)
+    g, t, s, n_grid, m = 4, 50, 300, 20, 9
+    index = torch.randint(0, n_grid, (g, t, s), generator=gen)
+    outer = torch.randn(t, m, dtype=torch.complex64, generator=gen)
+    want = torch.zeros(n_grid, m, dtype=torch.complex128)
+    src = outer.to(torch.complex128)[None, :, None, :].expand(g, t, s, m).reshape(-1, m)
+    want.index_add_(0, index.reshape(-1), src)
+    got = _count_product(index, outer, n_grid)
+    assert got.dtype == torch.complex64 and got.shape == (n_grid, m)
+    assert rel_err(got.to(torch.complex128), want) < 1e-6

@@ -38,7 +38,7 @@ N = 32
 MATRIX = (N, N, N)
 COILS, GROUPS, TR, CAL = 8, 2, 12, 20
 # small but real training: a few hundred steps (CPU, shared machine)
-CFG5 = GriddingConfig(n_sources=5, steps=400, train_sets=1024, seed=0)
+CFG5 = GriddingConfig(n_sources=5, steps=800, train_sets=1024, seed=0)
 CFG1 = dataclasses.replace(CFG5, n_sources=1)
 CFG0 = GriddingConfig(n_sources=1, learned_kernel=False)
 
@@ -157,8 +157,10 @@ def test_training_loss_decreases_and_reports_progress(kernels: dict) -> None:
     h = kernels["k5"].history
     assert len(h) == CFG5.steps
     assert np.mean(h[-20:]) < 0.7 * np.mean(h[:20])
-    ev = kernels["events"]
-    assert ev and all(e.stage == "igrog-train" for e in ev)
+    # training-pair extraction reports "igrog-pairs" before the steps (issue #14)
+    assert {e.stage for e in kernels["events"]} <= {"igrog-pairs", "igrog-train"}
+    ev = [e for e in kernels["events"] if e.stage == "igrog-train"]
+    assert ev
     assert ev[-1].step == ev[-1].total == CFG5.steps and "loss" in ev[-1].metrics
     m = kernels["k5"].metrics
     assert m["val_rel_error"] < 0.6 * m["nearest_rel_error"], m
@@ -169,7 +171,12 @@ def test_kernel_predicts_exact_heldout_targets(data: dict, kernels: dict) -> Non
     gen = torch.Generator().manual_seed(11)
     arms = spi_trajectory(N, 3, 4)[2].float()  # a group the kernel was not trained on
     _, _, disp = find_sources(
-        arms, MATRIX, grid_shape(MATRIX, 1.5), n_sources=5, search_window=CFG5.search_window
+        arms,
+        MATRIX,
+        grid_shape(MATRIX, 1.5),
+        n_sources=5,
+        search_window=CFG5.search_window,
+        source_spacing=CFG5.source_spacing,  # the sources the kernel is trained and used with
     )
     disp = disp.reshape(-1, 5, 3)
     disp = disp[torch.randperm(disp.shape[0], generator=gen)[:300]]
@@ -183,7 +190,10 @@ def test_kernel_predicts_exact_heldout_targets(data: dict, kernels: dict) -> Non
         pred = kernels["k5"].predict(disp, src)
     nearest = src[torch.arange(300), :, disp.square().sum(-1).argmin(-1)]
     err, err_nn = _nrmse(pred, tgt), _nrmse(nearest, tgt)
-    assert err < 0.6 * err_nn, (err, err_nn)
+    # measured with the default spaced sources and signal-weighted fit (issue #20): 0.214 vs
+    # 0.338 (ratio 0.63); the sources 0.5 cycles/FOV apart trade a little noise-free accuracy
+    # for a much lower noise gain on dense readouts
+    assert err < 0.7 * err_nn, (err, err_nn)
 
 
 # -- gridding accuracy -----------------------------------------------------------------------------

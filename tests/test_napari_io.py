@@ -105,7 +105,7 @@ def test_manifest_is_valid_and_discovered() -> None:
         "Quantitative maps",
         "Compare",
     }
-    assert {s.key for s in mf.contributions.sample_data} == {"scan", "result"}
+    assert {s.key for s in mf.contributions.sample_data} == {"scan", "result", "scan48"}
 
 
 def test_no_qt_at_import() -> None:
@@ -127,20 +127,22 @@ def test_scan_reader_reference_maps(tmp_path: Path) -> None:
     assert reader is not None
     layers = reader(str(p))
     by_name = {meta["name"]: (data, meta, kind) for data, meta, kind in layers}
-    assert set(by_name) == {
-        "subj reference T1",
-        "subj reference T2",
-        "subj reference |PD|",
+    # T1 last (napari draws it on top) and the only visible layer; units in the names
+    assert [m["name"] for _, m, _ in layers] == [
         "subj tissue",
-    }
-    t1, meta, kind = by_name["subj reference T1"]
+        "subj reference |PD| [a.u.]",
+        "subj reference T2 [ms]",
+        "subj reference T1 [ms]",
+    ]
+    assert [m.get("visible", True) for _, m, _ in layers] == [False, False, False, True]
+    t1, meta, kind = by_name["subj reference T1 [ms]"]
     assert kind == "image" and t1.dtype == np.float32 and t1.shape == MATRIX
     assert meta["colormap"] == "inferno" and meta["contrast_limits"] == (0.0, 3000.0)
-    assert meta["scale"] == pytest.approx(VOXEL)
-    assert by_name["subj reference T2"][1]["contrast_limits"] == (0.0, 200.0)
+    assert meta["scale"] == pytest.approx(VOXEL) and meta["units"] == ("mm", "mm", "mm")
+    assert by_name["subj reference T2 [ms]"][1]["contrast_limits"] == (0.0, 200.0)
     tissue, tmeta, tkind = by_name["subj tissue"]
     assert tkind == "labels" and tissue.dtype == np.uint8 and set(np.unique(tissue)) <= {0, 1, 2, 3}
-    pd = by_name["subj reference |PD|"][0]
+    pd = by_name["subj reference |PD| [a.u.]"][0]
     assert pd.dtype == np.float32 and pd.min() >= 0
     assert tmeta["metadata"]["spurig"]["scan_path"] == str(p.resolve())
 
@@ -182,16 +184,19 @@ def test_result_reader_is_lazy_and_channel_stacked(tmp_path: Path) -> None:
     assert reader is not None
     layers = reader(str(p))
     names = [m["name"] for _, m, _ in layers]
-    assert names == ["r |α̃|", "r iterations |α̃|", "r T1", "r T2", "r PD"]
-    coeffs, meta, kind = layers[0]
+    assert names == ["r iterations |α̃|", "r |α̃|", "r PD [a.u.]", "r T2 [ms]", "r T1 [ms]"]
+    # a matched result opens on its T1 map (on top); the rest is there, hidden
+    assert [m.get("visible", True) for _, m, _ in layers] == [False, False, False, False, True]
+    coeffs, meta, kind = layers[1]
     assert kind == "image" and isinstance(coeffs, da.Array)
     assert coeffs.shape == (5, *MATRIX) and coeffs.dtype == np.float32
     assert meta["scale"] == pytest.approx((1.0, *VOXEL))
+    assert meta["units"] == ("pixel", "mm", "mm", "mm")
     assert meta["axis_labels"] == ("coefficient", "x", "y", "z")
-    its = layers[1][0]
+    its = layers[0][0]
     assert isinstance(its, da.Array) and its.shape == (3, 5, *MATRIX)
-    assert layers[1][1]["axis_labels"][0] == "iteration"
-    t1 = layers[2]
+    assert layers[0][1]["axis_labels"][0] == "iteration"
+    t1 = layers[4]
     assert isinstance(t1[0], da.Array) and t1[1]["colormap"] == "inferno"
     assert t1[1]["contrast_limits"] == (0.0, 3000.0)
     # values agree with the store, read independently through zarr
@@ -202,6 +207,36 @@ def test_result_reader_is_lazy_and_channel_stacked(tmp_path: Path) -> None:
         np.asarray(coeffs[2, :, :, 5]), np.abs(z["coefficients"][2, :, :, 5]), rtol=1e-6
     )
     np.testing.assert_allclose(np.asarray(its[1, 0]), np.abs(z["iterations"][1, 0]), rtol=1e-6)
+
+
+def test_large_results_are_multiscale(tmp_path: Path) -> None:
+    """From ``multiscale_min`` voxels a side every image layer is a lazy 2× block-mean pyramid
+    (threshold lowered here so a 16 × 14 × 12 store stands in for ≥ 128³); below it, not."""
+    import dask.array as da
+    import zarr
+
+    from napari_spurig._layers import result_layers
+    from napari_spurig._pyramid import MULTISCALE_MIN_SIZE
+
+    assert MULTISCALE_MIN_SIZE == 128
+    p = make_result(tmp_path / "m.zarr", iterations=2, maps=True)
+    assert not any(m.get("multiscale") for _, m, _ in result_layers(p))  # 16 < 128
+    layers = result_layers(p, multiscale_min=16)
+    assert all(m.get("multiscale") is True for _, m, _ in layers)
+    z = zarr.open_group(str(p), mode="r")
+    names = [m["name"] for _, m, _ in layers]
+    levels, meta, _ = layers[names.index("m |α̃|")]
+    assert [tuple(lv.shape) for lv in levels] == [(5, 16, 14, 12), (5, 8, 7, 6)]  # to ≤ 16 / 2
+    assert all(isinstance(lv, da.Array) and lv.dtype == np.float32 for lv in levels)
+    mag = np.abs(z["coefficients"][...])
+    level1 = mag.reshape(5, 8, 2, 7, 2, 6, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(np.asarray(levels[1]), level1, rtol=1e-5)
+    assert meta["contrast_limits"] == result_layers(p)[1][1]["contrast_limits"]  # from level 0
+    t1 = layers[names.index("m T1 [ms]")][0]
+    t1_1 = z["t1_ms"][...].reshape(8, 2, 7, 2, 6, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(np.asarray(t1[1]), t1_1, rtol=1e-5)
+    assert [lv.shape[:2] for lv in layers[0][0]] == [(2, 5), (2, 5)]  # leading axes kept
+    assert not any(m.get("multiscale") for _, m, _ in result_layers(p, multiscale_min=None))
 
 
 def test_result_reader_declines_foreign_and_flags_wrong_schema(tmp_path: Path) -> None:
@@ -264,7 +299,8 @@ def test_nifti_reader_scale_from_header(tmp_path: Path) -> None:
     assert reader is not None
     ((data, meta, kind),) = reader(str(p))
     assert isinstance(data, da.Array) and kind == "image"
-    assert meta["name"] == "sub_t1" and meta["colormap"] == "inferno"
+    assert meta["name"] == "sub_t1 [ms]" and meta["colormap"] == "inferno"
+    assert meta["visible"] and meta["units"] == ("mm", "mm", "mm")
     assert meta["scale"] == pytest.approx((1.5, 2.0, 2.5))
     np.testing.assert_allclose(np.asarray(data), vol, rtol=1e-6)
     four = write_nifti(rng.random((*MATRIX, 5)).astype(np.float32), tmp_path / "c.nii", VOXEL)
@@ -305,23 +341,24 @@ def test_writer_round_trips_through_nibabel(tmp_path: Path, suffix: str) -> None
     assert not (tmp_path / f"flat{suffix}").exists()
 
 
-def test_sample_data_loads_or_says_why() -> None:
+def test_shipped_sample_data_opens_on_a_fresh_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two quick sample entries read files committed in sample_data/ (no simulation)."""
     from napari_spurig import _sample_data
-    from spurig_core.errors import NotAvailableError
+    from spurig_core.io import load_result
 
-    try:
-        scan = _sample_data.sample_path("scan")  # never simulated here (too slow)
-    except NotAvailableError as exc:
-        assert "sample" in str(exc)
-        pytest.skip(f"the sample scan is not made in this checkout: {exc}")
+    monkeypatch.delenv("SPURIG_SAMPLE_DIR", raising=False)
+    scan = _sample_data.sample_path("scan")
+    assert scan.name == _sample_data.SMALL_NAME and scan.stat().st_size <= 25 * 2**20
     layers = _sample_data.sample_scan()
-    assert any(m["name"].endswith("reference T1") for _, m, _ in layers), scan
-    try:
-        result_layers = _sample_data.sample_result()
-    except NotAvailableError as exc:
-        assert "sample result" in str(exc)
-        return
-    assert result_layers[0][1]["axis_labels"][0] == "coefficient"
+    assert layers[-1][1]["name"].endswith("reference T1 [ms]") and layers[-1][1]["visible"]
+    res = _sample_data.sample_result()
+    kinds = [m["metadata"]["spurig"]["kind"] for _, m, _ in res]
+    assert kinds[-1] == "t1" and "coefficients" in kinds
+    stored = load_result(_sample_data.sample_path("result"), lazy=True)
+    assert stored.matrix == (32, 32, 32) and stored.t1_ms is not None
+    # 0 outside the object (SPEC §5): most of the 32³ grid is air around the head
+    t1 = stored.t1_ms.numpy()
+    assert 0.05 < float((t1 > 0).mean()) < 0.6
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,24 +468,16 @@ def test_closing_the_job_cancels_the_engine() -> None:
     assert threading.active_count() == before  # the engine thread has stopped
 
 
-def test_sample_data_contributions_load_a_scan_and_its_result(
+def test_sample_48_entry_opens_an_existing_demo_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both sample-data commands on real files where the engine looks for them (a small stand-in
-    scan under the sample's name in ``$SPURIG_SAMPLE_DIR``, with a result beside it as the demo
-    leaves one), so the loading path is checked even where the 48³ sample was never made."""
+    """The 48³ entry opens the demo scan where the engine keeps it (a small stand-in here)."""
     from napari_spurig import _sample_data
     from spurig_core import pipeline
-    from spurig_core.io import load_scan
     from spurig_core.simulation import SAMPLE_NAME
 
     monkeypatch.setenv("SPURIG_SAMPLE_DIR", str(tmp_path))
     scan_path = pipeline.simulate(tmp_path / SAMPLE_NAME, matrix=12, coils=1, groups=2, seed=2)
-    assert _sample_data.sample_path("scan") == scan_path
-    layers = _sample_data.sample_scan()
-    assert any(m["name"].endswith("reference T1") for _, m, _ in layers)
-    res = pipeline.reconstruct(load_scan(scan_path), method="adjoint")
-    res.save(tmp_path / f"{scan_path.stem}-spurig.zarr")
-    result_layers = _sample_data.sample_result()
-    assert result_layers[0][1]["axis_labels"][0] == "coefficient"
-    assert tuple(result_layers[0][1]["scale"][1:]) == pytest.approx(res.voxel_size_mm)
+    assert _sample_data.sample_path("scan48") == scan_path
+    layers = _sample_data.sample_scan_48()
+    assert layers[-1][1]["name"] == f"{scan_path.stem} reference T1 [ms]"

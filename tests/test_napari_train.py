@@ -13,6 +13,16 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """napari settings in ``tmp_path``: the widgets set reader preferences, never in the user's."""
+    from napari import settings
+
+    monkeypatch.setattr(settings, "_SETTINGS", None)
+    return settings.get_settings(tmp_path_factory.mktemp("napari") / "settings.yaml")
+
+
 TIMEOUT_MS = 240_000
 
 

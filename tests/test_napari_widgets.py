@@ -19,6 +19,16 @@ from spurig_core.io import load_result, load_scan, save_result
 
 pytestmark = pytest.mark.gui
 
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """napari settings in ``tmp_path``: the widgets set reader preferences, never in the user's."""
+    from napari import settings
+
+    monkeypatch.setattr(settings, "_SETTINGS", None)
+    return settings.get_settings(tmp_path_factory.mktemp("napari") / "settings.yaml")
+
+
 GROUPS = 2
 TIMEOUT_MS = 240_000
 
@@ -233,32 +243,36 @@ def test_compare_table_agrees_with_evaluate(
     scan = load_scan(tiny_scan)
     data = w.table.data.to_list()
     assert list(w.table.column_headers) == TABLE_COLUMNS
-    for row, p in zip(data, two_results, strict=True):
+    for r, (row, p) in enumerate(zip(data, two_results, strict=True)):
         m = pipeline.evaluate(load_result(p), scan)
         assert row[0] == p.name.removesuffix(".zarr")
         assert float(row[3]) == pytest.approx(np.mean(m["psnr"]), abs=0.006)
-        assert float(row[4]) == pytest.approx(np.mean(m["ssim"]), abs=6e-5)
+        assert float(row[4]) == pytest.approx(np.mean(m["ssim"]), abs=6e-4)  # 3 decimals
+        # the cells' text: PSNR 2 decimals, SSIM 3, errors in % 1 ("–" where not matched)
+        text = [w.table.native.item(r, c).text() for c in range(len(TABLE_COLUMNS))]
+        assert [len(v.partition(".")[2]) for v in text[3:5]] == [2, 3]
+        assert all(v == "–" or len(v.partition(".")[2]) == 1 for v in text[5:])
     # more noise → lower PSNR, and the table shows it
     assert float(data[0][3]) > float(data[1][3])
-    names = [lay.name for lay in viewer.layers]
+    names = [lay.name for lay in viewer.layers if lay.visible]
     assert names == [
-        "reference |α̃|",
-        "low_noise |α̃|",
-        "high_noise |α̃|",
+        "reference · coefficients",
+        "low_noise · coefficients",
+        "high_noise · coefficients",
         "reference tissue",
-        "low_noise error ×10",
-        "high_noise error ×10",
+        "low_noise · error ×10",
+        "high_noise · error ×10",
     ]
     grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
     assert grid.enabled and tuple(grid.shape) == (2, 3)
     ref = pipeline.reference_coefficients(scan).abs().numpy()
     low = load_result(two_results[0]).coefficients.abs().numpy()
     np.testing.assert_allclose(
-        viewer.layers["low_noise error ×10"].data, 10 * np.abs(low - ref), rtol=1e-5, atol=1e-6
+        viewer.layers["low_noise · error ×10"].data, 10 * np.abs(low - ref), rtol=1e-5, atol=1e-6
     )
-    viewer.layers["low_noise |α̃|"].contrast_limits = (0.0, 0.123)
-    assert viewer.layers["reference |α̃|"].contrast_limits == pytest.approx((0.0, 0.123))
-    assert viewer.layers["high_noise error ×10"].contrast_limits == pytest.approx((0.0, 0.123))
+    viewer.layers["low_noise · coefficients"].contrast_limits = (0.0, 0.123)
+    assert viewer.layers["reference · coefficients"].contrast_limits == pytest.approx((0.0, 0.123))
+    assert viewer.layers["high_noise · error ×10"].contrast_limits == pytest.approx((0.0, 0.123))
 
 
 def test_reader_errors_reach_the_user_without_crash(
@@ -283,8 +297,8 @@ def test_make_viewer_docks_widgets_and_opens_files(
     docked = set(viewer.window.dock_widgets)
     assert {"Reconstruct", "Quantitative maps", "Compare", "Train"} <= docked
     names = [lay.name for lay in viewer.layers]
-    assert "tiny reference T1" in names and "low_noise |α̃|" in names
-    t1 = viewer.layers["tiny reference T1"]
+    assert "tiny reference T1 [ms]" in names and "low_noise |α̃|" in names
+    t1 = viewer.layers["tiny reference T1 [ms]"]
     assert t1.colormap.name == "inferno"
     assert tuple(t1.contrast_limits) == (0.0, 3000.0)
     assert tuple(t1.scale) == pytest.approx(load_scan(tiny_scan).voxel_size_mm)

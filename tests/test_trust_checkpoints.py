@@ -267,7 +267,10 @@ def test_reconstruct_widget_refuses_the_payload(
             lambda: w.runner.worker is not None and not w.runner.running, timeout=120_000
         )
         # the status label and the notification follow the worker's end through Qt signals
-        qtbot.waitUntil(lambda: w.status.value.startswith("failed: "), timeout=10_000)
+        try:
+            qtbot.waitUntil(lambda: w.status.value.startswith("failed: "), timeout=10_000)
+        except Exception as exc:  # say what the label shows instead
+            raise AssertionError(f"status {w.status.value!r}, error {w.runner.error!r}") from exc
         qtbot.waitUntil(lambda: any(REFUSED in str(n.message) for n in seen), timeout=10_000)
     finally:
         notification_manager.notification_ready.disconnect(seen.append)

@@ -310,10 +310,13 @@ def test_every_numeric_config_field_has_a_range() -> None:
     from spurig_core.operators.encoding import GriddedEncodingConfig
     from spurig_core.operators.igrog import GriddingConfig
     from spurig_core.recon.llr import LLRConfig
+    from spurig_core.training.recipe import RecipeConfig
+    from spurig_core.training.redraw import RedrawConfig
     from spurig_core.training.stages import STAGES
 
     seen: dict[str, type] = {}
     todo: list[type] = [GriddingConfig, GriddedEncodingConfig, LLRConfig, *STAGES.values()]
+    todo += [RecipeConfig, RedrawConfig]
     missing = []
     while todo:
         cls = todo.pop()

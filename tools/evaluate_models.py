@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
                 if store.exists():
                     continue
                 model = None
-                if m in ("spurig", "hybrid"):
-                    model = Path(args.model) if args.model else _model_for(m, d, model_dir)
+                if m in ("spurig", "hybrid", "dc-only"):  # dc-only: that model's data term
+                    fam = "spurig" if m == "dc-only" else m
+                    model = Path(args.model) if args.model else _model_for(fam, d, model_dir)
                     if model is None:
                         print(f"skip {m} {d}: no {m}-{d}.pt in {model_dir}", flush=True)
                         continue

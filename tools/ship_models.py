@@ -176,6 +176,11 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         f"{json.dumps(final.get('encoding', {'density_compensation': 0.0}))} "
         "(inference rebuilds the same operator from this record).",
         "",
+        "## Domain",
+        "- Matrix 48³, voxel 4.58 mm isotropic (220 mm FOV), 10 coils, the duration above, data "
+        "term as recorded above; `spurig recon` warns in one line for a scan outside it "
+        "(another matrix, voxel size or duration; `recon.domain.check_domain`).",
+        "",
         "## Data",
         "- 48³ simulated subjects (ICBM152 anatomy, 10 coils, 16 groups = 2 min, noise 0.02):",
         "  `spurig simulate-cohort data/cohort48 --subjects 24 --split 18/2/4 --matrix 48 "

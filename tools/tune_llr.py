@@ -160,7 +160,7 @@ class Subject:
             "ref_coeffs": self.ref_coeffs,
             "groups": groups,
         }
-        return TuneCase(op=op, ahb=op.adjoint_data(), b_norm=None, reference=ref)
+        return TuneCase(op=op, ahb=op.adjoint_data(), b_norm=op.data_norm(), reference=ref)
 
 
 def run_taus(
@@ -195,7 +195,7 @@ def run_adjoint(subjects: list[Subject], dur: str, cache: Cache) -> None:
         if cache.get(s.name, dur, "adjoint") is not None:
             continue
         case = s.case(dur)
-        x = adjoint_recon(case.op, ahb=case.ahb)
+        x = adjoint_recon(case.op, ahb=case.ahb, b_norm=case.b_norm)
         v = scores_of(x, case.reference, "adjoint")
         cache.put(s.name, dur, "adjoint", v)
         log(f"{dur} adjoint {s.name}: T1 {v['t1']:.4f} T2 {v['t2']:.4f} PSNR {v['psnr_mean']:.2f}")

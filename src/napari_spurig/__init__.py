@@ -23,7 +23,11 @@ WIDGETS: tuple[tuple[str, str], ...] = (
 def make_viewer(files: list[str] | None = None, *, show: bool = True, viewer: Any = None) -> Any:
     """A napari viewer with the plugin's widgets docked (tabbed) and ``files`` opened.
 
-    Files that cannot be opened are reported as notifications; the viewer still starts.
+    Files that cannot be opened are reported as notifications; the viewer still starts.  spurig
+    becomes napari's reader for ``*.zarr``, ``*.h5``, ``*.hdf5``, ``*.nii`` and ``*.nii.gz``
+    wherever the user has not chosen another (:func:`napari_spurig._view.prefer_spurig_readers`),
+    so File › Open and drag-and-drop open them without asking; slices are axial and the scale bar
+    reads mm.
 
     Parameters
     ----------
@@ -42,9 +46,16 @@ def make_viewer(files: list[str] | None = None, *, show: bool = True, viewer: An
     from napari.utils.notifications import show_error
 
     from . import _widgets
+    from ._view import follow_axial, prefer_spurig_readers
 
+    prefer_spurig_readers()
     if viewer is None:
         viewer = napari.Viewer(title="spurig", show=show)
+    follow_axial(viewer)
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9
+    overlays = getattr(canvas, "overlays", None)
+    scale_bar = overlays.scale_bar if overlays is not None else viewer.scale_bar
+    scale_bar.visible = True
     docks = []
     for name, cls in WIDGETS:
         widget = getattr(_widgets, cls)(viewer)

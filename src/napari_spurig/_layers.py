@@ -11,9 +11,14 @@ Display conventions
 - T1 uses napari's ``inferno`` colormap over 0–3000 ms, T2 ``viridis`` over 0–200 ms (napari has no
   built-in lipari/navia, the ISMRM-recommended maps; these perceptually uniform maps are the nearest
   built-ins, and the ranges cover WM/GM with CSF saturated).  Tissue is a labels layer.
-- ``scale`` is the voxel size in mm (leading non-spatial axes get 1), so 3D views have the right
-  proportions.
-- Result arrays stay dask arrays over the zarr store; only the chunks on screen are read.
+- ``scale`` is the voxel size in mm (leading non-spatial axes get 1) and ``units`` say so, so the
+  scale bar reads mm and 3D views have the right proportions.  T1/T2 layer names end in ``[ms]``
+  (the status bar and the colorbar's layer then carry the unit).
+- Only what a user asked for is visible on open: the T1 map when there is one (on top), else the
+  coefficients; T2, PD, B1 and tissue are added hidden, below T1.
+- Result arrays stay dask arrays over the zarr store; only the chunks on screen are read.  From
+  128 voxels a side they are multiscale: a lazy 2× pyramid computed at read time
+  (:mod:`napari_spurig._pyramid`; the store holds SPEC §5's arrays only).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._pyramid import MULTISCALE_MIN_SIZE, as_multiscale
 
 __all__ = [
     "T1_COLORMAP",
@@ -47,6 +54,21 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 T1_COLORMAP = "inferno"
 T2_COLORMAP = "viridis"
+
+
+def black_zero(name: str) -> Any:
+    """napari colormap ``name`` with 0 drawn black (the maps are 0 outside the object; viridis
+    would draw that air purple).  Returns the name itself for maps that start black already."""
+    if name in ("inferno", "magma", "gray"):
+        return name
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    base = ensure_colormap(name)
+    colors = np.concatenate([[[0.0, 0.0, 0.0, 1.0]], np.asarray(base.colors)])
+    controls = np.concatenate([[0.0], np.linspace(1e-3, 1.0, len(base.colors))])
+    return Colormap(colors=colors, controls=controls, name=f"{name} (0 black)")
+
+
 T1_LIMITS_MS = (0.0, 3000.0)
 T2_LIMITS_MS = (0.0, 200.0)
 
@@ -68,27 +90,10 @@ _RESULT_SCHEMA = "spurig-result/1"
 # file recognition
 # ----------------------------------------------------------------------------------------------
 def _h5_schema(path: str | os.PathLike[str]) -> str | None:
-    """The ``schema`` attribute of an HDF5 file (``None`` when absent).
+    """The ``schema`` attribute of an HDF5 file (``None`` when absent); InputError if unreadable."""
+    from spurig_core.io import file_schema
 
-    Raises
-    ------
-    InputError
-        When the file cannot be opened as HDF5 (truncated or not HDF5).
-    """
-    import h5py
-
-    from spurig_core.errors import InputError
-
-    try:
-        with h5py.File(path, "r") as f:
-            schema = f.attrs.get("schema")
-    except OSError as exc:
-        raise InputError(
-            f"{path}: not a readable HDF5 file (truncated or wrong format): {exc}"
-        ) from None
-    if isinstance(schema, bytes):
-        schema = schema.decode()
-    return None if schema is None else str(schema)
+    return file_schema(path)
 
 
 def is_scan_file(path: str | os.PathLike[str]) -> bool:
@@ -107,16 +112,10 @@ def is_scan_file(path: str | os.PathLike[str]) -> bool:
 
 def is_result_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a zarr group whose ``schema`` attribute is ``spurig-result/1``."""
-    import zarr
+    from spurig_core.io import file_schema
 
     p = Path(path)
-    if not p.is_dir():
-        return False
-    try:
-        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-    except Exception:  # zarr raises several types for a directory that is not a store
-        return False
-    return attrs.get("schema") == _RESULT_SCHEMA
+    return p.is_dir() and file_schema(p) == _RESULT_SCHEMA
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,6 +124,15 @@ def is_result_store(path: str | os.PathLike[str]) -> bool:
 def _scale(voxel_size_mm: tuple[float, ...] | list[float], ndim: int) -> tuple[float, ...]:
     vox = tuple(float(v) for v in voxel_size_mm)[-3:]
     return (1.0,) * (ndim - len(vox)) + vox
+
+
+def _units(ndim: int) -> tuple[str, ...]:
+    """napari layer ``units``: mm on the three spatial axes, ``pixel`` (an index) before them."""
+    return ("pixel",) * max(0, ndim - 3) + ("mm",) * min(3, ndim)
+
+
+#: Unit suffixes of map layer names (``T1 [ms]``).
+MAP_UNITS: dict[str, str] = {"t1": "ms", "t2": "ms", "pd": "a.u.", "b1": "rel."}
 
 
 def magnitude_limits(mag: Any, *, percentile: float = 99.5) -> tuple[float, float]:
@@ -202,6 +210,7 @@ def coefficient_layer(
     meta = {
         "name": name,
         "scale": _scale(voxel_size_mm, mag.ndim),
+        "units": _units(mag.ndim),
         "colormap": "gray",
         "contrast_limits": contrast_limits or magnitude_limits(mag),
         "axis_labels": labels[-mag.ndim :],
@@ -217,28 +226,36 @@ def map_layer(
     name: str,
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
     metadata: dict[str, Any] | None = None,
+    visible: bool | None = None,
 ) -> LayerDataTuple:
-    """An image layer for a quantitative map with its colormap and contrast limits.
+    """An image layer for a quantitative map with its colormap, contrast limits and unit.
 
     Parameters
     ----------
     data : array, shape (x, y, z), real
         ``kind="t1"``/``"t2"``: relaxation times in ms; ``"pd"``/``"b1"``: magnitude / relative B1+.
     kind : {"t1", "t2", "pd", "b1"}
+    name : str
+        Layer name; `` [ms]`` (the unit of :data:`MAP_UNITS`) is appended when missing.
+    visible : bool, optional
+        Default: only T1 is visible.
     """
     if kind == "t1":
         cmap, limits = T1_COLORMAP, T1_LIMITS_MS
     elif kind == "t2":
-        cmap, limits = T2_COLORMAP, T2_LIMITS_MS
+        cmap, limits = black_zero(T2_COLORMAP), T2_LIMITS_MS
     elif kind == "b1":
         cmap, limits = "twilight", (0.5, 1.5)
     else:
         cmap, limits = "gray", magnitude_limits(data)
+    unit = f" [{MAP_UNITS[kind]}]" if kind in MAP_UNITS else ""
     meta = {
-        "name": name,
+        "name": name if name.endswith(unit) else f"{name}{unit}",
         "scale": _scale(voxel_size_mm, data.ndim),
+        "units": _units(data.ndim),
         "colormap": cmap,
         "contrast_limits": limits,
+        "visible": kind == "t1" if visible is None else bool(visible),
         "metadata": {"spurig": {**(metadata or {}), "kind": kind}},
     }
     return (data, meta, "image")
@@ -287,93 +304,54 @@ def scan_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
     Returns
     -------
     list of layer data tuples
-        ``reference T1``/``T2`` (ms), ``reference |PD|``, ``tissue`` (labels) and ``B1``,
-        whichever the file has; the list is empty for a scan without them.
+        ``B1``, ``tissue`` (labels), ``reference |PD|``, ``reference T2 [ms]`` and
+        ``reference T1 [ms]``, whichever the file has, in that order so T1 is on top (the only
+        visible one); the list is empty for a scan without them.
 
     Raises
     ------
     InputError
         When the file is not a readable scan or its reference arrays have the wrong shape.
     """
-    import h5py
-
     from spurig_core.errors import InputError
+    from spurig_core.io import scan_maps
 
     p = Path(path)
     schema = _h5_schema(p)
     if schema != _RAW_SCHEMA:
         raise InputError(f"{p}: unsupported schema {schema!r}; expected '{_RAW_SCHEMA}'")
-    from spurig_core._readers import h5_dataset, scan_header
-    from spurig_core.io_fields import check_range
-
+    vox, maps = scan_maps(p)  # the checks of spurig_core.io.load_scan; k-space is not read
     stem = p.name.removesuffix(".hdf5").removesuffix(".h5")
+    meta = {"kind": "scan", "scan_path": str(p.resolve()), "voxel_size_mm": vox}
     layers: list[LayerDataTuple] = []
-    with h5py.File(p, "r") as f:
-        # the same checks as spurig_core.io.load_scan for what is shown (k-space is not read)
-        matrix, fov = scan_header(f, str(p), _RAW_SCHEMA)
-        vox = (fov[0] / matrix[0], fov[1] / matrix[1], fov[2] / matrix[2])
-        meta = {"kind": "scan", "scan_path": str(p.resolve()), "voxel_size_mm": vox}
-        dtypes = {"reference/pd": np.complex64, "reference/tissue": np.uint8}
-
-        def read(name: str) -> np.ndarray | None:
-            a = h5_dataset(
-                f, name, dtypes.get(name, np.float32), ("matrix",) * 3, str(p), optional=True
-            )
-            if a is None:
-                return None
-            if a.shape != matrix:
-                raise InputError(f"{p}: '{name}' has shape {a.shape}, expected {matrix}")
-            if name != "reference/pd":
-                check_range(a, name, str(p))
-            return a
-
-        for name, kind, label in (("reference/t1_ms", "t1", "T1"), ("reference/t2_ms", "t2", "T2")):
-            a = read(name)
-            if a is not None:
-                layers.append(
-                    map_layer(
-                        a.astype(np.float32),
-                        kind,
-                        name=f"{stem} reference {label}",
-                        voxel_size_mm=vox,
-                        metadata=meta,
-                    )
-                )
-        pd = read("reference/pd")
-        if pd is not None:
+    for name, kind, label in (("reference/t1_ms", "t1", "T1"), ("reference/t2_ms", "t2", "T2")):
+        if name in maps:
+            a = maps[name].astype(np.float32)
             layers.append(
                 map_layer(
-                    np.abs(pd).astype(np.float32),
-                    "pd",
-                    name=f"{stem} reference |PD|",
-                    voxel_size_mm=vox,
-                    metadata=meta,
+                    a, kind, name=f"{stem} reference {label}", voxel_size_mm=vox, metadata=meta
                 )
             )
-        tissue = read("reference/tissue")
-        if tissue is not None:
-            layers.append(
-                (
-                    tissue.astype(np.uint8),
-                    {
-                        "name": f"{stem} tissue",
-                        "scale": vox,
-                        "colormap": TISSUE_COLORS,
-                        "opacity": 0.5,
-                        "visible": False,
-                        "metadata": {"spurig": {**meta, "kind": "tissue"}},
-                    },
-                    "labels",
-                )
-            )
-        b1 = read("b1")
-        if b1 is not None:
-            layers.append(
-                map_layer(
-                    b1.astype(np.float32), "b1", name=f"{stem} B1", voxel_size_mm=vox, metadata=meta
-                )
-            )
-    return layers
+    if "reference/pd" in maps:
+        pd = np.abs(maps["reference/pd"]).astype(np.float32)
+        layers.append(
+            map_layer(pd, "pd", name=f"{stem} reference |PD|", voxel_size_mm=vox, metadata=meta)
+        )
+    if "reference/tissue" in maps:
+        tissue_meta = {
+            "name": f"{stem} tissue",
+            "scale": vox,
+            "units": _units(3),
+            "colormap": TISSUE_COLORS,
+            "opacity": 0.5,
+            "visible": False,
+            "metadata": {"spurig": {**meta, "kind": "tissue"}},
+        }
+        layers.append((maps["reference/tissue"].astype(np.uint8), tissue_meta, "labels"))
+    if "b1" in maps:
+        b1 = maps["b1"].astype(np.float32)
+        layers.append(map_layer(b1, "b1", name=f"{stem} B1", voxel_size_mm=vox, metadata=meta))
+    return layers[::-1]  # napari draws the last layer on top: T1
 
 
 def _warn(message: str) -> None:
@@ -381,6 +359,15 @@ def _warn(message: str) -> None:
     from napari.utils.notifications import show_warning
 
     show_warning(message)
+
+
+def _stored_limits(raw: dict[str, Any]) -> tuple[float, float] | None:
+    """The coefficients' display range a result stores (``display.contrast_limits``), if valid."""
+    try:
+        lo, hi = (float(v) for v in raw["display"]["contrast_limits"]["coefficients"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) and hi > lo else None
 
 
 def _result_arrays(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -399,6 +386,7 @@ def _result_arrays(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     w = str(p)
     g, raw = open_result_group(p, _RESULT_SCHEMA)
     attrs = result_attrs(raw, w)
+    attrs["contrast_limits"] = _stored_limits(raw)
     m3 = ("result_matrix",) * 3
     specs = {
         "coefficients": (np.complex64, ("basis", *m3), False),
@@ -428,7 +416,11 @@ def _result_arrays(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def result_layers(
-    path: str | os.PathLike[str], *, unbalanced: bool = False, iterations: bool = True
+    path: str | os.PathLike[str],
+    *,
+    unbalanced: bool = False,
+    iterations: bool = True,
+    multiscale_min: int | None = MULTISCALE_MIN_SIZE,
 ) -> list[LayerDataTuple]:
     """Layers of a result store (``spurig-result/1``), all lazy dask arrays over zarr.
 
@@ -440,12 +432,16 @@ def result_layers(
         Show ``|F_k^H α̃|`` (the unbalanced coefficients) instead of the balanced ``|α̃|``.
     iterations : bool
         Add the saved iterates (when present) as a layer with an ``iteration`` slider.
+    multiscale_min : int or None
+        Volumes with a spatial side of at least this many voxels (default 128) get a lazy 2×
+        pyramid (``multiscale=True``, :mod:`napari_spurig._pyramid`); ``None``: never.
 
     Returns
     -------
     list of layer data tuples
-        ``<name> |α̃|`` (basis, x, y, z); ``<name> iterations`` (n, basis, x, y, z) hidden;
-        ``<name> T1``, ``<name> T2`` (ms) and ``<name> PD`` after matching.
+        ``<name> iterations`` (n, basis, x, y, z) hidden; ``<name> |α̃|`` (basis, x, y, z);
+        after matching ``<name> PD``, ``<name> T2 [ms]`` and ``<name> T1 [ms]`` (on top, the only
+        visible layer then; without maps the coefficients are the visible layer).
 
     Raises
     ------
@@ -473,9 +469,12 @@ def result_layers(
         data,
         name=f"{stem} |{symbol}|",
         voxel_size_mm=vox,  # type: ignore[arg-type]
+        contrast_limits=None if unbalanced else attrs["contrast_limits"],
         metadata={**meta, "kind": "coefficients", "unbalanced": unbalanced},
     )
     layers = [main]
+    if "t1_ms" in arrays:
+        main[1]["visible"] = False
     if iterations and "iterations" in arrays:
         it = arrays["iterations"]
         if tuple(it.shape[1:]) != tuple(coeffs.shape):
@@ -493,8 +492,8 @@ def result_layers(
             metadata={**meta, "kind": "iterations"},
         )
         lay[1]["visible"] = False
-        layers.append(lay)
-    for name, kind, label in (("t1_ms", "t1", "T1"), ("t2_ms", "t2", "T2"), ("pd", "pd", "PD")):
+        layers.insert(0, lay)
+    for name, kind, label in (("pd", "pd", "PD"), ("t2_ms", "t2", "T2"), ("t1_ms", "t1", "T1")):
         if name in arrays:
             a = arrays[name]
             if tuple(a.shape) != tuple(coeffs.shape[1:]):
@@ -508,7 +507,7 @@ def result_layers(
                     metadata=meta,
                 )
             )
-    return layers
+    return [as_multiscale(lay, min_size=multiscale_min) for lay in layers]
 
 
 def nifti_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
@@ -523,20 +522,13 @@ def nifti_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
         When nibabel cannot read the file.
     """
     import dask.array as da
-    import nibabel as nib
 
-    from spurig_core.errors import InputError
+    from spurig_core.io import open_nifti
 
     p = Path(path)
-    try:
-        img: Any = nib.load(str(p))
-    except Exception as exc:  # nibabel raises several types for bad files
-        raise InputError(f"{p}: not a readable NIfTI file: {exc}") from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) not in (3, 4):
-        raise InputError(f"{p}: expected a 3D or 4D volume, got shape {shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    data = da.from_array(img.dataobj, chunks=shape, asarray=True)  # type: ignore[attr-defined]
+    proxy, zooms = open_nifti(p)
+    shape = tuple(int(s) for s in proxy.shape)
+    data = da.from_array(proxy, chunks=shape, asarray=True)
     if data.ndim == 4:
         data = da.moveaxis(data, 3, 0)
     stem = p.name.removesuffix(".gz").removesuffix(".nii")
@@ -544,13 +536,16 @@ def nifti_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
     meta = {"kind": "nifti", "path": str(p.resolve()), "voxel_size_mm": zooms}
     kind = "t1" if "t1" in low else "t2" if "t2" in low else None
     if kind is not None and data.ndim == 3:
-        return [map_layer(data, kind, name=stem, voxel_size_mm=zooms, metadata=meta)]  # type: ignore[arg-type]
+        return [
+            map_layer(data, kind, name=stem, voxel_size_mm=zooms, metadata=meta, visible=True)  # type: ignore[arg-type]
+        ]
     return [
         (
             data,
             {
                 "name": stem,
                 "scale": _scale(zooms, data.ndim),
+                "units": _units(data.ndim),
                 "contrast_limits": magnitude_limits(data),
                 "metadata": {"spurig": meta},
             },

@@ -20,14 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import (
-    TISSUE_COLORS,
-    LayerDataTuple,
-    coefficient_layer,
-    error_layer,
-    magnitude_limits,
-    result_layers,
-)
+from spurig_core.recon.methods import METHODS as _ENGINE_METHODS
+
+from ._compare_model import CompareOutput, compare_job
+from ._layers import LayerDataTuple, result_layers
 
 __all__ = [
     "DURATION_CHOICES",
@@ -45,14 +41,9 @@ __all__ = [
     "write_train_config",
 ]
 
-#: Method labels shown to users and the engine's names for them (SPEC §2).
-METHODS: dict[str, str] = {
-    "SPUR-iG": "spurig",
-    "hybrid": "hybrid",
-    "LLR": "llr",
-    "LLR-NUFFT": "llr-nufft",
-    "adjoint": "adjoint",
-}
+#: Method labels shown to users and the engine's names for them (the engine's registry,
+#: :data:`spurig_core.recon.methods.METHODS`, SPEC §2).
+METHODS: dict[str, str] = {m.choice: m.name for m in _ENGINE_METHODS.values()}
 #: Training stage labels and the engine's names (paper 2.3.2, appendix A).
 STAGES: dict[str, str] = {"pretrain": "pretrain", "GLEAM": "gleam", "fine-tune": "finetune"}
 #: Scan durations of SPEC §2, plus ``"groups"`` for an explicit number of groups.
@@ -249,6 +240,7 @@ def reconstruct_job(
     reconstruct = engine("reconstruct")
     yield ProgressEvent("load", 0, 1, f"reading {Path(params.scan_path).name}")
     scan = load_scan(params.scan_path)
+    yield ProgressEvent("load", 1, 1, f"read {Path(params.scan_path).name}")
     groups = params.n_groups()
     if groups is not None and groups > scan.n_groups:
         from spurig_core.errors import InputError
@@ -383,145 +375,8 @@ def train_job(
 
 
 # ----------------------------------------------------------------------------------------------
-# comparison
+# comparison (the QA views live in _compare_model)
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class CompareOutput:
-    """What the Compare widget shows.
-
-    Attributes
-    ----------
-    layers : list of layer data tuples
-        Reference ``|α̃|``, each result's ``|α̃|``, the reference tissue labels, then each result's
-        magnified error; images share the reference's contrast limits.  In this order a
-        ``(2, n + 1)`` napari grid shows results in the top row and their errors below.
-    rows : list of dict
-        One row per result: ``name``, ``method``, ``groups``, ``psnr`` and ``ssim`` (lists per
-        coefficient, as :func:`spurig_core.pipeline.evaluate` returns them), their means,
-        ``t1_rel_error`` and ``t2_rel_error`` (``None`` when the result is not matched).
-    metrics : list of dict
-        The raw dictionaries returned by ``pipeline.evaluate``.
-    """
-
-    layers: list[LayerDataTuple]
-    rows: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-
-
-def _name(path: str | Path) -> str:
-    return Path(path).name.removesuffix(".zarr")
-
-
-def _mean(values: Any) -> float | None:
-    if values is None:
-        return None
-    a = np.asarray(values, dtype=np.float64).reshape(-1)
-    return float(a.mean()) if a.size else None
-
-
-def compare_job(
-    scan_path: str | Path,
-    result_paths: list[str | Path],
-    *,
-    factor: float = 5.0,
-    cancel: threading.Event | None = None,
-) -> Generator[Event, None, CompareOutput]:
-    """Reference coefficients, each result, magnified errors and the metrics table.
-
-    Parameters
-    ----------
-    scan_path : path-like
-        A simulated scan with ``reference/`` (the ground truth).
-    result_paths : list of path-like
-        Result stores to compare (one or more).
-    factor : float
-        Error magnification (5 or 10).
-    """
-    from spurig_core.errors import Cancelled, InputError
-    from spurig_core.io import load_result, load_scan
-    from spurig_core.progress import ProgressEvent
-
-    if not result_paths:
-        raise InputError("compare: choose at least one result")
-    reference_coefficients = engine("reference_coefficients")
-    evaluate = engine("evaluate")
-    total = len(result_paths) + 1
-    yield ProgressEvent("compare", 0, total, "reference coefficients")
-    scan = load_scan(scan_path)
-    if scan.reference is None:
-        raise InputError(f"{scan_path}: no reference/ ground truth to compare against")
-    ref = reference_coefficients(scan)
-    ref_mag = ref.detach().abs().cpu().numpy().astype(np.float32)
-    vox = scan.voxel_size_mm
-    limits = magnitude_limits(ref_mag)
-    layers = [
-        coefficient_layer(
-            ref_mag,
-            name="reference |α̃|",
-            voxel_size_mm=vox,
-            contrast_limits=limits,
-            metadata={"kind": "compare", "role": "reference"},
-        )
-    ]
-    tissue = (
-        scan.reference.tissue.numpy().astype(np.uint8),
-        {
-            "name": "reference tissue",
-            "scale": vox,
-            "colormap": TISSUE_COLORS,
-            "metadata": {"spurig": {"kind": "compare", "role": "tissue"}},
-        },
-        "labels",
-    )
-    errors: list[LayerDataTuple] = []
-    rows: list[dict[str, Any]] = []
-    metrics: list[dict[str, Any]] = []
-    for i, rp in enumerate(result_paths, start=1):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled by the user")
-        result = load_result(rp, lazy=True)
-        if result.matrix != tuple(scan.matrix):
-            raise InputError(f"{rp}: matrix {result.matrix} differs from the scan's {scan.matrix}")
-        m = evaluate(result, scan)
-        mag = result.coefficients.abs().numpy().astype(np.float32)
-        name = _name(rp)
-        layers.append(
-            coefficient_layer(
-                mag,
-                name=f"{name} |α̃|",
-                voxel_size_mm=vox,
-                contrast_limits=limits,
-                metadata={"kind": "compare", "role": "result", "result_path": str(rp)},
-            )
-        )
-        errors.append(
-            error_layer(
-                mag,
-                ref_mag,
-                factor=factor,
-                name=f"{name} error ×{factor:g}",
-                voxel_size_mm=vox,
-                contrast_limits=limits,
-            )
-        )
-        rows.append(
-            {
-                "name": name,
-                "method": result.method,
-                "groups": result.groups,
-                "psnr": list(m.get("psnr", [])),
-                "ssim": list(m.get("ssim", [])),
-                "psnr_mean": _mean(m.get("psnr")),
-                "ssim_mean": _mean(m.get("ssim")),
-                "t1_rel_error": m.get("t1_rel_error"),
-                "t2_rel_error": m.get("t2_rel_error"),
-            }
-        )
-        metrics.append(m)
-        yield ProgressEvent("compare", i, total, f"evaluated {name}")
-    return CompareOutput(layers=[*layers, tissue, *errors], rows=rows, metrics=metrics)
-
-
 def result_file_layers(path: str | Path, *, maps_only: bool = False) -> list[LayerDataTuple]:
     """Layers of a stored result (all, or only the T1/T2/PD maps)."""
     layers = result_layers(path)

@@ -37,6 +37,9 @@ def _notifying(fn: ReaderFunction) -> ReaderFunction:
 
         from spurig_core.errors import InputError
 
+        from ._view import follow_current_viewer
+
+        follow_current_viewer()  # axial slices and colorbars in the viewer the layers go to
         try:
             return fn(path)
         except InputError as exc:
@@ -118,14 +121,11 @@ def get_result_reader(path: str | list[str]) -> ReaderFunction | None:
                 check_store_json(Path(p))
             except InputError as exc:
                 return _raise(str(exc))  # a damaged store: say so, do not stay silent
-            try:
-                import zarr
+            from spurig_core.io import file_schema
 
-                attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-            except Exception:
-                return None  # not a zarr group at all: leave it to other plugins
-            if "schema" in attrs and str(attrs["schema"]).startswith("spurig-result/"):
-                return _raise(str(InputError(f"{p}: unsupported schema {attrs['schema']!r}")))
+            schema = file_schema(p)  # None: not a zarr group, leave it to other plugins
+            if schema is not None and schema.startswith("spurig-result/"):
+                return _raise(str(InputError(f"{p}: unsupported schema {schema!r}")))
             return None
     return _read_results
 

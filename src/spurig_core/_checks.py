@@ -31,8 +31,6 @@ __all__ = [
     "simulate_args",
 ]
 
-_RECON_METHODS = ("spurig", "hybrid", "llr", "llr-nufft", "adjoint")
-
 
 def _type(value: Any) -> str:
     return type(value).__name__
@@ -221,8 +219,9 @@ def reconstruct_args(
     Scan
         ``scan`` itself, or the scan loaded from a path.
     """
-    if not isinstance(method, str) or method not in _RECON_METHODS:
-        raise InputError(f"method: {method!r:.40} is not one of {', '.join(_RECON_METHODS)}")
+    from .recon.methods import get_method
+
+    get_method(method)  # "method: 'x' is not one of spurig, hybrid, …"
     _opt_int(groups, "groups")
     if duration is not None and not isinstance(duration, str):
         raise InputError(f"duration: expected a name like '2min' or None, got {duration!r:.40}")
@@ -247,9 +246,13 @@ def _recon_memory(
     from .memory import recon_estimates, require_bytes
 
     g = scan.n_groups if not isinstance(groups, int) else max(1, min(groups, scan.n_groups))
+    from .operators.igrog import GriddingConfig
+    from .recon.methods import METHODS
+
     llr = (config or {}).get("llr") or {}
-    iters = int(llr.get("iterations", 40)) if method in ("llr", "llr-nufft") else 8
-    oversampling = float(((config or {}).get("gridding") or {}).get("grid_oversampling", 1.5))
+    iters = int(llr.get("iterations", 40)) if "llr" in METHODS[method].tables else 8
+    gridding = (config or {}).get("gridding") or {}
+    oversampling = float(gridding.get("grid_oversampling", GriddingConfig.grid_oversampling))
     steps = recon_estimates(
         method=method,
         matrix=scan.matrix,

@@ -4,7 +4,9 @@ Each method runs in a fresh worker process (``python -m spurig_core.benchmark``)
 memory is its own and no method profits from another's warm caches; the workers run one after the
 other on the same scan.  Reported per method: reconstruction seconds (gridding included, iGROG
 kernel training shown separately, as in paper 3.5), peak resident memory (and peak CUDA memory),
-and speed-up ratios against LLR-NUFFT and LLR.  A micro-benchmark of one gram application
+and speed-up ratios against LLR-NUFFT and LLR, and where the time goes (:class:`StageClock`: step
+size, norm-matching scale, DC grams, denoiser, the rest, and the dictionary matching after the
+timed part; issue #14).  A micro-benchmark of one gram application
 (NUFFT vs iGROG-gridded FFT) is included, as issue #4 asks.
 
 The iGROG kernel is trained and the scan gridded once, in a worker of its own, and the gridded
@@ -31,6 +33,7 @@ import torch
 
 from .errors import InputError
 from .progress import Callback, emit
+from .recon.methods import METHODS, gridded_names
 
 __all__ = ["GRIDDED_KIND", "bench", "format_table", "load_gridded", "machine_info", "save_gridded"]
 
@@ -65,7 +68,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-GRIDDED_METHODS = ("llr", "spurig", "hybrid")
+#: Methods that reconstruct from the iGROG-gridded scan (they share one gridding).
+GRIDDED_METHODS = gridded_names()
 #: ``kind`` of a cached gridding (:func:`save_gridded`).
 GRIDDED_KIND = "spurig-gridded"
 
@@ -141,6 +145,96 @@ def _grid_worker(
     return out
 
 
+#: Stages of a reconstruction timed by :class:`StageClock`: (stage, module, owner, attribute).
+STAGES = (
+    ("step_size", "spurig_core.recon.unrolled", None, "estimate_lipschitz"),
+    ("step_size", "spurig_core.recon.classical", None, "lipschitz_constant"),
+    ("scale", "spurig_core.recon.classical", None, "norm_matching_scale"),
+    ("dc", "spurig_core.operators.encoding", "GriddedSubspaceEncoding", "_gram"),
+    ("dc", "spurig_core.operators.encoding", "SubspaceNUFFTEncoding", "_gram"),
+    ("denoiser", "spurig_core.recon.networks", "Denoiser", "forward"),
+    ("denoiser", "spurig_core.recon.dc_only", "IdentityDenoiser", "forward"),
+    ("denoiser", "spurig_core.recon.llr", "LocallyLowRank", "__call__"),
+)
+
+
+class StageClock:
+    """Seconds per stage of a reconstruction (``spurig bench``'s breakdown, issue #14).
+
+    Inside the ``with`` block the functions of :data:`STAGES` are wrapped (in this process only,
+    restored on exit) so that each call's wall time is added to its stage; a timed function called
+    from inside another one counts for the outer stage (the grams of the power iteration are
+    ``step_size``, the gram of the norm-matching scale is ``scale``).  On CUDA each timed
+    call synchronises, so that the seconds belong to the stage that queued the work.
+
+    Attributes
+    ----------
+    seconds : dict of str to float
+        ``step_size``, ``scale``, ``dc``, ``denoiser`` (LLR: the prox).
+    calls : dict of str to int
+    """
+
+    def __init__(self) -> None:
+        self.seconds = {stage: 0.0 for stage, *_ in STAGES}
+        self.calls = {stage: 0 for stage, *_ in STAGES}
+        self._undo: list[tuple[Any, str, Any]] = []
+        self._active = False  # a timed call is running
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def _wrap(self, stage: str, fn: Any) -> Any:
+        clock = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if clock._active:  # nested in a timed call: its time stays with the outer stage
+                return fn(*args, **kwargs)
+            clock._sync()
+            clock._active = True
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock._sync()
+                clock.seconds[stage] += time.perf_counter() - t0
+                clock.calls[stage] += 1
+                clock._active = False
+
+        return timed
+
+    def __enter__(self) -> StageClock:
+        import importlib
+        import inspect
+
+        for stage, module, owner, attr in STAGES:
+            obj: Any = importlib.import_module(module)
+            if owner is not None:
+                obj = getattr(obj, owner)
+            own = attr in vars(obj) if owner is not None else True
+            fn = inspect.getattr_static(obj, attr)  # the plain function, even if inherited
+            self._undo.append((obj, attr, fn if own else None))
+            setattr(obj, attr, self._wrap(stage, fn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for obj, attr, fn in reversed(self._undo):
+            if fn is None:
+                delattr(obj, attr)  # it was inherited
+            else:
+                setattr(obj, attr, fn)
+        self._undo.clear()
+
+
+def _match_seconds(result: Any, scan: Any, device: str) -> float:
+    """Seconds of the dictionary matching of ``result`` (reported, not part of the runtime)."""
+    from .pipeline import match
+
+    t0 = time.perf_counter()
+    match(result, scan, device=device)
+    return time.perf_counter() - t0
+
+
 def _worker(
     scan_path: str,
     method: str,
@@ -168,21 +262,23 @@ def _worker(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = reconstruct(
-        scan,
-        method=method,
-        groups=groups,
-        device=device,
-        model=model,
-        config=config,
-        gridded=shared,
-    )
+    with StageClock() as clock:
+        result = reconstruct(
+            scan,
+            method=method,
+            groups=groups,
+            device=device,
+            model=model,
+            config=config,
+            gridded=shared,
+        )
     wall = time.perf_counter() - t0
     grid_s = float(times.get("gridding_s", result.timings.get("gridding_s", 0.0)))
-    out = {
+    runtime = result.runtime_s + (grid_s if shared is not None else 0.0)
+    out: dict[str, Any] = {
         "method": method,
         # a reused gridding is excluded from result.runtime_s: add the measured seconds back
-        "runtime_s": result.runtime_s + (grid_s if shared is not None else 0.0),
+        "runtime_s": runtime,
         "wall_s": wall,
         "kernel_training_s": float(
             times.get("kernel_training_s", result.timings.get("kernel_training_s", 0.0))
@@ -191,9 +287,15 @@ def _worker(
         "gridding_shared": shared is not None,
         "peak_rss_mb": _peak_rss_mb(),
         "scan_rss_mb": base_rss,
+        # breakdown (issue #14): seconds per stage (StageClock); "other_s" is the rest of the
+        # algorithm (operator and A^H b set-up, LLR/FISTA bookkeeping, moving data)
+        **{f"{k}_s": v for k, v in clock.seconds.items()},
+        "stage_calls": dict(clock.calls),
     }
+    out["other_s"] = max(0.0, runtime - grid_s - sum(clock.seconds.values()))
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["matching_s"] = _match_seconds(result, scan, device)  # after the timed part
     if scan.reference is not None:  # quality next to speed (after the timed part)
         from .metrics import evaluate
 
@@ -216,7 +318,8 @@ def _gram_worker(
     from .io import load_scan
     from .operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
     from .operators.igrog import GriddingConfig, grid_scan
-    from .pipeline import _coil_maps, _scan_basis
+    from .recon.data_term import coil_maps as _coil_maps
+    from .recon.data_term import scan_basis as _scan_basis
 
     dev = torch.device(device)
     scan = load_scan(scan_path).first_groups(groups)
@@ -305,15 +408,13 @@ def bench(
         ``{"machine": ..., "scan": ..., "rows": [...], "gram": {...}}``, plus ``"gridding"``
         (kernel training and gridding seconds, peak memory) when the gridding is shared.
     """
-    from .pipeline import METHODS
-
     for m in methods:
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
     if scan is not None:  # a bad scan is one line and exit 2 here, not an error row per worker
         from .io import load_scan
 
-        load_scan(scan)
+        matrix = int(load_scan(scan).matrix[0])  # the table's header names the scan's size
     tmp = tempfile.TemporaryDirectory(prefix="spurig-bench-")
     work = Path(tmp.name)
     if scan is None:
@@ -390,10 +491,28 @@ def format_table(report: dict[str, Any]) -> str:
         "(excluded) | peak RSS MB | × vs LLR-NUFFT | × vs LLR | mean PSNR c1–c5 (dB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    breakdown = [
+        "",
+        "Where the time goes (s; the algorithm's stages are exclusive and add up to its seconds; "
+        "denoiser = UNet for SPUR-iG, LLR prox for FISTA-LLR; matching runs after the timed part):",
+        "",
+        "| method | kernel training | gridding | step size | scale | DC | denoiser | other | "
+        "matching (not in recon s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | n/a: {r['error']} | | | | | | | |")
             continue
+        if "dc_s" in r:
+            stages = " | ".join(
+                f"{r.get(k, 0.0):.2f}"
+                for k in ("step_size_s", "scale_s", "dc_s", "denoiser_s", "other_s")
+            )
+            breakdown.append(
+                f"| {r['method']} | {r['kernel_training_s']:.1f} | {r['gridding_s']:.2f} | "
+                f"{stages} | {r.get('matching_s', 0.0):.2f} |"
+            )
         t = r["runtime_s"]
         vs_nufft = f"{times['llr-nufft'] / t:.1f}" if "llr-nufft" in times else "–"
         vs_llr = f"{times['llr'] / t:.1f}" if "llr" in times else "–"
@@ -405,6 +524,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {r['method']} | {t:.2f} | {r['gridding_s']:.2f} | {t - r['gridding_s']:.2f} | "
             f"{r['kernel_training_s']:.1f} | {mem} | {vs_nufft} | {vs_llr} | {quality} |"
         )
+    if len(breakdown) > 5:  # at least one row
+        lines += breakdown
     gr = report.get("gridding")
     if gr and "error" not in gr:
         mem = f"{gr['peak_rss_mb']:.0f}"

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpurigError
+from .recon.methods import METHODS, NAMES
 
-__all__ = ["main"]
+__all__ = ["launch_gui", "main"]
 
-METHODS = ("spurig", "hybrid", "llr", "llr-nufft", "adjoint")
 DURATION_NAMES = ("6min", "2min", "1min", "30s")
 STAGES = ("pretrain", "gleam", "finetune")
 
@@ -145,7 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("recon", help="reconstruct subspace coefficients")
     s.add_argument("scan", type=Path, metavar="SCAN.h5")
     s.add_argument("out", type=Path, metavar="OUT.zarr")
-    s.add_argument("--method", required=True, choices=METHODS)
+    s.add_argument(
+        "--method",
+        required=True,
+        choices=NAMES,
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()),
+    )
     g = s.add_mutually_exclusive_group()
     g.add_argument("--groups", type=int, default=None)
     g.add_argument("--duration", choices=DURATION_NAMES, default=None)
@@ -188,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("cohort", type=Path, metavar="DIR", help="folder with *.h5 scans (any depth)")
     s.add_argument("out_dir", type=Path, metavar="OUT")
-    s.add_argument("--methods", default="spurig,llr,adjoint")
+    s.add_argument("--methods", default="spurig,dc-only,llr,adjoint")
     s.add_argument("--durations", default="2min,1min,30s")
     s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
     s.add_argument("--no-match", action="store_true", help="skip dictionary matching (T1/T2/PD)")
@@ -217,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--groups", type=int, default=16)
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     s.add_argument("--scan", type=Path, default=None, help="use this scan instead of simulating")
-    s.add_argument("--methods", default="adjoint,llr,llr-nufft,spurig")
+    s.add_argument("--methods", default="adjoint,llr,llr-nufft,spurig,dc-only")
     s.add_argument("--out", type=Path, default=None, help="write the table as Markdown here")
     _add_overwrite(s)
 
@@ -450,10 +455,21 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
         progress.close()
         print(summary)
     elif args.command == "gui":
-        pipeline.launch_gui([str(f) for f in args.files])
+        launch_gui([str(f) for f in args.files])
     elif args.command in ("import-ismrmrd", "export-ismrmrd", "export-dicom"):
         _scanner(args)
     return 0
+
+
+def launch_gui(files: list[str]) -> None:
+    """``spurig gui``: napari with the plugin's widgets docked and ``files`` opened.
+
+    The command line is the only part of ``spurig_core`` that imports the plugin: the engine
+    never does (``tests/test_methods_registry.py`` imports it with napari blocked).
+    """
+    from napari_spurig import launch  # raises NotAvailableError without napari or Qt
+
+    launch(files)
 
 
 class _Terminated(KeyboardInterrupt):

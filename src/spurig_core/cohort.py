@@ -16,6 +16,14 @@ leaves nothing half-written; the scheduler re-runs a lost task on another worker
 ``distributed.scheduler.allowed-failures`` retries).  Progress goes to the command's bar, and the
 dashboard link is printed.
 
+Threads: every task runs with the same, declared number of torch (and NUFFT) threads wherever it
+runs (:func:`task_threads`): ``OMP_NUM_THREADS`` of the command when it is set, else all cores
+serially and ``cores // N`` per worker of ``--workers N``.  Results depend on that number
+(reductions are split by thread), not on the process or worker that computes them: with one thread
+per task (``OMP_NUM_THREADS=1``) a cohort run serially and on a cluster writes byte-identical
+results and tables.  With more, finufft's multi-threaded spreading is not bit-reproducible even
+between two serial runs (``benchmarks/RESULTS-scale.md``).
+
 Memory: each worker of a ``LocalCluster`` has a memory limit (its share of the machine) and
 declares it as the resource ``memory`` (bytes); a task declares the bytes it needs (the estimate of
 :mod:`spurig_core.memory`) and runs only where that much is free.  On a cluster whose workers all
@@ -36,7 +44,7 @@ from typing import Any
 from .errors import InputError, NotAvailableError, SpurigError
 from .progress import Callback, emit
 
-__all__ = ["Cluster", "Task", "cluster", "run_tasks"]
+__all__ = ["Cluster", "Task", "cluster", "pinned_threads", "run_tasks", "task_threads"]
 
 #: How long to wait for a scheduler given with ``--scheduler`` (seconds).
 CONNECT_TIMEOUT_S = 20
@@ -75,13 +83,76 @@ def _check_options(workers: int | None, scheduler: str | None) -> None:
         raise InputError(f"--workers: {workers} is not a number of worker processes (1 to 1024)")
 
 
+def task_threads(workers: int | None = None, *, local: bool = True) -> int | None:
+    """Threads each task runs with (torch intra-op and finufft; a task pins them while it runs).
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes of a ``LocalCluster`` (``None``: the tasks run serially in this process).
+    local : bool
+        ``False`` for a running scheduler's workers (``--scheduler``).
+
+    Returns
+    -------
+    int or None
+        ``OMP_NUM_THREADS`` when set, else ``torch.get_num_threads()`` serially and
+        ``max(1, cores // workers)`` for a ``LocalCluster``; ``None`` (the worker's own
+        setting) for a running scheduler without ``OMP_NUM_THREADS``.
+
+    Raises
+    ------
+    InputError
+        ``OMP_NUM_THREADS`` is not a whole number from 1 to 1024.
+    """
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 1024:
+            raise InputError(
+                f"environment OMP_NUM_THREADS={raw!r} is not a number of threads (1 to 1024)"
+            )
+        return n
+    if not local:
+        return None
+    if workers is None:
+        import torch
+
+        return int(torch.get_num_threads())
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """torch (and with it the NUFFT, :class:`~spurig_core.operators.fourier.NUFFT`), the BLAS of
+    numpy/scipy and finufft's own OpenMP runtime use ``threads`` threads for the block; the
+    process's settings are restored after it.  finufft's FFT follows its OpenMP runtime's thread
+    count even when a plan asks for one thread: a serial process started with 2 threads and a
+    worker with 1 otherwise simulate different bits (measured: the k-space of `simulate-cohort`)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _local_cluster(workers: int) -> Any:
     from distributed import LocalCluster
 
     from .memory import available_bytes
 
     limit = int(available_bytes() // workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = task_threads(workers)
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,  # one task at a time per worker: its memory is its own
@@ -106,6 +177,8 @@ class Cluster:
     ) -> None:
         self.workers, self.scheduler, self._stack, self._echo = workers, scheduler, stack, echo
         self._client: Any = None
+        #: Threads per task (:func:`task_threads`).
+        self.threads = task_threads(workers, local=not scheduler)
 
     def client(self) -> Any:
         """The ``distributed.Client`` (the cluster starts or is connected to now)."""
@@ -195,11 +268,14 @@ def _worker_memory_cap() -> None:
         os.environ["SPURIG_MEMORY_GB"] = f"{min(old, limit / 1e9):.6g}"
 
 
-def _call(key: str, fn: Callable[..., Any], kwargs: dict[str, Any], *args: Any) -> Any:
-    """Run one task; any failure becomes one line naming the task (its subject)."""
+def _call(
+    key: str, fn: Callable[..., Any], kwargs: dict[str, Any], threads: int | None, *args: Any
+) -> Any:
+    """Run one task with ``threads`` threads; any failure becomes one line naming the task."""
     _worker_memory_cap()
     try:
-        return fn(*args, **kwargs)
+        with pinned_threads(threads):
+            return fn(*args, **kwargs)
     except SpurigError as exc:
         raise InputError(f"{key}: {_first_line(exc)}") from None
     except MemoryError:
@@ -240,26 +316,31 @@ def run_tasks(
 
     A task whose worker dies is re-run elsewhere by the scheduler; one that fails (or whose
     workers keep dying) cancels the rest and raises one line naming it.  Outputs of finished
-    tasks stay.  Progress: ``emit(callback, stage, done, total, key)``.
+    tasks stay.  Every task runs with :func:`task_threads` threads (the cluster's, or this
+    process's when serial).  Progress: ``emit(callback, stage, done, total, key)``.
     """
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
         raise ValueError("task keys must be unique")
     results: dict[str, Any] = {}
     total = len(tasks)
-    if isinstance(client, Cluster) and tasks:
-        client = client.client()
-    if client is None or isinstance(client, Cluster):
+    if client is None or (isinstance(client, Cluster) and not tasks):
+        threads = task_threads()
         for i, t in enumerate(tasks):
             needed = [results[k] for k in t.needs]
-            results[t.key] = _call(t.key, t.fn, t.kwargs, *needed, *t.args)
+            results[t.key] = _call(t.key, t.fn, t.kwargs, threads, *needed, *t.args)
             emit(callback, stage, i + 1, total, t.key)
         return results
-    return _run_on_cluster(tasks, client, callback, stage)
+    if isinstance(client, Cluster):
+        threads = client.threads
+        client = client.client()
+    else:  # a distributed.Client given directly
+        threads = task_threads(local=False)
+    return _run_on_cluster(tasks, client, callback, stage, threads)
 
 
 def _run_on_cluster(
-    tasks: Sequence[Task], client: Any, callback: Callback | None, stage: str
+    tasks: Sequence[Task], client: Any, callback: Callback | None, stage: str, threads: int | None
 ) -> dict[str, Any]:
     import uuid
 
@@ -278,6 +359,7 @@ def _run_on_cluster(
             t.key,
             t.fn,
             t.kwargs,
+            threads,
             *[futures[k] for k in t.needs],
             *t.args,
             key=f"{t.key}-{run_id}",

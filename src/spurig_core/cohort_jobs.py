@@ -25,11 +25,12 @@ from .cohort import Task, run_tasks
 from .data import DURATIONS, groups_for
 from .errors import InputError
 from .progress import Callback
+from .recon.methods import METHODS, gridded_names
 
 __all__ = ["prepare_cohort", "recon_cohort", "scan_memory", "simulate_cohort"]
 
 #: Methods that reconstruct from the iGROG-gridded scan (they share ``gridded.pt``).
-GRIDDED = ("llr", "spurig", "hybrid")
+GRIDDED = gridded_names()
 
 
 def scan_memory(path: Path, method: str, groups: int) -> float:
@@ -232,7 +233,6 @@ def _find_scans(cohort_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def _check_methods(methods: tuple[str, ...], durations: tuple[str, ...]) -> None:
-    from .pipeline import METHODS
     from .recon.models import resolve_model
 
     if not methods or not durations:
@@ -244,7 +244,7 @@ def _check_methods(methods: tuple[str, ...], durations: tuple[str, ...]) -> None
         if d not in DURATIONS:
             raise InputError(f"--durations: unknown duration {d!r} ({', '.join(DURATIONS)})")
     for m in methods:
-        if m in ("spurig", "hybrid"):
+        if METHODS[m].needs_model:
             for d in durations:
                 resolve_model(None, method=m, duration=d)  # fails before any work
 

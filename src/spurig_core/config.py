@@ -69,6 +69,8 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "max_noise_gain": ">= 1",
         "source_spacing": "[0, 2]",
         "max_error_ratio": "(0, 1]",
+        "pair_weight": ("signal", "global", "local"),
+        "max_data_error_ratio": ">= 1",
     },
     "GriddedEncodingConfig": {
         "chunk": ">= 0",
@@ -84,7 +86,14 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "power_iterations": ">= 1",
         "lipschitz_safety": ">= 1",
     },
-    "UnrollConfig": {"steps": ">= 1", "mu_init": "> 0", "power_iters": ">= 1"},
+    "UnrollConfig": {
+        "steps": ">= 1",
+        "mu_init": "> 0",
+        "power_iters": ">= 1",
+        "dc": ("gradient", "cg"),
+        "dc_steps": ">= 1",
+        "lambda_init": "> 0",
+    },
     "UNetConfig": {
         "basis": ">= 1",
         "base_width": ">= 1",
@@ -125,6 +134,22 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "ssim_slices": ">= 1",
     },
     "FinetuneConfig": {"accumulation": ">= 1", "ssim_weight": ">= 0", "ssim_slices": ">= 1"},
+    "RecipeConfig": {  # training/recipe.py (issue 13)
+        "duration": _DURATIONS,
+        "pretrain_updates": ">= 0",
+        "gleam_updates": ">= 0",
+        "finetune_updates": ">= 0",
+        "refresh_every": ">= 1",
+        "val_every": ">= 1",
+        "lr": "> 0",
+        "finetune_lr": "> 0",
+        "tissue_weights": ">= 0",
+        "magnitude_weight": ">= 0",
+        "seed": ">= 0",
+        "max_train": ">= 0",
+        "max_val": ">= 0",
+    },
+    "RedrawConfig": {"draws": ">= 1", "seed_base": ">= 0", "noise": ">= 0"},
 }
 
 _BOUND = re.compile(r"^(>=|>|<=|<) *(-?[0-9.e+-]+)$")

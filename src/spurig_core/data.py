@@ -32,9 +32,19 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from os import PathLike
 
-__all__ = ["DURATIONS", "Reference", "Result", "Scan", "Sequence", "groups_for"]
+__all__ = [
+    "DURATIONS",
+    "Reference",
+    "Result",
+    "Scan",
+    "Sequence",
+    "groups_for",
+    "nearest_duration",
+    "resolve_groups",
+]
 
 #: Scan durations of the paper (2.4) and the number of leading groups that make them (SPEC §2).
 DURATIONS: dict[str, int] = {"6min": 48, "2min": 16, "1min": 8, "30s": 4}
@@ -50,6 +60,57 @@ def groups_for(duration: str) -> int:
         raise InputError(
             f"unknown duration {duration!r}: choose one of {', '.join(DURATIONS)}"
         ) from None
+
+
+def nearest_duration(groups: int, among: Iterable[str] | None = None) -> str:
+    """The named duration whose group count is nearest ``groups`` (the one rule of the engine).
+
+    "Nearest" is the absolute difference of group counts; a tie goes to the longer duration
+    (12 groups → ``"2min"``, 6 → ``"1min"``).  The pipeline picks the LLR threshold and the
+    shipped model with it; :meth:`~spurig_core.recon.llr.LLRConfig.threshold_for` too.
+
+    Parameters
+    ----------
+    groups : int
+        Number of leading groups (≥ 1).
+    among : iterable of str, optional
+        The duration names to choose from (default: all of :data:`DURATIONS`).
+    """
+    names = [d for d in DURATIONS if among is None or d in set(among)]
+    if not names:
+        from .errors import InputError
+
+        raise InputError("no named duration to choose from")
+    return min(names, key=lambda d: (abs(DURATIONS[d] - groups), -DURATIONS[d]))
+
+
+def resolve_groups(available: int, groups: int | None, duration: str | None) -> int:
+    """The number of leading groups to reconstruct: ``groups``, or ``duration``'s, or all.
+
+    Parameters
+    ----------
+    available : int
+        Groups in the scan.
+    groups : int, optional
+    duration : str, optional
+        A named duration (:func:`groups_for`); not together with ``groups``.
+
+    Raises
+    ------
+    InputError
+        Both given, an unknown duration, or more groups than the scan has (or fewer than 1).
+    """
+    from .errors import InputError
+
+    if groups is not None and duration is not None:
+        raise InputError("give either groups or duration, not both")
+    if duration is not None:
+        groups = groups_for(duration)
+    if groups is None:
+        return available
+    if not 1 <= groups <= available:
+        raise InputError(f"cannot use {groups} groups: the scan has {available}")
+    return groups
 
 
 def default_flip_angles_deg(n_tr: int = 500) -> np.ndarray:
@@ -283,7 +344,7 @@ class Result:
     basis : Tensor, shape (tr, basis), complex64
         The balanced basis ``Φ̃`` the coefficients refer to.
     method : str
-        ``"spurig"``, ``"hybrid"``, ``"llr"``, ``"llr-nufft"`` or ``"adjoint"``.
+        A name of :data:`spurig_core.recon.methods.METHODS` (``"spurig"``, ``"dc-only"``, ...).
     groups : int
         Number of leading groups used.
     runtime_s : float

@@ -1,10 +1,10 @@
 """``spurig demo``: the whole pipeline on the sample scan, in a few minutes on 2 CPU cores.
 
-Steps: grid (iGROG), reconstruct with SPUR-iG (when a shipped model fits the scan), LLR and the
-adjoint, match (B1-corrected), evaluate against the ground truth, and write into the output folder:
-one zarr store per result, NIfTI maps (``spurig export``), Figure 2/3-style panels, and
-``report.md`` with the tables and timings.  ``tiny=True`` runs a seconds-long configuration on a
-small analytic subject (used by the test suite).
+Steps: grid (iGROG), reconstruct with SPUR-iG and its DC-only baseline (when a shipped model fits
+the scan), LLR and the adjoint, match (B1-corrected), evaluate against the ground truth, and
+write into the output folder: one zarr store per result, NIfTI maps (``spurig export``), Figure
+2/3-style panels, and ``report.md`` with the tables and timings.  ``tiny=True`` runs a
+seconds-long configuration on a small analytic subject (used by the test suite).
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
         Progress events of every stage.
     """
     from .config import from_dict
+    from .data import nearest_duration
     from .figures import SubjectPanels
     from .io import load_scan
     from .metrics import evaluate, reference_coefficients
     from .operators.igrog import GriddingConfig, grid_scan
-    from .pipeline import _duration_name, match, reconstruct
+    from .pipeline import match, reconstruct
+    from .recon.methods import METHODS
     from .report import Section, export_result, runtime_table, table1, table2, write_report
     from .simulation import sample_scan_path
 
@@ -57,12 +59,13 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     scan = load_scan(scan_path)
     if scan.reference is None:
         raise InputError(f"{scan_path}: the demo needs a simulated scan with reference/")
-    duration = _duration_name(scan.n_groups)
+    duration = nearest_duration(scan.n_groups)
     overrides: dict[str, Any] = {}
     if tiny:
         overrides = {"gridding": {"steps": 200, "train_sets": 512}, "llr": {"iterations": 8}}
 
-    methods = ["spurig", "llr", "adjoint"]
+    # SPUR-iG beside its DC-only baseline (same data term and steps, identity denoiser)
+    methods = ["spurig", "dc-only", "llr", "adjoint"]
     results = {}
     notes: list[str] = []
     # Grid once (iGROG kernel training + gridding) for both gridded methods; each result's
@@ -72,7 +75,7 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     gridded, grid_times = grid_scan(scan, config=gcfg, callback=callback)
     for i, method in enumerate(methods):
         emit(callback, "demo", i, len(methods) + 2, f"reconstructing with {method}")
-        uses_grid = method in ("spurig", "llr")
+        uses_grid = METHODS[method].gridded
         try:
             res = reconstruct(
                 scan,
@@ -82,9 +85,9 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
                 gridded=gridded if uses_grid else None,
             )
         except (InputError, NotAvailableError) as exc:
-            if method != "spurig":
+            if not METHODS[method].needs_model:
                 raise
-            notes.append(f"SPUR-iG skipped: {exc}")
+            notes.append(f"{METHODS[method].short} skipped: {exc}")
             continue
         if uses_grid:
             res = dataclasses.replace(

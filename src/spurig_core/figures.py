@@ -33,6 +33,7 @@ from .data import Reference, Result
 from .errors import InputError
 from .io import atomic_path
 from .metrics import QUANT_LABELS, _ssim, brain_slices, duration_name, psnr, unbalance
+from .recon.methods import METHODS
 
 __all__ = [
     "SubjectPanels",
@@ -50,16 +51,11 @@ DPI = 100
 PANEL_IN = 2.0
 #: Left margin for the row labels in inches.
 LEFT_IN = 0.3
-#: Column order of the panels (methods of SPEC §2; others follow alphabetically).
-_COLUMN_ORDER = ("adjoint", "spurig", "hybrid", "llr", "llr-nufft")
-_NAMES = {
-    "adjoint": "A^H b",
-    "spurig": "SPUR-iG",
-    "hybrid": "Hybrid 2D/3D",
-    "llr": "LLR",
-    "llr-nufft": "LLR (NUFFT)",
-    "reference": "reference",
-}
+#: Column order of the panels: the adjoint (every method's input) first, then the methods in
+#: the registry's order (SPEC §2); others follow alphabetically.
+_COLUMN_ORDER = ("adjoint", *(m for m in METHODS if m != "adjoint"))
+#: Panel titles (the registry's short names).
+_NAMES = {**{m.name: m.short for m in METHODS.values()}, "reference": "reference"}
 _TEXT_BOX = {"facecolor": "black", "alpha": 0.5, "pad": 1.0, "edgecolor": "none"}
 _MAP_DEFAULTS = {"T1": ("magma", 2500.0), "T2": ("viridis", 150.0)}
 

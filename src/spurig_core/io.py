@@ -19,18 +19,33 @@ import torch
 
 from .data import Reference, Result, Scan, Sequence
 from .errors import InputError
+from .io_probe import (
+    file_schema,
+    open_nifti,
+    result_iterations_shape,
+    result_source,
+    scan_maps,
+    scan_voxel_size,
+)
 from .outputs import atomic_path
 
 __all__ = [
     "RAW_SCHEMA",
     "RESULT_SCHEMA",
     "atomic_path",
+    "file_schema",
     "file_sha256",
     "load_checkpoint",
     "load_result",
     "load_scan",
+    "open_nifti",
+    "result_chunks",
+    "result_iterations_shape",
+    "result_source",
     "save_checkpoint",
     "save_result",
+    "scan_maps",
+    "scan_voxel_size",
     "write_nifti",
     "write_scan",
 ]
@@ -42,7 +57,8 @@ PathLike = str | os.PathLike[str]
 
 
 # ----------------------------------------------------------------------------------------------
-# file helpers (atomic writes: spurig_core.outputs.atomic_path, re-exported here)
+# file helpers (atomic writes: spurig_core.outputs.atomic_path, re-exported here; probes for
+# viewers: spurig_core.io_probe, re-exported here)
 # ----------------------------------------------------------------------------------------------
 def file_sha256(path: PathLike, *, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes (hex)."""
@@ -236,9 +252,37 @@ def _np(t: torch.Tensor, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype, copy=False))
 
 
+#: Depth (z planes) of a result chunk: volumes are stored as axial slabs ``(x, y, 16)`` per
+#: coefficient (and iteration), so that showing one axial slice reads 1/14 of a 220³ volume
+#: instead of all of it; volumes of at most 16 planes stay one chunk.
+SLAB_DEPTH = 16
+
+
+def result_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape of a result array: 1 per leading index, axial slabs of :data:`SLAB_DEPTH`."""
+    if len(shape) < 3:
+        return tuple(shape)
+    lead = (1,) * (len(shape) - 3)
+    return (*lead, shape[-3], shape[-2], min(shape[-1], SLAB_DEPTH))
+
+
+def contrast_limits(coefficients: np.ndarray, *, percentile: float = 99.5) -> list[float]:
+    """Display range ``[0, p]`` of coefficient magnitudes: ``p`` the percentile of the central
+    axial plane of the first coefficient (what the viewer shows first).
+
+    Parameters
+    ----------
+    coefficients : ndarray, shape (basis, x, y, z), complex
+    """
+    plane = np.abs(coefficients[0, :, :, coefficients.shape[-1] // 2]).astype(np.float64)
+    hi = float(np.percentile(plane, percentile)) if plane.size else 0.0
+    if not np.isfinite(hi) or hi <= 0:
+        hi = float(np.abs(coefficients).max()) if coefficients.size else 0.0
+    return [0.0, hi if np.isfinite(hi) and hi > 0 else 1.0]
+
+
 def _write_array(group: Any, name: str, data: np.ndarray) -> None:
-    # One chunk per coefficient (and per iteration) volume: napari reads a plane at a time lazily.
-    chunks = (*([1] * (data.ndim - 3)), *data.shape[-3:]) if data.ndim > 3 else data.shape
+    chunks = result_chunks(tuple(data.shape))
     # Every chunk is stored, all-zero ones too, so that a deleted chunk can be told from a zero one.
     arr = group.create_array(
         name,
@@ -256,7 +300,9 @@ def save_result(result: Result, path: PathLike) -> Path:
     Arrays: ``coefficients`` (basis, x, y, z) complex64, ``basis`` (tr, basis) complex64 and,
     when present, ``iterations`` (n, basis, x, y, z), ``t1_ms``/``t2_ms``/``pd`` (x, y, z)
     float32.  Attributes: ``schema``, ``method``, ``groups``, ``runtime_s``, ``device``,
-    ``model``, ``source``, ``voxel_size_mm``, ``config`` and ``timings``.
+    ``model``, ``source``, ``voxel_size_mm``, ``config``, ``timings`` and ``display``
+    (``{"contrast_limits": {"coefficients": [0, p]}}``, :func:`contrast_limits`, so a viewer needs
+    no read to set its range).  Volumes are chunked in axial slabs (:func:`result_chunks`).
 
     Raises
     ------
@@ -270,7 +316,8 @@ def save_result(result: Result, path: PathLike) -> Path:
     final = check_result_target(result, path)
     with atomic_path(final, directory=True) as tmp:
         g = zarr.open_group(str(tmp), mode="w")
-        _write_array(g, "coefficients", _np(result.coefficients, np.complex64))
+        coeffs = _np(result.coefficients, np.complex64)
+        _write_array(g, "coefficients", coeffs)
         _write_array(g, "basis", _np(result.basis, np.complex64))
         if result.iterations is not None:
             _write_array(g, "iterations", _np(result.iterations, np.complex64))
@@ -290,6 +337,7 @@ def save_result(result: Result, path: PathLike) -> Path:
                 "voxel_size_mm": [float(v) for v in result.voxel_size_mm],
                 "config": json.loads(json.dumps(result.config, default=str)),
                 "timings": {k: float(v) for k, v in result.timings.items()},
+                "display": {"contrast_limits": {"coefficients": contrast_limits(coeffs)}},
             }
         )
     return final

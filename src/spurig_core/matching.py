@@ -34,7 +34,14 @@ from .errors import InputError
 from .physics import Dictionary, DictionaryGrid, _intraop_threads, load_dictionary
 from .progress import Callback, emit
 
-__all__ = ["MatchResult", "MatchingConfig", "coefficient_mask", "match_maps", "match_vectors"]
+__all__ = [
+    "MatchResult",
+    "MatchingConfig",
+    "coefficient_mask",
+    "match_maps",
+    "match_vectors",
+    "otsu_threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,8 @@ class MatchingConfig:
         The (T1, T2, B1) dictionary grid (default 5 % T1/T2 steps, B1 0.6–1.4 by 0.05).
     mask_threshold : float
         Without a mask, voxels whose coefficient norm ``‖x‖₂`` is below this fraction of the 99th
-        percentile of the norms are background (maps 0 there).
+        percentile of the norms, or below half the Otsu threshold of the norms, are background
+        (maps 0 there; see :func:`coefficient_mask`).
     voxel_chunk : int
         Voxels matched at once (CPU; ×16 on CUDA).
     atom_chunk : int
@@ -96,14 +104,52 @@ class MatchResult:
     config: dict[str, Any]
 
 
-def coefficient_mask(coefficients: torch.Tensor, *, threshold: float = 0.05) -> torch.Tensor:
-    """Object mask from coefficient energy.
+def otsu_threshold(values: torch.Tensor, *, bins: int = 256) -> float:
+    """Otsu's threshold of ``values``: the histogram split maximising the between-class variance.
+
+    Parameters
+    ----------
+    values : Tensor, any shape, real, non-negative
+    bins : int
+        Histogram bins over ``[0, max]``.
+
+    Returns
+    -------
+    float
+        The threshold (0 when all values are equal).
+    """
+    x = values.reshape(-1).double().cpu()
+    top = float(x.max()) if x.numel() else 0.0
+    if top <= 0:
+        return 0.0
+    hist = torch.histc(x, bins=bins, min=0.0, max=top)
+    centres = (torch.arange(bins, dtype=torch.float64) + 0.5) * (top / bins)
+    w0 = torch.cumsum(hist, 0)
+    w1 = w0[-1] - w0
+    s0 = torch.cumsum(hist * centres, 0)
+    m0 = s0 / w0.clamp_min(1)
+    m1 = (s0[-1] - s0) / w1.clamp_min(1)
+    return float(centres[int(torch.argmax(w0 * w1 * (m0 - m1) ** 2))])
+
+
+def coefficient_mask(
+    coefficients: torch.Tensor, *, threshold: float = 0.05, adaptive: bool = True
+) -> torch.Tensor:
+    """Object mask from coefficient energy (SPEC §5: maps are 0 outside the object).
+
+    A voxel is object when its coefficient norm ``‖x‖₂`` (the proton density times the signal
+    norm, so the mask follows the reconstructed PD) exceeds ``threshold`` times the 99th
+    percentile of the norms and, with ``adaptive``, half of Otsu's threshold of the norms.  The
+    Otsu term removes the noise floor that reconstructions leave around the head (about 8 % of
+    the 99th percentile for SPUR-iG at 30 s, 32³), which a fixed fraction keeps.
 
     Parameters
     ----------
     coefficients : Tensor, shape (basis, x, y, z), complex
     threshold : float
         Fraction of the 99th percentile of ``‖x‖₂`` (over voxels) below which a voxel is background.
+    adaptive : bool
+        Also require ``‖x‖₂ > otsu_threshold(‖x‖₂) / 2``.
 
     Returns
     -------
@@ -113,7 +159,10 @@ def coefficient_mask(coefficients: torch.Tensor, *, threshold: float = 0.05) -> 
     flat = norm.reshape(-1).float()
     kth = max(1, min(flat.numel(), round(0.99 * flat.numel())))
     ref = torch.kthvalue(flat.cpu(), kth).values.item()
-    return (norm > threshold * ref) & (norm > 0)
+    level = threshold * ref
+    if adaptive:
+        level = max(level, 0.5 * otsu_threshold(flat))
+    return (norm > level) & (norm > 0)
 
 
 def _hermitian_features(z: torch.Tensor, off_weight: float) -> torch.Tensor:

@@ -142,7 +142,9 @@ def recon_estimates(
         steps.append((f"ESPIRiT coil maps ({coils} coils, {shape})", need))
     maps = _COMPLEX * coils * n
     iterates = _COMPLEX * basis * n * (6 + saved_iterates)
-    if method in ("adjoint", "llr-nufft"):
+    from .recon.methods import METHODS
+
+    if method in METHODS and METHODS[method].data_term == "nufft":
         fine = 2 * basis * _COMPLEX * 8 * n
         steps.append(
             (

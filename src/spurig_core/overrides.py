@@ -17,7 +17,13 @@ from typing import Any
 
 from .config import check_tables, read_toml
 
-__all__ = ["PrepareInputs", "check_overrides", "read_overrides", "recon_tables"]
+__all__ = [
+    "PrepareInputs",
+    "check_overrides",
+    "read_overrides",
+    "read_prepare_config",
+    "recon_tables",
+]
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,34 @@ def read_overrides(config: str | Path | None, *, prepare: bool = False) -> dict[
         return {}
     tables = {**recon_tables(), **({"inputs": PrepareInputs} if prepare else {})}
     return check_tables(read_toml(config), tables, where=f"config {config}")
+
+
+def read_prepare_config(config: str | Path | None) -> tuple[tuple[Any, Any, Any], Path | None]:
+    """The stage configs and the reused LLR inputs of a ``prepare-training`` config.
+
+    Returns
+    -------
+    configs : (GriddingConfig, LLRConfig, GriddedEncodingConfig)
+        The defaults updated by the ``[gridding]``, ``[llr]`` and ``[encoding]`` tables.
+    llr_from : Path or None
+        ``[inputs] llr_from`` relative to the config file.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_overrides`, and when ``llr_from`` is not a directory.
+    """
+    from .config import from_dict
+    from .errors import InputError
+
+    overrides = read_overrides(config, prepare=True)
+    tables = recon_tables()
+    gcfg: Any = from_dict(tables["gridding"], overrides.get("gridding", {}), where="gridding")
+    ecfg: Any = from_dict(tables["encoding"], overrides.get("encoding", {}), where="encoding")
+    lcfg: Any = from_dict(tables["llr"], overrides.get("llr", {}), where="llr")
+    llr_from: Path | None = None
+    if overrides.get("inputs", {}).get("llr_from"):
+        llr_from = Path(str(config)).parent / str(overrides["inputs"]["llr_from"])
+        if not llr_from.is_dir():
+            raise InputError(f"config [inputs] llr_from: {llr_from} is not a directory")
+    return (gcfg, lcfg, ecfg), llr_from

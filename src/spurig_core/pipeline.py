@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from . import _checks
-from .data import DURATIONS, Result, Scan, groups_for
+from .data import Result, Scan, groups_for, nearest_duration, resolve_groups
 from .errors import InputError
-from .operators.base import LinearOperator
 from .operators.grid import GriddedData
 from .outputs import check_output
-from .overrides import check_overrides, read_overrides
-from .progress import Callback, emit
+from .overrides import check_overrides, read_overrides, read_prepare_config
+from .progress import Callback
+from .recon.data_term import coil_maps, scan_basis
+from .recon.methods import NAMES
 
 __all__ = [
     "METHODS",
@@ -37,7 +38,6 @@ __all__ = [
     "export_ismrmrd",
     "format_metrics",
     "import_ismrmrd",
-    "launch_gui",
     "match",
     "match_file",
     "prepare_training",
@@ -51,8 +51,8 @@ __all__ = [
     "train",
 ]
 
-#: Reconstruction methods of ``spurig recon --method``.
-METHODS = ("spurig", "hybrid", "llr", "llr-nufft", "adjoint")
+#: Reconstruction methods of ``spurig recon --method`` (the registry's names, SPEC §2 order).
+METHODS = NAMES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,49 +66,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
     return torch.device(name)
-
-
-def _resolve_groups(scan: Scan, groups: int | None, duration: str | None) -> int:
-    if groups is not None and duration is not None:
-        raise InputError("give either groups or duration, not both")
-    if duration is not None:
-        groups = groups_for(duration)
-    if groups is None:
-        return scan.n_groups
-    if not 1 <= groups <= scan.n_groups:
-        raise InputError(f"cannot use {groups} groups: the scan has {scan.n_groups}")
-    return groups
-
-
-def _duration_name(groups: int) -> str:
-    """The named duration closest to ``groups`` (for LLR thresholds and model choice)."""
-    return min(DURATIONS, key=lambda d: abs(DURATIONS[d] - groups))
-
-
-def _coil_maps(scan: Scan, device: torch.device, callback: Callback | None) -> torch.Tensor:
-    if scan.coil_maps is not None:
-        return scan.coil_maps.to(device)
-    if scan.calibration is None:
-        raise InputError(
-            f"{scan.path}: neither 'coil_maps' nor 'calibration' present; cannot get coil maps"
-        )
-    from .operators.coils import espirit
-
-    emit(callback, "espirit", 0, 1, "estimating coil maps (ESPIRiT)")
-    maps = espirit(scan.calibration, scan.matrix).to(device)
-    emit(callback, "espirit", 1, 1)
-    return maps
-
-
-def _scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
-    from .physics import default_basis
-
-    basis = default_basis(scan.sequence)
-    if basis.shape[0] != scan.n_tr:
-        raise InputError(
-            f"basis has {basis.shape[0]} time points but the scan has {scan.n_tr} repetitions"
-        )
-    return basis.to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,34 +120,26 @@ def simulate_cohort(
     from . import simulation
 
     check_output(out_dir, kind="dir", overwrite=overwrite)
+    options: dict[str, Any] = {
+        "subjects": subjects,
+        "split": split,
+        "matrix": matrix,
+        "coils": coils,
+        "groups": groups,
+        "noise": noise,
+        "seed": seed,
+        "callback": callback,
+    }
     if workers is not None or scheduler:
         from .cohort import cluster
         from .cohort_jobs import simulate_cohort as cohort_tasks
 
         with cluster(workers, scheduler) as client:
-            return cohort_tasks(
-                out_dir,
-                subjects=subjects,
-                split=split,
-                matrix=matrix,
-                coils=coils,
-                groups=groups,
-                noise=noise,
-                seed=seed,
-                client=client,
-                callback=callback,
-            )
-    return simulation.simulate_cohort(
-        out_dir,
-        subjects=subjects,
-        split=split,
-        matrix=matrix,
-        coils=coils,
-        groups=groups,
-        noise=noise,
-        seed=seed,
-        callback=callback,
-    )
+            return cohort_tasks(out_dir, client=client, **options)
+    from .cohort import pinned_threads, task_threads
+
+    with pinned_threads(task_threads()):  # the threads a task gets: the same bits serially
+        return simulation.simulate_cohort(out_dir, **options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,23 +161,33 @@ def reconstruct(
 ) -> Result:
     """Reconstruct balanced subspace coefficients from a scan (``spurig recon``).
 
+    The steps: check every argument; read the model once (methods with a model); build the data
+    term the method asks for (:func:`~spurig_core.recon.data_term.build_data_term`: grid or
+    reuse a gridding, self-check, operator, ``A^H b``, ``‖b‖``); run the method's registry entry
+    (:mod:`spurig_core.recon.methods`); wrap the result.
+
     Parameters
     ----------
     scan : Scan or path-like
         A scan, or the path of one (read with :func:`spurig_core.io.load_scan`).
     method : str
-        ``"spurig"``, ``"hybrid"`` (trained models), ``"llr"`` (FISTA-LLR on iGROG-gridded data),
-        ``"llr-nufft"`` (FISTA-LLR with finufft) or ``"adjoint"`` (scaled ``A^H b``).
+        A name of :data:`spurig_core.recon.methods.METHODS`: ``"spurig"``, ``"hybrid"`` (trained
+        models), ``"dc-only"`` (the SPUR-iG unroll's DC steps, identity denoiser), ``"llr"``
+        (FISTA-LLR on iGROG-gridded data), ``"llr-nufft"`` (FISTA-LLR with finufft) or
+        ``"adjoint"`` (scaled ``A^H b``).
     groups : int, optional
         Use the first ``groups`` groups (default: all); or give ``duration``.
     model : path, optional
-        Checkpoint for ``spurig``/``hybrid`` (default: the shipped model for the duration).
+        Checkpoint for ``spurig``/``hybrid``/``dc-only`` (default: the shipped model of the
+        method's family for the duration nearest ``groups``).
     device : str
         ``"cpu"`` or ``"cuda"``.
     save_iterations : bool
         Keep the initialisation and every iterate in ``Result.iterations``.
     callback : callable, optional
         Receives :class:`~spurig_core.progress.ProgressEvent` s; may raise ``Cancelled``.
+    duration : str, optional
+        A named duration instead of ``groups``.
     config : dict, optional
         Overrides: ``{"gridding": {...}, "encoding": {...}, "llr": {...}}`` fields of the stage
         configs.
@@ -240,8 +199,8 @@ def reconstruct(
     on_bad_gridding : {"warn", "fallback", "error"}
         What a gridded method does when the iGROG self-check fails
         (:mod:`spurig_core.operators.igrog_check`): print one warning line and go on, use the
-        NUFFT data term instead (``llr`` becomes ``llr-nufft``; ``spurig``/``hybrid`` run their
-        network on it), or stop with an error.  The check is kept in ``config["gridding_check"]``.
+        NUFFT data term instead (``llr`` becomes ``llr-nufft``; ``spurig``/``hybrid``/``dc-only``
+        run on it), or stop with an error.  The check is kept in ``config["gridding_check"]``.
 
     Returns
     -------
@@ -249,6 +208,10 @@ def reconstruct(
         Coefficients ``(basis, x, y, z)``; ``runtime_s`` covers gridding and the algorithm but not
         iGROG kernel training (paper 3.5).
     """
+    from .recon.data_term import RunContext, build_data_term
+    from .recon.methods import get_method
+    from .recon.models import load_method_model
+
     scan = _checks.reconstruct_args(  # every argument's type and value, and the memory needed
         scan,
         method=method,
@@ -260,157 +223,56 @@ def reconstruct(
         callback=callback,
         config=config,
     )
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    entry = get_method(method)
     if on_bad_gridding not in ("warn", "fallback", "error"):
         raise InputError(f"--on-bad-gridding: {on_bad_gridding!r} is not warn, fallback or error")
     dev = resolve_device(device)
-    n_groups = _resolve_groups(scan, groups, duration)
-    sub = scan.first_groups(n_groups)
+    n_groups = resolve_groups(scan.n_groups, groups, duration)
+    named = nearest_duration(n_groups)
     config = check_overrides(config)  # every table and value, before any work
-    ckpt = None
-    if method in ("spurig", "hybrid"):  # fail before any gridding work when no model fits
-        from .recon.models import resolve_model
-
-        ckpt = resolve_model(model, method=method, duration=_duration_name(n_groups))
-    basis = _scan_basis(scan, dev)
-    maps = _coil_maps(scan, dev, callback)
-    kspace = sub.kspace.to(dev)
-    timings: dict[str, float] = {}
-    model_info = None
-    iterations = None
-    cfg_record: dict[str, Any] = {"method": method, "groups": n_groups}
-
-    b: torch.Tensor | None
-    op: LinearOperator
-    if method in ("adjoint", "llr-nufft"):
-        from .config import from_dict, to_dict
-        from .operators.encoding import GriddedEncodingConfig, SubspaceNUFFTEncoding
-
-        # the same density-compensated data term as the gridded methods (weights from the
-        # samples' nearest points of the same oversampled grid)
-        ecfg = from_dict(GriddedEncodingConfig, config.get("encoding") or {}, where="encoding")
-        t0 = time.perf_counter()
-        nop = SubspaceNUFFTEncoding(
-            sub.trajectory.to(dev),
-            maps,
-            basis,
-            density_compensation=ecfg.density_compensation,
-            grid_oversampling=float((config.get("gridding") or {}).get("grid_oversampling", 1.5)),
+    basis = scan_basis(scan, dev)
+    loaded = None  # the model is read once, and checked before any gridding work
+    if entry.needs_model:
+        loaded = load_method_model(
+            model, method=entry.name, duration=named, basis=basis, sequence=scan.sequence
         )
-        b = nop.data_values(kspace)
-        ahb = nop.adjoint(b)
-        op = nop
-        cfg_record["encoding"] = to_dict(ecfg)
-    else:
-        from .config import from_dict, to_dict
-        from .operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
-        from .operators.igrog import GriddingConfig, grid_scan
-
-        gcfg = from_dict(
-            GriddingConfig, {"device": dev.type, **(config.get("gridding") or {})}, where="gridding"
-        )
-        if gridded is None:
-            gridded, grid_times = grid_scan(sub, config=gcfg, callback=callback)
-        else:
-            if gridded.index.shape[0] < n_groups or tuple(gridded.matrix) != tuple(scan.matrix):
-                raise InputError(
-                    f"gridded data: {gridded.index.shape[0]} groups of a {gridded.matrix} matrix "
-                    f"do not cover {n_groups} groups of this {tuple(scan.matrix)} scan"
-                )
-            gridded = gridded.first_groups(n_groups)
-            grid_times = {"gridding_s": 0.0, "kernel_training_s": 0.0, "gridding_reused": 1.0}
-        timings.update(grid_times)
-        # The paper's runtime includes gridding but not kernel training (section 3.5).
-        t0 = time.perf_counter() - grid_times.get("gridding_s", 0.0)
-        enc: dict[str, Any] = {}
-        if ckpt is not None:  # a trained model brings the data term it was trained with
-            from .recon.models import model_encoding
-
-            enc = model_encoding(ckpt)
-        enc.update(config.get("encoding") or {})
-        ecfg = from_dict(GriddedEncodingConfig, enc, where="encoding")
-        from .operators.igrog_check import apply_gridding_check, nufft_encoding
-
-        bad = apply_gridding_check(gridded, method, on_bad_gridding, cfg_record, callback)
-        if bad:  # the self-check failed: the NUFFT data term replaces the gridded one
-            method = "llr-nufft" if method == "llr" else method
-            op, b, ahb = nufft_encoding(
-                sub.trajectory.to(dev),
-                maps,
-                basis,
-                kspace,
-                density_compensation=ecfg.density_compensation,
-                grid_oversampling=gcfg.grid_oversampling,
-            )
-        else:
-            gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
-            b = None  # the gridded encoding takes its data (and ‖b‖) from its own gridded values
-            ahb = gop.adjoint_data()
-            op = gop
-        cfg_record["gridding"] = to_dict(gcfg)
-        cfg_record["encoding"] = to_dict(ecfg)
-
-    if method == "adjoint":
-        from .recon.classical import adjoint_recon
-
-        coeffs = adjoint_recon(op, b, ahb=ahb)
-        if save_iterations:
-            iterations = coeffs[None].clone()
-    elif method in ("llr", "llr-nufft"):
-        from .recon.classical import llr_recon
-
-        out = llr_recon(
-            op,
-            b,
-            ahb=ahb,
-            duration=_duration_name(n_groups),
-            overrides=config.get("llr"),
-            save_iterations=save_iterations,
-            callback=callback,
-        )
-        coeffs, iterations, cfg_record["llr"] = out.coefficients, out.iterations, out.config
-    else:
-        from .recon.models import run_unrolled
-
-        assert ckpt is not None
-        b_norm = gop.data_norm() if b is None else float(torch.linalg.vector_norm(b))
-        unrolled = run_unrolled(
-            ckpt,
-            op,
-            ahb,
-            method=method,
-            scan=scan,
-            basis=basis,
-            b_norm=b_norm,
-            device=dev,
-            save_iterations=save_iterations,
-            callback=callback,
-        )
-        coeffs, iterations = unrolled.coefficients, unrolled.iterations
-        model_info = unrolled.model_info
-        cfg_record["unroll"] = unrolled.config
-        if unrolled.warning:
-            cfg_record["warning"] = unrolled.warning
-    runtime = time.perf_counter() - t0
-
-    source = None
-    if scan.path is not None:
-        source = {"path": str(scan.path), "sha256": scan.sha256 or ""}
-    return Result(
-        coefficients=coeffs.detach().to("cpu", torch.complex64),
-        basis=basis.detach().cpu(),
-        method=method,
-        groups=n_groups,
-        runtime_s=runtime,
-        device=dev.type,
-        voxel_size_mm=scan.voxel_size_mm,
-        model=model_info,
-        source=source,
-        config=cfg_record,
-        iterations=None if iterations is None else iterations.detach().cpu(),
-        timings=timings,
+        _domain_warning(loaded, scan, named)
+    maps = coil_maps(scan, dev, callback)
+    term = build_data_term(
+        entry.data_term,
+        scan.first_groups(n_groups),
+        maps,
+        basis,
+        overrides=config,
+        encoding=None if loaded is None else loaded.encoding,
+        gridded=gridded,
+        method=entry.name,
+        on_bad_gridding=on_bad_gridding,
+        callback=callback,
     )
+    if entry.gridded and term.kind != "gridded":  # the self-check failed: NUFFT fallback
+        entry = get_method(entry.fallback or entry.name)
+    ctx = RunContext(named, config, loaded, scan, basis, dev, save_iterations, callback)
+    from .recon.inference import network_autocast  # bf16 UNet where native (issue #14)
+
+    with network_autocast(dev, enabled=entry.needs_model):
+        out = entry.runner()(term, ctx)
+    runtime = time.perf_counter() - term.started
+    record = {"method": method, "groups": n_groups, **term.record, **out.record}
+    return out.to_result(scan, entry.name, n_groups, basis, dev.type, runtime, record, term.timings)
+
+
+def _domain_warning(loaded: Any, scan: Scan, duration: str) -> None:
+    """Add one line to the model's warning when the scan is outside its training domain."""
+    from .recon.domain import check_domain
+
+    vox = tuple(float(f) / int(m) for f, m in zip(scan.fov_mm, scan.matrix, strict=True))
+    line = check_domain(
+        loaded.meta, matrix=scan.matrix, voxel_mm=vox, duration=duration, where=str(loaded.path)
+    )
+    if line:
+        old = loaded.meta.get("warning")
+        loaded.meta["warning"] = f"{old}; {line}" if old else line
 
 
 def recon_file(
@@ -512,7 +374,7 @@ def reference_coefficients(scan: Scan) -> torch.Tensor:
     if scan.reference is None:
         raise InputError(f"{scan.path}: the scan has no reference/ (ground truth)")
     return _ref(
-        scan.reference, _scan_basis(scan, torch.device("cpu")), b1=scan.b1, sequence=scan.sequence
+        scan.reference, scan_basis(scan, torch.device("cpu")), b1=scan.b1, sequence=scan.sequence
     )
 
 
@@ -574,7 +436,7 @@ def recon_cohort(
     cohort_dir: str | Path,
     out_dir: str | Path,
     *,
-    methods: tuple[str, ...] = ("spurig", "llr", "adjoint"),
+    methods: tuple[str, ...] = ("spurig", "dc-only", "llr", "adjoint"),
     durations: tuple[str, ...] = ("2min", "1min", "30s"),
     config: str | Path | None = None,
     match: bool = True,
@@ -606,7 +468,7 @@ def recon_cohort(
 
 
 # ----------------------------------------------------------------------------------------------
-# training, benchmark, export, demo, GUI
+# training, benchmark, export, demo
 # ----------------------------------------------------------------------------------------------
 def prepare_training(
     cohort_dir: str | Path,
@@ -630,20 +492,7 @@ def prepare_training(
     a model with another data term then costs the gridding only.  With ``workers`` or
     ``scheduler`` every subject is a task on a dask cluster (:mod:`.cohort`).
     """
-    from .config import from_dict
-    from .operators.encoding import GriddedEncodingConfig
-    from .operators.igrog import GriddingConfig
-    from .recon.llr import LLRConfig
-
-    overrides = read_overrides(config, prepare=True)
-    gcfg = from_dict(GriddingConfig, overrides.get("gridding", {}), where="gridding")
-    ecfg = from_dict(GriddedEncodingConfig, overrides.get("encoding", {}), where="encoding")
-    lcfg = from_dict(LLRConfig, overrides.get("llr", {}), where="llr")
-    llr_from: Path | None = None
-    if overrides.get("inputs", {}).get("llr_from"):
-        llr_from = Path(str(config)).parent / str(overrides["inputs"]["llr_from"])
-        if not llr_from.is_dir():
-            raise InputError(f"config [inputs] llr_from: {llr_from} is not a directory")
+    configs, llr_from = read_prepare_config(config)
     check_output(out_dir, kind="dir", inputs=(cohort_dir, config, llr_from), overwrite=overwrite)
     for d in durations:
         groups_for(d)
@@ -662,7 +511,7 @@ def prepare_training(
             scans,
             out_dir,
             durations=durations,
-            configs=(gcfg, lcfg, ecfg),
+            configs=configs,
             llr_from=llr_from,
             client=client,
             callback=callback,
@@ -763,10 +612,3 @@ def demo(
 
     check_output(out_dir, kind="dir", overwrite=overwrite)
     return run_demo(out_dir, tiny=tiny, callback=callback)
-
-
-def launch_gui(files: list[str]) -> None:
-    """``spurig gui``: napari with the plugin's widgets docked and ``files`` opened."""
-    from napari_spurig import launch  # raises NotAvailableError without napari or Qt
-
-    launch(files)

@@ -14,7 +14,19 @@ from typing import Any
 
 from .._view import add_layers
 
-__all__ = ["JobRunner", "add_layers", "optional_path"]
+__all__ = ["JobRunner", "add_layers", "attach", "optional_path"]
+
+
+def attach(viewer: Any) -> None:
+    """What every spurig widget does to its viewer: axial slices, mm scale bar, spurig readers.
+
+    See :func:`napari_spurig._view.follow_axial` and
+    :func:`napari_spurig._view.prefer_spurig_readers` (the user's own reader choices are kept).
+    """
+    from .._view import follow_axial, prefer_spurig_readers
+
+    follow_axial(viewer)
+    prefer_spurig_readers()
 
 
 def optional_path(value: Any) -> Path | None:
@@ -38,6 +50,9 @@ class JobRunner:
         Called in the GUI thread with the job's return value.
     on_stop : callable, optional
         Called in the GUI thread after the job ended in any way (success, error, cancel).
+    cancel_message : callable, optional
+        Returns the message shown after a cancel (default: "<what> cancelled; nothing was
+        written", true for the jobs that write only after the engine finished).
     """
 
     def __init__(
@@ -47,8 +62,10 @@ class JobRunner:
         on_event: Callable[[Any], None] | None = None,
         on_done: Callable[[Any], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        cancel_message: Callable[[], str] | None = None,
     ) -> None:
         self.what = what
+        self.cancel_message = cancel_message
         self.on_event = on_event
         self.on_done = on_done
         self.on_stop = on_stop
@@ -121,7 +138,10 @@ class JobRunner:
 
         if isinstance(exc, Cancelled):
             self.cancelled = True
-            show_info(f"{self.what} cancelled; nothing was written")
+            msg = f"{self.what} cancelled; nothing was written"
+            if self.cancel_message is not None:
+                msg = self.cancel_message()
+            show_info(msg)
         else:
             self.error = exc
             show_error(f"{self.what} failed: {exc}")

@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from .._layers import result_layers
 from .._models import match_job, result_file_layers
-from ._common import JobRunner, add_layers, optional_path
+from ._common import JobRunner, add_layers, attach, optional_path
 
 __all__ = ["MapsWidget", "layer_result_paths"]
 
@@ -28,13 +28,10 @@ def layer_result_paths(viewer: Any) -> list[tuple[str, str]]:
 
 
 def _source_scan(result_path: Path) -> Path | None:
-    import zarr
+    from spurig_core.io import result_source
 
-    try:
-        src = dict(zarr.open_group(str(result_path), mode="r").attrs).get("source") or {}
-    except Exception:  # the job reports unreadable stores
-        return None
-    p = Path(src["path"]) if isinstance(src, dict) and src.get("path") else None
+    src = result_source(result_path) or {}  # the job reports unreadable stores
+    p = Path(src["path"]) if src.get("path") else None
     return p if p is not None and p.is_file() else None
 
 
@@ -53,20 +50,41 @@ class MapsWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.result_layer = ComboBox(label="result layer", choices=self._choices, nullable=True)
+        attach(napari_viewer)
+        self.result_layer = ComboBox(
+            label="result",
+            choices=self._choices,
+            nullable=True,
+            tooltip="A result store an open layer came from",
+        )
         self.result = FileEdit(
-            label="or store (.zarr)", mode=FileDialogMode.EXISTING_DIRECTORY, nullable=True
+            label="store",
+            mode=FileDialogMode.EXISTING_DIRECTORY,
+            nullable=True,
+            tooltip="The result store (.zarr) to match; the maps are written into it",
         )
         self.scan = FileEdit(
-            label="scan (.h5)",
+            label="scan",
             mode=FileDialogMode.EXISTING_FILE,
             filter="*.h5 *.hdf5",
             nullable=True,
+            tooltip="The scan (.h5) the result came from: its B1 map and sequence "
+            "(default: the result's source scan; none: B1 = 1)",
         )
-        self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
-        self.run_button = PushButton(text="Match")
+        self.device = ComboBox(
+            label="device",
+            choices=["cpu", "cuda"],
+            value="cpu",
+            tooltip="cpu, or cuda when a GPU is available",
+        )
+        self.run_button = PushButton(
+            text="Match", tooltip="B1-corrected dictionary matching: T1 [ms], T2 [ms], PD"
+        )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.unbalanced_button = PushButton(text="Show unbalanced |F_k^H α̃|")
+        self.unbalanced_button = PushButton(
+            text="Show unbalanced |F_k^H α̃|",
+            tooltip="Add the unbalanced coefficients' magnitudes as a layer",
+        )
         self.status = Label(value="")
         self.extend(
             [
@@ -111,7 +129,12 @@ class MapsWidget(Container):
         try:
             if result is None:
                 raise SpurigError("result: choose a result store (.zarr)")
-            layers = result_layers(result, unbalanced=True, iterations=False)[:1]
+            layers = [
+                t
+                for t in result_layers(result, unbalanced=True, iterations=False)
+                if t[1]["metadata"]["spurig"].get("kind") == "coefficients"
+            ]
+            layers[0][1]["visible"] = True
         except SpurigError as exc:
             show_error(str(exc))
             return []

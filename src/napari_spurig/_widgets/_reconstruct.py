@@ -11,17 +11,70 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 
 from .._layers import result_layers
 from .._models import DURATION_CHOICES, METHODS, ReconstructParams, reconstruct_job
-from ._common import JobRunner, add_layers, optional_path
+from ._common import JobRunner, add_layers, attach, optional_path
 
-__all__ = ["ReconstructWidget", "layer_scan_paths"]
+__all__ = ["ReconstructWidget", "layer_scan_paths", "offer_model"]
+
+_INSTANCES: list[Any] = []  # weak references to the open Reconstruct widgets
+
+#: Tooltips of the form's fields.
+TIPS = {
+    "scan": "A raw scan (spurig-raw/1 HDF5: `spurig simulate`, `spurig import-ismrmrd`)",
+    "scan_layer": "Use the scan an open layer came from (filled in when you open a scan)",
+    "method": "SPUR-iG / hybrid: trained unrolled networks; LLR, LLR-NUFFT: FISTA with locally "
+    "low-rank regularisation; adjoint: scaled A^H b",
+    "duration": "Scan time used: the first groups of the acquisition (6min = all 48)",
+    "groups": "Number of leading groups (duration 'groups')",
+    "model": "Trained model (.pt); empty: the shipped model for the duration",
+    "device": "cpu, or cuda when a GPU is available",
+    "save_iterations": "Keep every unroll step / FISTA iterate in the result (Compare › "
+    "iterations)",
+    "output": "Result store (.zarr); empty: <scan>_<method>_<duration>.zarr beside the scan",
+}
+
+
+def offer_model(viewer: Any, model: Path, duration: str) -> bool:
+    """Put a trained model into the Reconstruct widgets of ``viewer`` (method, duration, model).
+
+    Returns
+    -------
+    bool
+        Whether a Reconstruct widget of that viewer took it.
+    """
+    used = False
+    for ref in list(_INSTANCES):
+        w = ref()
+        if w is None:
+            _INSTANCES.remove(ref)
+            continue
+        if w.viewer is viewer:
+            w.model.value = Path(model)
+            if w.method.value not in ("SPUR-iG", "hybrid"):
+                w.method.value = "SPUR-iG"
+            if duration in w.duration.choices:
+                w.duration.value = duration
+            used = True
+    return used
+
+
+def _source_of(result_path: str | None) -> str | None:
+    """The scan a result store was reconstructed from, when that file is still there."""
+    if not result_path:
+        return None
+    from spurig_core.io import result_source
+
+    src = (result_source(result_path) or {}).get("path")
+    return str(src) if src and Path(src).is_file() else None
 
 
 def layer_scan_paths(viewer: Any) -> list[tuple[str, str]]:
-    """``(layer name, scan path)`` of the layers that came from a raw scan."""
+    """``(layer name, scan path)`` of the layers that came from a raw scan (a result layer counts
+    with its source scan)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for layer in viewer.layers:
-        path = (layer.metadata.get("spurig") or {}).get("scan_path")
+        meta = layer.metadata.get("spurig") or {}
+        path = meta.get("scan_path") or _source_of(meta.get("result_path"))
         if path is None and layer.source.path and str(layer.source.path).endswith((".h5", ".hdf5")):
             path = str(layer.source.path)
         if path and path not in seen:
@@ -31,14 +84,12 @@ def layer_scan_paths(viewer: Any) -> list[tuple[str, str]]:
 
 
 def _voxel_size(scan_path: Path) -> tuple[float, float, float]:
-    import h5py
+    from spurig_core.errors import InputError
+    from spurig_core.io import scan_voxel_size
 
     try:
-        with h5py.File(scan_path, "r") as f:
-            m = np.asarray(f.attrs["matrix"], dtype=float).reshape(-1)
-            fov = np.asarray(f.attrs["fov_mm"], dtype=float).reshape(-1)
-        return (fov[0] / m[0], fov[1] / m[1], fov[2] / m[2])
-    except Exception:  # the job reports unreadable scans; the live layer just uses unit voxels
+        return scan_voxel_size(scan_path)
+    except (InputError, OSError):  # the job reports unreadable scans; the live layer: unit voxels
         return (1.0, 1.0, 1.0)
 
 
@@ -57,29 +108,51 @@ class ReconstructWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        attach(napari_viewer)
         self.scan = FileEdit(
             label="scan (.h5)",
             mode=FileDialogMode.EXISTING_FILE,
             filter="*.h5 *.hdf5",
             nullable=True,
+            tooltip=TIPS["scan"],
         )
-        self.scan_layer = ComboBox(label="or from layer", choices=self._scan_choices, nullable=True)
-        self.method = ComboBox(label="method", choices=list(METHODS), value="SPUR-iG")
-        self.duration = ComboBox(label="duration", choices=list(DURATION_CHOICES), value="all")
-        self.groups = SpinBox(label="groups", min=1, max=10_000, value=48, enabled=False)
+        self.scan_layer = ComboBox(
+            label="or from layer",
+            choices=self._scan_choices,
+            nullable=True,
+            tooltip=TIPS["scan_layer"],
+        )
+        self.method = ComboBox(
+            label="method", choices=list(METHODS), value="SPUR-iG", tooltip=TIPS["method"]
+        )
+        self.duration = ComboBox(
+            label="duration",
+            choices=list(DURATION_CHOICES),
+            value="all",
+            tooltip=TIPS["duration"],
+        )
+        self.groups = SpinBox(
+            label="groups", min=1, max=10_000, value=48, visible=False, tooltip=TIPS["groups"]
+        )
         self.model = FileEdit(
             label="model (.pt)",
             mode=FileDialogMode.EXISTING_FILE,
             filter="*.pt *.pth",
             nullable=True,
+            tooltip=TIPS["model"],
         )
-        self.device = ComboBox(label="device", choices=["cpu", "cuda"], value="cpu")
-        self.save_iterations = CheckBox(label="save iterations", value=False)
+        self.device = ComboBox(
+            label="device", choices=["cpu", "cuda"], value="cpu", tooltip=TIPS["device"]
+        )
+        self.save_iterations = CheckBox(
+            label="save iterations", value=False, tooltip=TIPS["save_iterations"]
+        )
         self.output = FileEdit(
             label="output (.zarr)",
             mode=FileDialogMode.OPTIONAL_FILE,
             filter="*.zarr",
             nullable=True,
+            tooltip=TIPS["output"],
         )
         self.run_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -100,12 +173,12 @@ class ReconstructWidget(Container):
                 self.status,
             ]
         )
-        self.duration.changed.connect(lambda v: setattr(self.groups, "enabled", v == "groups"))
+        self.duration.changed.connect(lambda v: setattr(self.groups, "visible", v == "groups"))
         self.scan_layer.changed.connect(self._scan_from_layer)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.request_cancel)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            ev.connect(lambda e: self.scan_layer.reset_choices())
+            ev.connect(lambda e: self._layers_changed())
         self.runner = JobRunner(
             "reconstruction", on_event=self._on_event, on_done=self._on_done, on_stop=self._on_stop
         )
@@ -114,8 +187,21 @@ class ReconstructWidget(Container):
         #: ``"model NAME sha256 HEX"`` of the model the last run loaded (shown with the result)
         self.model_line = ""
         self._voxel = (1.0, 1.0, 1.0)
+        import weakref
+
+        _INSTANCES.append(weakref.ref(self))
+        self._layers_changed()
 
     # -- form ----------------------------------------------------------------------------------
+    def _layers_changed(self) -> None:
+        """Refresh the layer choices; an empty scan field takes the first open scan."""
+        self.scan_layer.reset_choices()
+        if optional_path(self.scan.value) is None:
+            scans = layer_scan_paths(self.viewer)
+            if scans:
+                self.scan_layer.value = scans[0][1]
+                self.scan.value = Path(scans[0][1])
+
     def _scan_choices(self, widget: Any = None) -> list[tuple[str, str]]:
         return layer_scan_paths(self.viewer)
 
@@ -187,6 +273,8 @@ class ReconstructWidget(Container):
 
     # -- worker signals (GUI thread) -----------------------------------------------------------
     def _on_event(self, event: Any) -> None:
+        if not self.runner.running:  # a progress signal delivered after the job's end
+            return  # must not overwrite the final status ("failed: …", "saved …")
         if event.message:
             self.status.value = event.message
         if event.stage == "model":
@@ -203,6 +291,8 @@ class ReconstructWidget(Container):
                 scale=(1.0, *self._voxel),
                 contrast_limits=(0.0, hi),
                 axis_labels=("coefficient", "x", "y", "z"),
+                units=("pixel", "mm", "mm", "mm"),
+                metadata={"spurig": {"kind": "live"}},
             )
         else:
             self.live_layer.data = mag

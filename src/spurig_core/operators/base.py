@@ -36,7 +36,12 @@ Shape = tuple[int, ...]
 
 
 class LinearOperator:
-    """Base class: implement :meth:`forward` and :meth:`adjoint`.
+    """Base class: implement :meth:`forward` and :meth:`adjoint`, or the kernels ``_fwd``/``_adj``.
+
+    A subclass that implements the kernels ``_fwd(x)`` and ``_adj(y)`` (and optionally a fast
+    ``_gram(x)``) gets :meth:`forward`, :meth:`adjoint` and :meth:`gram` from here: the shape is
+    checked, the kernel runs without autograd, and autograd uses the exact adjoint kernel as its
+    vector-Jacobian product (:func:`~spurig_core.operators.fourier.apply_linear`).
 
     Parameters
     ----------
@@ -61,19 +66,40 @@ class LinearOperator:
         )
         self.name = name or type(self).__name__
 
-    # -- to implement ------------------------------------------------------------------------
+    # -- to implement: forward and adjoint, or the kernels _fwd and _adj (and _gram) -----------
+    def _fwd(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name}: implement forward or _fwd")
+
+    def _adj(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name}: implement adjoint or _adj")
+
+    def _gram(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # optional: a faster A^H A kernel
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the operator: ``in_shape → out_shape``."""
-        raise NotImplementedError
+        from .fourier import apply_linear
+
+        self.check_in(x)
+        return apply_linear(x, self._fwd, self._adj)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Apply the adjoint: ``out_shape → in_shape``."""
-        raise NotImplementedError
+        from .fourier import apply_linear
+
+        self.check_out(y)
+        return apply_linear(y, self._adj, self._fwd)
 
     # -- derived ---------------------------------------------------------------------------------
     def gram(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the normal operator ``A^H A`` (override for a faster form)."""
-        return self.adjoint(self.forward(x))
+        """Apply the normal operator ``A^H A``: the subclass's ``_gram`` kernel when it has one
+        (self-adjoint, so it is its own vjp), else ``adjoint(forward(x))``."""
+        if type(self)._gram is LinearOperator._gram:
+            return self.adjoint(self.forward(x))
+        from .fourier import apply_linear
+
+        self.check_in(x)
+        return apply_linear(x, self._gram, self._gram)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)

@@ -359,7 +359,10 @@ class NUFFT(LinearOperator):
     n_trans : int, optional
         Transforms per finufft call (default: the whole batch); bounds the working memory.
     nthreads : int, optional
-        finufft threads (default: finufft's choice, the OpenMP thread count).
+        finufft threads (default: ``torch.get_num_threads()``, so that ``torch.set_num_threads``
+        governs the NUFFT too; finufft's own default, its OpenMP runtime's thread count, ignores
+        it).  With more than one thread finufft's spreading sums in a run-dependent order: only
+        one thread gives bit-identical results run to run.
 
     Notes
     -----
@@ -434,8 +437,7 @@ class NUFFT(LinearOperator):
                 import finufft
 
                 kw: dict[str, Any] = {"modeord": 0}
-                if self.nthreads is not None:
-                    kw["nthreads"] = int(self.nthreads)
+                kw["nthreads"] = int(self.nthreads or torch.get_num_threads())
                 plan = finufft.Plan(
                     kind,
                     self.matrix,

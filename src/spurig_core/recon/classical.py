@@ -38,6 +38,7 @@ from ..config import from_dict, to_dict
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
+from .data_term import DataTerm, MethodOutput, RunContext
 from .fista import fista, lipschitz_constant
 from .llr import LLRConfig, LocallyLowRank
 
@@ -48,6 +49,8 @@ __all__ = [
     "adjoint_recon",
     "llr_recon",
     "norm_matching_scale",
+    "run_adjoint",
+    "run_llr",
     "tune_llr_threshold",
 ]
 
@@ -89,8 +92,9 @@ def adjoint_recon(
     """The norm-matched adjoint reconstruction ``s·A^H b`` (``--method adjoint``).
 
     Give the k-space ``b`` (shape ``op.out_shape``), or ``ahb = A^H b`` with ``b_norm = ‖b‖₂``, or
-    both ``b`` and a precomputed ``ahb`` (then ``‖b‖₂`` is taken from ``b``). For the gridded
-    encoding, ``‖b‖₂`` defaults to the norm of its gridded values.
+    both ``b`` and a precomputed ``ahb`` (then ``‖b‖₂`` is taken from ``b``).  A gridded encoding
+    carries its data: pass ``ahb=op.adjoint_data(), b_norm=op.data_norm()``
+    (:class:`~spurig_core.recon.data_term.DataTerm` holds all three).
 
     Parameters
     ----------
@@ -115,35 +119,44 @@ def adjoint_recon(
     return (norm_matching_scale(op, ahb, b_norm) * ahb).to(torch.complex64)
 
 
-def _gridded_values(op: LinearOperator) -> torch.Tensor | None:
-    from ..operators.encoding import GriddedSubspaceEncoding
-
-    return op.data_values() if isinstance(op, GriddedSubspaceEncoding) else None
-
-
 def _adjoint_and_norm(
     op: LinearOperator, b: torch.Tensor | None, ahb: torch.Tensor | None, b_norm: float | None
 ) -> tuple[torch.Tensor, float]:
-    if b is None and ahb is None:
-        b = _gridded_values(op)
-        if b is None:
-            raise InputError("adjoint: give the k-space b or A^H b")
-        ahb = op.adjoint_data()  # type: ignore[attr-defined]  # cached by the gridded encoding
     if b is not None:
         _check_finite(b, "k-space")
         if ahb is None:
             ahb = op.adjoint(b)
         b_norm = float(torch.linalg.vector_norm(b.to(torch.complex128)))
-    assert ahb is not None
-    if b_norm is None:
-        values = _gridded_values(op)
-        if values is None:
-            raise InputError("adjoint: A^H b was given without ‖b‖ (b_norm)")
-        b_norm = float(torch.linalg.vector_norm(values.to(torch.complex128)))
+    if ahb is None or b_norm is None:
+        raise InputError(
+            f"{op.name}: give the k-space b, or A^H b with ‖b‖ (b_norm); a gridded encoding "
+            "carries its own: ahb=op.adjoint_data(), b_norm=op.data_norm()"
+        )
     if op.in_shape is not None and tuple(ahb.shape) != op.in_shape:
         raise InputError(f"{op.name}: A^H b has shape {tuple(ahb.shape)}, expected {op.in_shape}")
     _check_finite(ahb, "A^H b")
     return ahb, float(b_norm)
+
+
+def run_adjoint(term: DataTerm, ctx: RunContext) -> MethodOutput:
+    """``--method adjoint``: :func:`adjoint_recon` of the data term (registry run function)."""
+    coeffs = adjoint_recon(term.op, ahb=term.ahb, b_norm=term.b_norm)
+    return MethodOutput(coeffs, coeffs[None].clone() if ctx.save_iterations else None)
+
+
+def run_llr(term: DataTerm, ctx: RunContext) -> MethodOutput:
+    """``--method llr`` / ``llr-nufft``: :func:`llr_recon` with the duration's threshold and the
+    ``[llr]`` overrides (registry run function)."""
+    out = llr_recon(
+        term.op,
+        ahb=term.ahb,
+        b_norm=term.b_norm,
+        duration=ctx.duration,
+        overrides=ctx.overrides.get("llr"),
+        save_iterations=ctx.save_iterations,
+        callback=ctx.callback,
+    )
+    return MethodOutput(out.coefficients, out.iterations, {"llr": out.config})
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,8 +217,8 @@ def llr_recon(
     (step ``1/L``, ``L`` from power iteration), the patch grid shifted at random at every
     iteration. Initialised with the norm-matched adjoint ``s·A^H b`` (``config.init="adjoint"``,
     the default, as SPUR-iG is) or with zeros (``"zeros"``). See the module notes for the
-    threshold scale. The data enter only as ``A^H b`` and ``‖b‖₂`` (computed from ``b`` when given;
-    for the gridded encoding they default to its own gridded values).
+    threshold scale. The data enter only as ``A^H b`` and ``‖b‖₂`` (computed from ``b`` when
+    given).
 
     Parameters
     ----------
@@ -306,15 +319,15 @@ class TuneCase:
         Its encoding.
     ahb : Tensor, shape (basis, x, y, z), complex64
         ``A^H b``.
-    b_norm : float or None
-        ``‖b‖₂`` (``None`` for a gridded encoding: the norm of its gridded values).
+    b_norm : float
+        ``‖b‖₂`` (a gridded encoding's ``op.data_norm()``).
     reference : Any
         Whatever the scoring callable compares with (e.g. reference coefficients or maps).
     """
 
     op: LinearOperator
     ahb: torch.Tensor
-    b_norm: float | None
+    b_norm: float
     reference: Any
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from ..data import DURATIONS
+from ..data import DURATIONS, nearest_duration
 from ..errors import InputError
 
 __all__ = ["LLRConfig", "LocallyLowRank", "llr_prox", "nuclear_norm", "random_shift", "svt"]
@@ -120,7 +120,8 @@ class LLRConfig:
         """The configured threshold of a named duration, or of the duration nearest ``groups``.
 
         For a number of groups that is not one of the paper's durations (48, 16, 8, 4), the
-        threshold of the duration with the nearest group count on a log scale is used.
+        threshold of the configured duration nearest it is used
+        (:func:`spurig_core.data.nearest_duration`, the rule the pipeline uses too).
         """
         if duration is not None:
             if duration not in self.thresholds:
@@ -135,8 +136,7 @@ class LLRConfig:
             raise InputError(f"llr: groups must be >= 1, got {groups}")
         if not self.thresholds:
             raise InputError("llr: no thresholds configured")
-        name = min(self.thresholds, key=lambda d: abs(math.log(DURATIONS[d] / groups)))
-        return self.thresholds[name]
+        return self.thresholds[nearest_duration(groups, among=self.thresholds)]
 
 
 def svt(

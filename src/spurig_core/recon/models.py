@@ -1,4 +1,4 @@
-"""Shipped models and running a trained SPUR-iG / hybrid network on a scan.
+"""Shipped models and running a trained SPUR-iG / hybrid network on a scan (and ``dc-only``).
 
 Shipped models live in ``spurig_core/models/`` (package data) as ``<method>-<duration>.pt``
 (e.g. ``spurig-2min.pt``, ``hybrid-2min.pt``), each with a model card ``<same name>.md`` that
@@ -23,20 +23,20 @@ from typing import Any
 import torch
 
 from ..config import to_dict
-from ..data import Scan
 from ..errors import InputError
 from ..io import file_sha256
-from ..operators.base import LinearOperator
-from ..progress import Callback, emit
+from ..progress import emit
 
 __all__ = [
     "MODELS_DIR",
-    "UnrolledOutput",
+    "LoadedModel",
     "card_sha256",
     "check_card",
+    "load_method_model",
     "model_encoding",
     "resolve_model",
-    "run_unrolled",
+    "run_model",
+    "run_network",
     "shipped_models",
 ]
 
@@ -88,11 +88,38 @@ def check_card(path: str | Path) -> dict[str, Any]:
     return {"sha256": sha, "card": card if want else None, "line": line}
 
 
+def _model_path(model: str | Path | None, family: str, duration: str) -> Path:
+    """``model`` when given (it must exist), else the shipped ``<family>-<duration>.pt``."""
+    if model is not None:
+        p = Path(model)
+        if not p.exists():
+            raise InputError(f"model {p}: no such file")
+        return p
+    p = MODELS_DIR / f"{family}-{duration}.pt"
+    if not p.exists():
+        have = ", ".join(m.stem for m in shipped_models()) or "none"
+        raise InputError(
+            f"no shipped {family} model for the {duration} scan (shipped: {have}); "
+            "pass --model CKPT"
+        )
+    return p
+
+
+def _family(method: str) -> str:
+    """The model family of a reconstruction method (``dc-only`` uses the ``spurig`` model)."""
+    from .methods import METHODS
+
+    entry = METHODS.get(method)
+    return entry.model if entry is not None and entry.model is not None else method
+
+
 def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Path:
     """The checkpoint to use: ``model`` when given, else the shipped one for method and duration.
 
-    The file is validated for ``method`` at once (:func:`~.unrolled.load_model` with
-    ``method``), so a model that does not fit fails before any long work.
+    ``method`` is a reconstruction method (its :attr:`~.methods.Method.model` family picks the
+    shipped file: ``dc-only`` uses ``spurig-<duration>.pt``) or a family name.  The file is
+    validated for the family at once (:func:`~.unrolled.load_model` with ``method``), so a
+    model that does not fit fails before any long work.
 
     Raises
     ------
@@ -103,20 +130,79 @@ def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Pa
     """
     from .unrolled import load_model
 
-    if model is not None:
-        p = Path(model)
-        if not p.exists():
-            raise InputError(f"model {p}: no such file")
-    else:
-        p = MODELS_DIR / f"{method}-{duration}.pt"
-        if not p.exists():
-            have = ", ".join(m.stem for m in shipped_models()) or "none"
-            raise InputError(
-                f"no shipped {method} model for the {duration} scan (shipped: {have}); "
-                "pass --model CKPT"
-            )
-    load_model(p, method=method if method in ("spurig", "hybrid") else None)
+    family = _family(method)
+    p = _model_path(model, family, duration)
+    load_model(p, method=family if family in ("spurig", "hybrid") else None)
     return p
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model file read once and checked against the scan (:func:`load_method_model`).
+
+    Attributes
+    ----------
+    path : Path
+    network : UnrolledRecon
+        In eval mode, on the CPU (the run moves it to the device).
+    meta : dict
+        :func:`~.unrolled.load_model`'s ``meta``; ``warning`` set when the model was trained for
+        another sequence.
+    encoding : dict
+        The data-term settings it was trained with (:func:`model_encoding`).
+    """
+
+    path: Path
+    network: Any
+    meta: dict[str, Any]
+    encoding: dict[str, Any]
+
+    @property
+    def info(self) -> dict[str, str]:
+        """``{"file": name, "sha256": hex}`` for the result store."""
+        return {"file": self.path.name, "sha256": str(self.meta["sha256"])}
+
+
+def load_method_model(
+    model: str | Path | None,
+    *,
+    method: str,
+    duration: str,
+    basis: torch.Tensor | None = None,
+    sequence: Any = None,
+) -> LoadedModel:
+    """Read the model of ``method`` once, before any gridding work, and check it fits the scan.
+
+    Parameters
+    ----------
+    model : path, optional
+        ``--model``; default: the shipped model of the method's family for ``duration``.
+    method : str
+        A method of :data:`~.methods.METHODS` with a model.
+    duration : str
+        The named duration nearest the scan's groups.
+    basis : Tensor, shape (tr, basis), optional
+        The scan's basis (a model of another basis shape is refused).
+    sequence : Sequence, optional
+        The scan's sequence (another one sets ``meta["warning"]``).
+
+    Raises
+    ------
+    InputError
+        As :func:`resolve_model`, and for a basis of another shape.
+    """
+    from .unrolled import check_model_fits, load_model
+
+    family = _family(method)
+    p = _model_path(model, family, duration)
+    network, meta = load_model(p, method=family)
+    meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
+    if "encoding" in meta:  # load_model reports it: the file was read once
+        enc = meta["encoding"]
+        encoding = dict(enc) if isinstance(enc, dict) else {}
+    else:
+        encoding = model_encoding(p)
+    return LoadedModel(p, network, meta, encoding)
 
 
 def model_encoding(ckpt: str | Path) -> dict[str, Any]:
@@ -133,77 +219,55 @@ def model_encoding(ckpt: str | Path) -> dict[str, Any]:
     return dict(enc) if isinstance(enc, dict) else {}
 
 
-@dataclass(frozen=True, eq=False)
-class UnrolledOutput:
-    """What :func:`run_unrolled` returns.
-
-    Attributes
-    ----------
-    coefficients : Tensor, shape (basis, x, y, z), complex64
-    iterations : Tensor, shape (steps + 1, basis, x, y, z), complex64, or None
-    model_info : dict
-        ``{"file": name, "sha256": ...}`` for the result store.
-    config : dict
-        The model's ``UnrollConfig`` as a dictionary.
-    warning : str or None
-        Set when the model was trained for another sequence.
-    """
-
-    coefficients: torch.Tensor
-    iterations: torch.Tensor | None
-    model_info: dict[str, str]
-    config: dict[str, Any]
-    warning: str | None
-
-
-def run_unrolled(
-    ckpt: str | Path,
-    op: LinearOperator,
-    ahb: torch.Tensor,
-    *,
-    method: str,
-    scan: Scan,
-    basis: torch.Tensor,
-    b_norm: float,
-    device: torch.device,
-    save_iterations: bool = False,
-    callback: Callback | None = None,
-) -> UnrolledOutput:
-    """Load ``ckpt``, check it fits the scan and method, and run the unrolled reconstruction.
+def run_network(network: Any, term: Any, ctx: Any, loaded: LoadedModel) -> Any:
+    """Run an unrolled network on a data term (``s·A^H b``, then its steps, without a graph).
 
     Parameters
     ----------
-    ckpt : path
-        Model file.
-    op : LinearOperator
-        The iGROG-gridded subspace encoding (its ``gram`` is the DC step).
-    ahb : Tensor, shape (basis, x, y, z), complex64
-        ``A^H b``.
-    method : {"spurig", "hybrid"}
-        ``spurig`` needs a 3D network, ``hybrid`` a 2D (slice-wise) one.
-    scan : Scan
-        For the sequence check.
-    basis : Tensor, shape (tr, basis)
-        The scan's balanced basis.
-    b_norm : float
-        ``‖b‖₂`` of the gridded data (for the norm-matching initialisation).
-    """
-    from .unrolled import load_model
+    network : UnrolledRecon
+    term : DataTerm
+    ctx : RunContext
+    loaded : LoadedModel
+        The model file (its info line, warning and provenance).
 
-    model, meta = load_model(
-        ckpt, basis=basis, sequence=scan.sequence, device=device, method=method
-    )
-    emit(callback, "model", 1, 1, meta["line"])
-    if meta["warning"]:
-        _log.warning(meta["warning"])
+    Returns
+    -------
+    MethodOutput
+        With ``record = {"unroll": UnrollConfig dict}`` (plus ``"warning"``) and ``model_info``.
+    """
+    from .data_term import MethodOutput
+
+    emit(ctx.callback, "model", 1, 1, loaded.meta["line"])
+    warning = loaded.meta["warning"]
+    if warning:
+        _log.warning(warning)
+    network.to(ctx.device).eval()
     with torch.no_grad():
-        coeffs, iterations = model.reconstruct(
-            op, ahb, b_norm=b_norm, save_iterations=save_iterations, callback=callback
+        coeffs, iterations = network.reconstruct(
+            term.op,
+            term.ahb,
+            b_norm=term.b_norm,
+            save_iterations=ctx.save_iterations,
+            callback=ctx.callback,
         )
-    return UnrolledOutput(
-        coefficients=coeffs,
-        iterations=iterations,
-        model_info={"file": Path(ckpt).name, "sha256": meta["sha256"]},
-        config=to_dict(meta["config"]),
-        warning=meta["warning"],
-    )
+    record: dict[str, Any] = {"unroll": to_dict(network.cfg)}
+    if warning:
+        record["warning"] = warning
+    return MethodOutput(coeffs, iterations, record, loaded.info)
+
+
+def run_model(term: Any, ctx: Any) -> Any:
+    """``--method spurig`` / ``hybrid``: the trained unrolled network of ``ctx.model``.
+
+    Parameters
+    ----------
+    term : DataTerm
+        The gridded encoding (its ``gram`` is the DC step), ``A^H b`` and ``‖b‖₂``.
+    ctx : RunContext
+        ``ctx.model`` is the :class:`LoadedModel` (3D network for ``spurig``, 2D for ``hybrid``).
+
+    Returns
+    -------
+    MethodOutput
+    """
+    return run_network(ctx.model.network, term, ctx, ctx.model)

@@ -38,6 +38,8 @@ from ..data import Sequence
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
+from .dc import cg_dc, gradient_dc
+from .domain import SHIPPED_DOMAIN
 from .networks import Denoiser, UNetConfig
 
 __all__ = [
@@ -76,6 +78,15 @@ class UnrollConfig:
         Power iterations for ``L`` when it is not given.
     network : UNetConfig
         The denoiser (``dim=3`` for SPUR-iG, ``dim=2`` for the hybrid baseline).
+    dc : {"gradient", "cg"}
+        The DC half-step (:mod:`.dc`): ``dc_steps`` gradient steps of ``μ_i`` (the paper's, one
+        step, the default of every shipped model), or ``dc_steps`` conjugate-gradient iterations
+        on ``(A^H A + λ_i I) α = A^H b + λ_i α_{i−1}`` (MoDL) with learnable
+        ``λ_i = exp(ϱ_i) · L``.
+    dc_steps : int
+        Gradient steps or CG iterations per DC half-step.
+    lambda_init : float
+        Initial ``λ_i / L`` of the ``"cg"`` DC.
     """
 
     steps: int = 6
@@ -83,6 +94,9 @@ class UnrollConfig:
     mu_init: float = 1.0
     power_iters: int = 8
     network: UNetConfig = field(default_factory=UNetConfig)
+    dc: str = "gradient"
+    dc_steps: int = 1
+    lambda_init: float = 0.1
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -91,6 +105,13 @@ class UnrollConfig:
             raise InputError(f"UnrollConfig.mu_init: must be positive, got {self.mu_init}")
         if self.power_iters < 1:
             raise InputError("UnrollConfig.power_iters: must be at least 1")
+        if self.dc not in ("gradient", "cg"):
+            raise InputError(f"UnrollConfig.dc: choose gradient or cg, got {self.dc!r}")
+        if self.dc_steps < 1 or not self.lambda_init > 0:
+            raise InputError(
+                f"UnrollConfig: dc_steps must be >= 1 and lambda_init > 0, got "
+                f"{self.dc_steps}, {self.lambda_init}"
+            )
 
 
 def estimate_lipschitz(op: LinearOperator, x0: torch.Tensor, *, iters: int = 8) -> float:
@@ -166,6 +187,8 @@ class UnrolledRecon(nn.Module):
         n = 1 if cfg.share_weights else cfg.steps
         self.denoisers = nn.ModuleList(Denoiser(cfg.network) for _ in range(n))
         self.log_mu = nn.Parameter(torch.full((cfg.steps,), math.log(cfg.mu_init)))
+        if cfg.dc == "cg":  # only then: the files of gradient-DC models keep their keys
+            self.log_lam = nn.Parameter(torch.full((cfg.steps,), math.log(cfg.lambda_init)))
 
     # -- pieces ------------------------------------------------------------------------------
     def denoiser(self, i: int) -> Denoiser:
@@ -200,8 +223,16 @@ class UnrolledRecon(nn.Module):
         -------
         Tensor, shape (basis, x, y, z), complex64
         """
-        half = alpha - self.mu(i, lipschitz).to(alpha.real.dtype) * (op.gram(alpha) - ahb)
-        return self.denoiser(i)(half, i + 1)
+        return self.denoiser(i)(self.dc_half(op, ahb, alpha, i, lipschitz), i + 1)
+
+    def dc_half(
+        self, op: LinearOperator, ahb: torch.Tensor, alpha: torch.Tensor, i: int, lipschitz: float
+    ) -> torch.Tensor:
+        """The DC half-step ``α_{i−½}`` of step ``i`` (0-based) from ``α_{i−1}`` (``cfg.dc``)."""
+        if self.cfg.dc == "cg":
+            lam = torch.exp(self.log_lam[i]) * lipschitz
+            return cg_dc(op, ahb, alpha, lam, self.cfg.dc_steps)
+        return gradient_dc(op, ahb, alpha, self.mu(i, lipschitz), self.cfg.dc_steps)
 
     # -- the whole reconstruction --------------------------------------------------------------
     def forward(
@@ -568,5 +599,11 @@ def load_model(
         "warning": None,
         **check_card(p),
     }
+    dom = state.get("domain")
+    if not isinstance(dom, dict) and meta["card"]:  # a shipped model: the cohort it was trained on
+        dom = dict(SHIPPED_DOMAIN)
+        if meta["duration"] in dom["durations"]:
+            dom["durations"] = [meta["duration"]]
+    meta["domain"] = dom if isinstance(dom, dict) else None
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
     return model, meta

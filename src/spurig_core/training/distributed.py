@@ -26,6 +26,10 @@ Why not the ``DistributedDataParallel`` wrapper: it all-reduces inside every ``b
 input, fine-tuning recomputes each step in a checkpointed backward, and the last accumulation group
 of an epoch may leave a process without a sample; summing the accumulated gradients once per
 optimiser step keeps each stage's memory strategy unchanged and is what DDP's ``no_sync`` achieves.
+The gradients are DDP's: on 2 ``gloo`` processes they are bit-identical to the wrapper's for the
+same batch (``tests/test_distributed.py``).  What the wrapper adds, overlapping the all-reduce with
+the backward pass, is worth little here: one all-reduce of the paper model's 24.8 MB of gradients
+against a GLEAM step of seconds (``benchmarks/RESULTS-scale.md``).
 
 A process that dies (killed, out of memory) breaks the next collective operation of the others;
 :func:`process_group` turns that, and the ``SIGTERM`` that ``torchrun`` then sends, into one line

@@ -150,9 +150,10 @@ class Trainer:
                         f"{path}: its network does not match this stage's config ({key})"
                     )
                 new[key] = state[cand]
-            elif key == "log_mu":
-                m = state["log_mu"]
-                new[key] = m[: own[key].numel()] if m.numel() >= own[key].numel() else own[key]
+            elif key in ("log_mu", "log_lam"):  # log_lam: CG-DC models only
+                m = state.get(key)
+                ok = m is not None and m.numel() >= own[key].numel()
+                new[key] = m[: own[key].numel()] if m is not None and ok else own[key]
         self.model.load_state_dict(new)
 
     def _operator(self, ex: Example) -> tuple[LinearOperator, float]:

@@ -1,0 +1,313 @@
+"""The v2 training recipe (issue 13): DC formulations, re-drawn noise, the resumable run."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+
+from spurig_core.config import to_dict
+from spurig_core.errors import InputError
+from spurig_core.io import save_checkpoint
+from spurig_core.recon.dc import cg_dc, gradient_dc
+from spurig_core.recon.unrolled import (
+    UnrollConfig,
+    UnrolledRecon,
+    estimate_lipschitz,
+    load_model,
+    scaled_init,
+)
+from spurig_core.training.datasets import DCData, Example, save_example
+from spurig_core.training.recipe import RecipeTrainer, load_recipe_config, recipe_loss, run_recipe
+from spurig_core.training.redraw import NOISE_KIND, load_noise, scan_noise
+from test_training import SEQ, N
+from test_unrolled import make_problem, tiny_cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# DC formulations
+# ----------------------------------------------------------------------------------------------
+def test_cg_dc_solves_the_proximal_system() -> None:
+    op, _, b = make_problem(n=8, seed=3)
+    ahb = op.adjoint(b)
+    z = torch.randn(ahb.shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    lam = 0.3 * estimate_lipschitz(op, ahb, iters=20)
+    x = cg_dc(op, ahb, z, lam, 60)
+    # the normal equations hold: (A^H A + λ) x = A^H b + λ z
+    res = op.gram(x) + lam * x - (ahb + lam * z)
+    assert float(res.norm() / (ahb + lam * z).norm()) < 1e-4
+    # zero iterations leave z, and more iterations never move away from the solution
+    assert torch.equal(cg_dc(op, ahb, z, lam, 0), z)
+    e = [float((cg_dc(op, ahb, z, lam, k) - x).norm()) for k in (1, 3, 9)]
+    assert e[0] > e[1] > e[2]
+
+
+def test_gradient_dc_steps_compose() -> None:
+    op, _, b = make_problem(n=8, seed=4)
+    ahb = op.adjoint(b)
+    mu = 1.0 / estimate_lipschitz(op, ahb)
+    x0 = ahb * 0.5
+    one = gradient_dc(op, ahb, x0, mu)
+    torch.testing.assert_close(one, x0 - mu * (op.gram(x0) - ahb))
+    torch.testing.assert_close(gradient_dc(op, ahb, x0, mu, 2), gradient_dc(op, ahb, one, mu))
+
+
+def test_cg_model_round_trip_and_old_configs_default_to_gradient(tmp_path: Path) -> None:
+    from spurig_core.recon.unrolled import model_state
+
+    cfg = tiny_cfg(steps=2, dc="cg", dc_steps=2, lambda_init=0.2)
+    model = UnrolledRecon(cfg)
+    assert model.log_lam.shape == (2,)
+    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=0)
+    st = model_state(model, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"})
+    save_checkpoint(st, tmp_path / "m.pt")
+    back, meta = load_model(tmp_path / "m.pt", method="spurig")
+    assert meta["config"].dc == "cg" and meta["config"].dc_steps == 2
+    ahb = op.adjoint(b)
+    x0, _ = scaled_init(op, ahb, float(b.abs().norm()))
+    with torch.no_grad():
+        torch.testing.assert_close(back(op, ahb, x0), model(op, ahb, x0))
+    # a config written before these fields existed reads as the shipped gradient DC
+    old = to_dict(tiny_cfg(steps=2))
+    for k in ("dc", "dc_steps", "lambda_init"):
+        old.pop(k)
+    plain = UnrolledRecon(tiny_cfg(steps=2))
+    st = model_state(plain, sequence=SEQ, basis=op.phi, extra={"stage": "gleam"})
+    st["config"] = old
+    save_checkpoint(st, tmp_path / "old.pt")
+    again, meta = load_model(tmp_path / "old.pt", method="spurig")
+    assert meta["config"].dc == "gradient" and not hasattr(again, "log_lam")
+    with pytest.raises(InputError, match="dc"):
+        UnrollConfig(dc="admm")
+
+
+# ----------------------------------------------------------------------------------------------
+# noise regeneration
+# ----------------------------------------------------------------------------------------------
+def test_scan_noise_is_the_simulators_noise() -> None:
+    from spurig_core.simulation import SimulationConfig, simulate_scan
+
+    base = SimulationConfig(matrix=16, coils=2, groups=1)
+    noisy = simulate_scan(base, seed=11)
+    clean = simulate_scan(dataclasses.replace(base, noise=0.0), seed=11)
+    n, sigma = scan_noise(noisy.kspace, 11, base.noise)
+    resid = noisy.kspace - n - clean.kspace
+    assert float(resid.abs().max()) < 1e-3 * float(n.abs().max())
+    assert sigma == pytest.approx(float(n.abs().pow(2).mean().sqrt()), rel=0.02)
+    # another seed's noise is not this scan's
+    wrong, _ = scan_noise(noisy.kspace, 12, base.noise)
+    assert float((noisy.kspace - wrong - clean.kspace).abs().max()) > float(n.abs().max())
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------
+def _subject(root: Path, name: str, seed: int, draws: int = 3) -> None:
+    op, truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=seed)
+    g = torch.Generator().manual_seed(50 + seed)
+    clean_b = op(truth)
+    noises = [b - clean_b] + [
+        0.01 * torch.randn(b.shape, dtype=torch.complex64, generator=g) * op.mask[None]
+        for _ in range(draws - 1)
+    ]
+    ahb = op.adjoint(b)
+    b_norm = float(b.abs().norm())
+    x0, s = scaled_init(op, ahb, b_norm)
+    ax = torch.linspace(-1, 1, N)
+    r2 = sum(t**2 for t in torch.meshgrid(ax, ax, ax, indexing="ij"))
+    tissue = torch.where(r2 < 0.6, torch.where(r2 < 0.2, 3, 2), torch.where(r2 < 0.8, 1, 0))
+    payload = {"type": "cartesian-test", "maps": op.maps, "phi": op.phi, "mask": op.mask}
+    dc = DCData(ahb, b_norm, s, estimate_lipschitz(op, ahb, iters=20), payload)
+    ex = Example(
+        name, truth, tissue.to(torch.uint8), op.phi, SEQ, {"adjoint-1min": x0}, {"1min": dc}
+    )
+    d = save_example(ex, root / name)
+    clean = op.adjoint(clean_b)
+    save_checkpoint(
+        {
+            "kind": NOISE_KIND,
+            "version": 1,
+            "clean": clean,
+            "draws": torch.stack([op.adjoint(n) for n in noises]),
+            "b_norms": torch.tensor([float((clean_b + n).abs().norm()) for n in noises]).double(),
+            "sigma": 0.01,
+        },
+        d / "noise-1min.pt",
+    )
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import test_training  # noqa: F401  (registers the "cartesian-test" operator)
+
+    root = tmp_path_factory.mktemp("recipe")
+    _subject(root / "train", "s0", 0)
+    _subject(root / "train", "s1", 1)
+    _subject(root / "val", "s2", 2)
+    return root
+
+
+def _config(cohort: Path, out: Path, **kw: object) -> Path:
+    cfg = {
+        "data_dir": str(cohort),
+        "out_dir": str(out),
+        "duration": "1min",
+        "pretrain_updates": 4,
+        "gleam_updates": 4,
+        "finetune_updates": 2,
+        "refresh_every": 4,
+        "val_every": 5,
+        "lr": 3e-3,
+        "bf16": False,
+        "model": to_dict(tiny_cfg(steps=2)),
+        **kw,
+    }
+    p = out.parent / f"{out.name}.toml"
+    p.write_text(tomli_w.dumps(cfg))
+    return p
+
+
+def test_noise_draws_add_up_to_the_scan(cohort: Path) -> None:
+    nz = load_noise(cohort / "train" / "s0", "1min")
+    from spurig_core.training.datasets import load_dc
+
+    dc = load_dc(cohort / "train" / "s0", "1min")
+    torch.testing.assert_close(nz.ahb(0), dc.ahb, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(nz.ahb(1), dc.ahb)
+
+
+def test_first_cache_is_the_dc_only_unroll(cohort: Path, tmp_path: Path) -> None:
+    cfg = load_recipe_config(_config(cohort, tmp_path / "run", fresh_noise=False))
+    tr = RecipeTrainer(cfg)
+    tr.refresh(identity=True)
+    s = tr.train[0]
+    dc = s.ex.dc["1min"]
+    a = dc.x0
+    for i in range(2):  # identity denoiser: the states are plain gradient steps
+        a = a - (op_step := 1.0 / s.lip) * (s.op.gram(a) - dc.ahb)
+        torch.testing.assert_close(s.states[i], a, rtol=1e-4, atol=1e-5)
+    assert op_step > 0
+
+
+def test_recipe_loss_counts_magnitudes() -> None:
+    t = torch.ones((5, 4, 4, 4), dtype=torch.complex64)
+    tis = torch.zeros((4, 4, 4), dtype=torch.uint8)
+    rot = t * 1j  # same magnitude, other phase
+    assert float(recipe_loss(rot, t, tis, magnitude_weight=1.0)) == pytest.approx(
+        float(recipe_loss(rot, t, tis, magnitude_weight=0.0))
+    )
+    big = t * 2
+    assert float(recipe_loss(big, t, tis, magnitude_weight=1.0)) > float(
+        recipe_loss(big, t, tis, magnitude_weight=0.0)
+    )
+
+
+def test_run_selects_by_psnr_and_resumes(cohort: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    cfg_path = _config(cohort, tmp_path / "run")
+    model_path = run_recipe(cfg_path, log=lines.append)
+    _model, meta = load_model(model_path, method="spurig")
+    assert meta["stage"] == "recipe" and meta["duration"] == "1min"
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [int(r["update"]) for r in rows] == [0, 5, 10]
+    assert rows[0]["phase"] == "dc-only" and rows[-1]["phase"] == "finetune"
+    best = max(float(r["val_psnr"]) for r in rows)
+    from spurig_core.io import load_checkpoint
+
+    assert load_checkpoint(model_path)["best_val_psnr"] == pytest.approx(best)
+    # raising the update count and resuming continues from update 10, not from scratch
+    text = cfg_path.read_text().replace("finetune_updates = 2", "finetune_updates = 7")
+    cfg_path.write_text(text)
+    lines.clear()
+    run_recipe(cfg_path, resume=True, log=lines.append)
+    assert lines[0].startswith("resumed at update 10")
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [int(r["update"]) for r in rows] == [0, 5, 10, 15]
+    assert np.isfinite([float(r["val_psnr"]) for r in rows]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# the model's domain
+# ----------------------------------------------------------------------------------------------
+def test_domain_warning_names_what_is_outside() -> None:
+    from spurig_core.recon.domain import SHIPPED_DOMAIN, check_domain
+
+    meta = {"domain": SHIPPED_DOMAIN}
+    vox = (220 / 48,) * 3
+    assert check_domain(meta, matrix=(48, 48, 48), voxel_mm=vox, duration="2min") is None
+    line = check_domain(meta, matrix=(48, 48, 48), voxel_mm=(1.0,) * 3, duration="2min")
+    assert line is not None and "\n" not in line
+    assert "voxel 1.00×1.00×1.00 mm (trained 4.58×4.58×4.58 mm)" in line
+    line = check_domain(meta, matrix=(64, 64, 64), voxel_mm=vox, duration="6min", where="m.pt")
+    assert line is not None and line.startswith("m.pt: scan outside")
+    assert "matrix (64, 64, 64)" in line and "duration 6min" in line
+    assert check_domain({"domain": None}, matrix=(8, 8, 8), voxel_mm=(9.0,) * 3) is None
+
+
+def test_shipped_model_warns_for_another_voxel_size() -> None:
+    from types import SimpleNamespace
+
+    from spurig_core.pipeline import _domain_warning
+    from spurig_core.recon.models import load_method_model
+
+    loaded = load_method_model(None, method="spurig", duration="2min")
+    assert loaded.meta["domain"]["matrix"] == [48, 48, 48]
+    inside = SimpleNamespace(fov_mm=(220.0,) * 3, matrix=(48, 48, 48))
+    _domain_warning(loaded, inside, "2min")  # type: ignore[arg-type]
+    assert loaded.meta["warning"] is None
+    outside = SimpleNamespace(fov_mm=(240.0,) * 3, matrix=(240, 240, 240))
+    _domain_warning(loaded, outside, "2min")  # type: ignore[arg-type]
+    assert "training domain" in loaded.meta["warning"] and "voxel 1.00" in loaded.meta["warning"]
+
+
+def test_recipe_model_records_its_domain(cohort: Path, tmp_path: Path) -> None:
+    from spurig_core.io import load_checkpoint
+
+    cfg = _config(cohort, tmp_path / "dom", pretrain_updates=1, gleam_updates=0)
+    path = run_recipe(cfg, log=lambda _m: None)
+    dom = load_checkpoint(path)["domain"]
+    assert dom["matrix"] == [N, N, N] and dom["durations"] == ["1min"]
+    _, meta = load_model(path, method="spurig")
+    assert meta["domain"] == dom
+
+
+def test_grid_many_is_grid_of_each() -> None:
+    from spurig_core.operators.igrog import GriddingConfig, grid, train_kernel
+    from spurig_core.simulation import SimulationConfig, simulate_scan
+    from spurig_core.training.redraw import grid_many
+
+    scan = simulate_scan(SimulationConfig(matrix=16, coils=2, groups=1), seed=3)
+    cfg = GriddingConfig(steps=5, hidden=16, train_sets=256, batch=16, check=False, grid_batch=4096)
+    kernel = train_kernel(scan.calibration, scan.trajectory, scan.matrix, config=cfg)
+    other = scan.kspace * 0.5j
+    # grid()'s fast bf16 kernel evaluation (issue 14) differs by ~0.3 %; compare with the exact one
+    exact = (
+        {"kernel_eval": "reference"} if "kernel_eval" in inspect.signature(grid).parameters else {}
+    )
+    index, vals = grid_many(
+        [scan.kspace, other], scan.trajectory, scan.matrix, kernel, cfg, extra=1, extra_sigma=1.0
+    )
+    for k, v in zip((scan.kspace, other), vals[:2], strict=True):
+        ref = grid(k, scan.trajectory, scan.matrix, kernel=kernel, config=cfg, **exact)
+        torch.testing.assert_close(v, ref.values, rtol=1e-4, atol=1e-5)
+        assert torch.equal(index, ref.index)
+    assert vals[2].abs().mean() > 0 and len(vals) == 3
+
+
+def test_cube_symmetry_is_a_48_element_group_action() -> None:
+    from spurig_core.training.recipe import cube_symmetry
+
+    x = torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).reshape(2, 2, 3, 4)
+    y = cube_symmetry(x, (2, 0, 1), (0, 2))
+    assert y.shape == (2, 4, 2, 3)
+    # y[b, i, j, k] = x[b, j, 2 − k, 3 − i]: new x = old z (flipped), new y = old x, new z = old y
+    assert y[1, 0, 1, 2] == x[1, 1, 0, 3] and y[0, 3, 0, 0] == x[0, 0, 2, 0]
+    assert torch.equal(cube_symmetry(x, (0, 1, 2), ()), x)
+    assert sorted(cube_symmetry(x, (1, 2, 0), (1,)).flatten().tolist()) == x.flatten().tolist()
