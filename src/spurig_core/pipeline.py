@@ -115,31 +115,26 @@ def simulate_cohort(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> list[Path]:
-    """Train/val/test subjects with different seeds (``spurig simulate-cohort``); with
-    ``workers`` or ``scheduler``, one task per subject on a dask cluster (:mod:`.cohort`)."""
-    from . import simulation
+    """Train/val/test subjects with different seeds (``spurig simulate-cohort``): one task per
+    subject, serially or, with ``workers`` or ``scheduler``, on a dask cluster (:mod:`.cohort`);
+    either way each task runs with the same pinned threads, so both give the same bits."""
+    from .cohort import cluster
+    from .cohort_jobs import simulate_cohort as cohort_tasks
 
     check_output(out_dir, kind="dir", overwrite=overwrite)
-    options: dict[str, Any] = {
-        "subjects": subjects,
-        "split": split,
-        "matrix": matrix,
-        "coils": coils,
-        "groups": groups,
-        "noise": noise,
-        "seed": seed,
-        "callback": callback,
-    }
-    if workers is not None or scheduler:
-        from .cohort import cluster
-        from .cohort_jobs import simulate_cohort as cohort_tasks
-
-        with cluster(workers, scheduler) as client:
-            return cohort_tasks(out_dir, client=client, **options)
-    from .cohort import pinned_threads, task_threads
-
-    with pinned_threads(task_threads()):  # the threads a task gets: the same bits serially
-        return simulation.simulate_cohort(out_dir, **options)
+    with cluster(workers, scheduler) as client:
+        return cohort_tasks(
+            out_dir,
+            client=client,
+            subjects=subjects,
+            split=split,
+            matrix=matrix,
+            coils=coils,
+            groups=groups,
+            noise=noise,
+            seed=seed,
+            callback=callback,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
