@@ -1,8 +1,8 @@
-"""How fast the gridded data term converges, per density-compensation exponent γ (issue 5).
+r"""How fast the gridded data term converges, per density-compensation exponent γ (issue 5).
 
 Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dataterm.py SCAN.h5 GRIDDED.pt \\
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dataterm.py SCAN.h5 GRIDDED.pt \
         [--gammas 0.5,0.65,0.75,0.85,1.0] [--groups 16] [--steps 20] [--cg 12]
 
 For each γ, on one simulated scan already gridded (``GRIDDED.pt`` as cached by
@@ -26,7 +26,7 @@ from spurig_core import load_scan
 from spurig_core.benchmark import load_gridded
 from spurig_core.metrics import coefficient_metrics
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     adjoint_scale,
 )
@@ -55,7 +55,7 @@ def main() -> None:
 
     basis = _scan_basis(scan, torch.device("cpu"))
     for gamma in (float(v) for v in a.gammas.split(",")):
-        cfg = GriddedEncodingConfig(density_compensation=gamma)
+        cfg = EncodingConfig(density_compensation=gamma)
         op = GriddedSubspaceEncoding(g, scan.coil_maps, basis, config=cfg)
         ahb = op.adjoint_data()
         x0 = adjoint_scale(op, op.data_values(), ahb=ahb) * ahb

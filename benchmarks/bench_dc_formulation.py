@@ -1,4 +1,4 @@
-"""Noise-free ceiling and noise gain of the unroll's DC formulations (issue 13).
+r"""Noise-free ceiling and noise gain of the unroll's DC formulations (issue 13).
 
 With an identity denoiser the unroll is linear in ``A^H b``, so a subject prepared with
 ``tools/prepare_redraw.py`` (clean ``A^H b`` and its noise kept apart) gives both numbers from two
@@ -9,7 +9,7 @@ noisy scan, as at inference.
 
 Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_dc_formulation.py \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_dc_formulation.py \
         data/prepared48v2/test/subj020 --duration 2min
 """
 
@@ -42,7 +42,7 @@ OPTIONS = [
 
 
 def run_map(op, ahb, x0, kind, blocks, per, lam, lip):  # type: ignore[no-untyped-def]
-    """The identity-denoiser unroll (linear in ``ahb`` and ``x0`` together)."""
+    """Return the identity-denoiser unroll (linear in ``ahb`` and ``x0`` together)."""
     a = x0
     for _ in range(blocks):
         if kind == "cg":

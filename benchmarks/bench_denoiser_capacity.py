@@ -1,9 +1,9 @@
-"""Can the denoiser learn to remove what PSNR counts, and how fast does that generalise? (issue 5)
+r"""Whether the denoiser can learn to remove what PSNR counts, and how fast that generalises (#5).
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_denoiser_capacity.py PREPARED_DIR \\
-        [--init MODEL.pt] [--subjects 1] [--steps 100] [--lr 1e-3] [--fp32] \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_denoiser_capacity.py PREPARED_DIR \
+        [--init MODEL.pt] [--subjects 1] [--steps 100] [--lr 1e-3] [--fp32] \
         [--weights 1,1,10,10,1] [--val subj018] [--noise 1.0]
 
 Trains the (shared) denoiser alone, full volumes, batch 1, Adam, on the scaled ``A^H b`` inputs
@@ -26,12 +26,11 @@ import time
 
 import torch
 
+from spurig_core.durations import MODEL_DURATIONS as DURATIONS
 from spurig_core.recon.networks import Denoiser, UNetConfig
-from spurig_core.recon.unrolled import load_model
+from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.datasets import Example, list_subjects, load_example
 from spurig_core.training.losses import tissue_l1
-
-DURATIONS = ("2min", "1min", "30s")
 
 
 def per_tissue(den: Denoiser, ex: Example) -> str:

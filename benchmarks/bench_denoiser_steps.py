@@ -1,8 +1,8 @@
-"""What each step of a trained unrolled model does, per tissue class (issue 5).
+r"""What each step of a trained unrolled model does, per tissue class (issue 5).
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_denoiser_steps.py MODEL.pt SUBJECT_DIR \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_denoiser_steps.py MODEL.pt SUBJECT_DIR \
         [--duration 2min] [--json OUT.json]
 
 ``SUBJECT_DIR`` is a prepared subject (``spurig prepare-training``: ``example.pt`` and
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from spurig_core.metrics import coefficient_metrics
-from spurig_core.recon.unrolled import estimate_lipschitz, load_model
+from spurig_core.recon.unrolled import estimate_lipschitz
+from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.datasets import load_example
 
 TISSUES = ("background", "CSF", "GM", "WM", "other")

@@ -25,48 +25,24 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from spurig_core.io import load_scan
+from spurig_core.memory import PeakRSS
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     SubspaceNUFFTEncoding,
 )
-from spurig_core.operators.igrog import GriddingConfig, IGROGKernel, grid, train_kernel
+from spurig_core.operators.igrog import GriddingConfig, grid
+from spurig_core.operators.igrog_kernel import IGROGKernel
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.physics import default_basis
 
 MODES = ("reference", "fp32", "bf16")
-
-
-class PeakRSS:
-    """Peak resident memory (MiB) of this process while the block runs (sampled every 10 ms)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    @staticmethod
-    def _rss() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
 
 
 def _nrmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -127,7 +103,7 @@ def main() -> None:
     for m in modes:
         gd = GriddedData(values[m], index, grid_shape(scan.matrix, 1.5), scan.matrix)
         op = GriddedSubspaceEncoding(
-            gd, maps, basis, config=GriddedEncodingConfig(density_compensation=0.0)
+            gd, maps, basis, config=EncodingConfig(density_compensation=0.0)
         )
         ahb = op.adjoint(values[m])
         rows.append(

@@ -30,57 +30,27 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spurig_core.coils import head_array
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
+from spurig_core.memory import PeakRSS, peak_rss_mb
 from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
 from spurig_core.operators.grid import GriddedData
-from spurig_core.operators.igrog import GriddingConfig, grid, train_kernel
-from spurig_core.phantom import analytic_subject, brain_subject
+from spurig_core.operators.igrog import GriddingConfig, grid
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.simulation import (
     SimulationConfig,
     calibration_data,
     nufft_forward,
     signal_subspace,
 )
-from spurig_core.trajectory import spi_trajectory
-
-
-class PeakRSS:
-    """Peak resident memory (MiB) of this process while the block runs (sampled every 20 ms)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self._rss()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    @staticmethod
-    def _rss() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def extra(self) -> float:
-        return self.peak - self.base
+from spurig_core.simulation.coils import head_array
+from spurig_core.simulation.phantom import analytic_subject, brain_subject
+from spurig_core.simulation.trajectory import spi_trajectory
 
 
 def _nrmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -118,9 +88,9 @@ def main() -> None:
 
     n = args.matrix
     t0 = time.perf_counter()
-    seq = Sequence.default()
+    seq = FispSequence.default()
     if args.tr != seq.n_tr:
-        seq = Sequence(seq.flip_angle_deg[: args.tr])
+        seq = FispSequence(seq.flip_angle_deg[: args.tr])
     names = ("images", "sbasis", "maps", "traj", "kspace", "calib")
     if args.cache is not None and args.cache.exists():
         with np.load(args.cache) as f:
@@ -166,12 +136,12 @@ def main() -> None:
         kernel = None
         train_s, train_mem, metrics = 0.0, 0.0, {}
         if cfg.learned_kernel:
-            with PeakRSS() as mem:
+            with PeakRSS(0.02) as mem:
                 t0 = time.perf_counter()
                 kernel = train_kernel(calib, traj, matrix, config=cfg)
                 train_s = time.perf_counter() - t0
             train_mem, metrics = mem.extra, kernel.metrics
-        with PeakRSS() as mem:
+        with PeakRSS(0.02) as mem:
             t0 = time.perf_counter()
             gd = grid(kspace, traj, matrix, kernel=kernel, config=cfg)
             if gd.values.is_cuda:
@@ -204,7 +174,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    peak_total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_total = peak_rss_mb()
     samples = int(np.prod(kspace.shape[1:]))
     cmd = (
         "OMP_NUM_THREADS="

@@ -43,13 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from spurig_core.coils import CoilConfig, head_array
-from spurig_core.data import Scan, Sequence
+from spurig_core.data import FispSequence, Scan
 from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
-from spurig_core.operators.igrog import GriddingConfig, grid, train_kernel
+from spurig_core.operators.igrog import GriddingConfig, grid
 from spurig_core.operators.igrog_check import check_gridding
 from spurig_core.operators.igrog_noise import source_noise
-from spurig_core.phantom import brain_subject
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.physics import default_basis
 from spurig_core.simulation import (
     SimulationConfig,
@@ -57,7 +56,9 @@ from spurig_core.simulation import (
     effective_reference,
     signal_subspace,
 )
-from spurig_core.trajectory import TrajectoryConfig
+from spurig_core.simulation.coils import CoilConfig, head_array
+from spurig_core.simulation.phantom import brain_subject
+from spurig_core.simulation.trajectory import TrajectoryConfig
 
 #: A 12-element and a 32-element head array (the default has 24 elements).
 ARRAY12 = CoilConfig(ring_elements=(6, 4, 2), ring_elevation_deg=(-10.0, 30.0, 65.0))
@@ -65,7 +66,7 @@ ARRAY32 = CoilConfig(ring_elements=(12, 10, 6, 4), ring_elevation_deg=(-15.0, 15
 
 
 def cells(n: int) -> dict[str, dict[str, Any]]:
-    """The matrix: name → changes from the default scan (``traj`` a TrajectoryConfig)."""
+    """Return the matrix: name → changes from the default scan (``traj`` a TrajectoryConfig)."""
     t = TrajectoryConfig
     return {
         "default": {},
@@ -108,7 +109,7 @@ def _subject(n: int, seed: int, cache: Path | None) -> tuple[Any, ...]:
     if path is not None and path.exists():
         return tuple(torch.load(path, weights_only=False))
     subj = brain_subject(n, seed=int(np.random.SeedSequence(seed).generate_state(3)[0]))
-    seq = Sequence.default()
+    seq = FispSequence.default()
     cfg = SimulationConfig(matrix=n)
     images, basis, _ = signal_subspace(subj, seq, cfg)
     ref = effective_reference(subj, images, basis, seq, purity=cfg.purity)
@@ -122,7 +123,7 @@ def _subject(n: int, seed: int, cache: Path | None) -> tuple[Any, ...]:
 def build_scans(
     n: int, groups: int, seed: int, cell: dict[str, Any], cache: Path | None
 ) -> tuple[Scan, Scan]:
-    """The cell's noisy scan and the same scan without noise (same calibration noise)."""
+    """Return the cell's noisy scan and the same scan without noise (same calibration noise)."""
     subj, images, basis, ref = _subject(n, seed, cache)
     coil_cfg = cell.get("coil_config", CoilConfig())
     coils = int(cell.get("coils", 10))
@@ -147,7 +148,7 @@ def build_scans(
         calibration_noise=cell.get("cal_noise"),
         coil_config=coil_cfg,
     )
-    seq = Sequence.default()
+    seq = FispSequence.default()
     noisy = acquire_scan(subj, images, basis, maps, cfg, sequence=seq, reference=ref, seed=seed)
     # only the k-space of the noise-free scan is used (the kernel learns from noisy.calibration)
     clean_cfg = dataclasses.replace(cfg, noise=0.0)
@@ -155,6 +156,16 @@ def build_scans(
         subj, images, basis, maps, clean_cfg, sequence=seq, reference=ref, seed=seed
     )
     return noisy, clean
+
+
+def _compressed(noisy: Scan, clean: Scan, coils: int) -> tuple[Scan, Scan]:
+    """Compress both scans with the noisy calibration's SVD (what a scanner pipeline would do)."""
+    from spurig_core.operators.coil_maps import compress_scan, compression_matrix
+
+    n_in = int(noisy.kspace.shape[0])
+    assert noisy.calibration is not None
+    a = compression_matrix(noisy.calibration.reshape(n_in, -1).numpy(), coils)
+    return compress_scan(noisy, coils, matrix=a), compress_scan(clean, coils, matrix=a)
 
 
 def _nrmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -219,8 +230,10 @@ def measure(noisy: Scan, clean: Scan, gcfg: GriddingConfig, seed: int) -> dict[s
 
 
 def llr_pair(scan: Scan, kernel: Any, gcfg: GriddingConfig) -> dict[str, float]:
-    """Mean PSNR (c1–c5) of gridded LLR and of LLR-NUFFT (all groups, the threshold of the nearest
-    duration, the same settings)."""
+    """Return the mean PSNR (c1–c5) of gridded LLR and of LLR-NUFFT, and their difference.
+
+    Both use all groups, the threshold of the nearest duration and the same settings.
+    """
     from spurig_core.metrics import evaluate
     from spurig_core.pipeline import reconstruct
 
@@ -298,6 +311,12 @@ def main() -> None:
     ap.add_argument("--cells", default=None, help="comma-separated cell names (default: all)")
     ap.add_argument("--llr-cells", default="", help="cells that also get the LLR pair")
     ap.add_argument("--gridding", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--virtual-coils",
+        type=int,
+        default=None,
+        help="SVD-compress scans with more channels to this many virtual coils (every method)",
+    )
     ap.add_argument("--cache", type=Path, default=None, help="folder for the simulated subject")
     ap.add_argument("--out", type=Path, default=None, help="append a Markdown section here")
     ap.add_argument("--json", type=Path, default=None)
@@ -328,6 +347,8 @@ def main() -> None:
     for name in names:
         t0 = time.perf_counter()
         noisy, clean = build_scans(args.matrix, args.groups, args.seed, all_cells[name], args.cache)
+        if args.virtual_coils is not None and noisy.kspace.shape[0] > args.virtual_coils:
+            noisy, clean = _compressed(noisy, clean, args.virtual_coils)
         r = measure(noisy, clean, gcfg, args.seed)
         kernel = r.pop("_kernel")
         r["spacing"] = readout_spacing(noisy.trajectory)

@@ -11,13 +11,13 @@ patches and a random shift, through the 5×5 Gram eigendecomposition and through
 
 ``recon``: FISTA-LLR on the same acquisition with the NUFFT encoding (``llr-nufft``) and with the
 gridded encoding (``llr``).  The timing does not depend on the k-space values, so the data are white
-noise on the real SPI trajectory (``spurig_core.trajectory``), with the simulated head coil maps and
-a 5-dimensional basis of the default sequence; gridding is nearest-neighbour (``n_sources = 1``, no
-kernel) and its time is reported separately.  The NUFFT reconstruction can be cut short with
-``--nufft-iterations`` (and the power iteration to the same count); the per-iteration time is then
-extrapolated to the full count and reported as such.  Each phase runs in a fresh process so that its
-peak resident memory (``ru_maxrss`` growth) is its own.  The machines are shared: see the foreign
-load printed with each result.
+noise on the real SPI trajectory (``spurig_core.simulation.trajectory``), with the simulated head
+coil maps and a 5-dimensional basis of the default sequence; gridding is nearest-neighbour
+(``n_sources = 1``, no kernel) and its time is reported separately.  The NUFFT reconstruction can be
+cut short with ``--nufft-iterations`` (and the power iteration to the same count); the per-iteration
+time is then extrapolated to the full count and reported as such.  Each phase runs in a fresh
+process so that its peak resident memory (``ru_maxrss`` growth) is its own.  The machines are
+shared: see the foreign load printed with each result.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
@@ -35,9 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from spurig_core.memory import peak_rss_mb
 
 
 def _load() -> float:
@@ -51,7 +48,7 @@ def _prox_worker(matrix: int, method: str, repeats: int, q: Any) -> None:
     x = torch.randn((5, matrix, matrix, matrix), dtype=torch.complex64, generator=g)
     tau = 0.5 * float(torch.linalg.vector_norm(x)) / (x[0].numel() / 1000) ** 0.5 / 5**0.5
     llr_prox(x, tau, block=10, shift=(1, 2, 3), method=method)  # warm-up
-    before = _maxrss_mb()
+    before = peak_rss_mb()
     times = []
     for _ in range(repeats):
         shift = random_shift(10, g)
@@ -63,7 +60,7 @@ def _prox_worker(matrix: int, method: str, repeats: int, q: Any) -> None:
             "method": method,
             "median_s": statistics.median(times),
             "min_s": min(times),
-            "peak_extra_MB": _maxrss_mb() - before,
+            "peak_extra_MB": peak_rss_mb() - before,
         }
     )
 
@@ -84,8 +81,8 @@ def _basis(k: int = 5) -> torch.Tensor:
 def _setup(
     matrix: int, groups: int, coils: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from spurig_core.coils import head_array
-    from spurig_core.trajectory import spi_trajectory
+    from spurig_core.simulation.coils import head_array
+    from spurig_core.simulation.trajectory import spi_trajectory
 
     traj = spi_trajectory(matrix, groups, 500)
     maps = head_array(matrix, coils)
@@ -103,7 +100,7 @@ def _recon_worker(
     from spurig_core.recon.llr import LLRConfig
 
     traj, maps, basis, ksp = _setup(matrix, groups, coils)
-    before = _maxrss_mb()
+    before = peak_rss_mb()
     load0 = _load()
     t0 = time.perf_counter()
     extra: dict[str, float] = {}
@@ -133,7 +130,7 @@ def _recon_worker(
             "iterations": iterations,
             "power_iterations": power,
             "total_s": t_setup + t_llr,
-            "peak_extra_MB": _maxrss_mb() - before,
+            "peak_extra_MB": peak_rss_mb() - before,
             "load_before": load0,
             "load_after": _load(),
             "finite": bool(torch.isfinite(res.coefficients).all()),

@@ -1,19 +1,19 @@
-"""Side-by-side cost of one normal-operator application ``A^H A``: NUFFT vs iGROG-gridded.
+r"""Side-by-side cost of one normal-operator application ``A^H A``: NUFFT vs iGROG-gridded.
 
 Run (from the repository root)::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_operators.py \\
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_operators.py \
         [--matrix 64] [--coils 10] [--groups 16] [--eps 1e-4 1e-3] [--repeats 3]
 
-Configuration: ``matrix³`` image, ``coils`` coils, the first ``groups`` groups of the SPI
-trajectory of :mod:`spurig_core.trajectory` (500 TRs, ``6·matrix`` samples per arm; a synthetic
-spiral-like trajectory if that module is missing), a random orthonormal rank-5 basis, ×1.5 grid.
-The gridded samples are the trajectory's nearest grid points (what iGROG outputs; the gram cost
-does not depend on the gridded values).  Seconds are wall-clock medians; memory is the peak
-resident set during the call minus the resident set before it (sampled every 2 ms), i.e. the
-working memory of the call.  Also reports NUFFT accuracy against a direct non-uniform DFT (16³,
-SPEC §3) for each ``eps``.
-The CPU is shared with other jobs: treat absolute seconds as noisy, ratios as the result.
+Configuration: ``matrix³`` image, ``coils`` coils, the first ``groups`` groups of the SPI trajectory
+of :mod:`spurig_core.simulation.trajectory` (500 TRs, ``6·matrix`` samples per arm; a synthetic
+spiral-like trajectory if that module is missing), a random orthonormal rank-5 basis, ×1.5
+grid.  The gridded samples are the trajectory's nearest grid points (what iGROG outputs; the gram
+cost does not depend on the gridded values).  Seconds are wall-clock medians; memory is the peak
+resident set during the call minus the resident set before it (sampled every 2 ms), i.e. the working
+memory of the call.  Also reports NUFFT accuracy against a direct non-uniform DFT (16³, SPEC §3) for
+each ``eps``. The CPU is shared with other jobs: treat absolute seconds as noisy, ratios as the
+result.
 """
 
 from __future__ import annotations
@@ -24,58 +24,39 @@ import math
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from spurig_core.memory import PeakRSS
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     SubspaceNUFFTEncoding,
 )
 from spurig_core.operators.grid import GriddedData, grid_shape, nearest_grid_index
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
 
 def measure(fn: Callable[[], object]) -> tuple[float, float, float]:
     """Wall seconds, process CPU seconds and peak extra MiB of one call of ``fn``."""
-    base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    stop.set()
-    th.join()
-    peak[0] = max(peak[0], _rss())
+    with PeakRSS(0.002) as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
     del out
-    return dt, dc, (peak[0] - base) / 2**20
+    return dt, dc, mem.extra
 
 
 def trajectory(matrix: int, groups: int, tr: int) -> tuple[torch.Tensor, str]:
     try:
-        from spurig_core.trajectory import spi_trajectory
+        from spurig_core.simulation.trajectory import spi_trajectory
     except ImportError:
         pass
     else:
-        return spi_trajectory(matrix, groups, tr), "spurig_core.trajectory.spi_trajectory"
+        name = "spurig_core.simulation.trajectory.spi_trajectory"
+        return spi_trajectory(matrix, groups, tr), name
     samples = 6 * matrix  # synthetic: 2-turn spiral arms on golden-angle rotated planes
     s = torch.linspace(0, 1, samples)
     arm = torch.stack(
@@ -174,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[object, torch.Tensor] = {}
     for sparse in (False, True):
         name = f"gridded ({'sparse' if sparse else 'dense'} K)"
-        cfg = GriddedEncodingConfig(sparse=sparse)
+        cfg = EncodingConfig(sparse=sparse)
         t_build, _, m_build = measure(
             lambda cfg=cfg: GriddedSubspaceEncoding(gd, maps, basis, config=cfg)
         )

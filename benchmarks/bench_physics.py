@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import resource
 import sys
 import time
 import types
@@ -33,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.matching import MatchingConfig, match_maps
+from spurig_core.memory import peak_rss_mb, rss_mb
 from spurig_core.physics import (
     DictionaryGrid,
     balance_basis,
@@ -49,16 +49,6 @@ from spurig_core.physics import (
 
 def _load() -> float:
     return os.getloadavg()[0]
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -93,7 +83,7 @@ def bench_epg(n_atoms: int, seed: int) -> None:
 
 
 def _import_mrpro_epg(path: str) -> types.ModuleType:
-    """mrpro's EPG module without running mrpro's package ``__init__`` (which needs ismrmrd…)."""
+    """Import mrpro's EPG module without running its package ``__init__`` (which needs ismrmrd…)."""
     root = Path(path) / "mrpro"
     sys.path.insert(0, str(path))
     for name, sub in (
@@ -111,7 +101,7 @@ def _import_mrpro_epg(path: str) -> types.ModuleType:
 
 def bench_mrpro(path: str, n_atoms: int, seed: int) -> None:
     epg = _import_mrpro_epg(path)
-    seq = Sequence.default()
+    seq = FispSequence.default()
     rng = np.random.default_rng(seed)
     t1 = rng.uniform(300, 3000, n_atoms)
     t2 = t1 * rng.uniform(0.03, 0.3, n_atoms)
@@ -165,7 +155,7 @@ def bench_mrpro(path: str, n_atoms: int, seed: int) -> None:
 
 def bench_matching(matrix: int, seed: int, build: bool) -> None:
     print(f"\n### Full default dictionary and matching of a {matrix}³ volume\n")
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     if build:  # simulate it now (not from the cache)
         phi = unbalanced_basis()
         d, wall, cpu, load = _timed(build_dictionary, None, DictionaryGrid(), basis=phi)
@@ -178,7 +168,7 @@ def bench_matching(matrix: int, seed: int, build: bool) -> None:
         f"{d.energy:.6f}, in its own top-5 subspace {d.optimal_energy:.6f}; "
         f"{wall:.1f} s wall, {cpu:.1f} s CPU → {d.n_atoms / wall:.0f} atoms/s, "
         f"{d.n_atoms / max(cpu, 1e-9):.0f} atoms/CPU-s (load {load:.1f}); "
-        f"RSS {rss0:.0f} → {_rss_mb():.0f} MB, process peak {_peak_mb():.0f} MB"
+        f"RSS {rss0:.0f} → {rss_mb():.0f} MB, process peak {peak_rss_mb():.0f} MB"
     )
     g = torch.Generator().manual_seed(seed)
     n = matrix**3
@@ -192,7 +182,7 @@ def bench_matching(matrix: int, seed: int, build: bool) -> None:
     coef = balance_coefficients(x.T.reshape(5, matrix, matrix, matrix).contiguous())
     b1 = d.b1[pick].reshape(matrix, matrix, matrix)
     cfg = MatchingConfig()
-    rss1 = _rss_mb()
+    rss1 = rss_mb()
     r, wall, cpu, load = _timed(match_maps, coef, basis, b1=b1, config=cfg, dictionary=d)
     hit = float((r.t1_ms.reshape(-1) == d.t1_ms[pick]).float().mean())
     step = np.log1p(d.grid.step)
@@ -203,7 +193,7 @@ def bench_matching(matrix: int, seed: int, build: bool) -> None:
         f"- matching {n} voxels (B1 map, each voxel against {d.n_pairs} atoms, voxel chunk "
         f"{cfg.voxel_chunk}, atom chunk {cfg.atom_chunk}, {torch.get_num_threads()} threads): "
         f"{wall:.1f} s wall, {cpu:.1f} s CPU → {n / wall:.0f} voxels/s (load {load:.1f}); "
-        f"RSS {rss1:.0f} → {_rss_mb():.0f} MB, process peak {_peak_mb():.0f} MB; "
+        f"RSS {rss1:.0f} → {rss_mb():.0f} MB, process peak {peak_rss_mb():.0f} MB; "
         f"with 1 % noise, T1 exact in {100 * hit:.1f} % of voxels, T1 and T2 within one grid "
         f"step in {100 * float(near.float().mean()):.1f} %"
     )

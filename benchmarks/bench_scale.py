@@ -1,5 +1,6 @@
-"""Scaling out on this machine: training samples/s with 1 and 2 processes, cohort recon with 1 and 2
-dask workers (issue 16; results in ``benchmarks/RESULTS-scale.md``).
+"""Scaling out on this machine (issue 16; results in ``benchmarks/RESULTS-scale.md``).
+
+Measures training samples/s with 1 and 2 processes and cohort recon with 1 and 2 dask workers.
 
 Training: a prepared cohort of ``--subjects`` training subjects at ``--n``³ with a real gridded data
 term (random k-space locations, as in ``tests/test_distributed.py``), the GLEAM stage (batch 1,
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from spurig_core.config import dump_toml
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.operators.encoding import GriddedSubspaceEncoding
 from spurig_core.operators.grid import GriddedData, grid_shape
 from spurig_core.recon.networks import UNetConfig
@@ -40,7 +41,7 @@ TR, COILS = 6, 2
 
 
 def example(n: int, seed: int) -> Example:
-    """A prepared subject at ``n``³ with a gridded data term on random k-space locations."""
+    """Return a prepared subject at ``n``³ with a gridded data term on random k-space locations."""
     g = torch.Generator().manual_seed(seed)
     matrix = (n, n, n)
     grid = grid_shape(matrix, 1.5)
@@ -73,13 +74,15 @@ def example(n: int, seed: int) -> Example:
         for k, lvl in (("llr-30s", 0.4), ("llr-1min", 0.3), ("llr-2min", 0.15))
     }
     inputs = {"adjoint-1min": x0, **noisy}
-    seq = Sequence(np.linspace(5, 60, TR).astype(np.float32))
+    seq = FispSequence(np.linspace(5, 60, TR).astype(np.float32))
     return Example(f"s{seed}", truth, tissue.to(torch.uint8), phi, seq, inputs, {"1min": dc})
 
 
 def _run(cmd: list[str], threads: int | None = 1) -> float:
-    """Run ``cmd`` with ``OMP_NUM_THREADS=threads`` (unset: ``None``); the CPU seconds (user +
-    system) it and its children used."""
+    """Run ``cmd`` with ``OMP_NUM_THREADS=threads`` (unset: ``None``); return its CPU seconds.
+
+    The CPU seconds are the user + system time that ``cmd`` and its children used.
+    """
     import resource
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

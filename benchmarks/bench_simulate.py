@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from spurig_core import simulation
+from spurig_core.memory import peak_rss_mb
 from spurig_core.progress import ProgressEvent
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         close("noise + calibration + write")
         size = out.stat().st_size
     cpu = time.process_time() - cpu0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_mb = peak_rss_mb()
     figures = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",

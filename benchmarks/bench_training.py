@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 
+from spurig_core.memory import peak_rss_mb, rss_mb
 from spurig_core.operators.base import LinearOperator
 
 
@@ -83,8 +83,6 @@ class FFTSubspaceGram(LinearOperator):
 
 
 def _child(args: argparse.Namespace) -> dict[str, float]:
-    import psutil
-
     from spurig_core.recon.networks import UNetConfig
     from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon
     from spurig_core.training.stages import (
@@ -109,7 +107,7 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = psutil.Process().memory_info().rss
+    base = rss_mb()
     t0 = time.perf_counter()
     if args.stage == "pretrain":
         pretrain_backward(
@@ -135,8 +133,8 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    out = {"step_s": dt, "peak_rss_mb": peak / 2**20, "step_extra_mb": (peak - base) / 2**20}
+    peak = peak_rss_mb()
+    out = {"step_s": dt, "peak_rss_mb": peak, "step_extra_mb": peak - base}
     if dev.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out

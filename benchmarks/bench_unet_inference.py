@@ -36,7 +36,8 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from spurig_core.benchmark import StageClock
 from spurig_core.io import load_scan
 from spurig_core.metrics import evaluate
-from spurig_core.operators.igrog import GriddingConfig, IGROGKernel, grid
+from spurig_core.operators.igrog import GriddingConfig, grid
+from spurig_core.operators.igrog_kernel import IGROGKernel
 from spurig_core.pipeline import reconstruct
 from spurig_core.recon.networks import Denoiser
 

@@ -1,4 +1,4 @@
-"""Per-step PSNR of a model's unroll and of one denoiser pass on the DC-only states (issue 13).
+r"""Per-step PSNR of a model's unroll and of one denoiser pass on the DC-only states (issue 13).
 
 For each step ``i``: the DC-only state ``x_i`` (identity denoiser, the model's DC), the model's
 denoiser applied once to it, ``f(x_i)``, and the model's own unroll (DC half-step and output).  A
@@ -6,7 +6,7 @@ denoiser that gains on training subjects and loses on held-out ones has memorise
 
 Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unroll_chain.py MODEL.pt \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unroll_chain.py MODEL.pt \
         data/prepared48v2/val/subj019 [--duration 2min]
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from spurig_core.metrics import coefficient_metrics
-from spurig_core.recon.unrolled import estimate_lipschitz, load_model
+from spurig_core.recon.unrolled import estimate_lipschitz
+from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.datasets import load_example
 from spurig_core.training.steps import amp
 

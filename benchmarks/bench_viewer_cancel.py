@@ -1,13 +1,13 @@
-"""How fast the viewer's Cancel answers in kernel training and gridding, and where progress stalls.
+r"""How fast the viewer's Cancel answers in kernel training and gridding, and where progress stalls.
 
-Runs the Reconstruct widget's job (:func:`napari_spurig._models.reconstruct_job`, the engine in a
+Runs the Reconstruct widget's job (:func:`napari_spurig._jobs.reconstruct_job`, the engine in a
 helper thread with a progress callback) on a scan, requests a cancel after the ``k``-th progress
 event of a stage, and prints the seconds until ``Cancelled`` arrives and the largest gaps between
 consecutive progress events before it (a gap is how long a cancel could wait there).
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_viewer_cancel.py METHOD SCAN DURATION \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_viewer_cancel.py METHOD SCAN DURATION \
         [STAGE:K,...]      # default igrog-pairs:5,igrog-train:3,grid:2
 """
 
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from napari_spurig._models import ReconstructParams, reconstruct_job
+from napari_spurig._jobs import ReconstructParams, reconstruct_job
 from spurig_core.errors import Cancelled
 
 

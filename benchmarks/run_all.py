@@ -146,7 +146,7 @@ def run_one(bench: Bench, args: tuple[str, ...], timeout: float, log: Path | Non
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    """The results as a Markdown table: benchmark, status, wall seconds, arguments."""
+    """Return the results as a Markdown table: benchmark, status, wall seconds, arguments."""
     lines = ["| benchmark | status | wall s | arguments |", "|---|---|---|---|"]
     for o in outcomes:
         secs = "–" if o.status.startswith("skipped") else f"{o.seconds:.1f}"

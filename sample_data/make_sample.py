@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from spurig_core import simulation
+from spurig_core.simulation import sample
 
 HERE = Path(__file__).parent
 
@@ -48,11 +49,11 @@ def main() -> None:
 
         make_small(args.out or HERE / SMALL_NAME, args.force)
         return
-    out = args.out or HERE / simulation.SAMPLE_NAME
+    out = args.out or HERE / sample.SAMPLE_NAME
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to simulate it again)")
         return
-    path = simulation.simulate(out, **simulation.SAMPLE)  # type: ignore[arg-type]
+    path = simulation.simulate(out, **sample.SAMPLE)  # type: ignore[arg-type]
     print(f"wrote {path}")
 
 

@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, int(os.environ.get("SPURIG_TEST_THREADS", "2
 
 @pytest.fixture
 def rng() -> torch.Generator:
-    """A seeded local torch generator (never the global random state)."""
+    """Return a seeded local torch generator (never the global random state)."""
     return torch.Generator().manual_seed(1234)
 
 

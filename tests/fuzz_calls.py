@@ -16,7 +16,7 @@ import torch
 
 from fuzz_files import Base, Call, Case, Make, _copy, _mkdir, chunk, h5, put, zattr, zr
 from spurig_core import pipeline
-from spurig_core.data import Scan, Sequence
+from spurig_core.data import FispSequence, Scan
 from spurig_core.io import load_result, load_scan
 from spurig_core.physics import simulate_signals
 
@@ -27,7 +27,7 @@ MODEL = Path(pipeline.__file__).parent / "models" / "spurig-2min.pt"
 # TOML configs
 # ----------------------------------------------------------------------------------------------
 def toml(content: bytes | str | None, cmd: str = "recon") -> Make:
-    """A config file with ``content`` (``None``: a folder) passed to ``cmd --config``."""
+    """Return a config file with ``content`` (``None``: a folder) passed to ``cmd --config``."""
 
     def make(tmp: Path, base: Base) -> Call:
         cfg = tmp / "c.toml"
@@ -102,7 +102,7 @@ CONFIGS = [
 # checkpoints (--model)
 # ----------------------------------------------------------------------------------------------
 def ckpt(write: Callable[[Path], None]) -> Make:
-    """A model file made by ``write(path)``, passed to ``recon --method spurig --model``."""
+    """Return a model file made by ``write(path)``, passed to ``recon --method spurig --model``."""
 
     def make(tmp: Path, base: Base) -> Call:
         scan = tmp / "scan.h5"
@@ -357,13 +357,15 @@ API = [
         "api",
         "signals sequence",
         api(lambda t, b: simulate_signals(1000.0, 50.0, sequence="default")),
-        "sequence: expected a Sequence",
+        "sequence: expected a FispSequence",
     ),
     Case("api", "signals T1 negative", api(lambda t, b: simulate_signals(-1.0, 50.0)), "t1_ms"),
-    Case("api", "sequence 720", api(lambda t, b: Sequence(np.full(6, 720.0))), "above 180"),
-    Case("api", "sequence text", api(lambda t, b: Sequence("abc")), "not an array of numbers"),
-    Case("api", "sequence tr", api(lambda t, b: Sequence(np.full(6, 20.0), tr_ms=-1)), "'tr_ms'"),
-    Case("api", "sequence zero", api(lambda t, b: Sequence(np.zeros(6))), "zero everywhere"),
+    Case("api", "sequence 720", api(lambda t, b: FispSequence(np.full(6, 720.0))), "above 180"),
+    Case("api", "sequence text", api(lambda t, b: FispSequence("abc")), "not an array of numbers"),
+    Case(
+        "api", "sequence tr", api(lambda t, b: FispSequence(np.full(6, 20.0), tr_ms=-1)), "'tr_ms'"
+    ),
+    Case("api", "sequence zero", api(lambda t, b: FispSequence(np.zeros(6))), "zero everywhere"),
     Case(
         "api",
         "simulate matrix text",

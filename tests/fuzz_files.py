@@ -87,7 +87,7 @@ def _scan_cmd(cmd: str, scan: Path, tmp: Path, base: Base) -> list[str]:
 
 
 def h5(mutate: Callable[[h5py.File], None], cmd: str = "recon") -> Make:
-    """A copy of the base scan changed by ``mutate`` (in HDF5), run through ``cmd``."""
+    """Return a copy of the base scan changed by ``mutate`` (in HDF5), run through ``cmd``."""
 
     def make(tmp: Path, base: Base) -> Call:
         p = tmp / "scan.h5"
@@ -100,7 +100,7 @@ def h5(mutate: Callable[[h5py.File], None], cmd: str = "recon") -> Make:
 
 
 def raw_bytes(fn: Callable[[bytes], bytes], cmd: str = "recon") -> Make:
-    """A scan file whose bytes are ``fn(base bytes)``."""
+    """Return a scan file whose bytes are ``fn(base bytes)``."""
 
     def make(tmp: Path, base: Base) -> Call:
         p = tmp / "scan.h5"
@@ -165,7 +165,7 @@ def zero_samples(f: h5py.File) -> None:
 
 
 def huge_kspace(f: h5py.File) -> None:
-    """A declared 1.2 TB k-space (chunked, nothing written: the file stays small)."""
+    """Return a declared 1.2 TB k-space (chunked, nothing written: the file stays small)."""
     del f["kspace"]
     f.create_dataset("kspace", shape=(64, 48, 500, 100_000), dtype=np.complex64, chunks=True)
 
@@ -300,7 +300,7 @@ def _result_cmd(cmd: str, result: Path, tmp: Path, base: Base) -> list[str]:
 
 
 def zr(mutate: Callable[[Path], None], cmd: str = "export") -> Make:
-    """A copy of the base result changed by ``mutate`` (given the store's path)."""
+    """Return a copy of the base result changed by ``mutate`` (given the store's path)."""
 
     def make(tmp: Path, base: Base) -> Call:
         r = tmp / "r.zarr"

@@ -30,7 +30,7 @@ __all__ = [
 def random_like_shape(
     shape: Seq[int], generator: torch.Generator, dtype: torch.dtype = torch.complex64
 ) -> torch.Tensor:
-    """A random tensor of ``shape`` (complex normal for complex dtypes) from ``generator``."""
+    """Return a random ``shape`` tensor (complex normal for complex dtypes) from ``generator``."""
     shape = tuple(int(s) for s in shape)
     if dtype.is_complex:
         real = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -41,7 +41,7 @@ def random_like_shape(
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``‖a − b‖ / ‖b‖`` computed in double precision."""
+    """Return ``‖a − b‖ / ‖b‖`` computed in double precision."""
     a = a.detach().to(torch.complex128)
     b = b.detach().to(torch.complex128)
     den = float(torch.linalg.vector_norm(b))

@@ -254,11 +254,11 @@ def _magnitude_psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def simulated() -> dict[str, object]:
     """16³ analytic subject, 4 coils, 16 groups of a 100-TR train (every 5th flip of SPEC §4)."""
-    from spurig_core.data import Sequence
+    from spurig_core.data import FispSequence
     from spurig_core.metrics import reference_coefficients
     from spurig_core.simulation import SimulationConfig, simulate_scan
 
-    seq = Sequence(flip_angle_deg=Sequence.default().flip_angle_deg[::5])
+    seq = FispSequence(flip_angle_deg=FispSequence.default().flip_angle_deg[::5])
     cfg = SimulationConfig(matrix=16, coils=4, groups=16, phantom="analytic")
     scan = simulate_scan(cfg, seed=3, sequence=seq)
     basis = _basis(seq)
@@ -268,7 +268,7 @@ def simulated() -> dict[str, object]:
 
 def _operators(sim: dict[str, object], groups: int, *, nufft: bool) -> dict[str, tuple[Any, Any]]:
     from spurig_core.operators.encoding import (
-        GriddedEncodingConfig,
+        EncodingConfig,
         GriddedSubspaceEncoding,
         SubspaceNUFFTEncoding,
     )
@@ -283,7 +283,7 @@ def _operators(sim: dict[str, object], groups: int, *, nufft: bool) -> dict[str,
         config=GriddingConfig(learned_kernel=False, n_sources=1),
     )
     # Compared with the NUFFT encoding, the gridded one fits the same plain (unweighted) data term.
-    ecfg = GriddedEncodingConfig(density_compensation=0.0) if nufft else None
+    ecfg = EncodingConfig(density_compensation=0.0) if nufft else None
     ops: dict[str, tuple[Any, Any]] = {
         "gridded": (GriddedSubspaceEncoding(gd, scan.coil_maps, basis, config=ecfg), None)
     }

@@ -1,6 +1,8 @@
-"""Cohort work on a real ``dask.distributed`` cluster: byte-identical outputs to the serial run,
-reruns that skip finished work, a killed worker that the scheduler replaces, one-line task
-failures."""
+"""Cohort work on a real ``dask.distributed`` cluster.
+
+Byte-identical outputs to the serial run, reruns that skip finished work, a killed worker that
+the scheduler replaces, one-line task failures.
+"""
 
 from __future__ import annotations
 
@@ -214,9 +216,11 @@ def _always_die() -> None:
 
 
 def test_killed_workers_are_retried_and_failures_name_the_subject(tmp_path: Path) -> None:
-    """A worker killed halfway through a write: the scheduler re-runs its task on another worker
-    and every output is complete; a task that kills every worker it gets (as one using more
-    memory than its worker's limit does) fails with one line naming it."""
+    """A worker killed halfway through a write: every output is still complete.
+
+    The scheduler re-runs its task on another worker; a task that kills every worker it gets (as one
+    using more memory than its worker's limit does) fails with one line naming it.
+    """
     import dask
 
     with pytest.raises(InputError, match=r"^subjD llr: out of memory$"):

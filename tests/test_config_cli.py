@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from spurig_core.config import dump_toml, from_dict, load_toml, to_dict
-from spurig_core.data import Sequence, default_flip_angles_deg, groups_for
+from spurig_core.data import FispSequence, default_flip_angles_deg
+from spurig_core.durations import groups_for
 from spurig_core.errors import InputError
 
 
@@ -55,9 +56,9 @@ def test_default_sequence_matches_spec() -> None:
         fa[200:400], 90 * np.sin(np.pi * (n[200:400] - 199) / 200), atol=1e-4
     )
     np.testing.assert_allclose(fa[400:], 10)
-    seq = Sequence.default()
+    seq = FispSequence.default()
     assert (seq.tr_ms, seq.te_ms, seq.ti_ms, seq.rest_s) == (12.5, 1.7, 20.0, 1.2)
-    assert seq.same_as(Sequence.from_dict(seq.to_dict()))
+    assert seq.same_as(FispSequence.from_dict(seq.to_dict()))
     assert groups_for("2min") == 16 and groups_for("30s") == 4
     with pytest.raises(InputError, match="unknown duration"):
         groups_for("5min")
@@ -87,19 +88,3 @@ def test_cli_bad_input_exits_2_with_one_line(args: tuple[str, ...], needle: str)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2  # argparse adds a usage line
-
-
-@pytest.mark.parametrize(
-    "path",
-    sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.toml")),
-    ids=lambda p: Path(p).relative_to(Path(__file__).parents[1] / "configs").as_posix(),
-)
-def test_shipped_training_configs_load(path: str) -> None:
-    from spurig_core.training.stages import load_stage_config
-
-    name = Path(path).stem
-    stage = next((s for s in ("pretrain", "gleam", "finetune") if name.startswith(s)), None)
-    if stage is None:
-        pytest.skip("not a training-stage config")
-    cfg = load_stage_config(stage, path)
-    assert cfg.epochs >= 1

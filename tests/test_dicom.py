@@ -18,8 +18,8 @@ import pydicom
 import pytest
 import torch
 
-from spurig_core import pipeline
-from spurig_core.data import Result, Scan, Sequence
+from spurig_core import exchange
+from spurig_core.data import FispSequence, Result, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import file_sha256, nifti_affine
 from spurig_core.io_ismrmrd_out import write_ismrmrd
@@ -145,7 +145,7 @@ def test_identifiers_from_the_imported_header(tmp_path: Path) -> None:
     scan = Scan(
         kspace=torch.randn(2, 1, 6, 20, generator=g, dtype=torch.complex64),
         trajectory=(torch.rand(1, 6, 20, 3, generator=g) * 2 - 1) * 7,
-        sequence=Sequence(np.linspace(5, 60, 6)),
+        sequence=FispSequence(np.linspace(5, 60, 6)),
         matrix=(16, 16, 16),
         fov_mm=(200.0,) * 3,
         calibration=torch.randn(2, 8, 8, 8, generator=g, dtype=torch.complex64),
@@ -157,15 +157,15 @@ def test_identifiers_from_the_imported_header(tmp_path: Path) -> None:
         encoding=[],
     )
     raw = write_ismrmrd(scan, tmp_path / "raw.h5", header_xml=xsd.ToXML(header))
-    imported = pipeline.import_ismrmrd(raw, tmp_path / "scan.h5").path
+    imported = exchange.import_ismrmrd(raw, tmp_path / "scan.h5").path
     res = save_result(
         tmp_path / "r.zarr", source={"path": str(imported), "sha256": file_sha256(imported)}
     )
-    files = pipeline.export_dicom(res, tmp_path / "out")
+    files = exchange.export_dicom(res, tmp_path / "out")
     ds = pydicom.dcmread(files[1])
     assert (ds.PatientID, ds.PatientName) == ("MRN-123", "Roe^Ann")
     assert ds.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.7"
-    files = pipeline.export_dicom(res, tmp_path / "out2", patient_id="OVERRIDE")  # options win
+    files = exchange.export_dicom(res, tmp_path / "out2", patient_id="OVERRIDE")  # options win
     assert pydicom.dcmread(files[1]).PatientID == "OVERRIDE"
 
 
@@ -180,11 +180,11 @@ def test_refusals_one_line_nothing_written(tmp_path: Path) -> None:
     assert not list(out.glob("*.dcm"))
     good = save_result(tmp_path / "good.zarr")
     with pytest.raises(InputError, match="--study-uid"):
-        pipeline.export_dicom(good, out, study_uid="not-a-uid")
+        exchange.export_dicom(good, out, study_uid="not-a-uid")
     with pytest.raises(InputError, match="--patient-id"):
-        pipeline.export_dicom(good, out, patient_id="x" * 80)
+        exchange.export_dicom(good, out, patient_id="x" * 80)
     with pytest.raises(InputError, match="is the input"):
-        pipeline.export_dicom(good, good)
+        exchange.export_dicom(good, good)
     assert not list(out.glob("*.dcm"))
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from spurig_core.config import dump_toml
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.io import load_checkpoint
 from spurig_core.operators.encoding import GriddedSubspaceEncoding
 from spurig_core.operators.grid import GriddedData, grid_shape
@@ -42,7 +42,7 @@ RTOL = 1e-3  # the stated tolerance of the 1- vs 2-process curves
 
 
 def _example(seed: int) -> Example:
-    """A 16³ subject with a real gridded data term (random k-space locations)."""
+    """Return a 16³ subject with a real gridded data term (random k-space locations)."""
     g = torch.Generator().manual_seed(seed)
     matrix = (N, N, N)
     grid = grid_shape(matrix, 1.5)
@@ -76,7 +76,7 @@ def _example(seed: int) -> Example:
 
     inputs = {"adjoint-1min": x0, "llr-30s": noisy(0.4), "llr-1min": noisy(0.3)}
     inputs["llr-2min"] = noisy(0.15)
-    seq = Sequence(np.linspace(5, 60, TR).astype(np.float32))
+    seq = FispSequence(np.linspace(5, 60, TR).astype(np.float32))
     return Example(f"s{seed}", truth, tissue.to(torch.uint8), phi, seq, inputs, {"1min": dc})
 
 
@@ -170,8 +170,11 @@ def _conv_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _grads_of_ddp_and_reduce_gradients(rank: int, world: int, out: str) -> None:
-    """One process of a gloo group: the gradients of the ``DistributedDataParallel`` wrapper and
-    of :func:`reduce_gradients` (the rank's share of the global mean, summed) for one batch."""
+    """Run one process of a gloo group and compute its gradients for one batch.
+
+    The gradients are those of the ``DistributedDataParallel`` wrapper and of
+    :func:`reduce_gradients` (the rank's share of the global mean, summed).
+    """
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -194,9 +197,11 @@ def _grads_of_ddp_and_reduce_gradients(rank: int, world: int, out: str) -> None:
 
 
 def test_reduce_gradients_gives_the_gradients_of_distributed_data_parallel(tmp_path: Path) -> None:
-    """The trainer's one all-reduce per optimiser step is DDP's gradient all-reduce: on 2 gloo
-    processes the gradients are bit-identical to the ``DistributedDataParallel`` wrapper's, and
-    equal to one process's on the whole batch up to float rounding."""
+    """The trainer's one all-reduce per optimiser step is DDP's gradient all-reduce.
+
+    On 2 gloo processes the gradients are bit-identical to the ``DistributedDataParallel``
+    wrapper's, and equal to one process's on the whole batch up to float rounding.
+    """
     import torch.multiprocessing as mp
 
     mp.spawn(_grads_of_ddp_and_reduce_gradients, args=(2, str(tmp_path)), nprocs=2)
@@ -239,8 +244,11 @@ def test_torchrun_environment_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_two_processes_follow_the_one_process_curve_and_resume_across_world_sizes(
     cohort: Path, tmp_path: Path
 ) -> None:
-    """1 process for epoch 1, 2 processes (torchrun, gloo) for epoch 2, 1 process for epoch 3:
-    the same curve, sample for sample, as 3 epochs in one process."""
+    """Changing the process count between epochs gives the same curve as one process.
+
+    1 process for epoch 1, 2 processes (torchrun, gloo) for epoch 2, 1 process for epoch 3: the
+    same curve, sample for sample, as 3 epochs in one process.
+    """
     straight = tmp_path / "straight"
     run_stage("pretrain", _write(tmp_path / "a.toml", _pre_cfg(cohort, straight, 3)))
     ref = _steps(straight)
@@ -321,8 +329,11 @@ def test_gleam_from_scratch_on_two_processes(cohort: Path, tmp_path: Path) -> No
 def test_a_killed_rank_ends_the_run_with_one_line_and_an_intact_checkpoint(
     cohort: Path, tmp_path: Path
 ) -> None:
-    """A long 2-process run, rank 1 killed once the first epoch's checkpoint is on disk: rank 0
-    stops with one line naming the intact checkpoint, which 1 process resumes."""
+    """A 2-process run whose rank 1 is killed stops cleanly and resumes on 1 process.
+
+    Rank 1 is killed once the first epoch's checkpoint is on disk: rank 0 stops with one line
+    naming the intact checkpoint, which 1 process resumes.
+    """
     killed = tmp_path / "killed"
     cfg = _write(
         tmp_path / "killed.toml",

@@ -9,7 +9,7 @@ import torch
 from helper import random_like_shape, rel_err
 from spurig_core.errors import InputError
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     SubspaceNUFFTEncoding,
     adjoint_scale,
@@ -20,7 +20,7 @@ MATRIX = (6, 6, 4)
 COILS, GROUPS, TR, SAMPLES, BASIS = 3, 2, 5, 16, 3
 
 #: The plain data term ½‖Aα − b‖² (no density compensation): comparable with the NUFFT encoding.
-PLAIN = GriddedEncodingConfig(density_compensation=0.0)
+PLAIN = EncodingConfig(density_compensation=0.0)
 
 
 def _setup(g: torch.Generator, matrix=MATRIX, duplicates: bool = True):
@@ -98,7 +98,7 @@ def test_gridded_gram_equals_explicit_normal_matrix(
         gd,
         maps,
         basis,
-        config=GriddedEncodingConfig(sparse=sparse, chunk=40, density_compensation=density),
+        config=EncodingConfig(sparse=sparse, chunk=40, density_compensation=density),
     )
     n_in = BASIS * 4 * 2 * 2
     eye = torch.eye(n_in, dtype=torch.complex64).reshape(n_in, BASIS, *matrix)
@@ -154,8 +154,8 @@ def test_projected_data_and_adjoint_data(rng: torch.Generator) -> None:
 
 def test_dense_and_sparse_kernels_agree(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
-    dense = GriddedSubspaceEncoding(gd, maps, basis, config=GriddedEncodingConfig(sparse=False))
-    sparse = GriddedSubspaceEncoding(gd, maps, basis, config=GriddedEncodingConfig(sparse=True))
+    dense = GriddedSubspaceEncoding(gd, maps, basis, config=EncodingConfig(sparse=False))
+    sparse = GriddedSubspaceEncoding(gd, maps, basis, config=EncodingConfig(sparse=True))
     assert not dense.sparse and sparse.sparse
     x = random_like_shape((BASIS, *MATRIX), rng)
     assert rel_err(sparse.gram(x), dense.gram(x)) < 1e-6
@@ -255,9 +255,7 @@ def test_density_compensation_weights_the_data_term(gamma: float, rng: torch.Gen
     """``W^{1/2} A`` with ``w ∝ n(p)^{-γ}`` (mean 1) against a hand-built weighted encoding."""
     _, gd, maps, basis = _setup(rng)
     plain = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)
-    op = GriddedSubspaceEncoding(
-        gd, maps, basis, config=GriddedEncodingConfig(density_compensation=gamma)
-    )
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=EncodingConfig(density_compensation=gamma))
     idx = gd.index.reshape(-1)
     counts = torch.bincount(idx, minlength=int(np.prod(gd.grid))).double()
     w = counts[idx] ** -gamma
@@ -281,13 +279,13 @@ def test_density_compensation_weights_the_data_term(gamma: float, rng: torch.Gen
 
 def test_density_compensation_rejects_out_of_range() -> None:
     with pytest.raises(InputError, match="density_compensation"):
-        GriddedEncodingConfig(density_compensation=1.5)
+        EncodingConfig(density_compensation=1.5)
 
 
 def test_nufft_and_gridded_density_weights_agree(rng: torch.Generator) -> None:
     """On samples at grid points, the weighted NUFFT and gridded encodings are the same operator."""
     _, gd, maps, basis = _setup(rng)
-    cfg = GriddedEncodingConfig(density_compensation=0.5)
+    cfg = EncodingConfig(density_compensation=0.5)
     grid_op = GriddedSubspaceEncoding(gd, maps, basis, config=cfg)
     nufft_op = SubspaceNUFFTEncoding(
         _grid_frequencies(gd).float(), maps, basis, eps=1e-6, density_compensation=0.5
@@ -304,8 +302,10 @@ def test_nufft_and_gridded_density_weights_agree(rng: torch.Generator) -> None:
 
 
 def test_data_norm_is_the_complex128_norm_and_the_nan_check_stays(rng: torch.Generator) -> None:
-    """Issue #14: the float64 norm over re/im parts equals the complex128 norm; the NaN/Inf check
-    of the own values runs once, that of other values every time."""
+    """Issue #14: the float64 norm over re/im parts equals the complex128 norm.
+
+    The NaN/Inf check of the own values runs once, that of other values every time.
+    """
     _, gd, maps, basis = _setup(rng)
     op = GriddedSubspaceEncoding(gd, maps, basis)
     assert op.weights is not None
@@ -322,8 +322,10 @@ def test_data_norm_is_the_complex128_norm_and_the_nan_check_stays(rng: torch.Gen
 
 
 def test_kernel_sums_are_exact_with_many_duplicates() -> None:
-    """Issue #14: the sparse count-matrix build of ``K`` against a float64 sum over the samples,
-    with thousands of samples on a few grid points (where float32 accumulation drifted)."""
+    """Issue #14: the sparse count-matrix build of ``K`` matches a float64 sum over the samples.
+
+    Thousands of samples fall on a few grid points (where float32 accumulation drifted).
+    """
     from spurig_core.operators.encoding import _count_product
 
     gen = torch.Generator().manual_seed(3)

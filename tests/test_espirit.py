@@ -8,7 +8,7 @@ import torch
 
 from helper import random_like_shape, rel_err
 from spurig_core.errors import InputError
-from spurig_core.operators.coils import CoilOperator, EspiritConfig, espirit
+from spurig_core.operators.coil_maps import CoilOperator, EspiritConfig, espirit
 from spurig_core.progress import ProgressEvent
 
 N = 24
@@ -110,9 +110,9 @@ def test_espirit_is_scale_invariant_and_uses_the_central_region() -> None:
 def test_espirit_on_the_simulated_head_array() -> None:
     """Against the simulator's true maps (Biot–Savart head array) of an analytic subject."""
     pytest.importorskip("spurig_core.simulation")
-    from spurig_core.coils import head_array
-    from spurig_core.phantom import analytic_subject
     from spurig_core.simulation import calibration_data
+    from spurig_core.simulation.coils import head_array
+    from spurig_core.simulation.phantom import analytic_subject
 
     n = 24
     subject = analytic_subject(n, seed=1)

@@ -14,13 +14,11 @@ from spurig_core.data import Reference, Result
 from spurig_core.errors import InputError
 from spurig_core.figures import (
     SubjectPanels,
-    ablation_figure,
     coefficient_figure,
     coefficient_slice,
     maps_figure,
-    speedup_figure,
-    steps_figure,
 )
+from spurig_core.figures_charts import ablation_figure, speedup_figure, steps_figure
 
 
 def _size(path) -> tuple[int, int]:

@@ -32,7 +32,7 @@ class MatrixOperator(LinearOperator):
 def _problem(
     seed: int = 0, rows: int = 90, shape: tuple[int, ...] = (2, 3, 2, 2), cond: float = 6.0
 ) -> tuple[MatrixOperator, torch.Tensor, np.ndarray]:
-    """A well-posed least-squares problem with known conditioning."""
+    """Return a well-posed least-squares problem with known conditioning."""
     rng = np.random.default_rng(seed)
     n = int(np.prod(shape))
     u, _ = np.linalg.qr(rng.standard_normal((rows, n)) + 1j * rng.standard_normal((rows, n)))
@@ -86,7 +86,7 @@ def test_objective_decreases_within_the_beck_teboulle_bound() -> None:
 
 
 def test_prox_closed_form_soft_threshold() -> None:
-    """min ½‖c x − b‖² + λ‖x‖₁ (complex) has x = soft(c b, λ) / c²."""
+    """The minimiser of ½‖c x − b‖² + λ‖x‖₁ (complex) is x = soft(c b, λ) / c²."""
     g = torch.Generator().manual_seed(2)
     b = torch.randn(4, 5, 6, dtype=torch.complex64, generator=g)
     c, lam = 1.7, 0.8

@@ -33,7 +33,7 @@ SPURIG = Path(sys.executable).with_name("spurig")
 
 
 def makefile_targets(makefile: Path) -> set[str]:
-    """The explicit targets of a Makefile (``name:`` rules, variables and patterns excluded)."""
+    """Return a Makefile's explicit targets (``name:`` rules; variables and patterns excluded)."""
     targets = set()
     for line in makefile.read_text().splitlines():
         m = re.match(r"^([A-Za-z][\w.-]*(?:\s+[A-Za-z][\w.-]*)*)\s*:(?!=)", line)
@@ -43,7 +43,7 @@ def makefile_targets(makefile: Path) -> set[str]:
 
 
 def readme_commands(readme: Path) -> tuple[set[str], set[str]]:
-    """The ``make X`` targets and ``spurig X`` subcommands the README shows, in code only.
+    """Return the ``make X`` targets and ``spurig X`` subcommands the README shows, in code only.
 
     Code is every fenced block and every inline backtick span.
     """
@@ -133,7 +133,7 @@ def fresh_copy(dest: Path) -> Path:
 
 
 def clean_env() -> dict[str, str]:
-    """The environment of a user's shell: no venv, no pytest or coverage variables."""
+    """Return the environment of a user's shell: no venv, no pytest or coverage variables."""
     drop = ("VIRTUAL_ENV", "PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "MAKEFLAGS")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("COV_")}
     env["PATH"] = os.pathsep.join(
@@ -149,7 +149,7 @@ def tail(run: subprocess.CompletedProcess[str], n: int = 40) -> str:
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fresh]:
-    """A fresh clone with a usable venv: ``SPURIG_FRESH_VENV`` reused, or ``make venv`` run."""
+    """Make a fresh clone with a usable venv: ``SPURIG_FRESH_VENV`` reused, or ``make venv`` run."""
     f = Fresh(fresh_copy(tmp_path_factory.mktemp("fresh") / "spurig"), env=clean_env())
     reuse = os.environ.get("SPURIG_FRESH_VENV")
     if reuse:

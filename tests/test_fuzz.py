@@ -44,7 +44,7 @@ from fuzz_files import (
 )
 from spurig_core import cli, pipeline
 from spurig_core import simulation as sim
-from spurig_core.data import Scan, Sequence
+from spurig_core.data import FispSequence, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import load_result, load_scan, write_scan
 
@@ -61,7 +61,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
         calibration=6,
         trajectory_config=sim.TrajectoryConfig(samples=32),
     )
-    seq = Sequence(np.linspace(5, 60, 6).astype(np.float32))
+    seq = FispSequence(np.linspace(5, 60, 6).astype(np.float32))
     scan_path = write_scan(sim.simulate_scan(cfg, seed=0, sequence=seq), d / "scan.h5")
     scan = load_scan(scan_path)
     assert scan.reference is not None
@@ -73,7 +73,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     big = Scan(
         kspace=torch.randn(16, 1, 5, 1, generator=g, dtype=torch.complex64),
         trajectory=torch.zeros(1, 5, 1, 3),
-        sequence=Sequence(np.full(5, 20.0, np.float32)),
+        sequence=FispSequence(np.full(5, 20.0, np.float32)),
         matrix=(256, 256, 256),
         fov_mm=(220.0, 220.0, 220.0),
         calibration=torch.randn(16, 6, 6, 6, generator=g, dtype=torch.complex64),

@@ -15,24 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.coils import head_array
-from spurig_core.data import Scan, Sequence
+from spurig_core.data import FispSequence, Scan
 from spurig_core.errors import InputError
 from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
 from spurig_core.operators.grid import grid_shape, nearest_grid_index
-from spurig_core.operators.igrog import (
-    GriddingConfig,
-    IGROGKernel,
-    calibration_image,
-    calibration_kspace,
-    find_sources,
-    grid,
-    grid_scan,
-    train_kernel,
-)
-from spurig_core.phantom import analytic_subject
+from spurig_core.operators.igrog import GriddingConfig, grid, grid_scan
+from spurig_core.operators.igrog_kernel import IGROGKernel
+from spurig_core.operators.igrog_sources import calibration_image, calibration_kspace, find_sources
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.simulation import calibration_data, nufft_forward
-from spurig_core.trajectory import spi_trajectory
+from spurig_core.simulation.coils import head_array
+from spurig_core.simulation.phantom import analytic_subject
+from spurig_core.simulation.trajectory import spi_trajectory
 
 N = 32
 MATRIX = (N, N, N)
@@ -261,7 +255,7 @@ def test_grid_scan_reports_timings_and_progress(data: dict) -> None:
     scan = Scan(
         kspace=data["kspace"],
         trajectory=data["traj"],
-        sequence=Sequence([10.0] * TR),
+        sequence=FispSequence([10.0] * TR),
         matrix=MATRIX,
         fov_mm=(220.0,) * 3,
         calibration=data["calib"],

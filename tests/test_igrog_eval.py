@@ -10,18 +10,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spurig_core.coils import head_array
 from spurig_core.errors import InputError
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     SubspaceNUFFTEncoding,
 )
-from spurig_core.operators.igrog import GriddingConfig, IGROGKernel, grid, train_kernel
+from spurig_core.operators.igrog import GriddingConfig, grid
 from spurig_core.operators.igrog_eval import KernelPredictor, bf16_supported, kernel_predictor
-from spurig_core.phantom import analytic_subject
+from spurig_core.operators.igrog_kernel import IGROGKernel
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.simulation import calibration_data, nufft_forward
-from spurig_core.trajectory import spi_trajectory
+from spurig_core.simulation.coils import head_array
+from spurig_core.simulation.phantom import analytic_subject
+from spurig_core.simulation.trajectory import spi_trajectory
 
 N = 24
 MATRIX = (N, N, N)
@@ -85,7 +87,7 @@ def test_grid_modes_keep_the_adjoint_accuracy(data: dict) -> None:
     auto = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
     assert torch.equal(out["auto"].values, out[auto].values)
     nufft_ahb = SubspaceNUFFTEncoding(traj, data["maps"], data["basis"]).adjoint(ksp)
-    enc = GriddedEncodingConfig(density_compensation=0.0)
+    enc = EncodingConfig(density_compensation=0.0)
     err = {
         m: _nrmse(
             GriddedSubspaceEncoding(g, data["maps"], data["basis"], config=enc).adjoint(g.values),

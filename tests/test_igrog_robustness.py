@@ -1,5 +1,7 @@
-"""iGROG on scans it was not tuned for (issue #20): trajectory variants, the gridding self-check,
-the NUFFT fallback and the noise-aware (ridge) kernel fit.
+"""iGROG on scans it was not tuned for (issue #20).
+
+Trajectory variants, the gridding self-check, the NUFFT fallback and the noise-aware (ridge)
+kernel fit.
 
 Oracles: geometry computed here from the arm definitions (planes, lines, step lengths); for the
 noise gain, pure complex noise through the real gridded encoding's adjoint against the NUFFT
@@ -20,24 +22,20 @@ import pytest
 import torch
 
 from spurig_core import load_result
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import InputError
 from spurig_core.io import write_scan
 from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
 from spurig_core.operators.grid import grid_shape
-from spurig_core.operators.igrog import (
-    GriddingConfig,
-    find_sources,
-    grid,
-    grid_scan,
-    train_kernel,
-)
+from spurig_core.operators.igrog import GriddingConfig, grid, grid_scan
 from spurig_core.operators.igrog_check import check_gridding
 from spurig_core.operators.igrog_noise import source_noise
+from spurig_core.operators.igrog_sources import find_sources
+from spurig_core.operators.igrog_train import train_kernel
 from spurig_core.physics import default_basis
 from spurig_core.pipeline import reconstruct
 from spurig_core.simulation import SimulationConfig, simulate_scan
-from spurig_core.trajectory import TrajectoryConfig, _variant_arms, spi_trajectory
+from spurig_core.simulation.trajectory import TrajectoryConfig, _variant_arms, spi_trajectory
 
 N = 16
 # a short kernel fit (seconds): its self-check error is ≈ 0.2, below the default bound 0.3
@@ -46,7 +44,7 @@ FAST = {"gridding": FAST_GRID, "llr": {"iterations": 3, "power_iterations": 4}}
 
 
 def _planes(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit normal and offset of the best plane through each arm's points, (arms, 3) and (arms,)."""
+    """Return unit normal and offset of each arm's best-fit plane, shapes (arms, 3) and (arms,)."""
     pts = k.reshape(-1, k.shape[-2], 3).astype(np.float64)
     centre = pts.mean(axis=1, keepdims=True)
     _, _, vt = np.linalg.svd(pts - centre)
@@ -170,13 +168,13 @@ def test_spaced_sources_spread_a_dense_readout(arm: str) -> None:
 def scan():
     cfg = SimulationConfig(matrix=N, coils=4, groups=2, phantom="analytic", calibration=16)
     # every 5th repetition of the default train (100 TRs, as tests/test_classical.py): seconds
-    seq = Sequence(flip_angle_deg=Sequence.default().flip_angle_deg[::5])
+    seq = FispSequence(flip_angle_deg=FispSequence.default().flip_angle_deg[::5])
     return simulate_scan(cfg, seed=5, sequence=seq)
 
 
 @pytest.fixture(scope="module")
 def broken(scan):
-    """The scan with a corrupted calibration: white noise 5× its RMS added."""
+    """Return the scan with a corrupted calibration: white noise 5× its RMS added."""
     cal = scan.calibration
     gen = torch.Generator().manual_seed(2)
     z = torch.randn((2, *cal.shape), generator=gen)
@@ -187,8 +185,10 @@ def broken(scan):
 
 @pytest.fixture(scope="module")
 def broken_default_sequence():
-    """A one-group scan with the default sequence (the shipped models' basis) and a corrupted
-    calibration, gridded with the short kernel fit."""
+    """Return a one-group scan with a corrupted calibration and its gridding (short kernel fit).
+
+    The scan has the default sequence (the shipped models' basis).
+    """
     cfg = SimulationConfig(matrix=N, coils=3, groups=1, phantom="analytic", calibration=16)
     scan = simulate_scan(cfg, seed=6)
     cal = scan.calibration
@@ -349,7 +349,7 @@ def test_spaced_sources_lower_the_noise_gain_of_a_dense_readout() -> None:
         calibration=16,
         trajectory_config=TrajectoryConfig(arm="radial"),
     )
-    seq = Sequence(flip_angle_deg=Sequence.default().flip_angle_deg[::5])
+    seq = FispSequence(flip_angle_deg=FispSequence.default().flip_angle_deg[::5])
     radial = simulate_scan(cfg, seed=4, sequence=seq)
     gains, errors = {}, {}
     for spacing in (0.0, 0.5):
@@ -375,7 +375,7 @@ def test_spaced_sources_lower_the_noise_gain_of_a_dense_readout() -> None:
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clean_calibration_scan():
-    """A noisy acquisition (noise 0.05) with a noise-free calibration, and its noise-free twin."""
+    """Return a noisy scan (noise 0.05) with a noise-free calibration, and its noise-free twin."""
     cfg = SimulationConfig(
         matrix=N,
         coils=4,
@@ -385,15 +385,17 @@ def clean_calibration_scan():
         noise=0.05,
         calibration_noise=0.0,
     )
-    seq = Sequence(flip_angle_deg=Sequence.default().flip_angle_deg[::5])
+    seq = FispSequence(flip_angle_deg=FispSequence.default().flip_angle_deg[::5])
     noisy = simulate_scan(cfg, seed=5, sequence=seq)
     clean = simulate_scan(dataclasses.replace(cfg, noise=0.0), seed=5, sequence=seq)
     return noisy, clean
 
 
 def clean_noise_calibration(scan):
-    """``scan``'s calibration with complex white noise of the acquisition's level (noise 0.05 of
-    the calibration's centre, as the simulator adds it)."""
+    """Return ``scan`` with complex white noise of the acquisition's level on its calibration.
+
+    The level is noise 0.05 of the calibration's centre, as the simulator adds it.
+    """
     cal = scan.calibration
     c = tuple(n // 2 for n in cal.shape[1:])
     sigma = 0.05 * float(cal[:, c[0], c[1], c[2]].abs().square().mean().sqrt())

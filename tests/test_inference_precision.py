@@ -61,3 +61,24 @@ def test_bf16_unet_keeps_the_reconstruction(tiny_scan: Path, monkeypatch) -> Non
     err = float(torch.linalg.vector_norm(bf16 - fp32) / torch.linalg.vector_norm(fp32))
     assert 0 < err < 0.01
     assert abs(psnr16 - psnr32) < 0.05
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no native bf16 on this CPU")
+def test_channels_last_3d_unet_keeps_the_reconstruction(tiny_scan: Path, monkeypatch) -> None:
+    layouts: list[bool] = []
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Conv3d):  # runs after the UNet's conversion hook
+            layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+
+    monkeypatch.setattr(inference, "CHANNELS_LAST", True)
+    handle = register_module_forward_pre_hook(hook)
+    try:
+        cl, _, psnr_cl = _run(tiny_scan, "spurig")
+    finally:
+        handle.remove()
+    assert layouts and all(layouts)  # every 3D convolution saw a channels-last input
+    monkeypatch.setattr(inference, "CHANNELS_LAST", False)
+    plain, _, psnr_plain = _run(tiny_scan, "spurig")
+    err = float(torch.linalg.vector_norm(cl - plain) / torch.linalg.vector_norm(plain))
+    assert err < 0.01 and abs(psnr_cl - psnr_plain) < 0.05

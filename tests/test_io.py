@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.data import Reference, Result, Scan, Sequence
+from spurig_core.data import FispSequence, Reference, Result, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import (
     atomic_path,
@@ -35,7 +35,7 @@ def _scan(rng: torch.Generator, *, with_ref: bool = True) -> Scan:
     return Scan(
         kspace=torch.randn(3, 2, 5, 7, dtype=torch.complex64, generator=rng),
         trajectory=(torch.rand(2, 5, 7, 3, generator=rng) - 0.5) * 6,
-        sequence=Sequence(np.linspace(5, 60, 5)),
+        sequence=FispSequence(np.linspace(5, 60, 5)),
         matrix=m,
         fov_mm=(200.0, 200.0, 150.0),
         calibration=torch.randn(3, 4, 4, 4, dtype=torch.complex64, generator=rng),

@@ -22,8 +22,8 @@ import pytest
 import torch
 from ismrmrd import xsd
 
-from spurig_core import pipeline
-from spurig_core.data import Scan, Sequence
+from spurig_core import exchange, pipeline
+from spurig_core.data import FispSequence, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan
 from spurig_core.io_ismrmrd_out import write_ismrmrd
@@ -39,7 +39,7 @@ def _spurig(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A simulated 16³ subject: 4 coils, 2 groups of 500 repetitions, with calibration data."""
+    """Return a simulated 16³ subject: 4 coils, 2 groups of 500 TRs, with calibration data."""
     out = tmp_path_factory.mktemp("sim") / "subject.h5"
     return pipeline.simulate(out, matrix=MATRIX, coils=4, groups=2, seed=5)
 
@@ -183,9 +183,12 @@ def write_converter_file(
     drop: int | None = None,
     seed: int = 0,
 ) -> None:
-    """A scanner-converter layout: noise scan first, an oversampled Cartesian calibration block,
-    then the MRF arms in shuffled order with group = ``set`` (+3), time point = ``user[1]`` (+5),
-    a navigator in between, 2 samples of ADC dead time (``discard_pre``), k in radians."""
+    """Write a scanner-converter layout of a simulated scan.
+
+    Noise scan first, an oversampled Cartesian calibration block, then the MRF arms in shuffled
+    order with group = ``set`` (+3), time point = ``user[1]`` (+5), a navigator in between, 2
+    samples of ADC dead time (``discard_pre``), k in radians.
+    """
     rng = np.random.default_rng(seed)
     ksp = scan.kspace.numpy()
     k = scan.trajectory.numpy()
@@ -266,7 +269,7 @@ def test_converter_layout_imports_with_map_and_traj_scale(sim: Path, tmp_path: P
 
     # --coils 2: an orthonormal projection onto the two strongest directions of the calibration
     out2 = tmp_path / "scan2.h5"
-    pipeline.import_ismrmrd(
+    exchange.import_ismrmrd(
         raw,
         out2,
         mapping="group=set,tr=user_1",
@@ -290,7 +293,7 @@ def test_gridded_calibration_when_there_is_none(sim: Path, tmp_path: Path) -> No
     scan = dataclasses.replace(load_scan(sim), calibration=None, coil_maps=None)
     raw = write_ismrmrd(scan, tmp_path / "nocal.h5")  # imaging acquisitions only
     out = tmp_path / "scan.h5"
-    report = pipeline.import_ismrmrd(raw, out)
+    report = exchange.import_ismrmrd(raw, out)
     assert "gridded from the centre of the non-Cartesian data" in report.calibration
     got = load_scan(out)
     assert got.calibration is not None
@@ -328,7 +331,7 @@ def tiny_scan(seed: int = 0) -> Scan:
     return Scan(
         kspace=torch.randn(2, 2, 6, 20, generator=g, dtype=torch.complex64),
         trajectory=traj,
-        sequence=Sequence(np.linspace(5, 60, 6)),
+        sequence=FispSequence(np.linspace(5, 60, 6)),
         matrix=(MATRIX,) * 3,
         fov_mm=(200.0,) * 3,
         calibration=torch.randn(2, 8, 8, 8, generator=g, dtype=torch.complex64),
@@ -352,7 +355,7 @@ def test_bad_files_one_line_nothing_written(sim: Path, tmp_path: Path) -> None:
     def refused(path: Path, text: str, **options: object) -> None:
         out = tmp_path / "never.h5"
         with pytest.raises(InputError, match=text) as info:
-            pipeline.import_ismrmrd(path, out, **options)  # type: ignore[arg-type]
+            exchange.import_ismrmrd(path, out, **options)  # type: ignore[arg-type]
         assert "\n" not in str(info.value) and not out.exists()
 
     conv = {"mapping": "group=set,tr=user_1", "traj_scale": MATRIX / (2 * np.pi)}
@@ -370,7 +373,7 @@ def test_bad_files_one_line_nothing_written(sim: Path, tmp_path: Path) -> None:
     refused(ok, "'flip_angle_deg'.*it has 6 values, the data 12 repetitions", traj_scale=2.5)
     refused(ok, "looks like other units.*--traj-scale", mapping=conv["mapping"])
     refused(ok, "outside \\[-matrix/2, matrix/2\\)", **{**conv, "traj_scale": 30.0})
-    assert pipeline.import_ismrmrd(ok, tmp_path / "fine.h5", **conv).shape == (2, 2, 6, 20)
+    assert exchange.import_ismrmrd(ok, tmp_path / "fine.h5", **conv).shape == (2, 2, 6, 20)
 
 
 def test_option_errors_before_any_reading(exported: Path, tmp_path: Path) -> None:
@@ -384,14 +387,14 @@ def test_option_errors_before_any_reading(exported: Path, tmp_path: Path) -> Non
         ({"coils": 99}, "the file has 4 channels"),
     ):
         with pytest.raises(InputError, match=text):
-            pipeline.import_ismrmrd(exported, out, **kwargs)
+            exchange.import_ismrmrd(exported, out, **kwargs)
         assert not out.exists()
     bad = tmp_path / "seq.json"
     bad.write_text(json.dumps({"rest": 1.0}))
     with pytest.raises(InputError, match="unknown key 'rest'"):
-        pipeline.import_ismrmrd(exported, out, sequence=bad)
+        exchange.import_ismrmrd(exported, out, sequence=bad)
     with pytest.raises(InputError, match="refusing to overwrite an input"):
-        pipeline.import_ismrmrd(exported, exported)
+        exchange.import_ismrmrd(exported, exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,7 +409,7 @@ def test_napari_readers_tell_ismrmrd_from_spurig_scans(sim: Path, exported: Path
 
 
 def test_napari_opens_an_ismrmrd_file(make_napari_viewer: Any, tmp_path: Path) -> None:
-    from napari_spurig._widgets._reconstruct import layer_scan_paths
+    from napari_spurig._widgets._common import layer_scan_paths
 
     scan = tiny_scan(seed=4)
     raw = write_ismrmrd(scan, tmp_path / "scanner.h5")

@@ -31,7 +31,7 @@ def _svt_numpy(m: np.ndarray, tau: float) -> np.ndarray:
 
 
 def _llr_numpy(x: np.ndarray, tau: float, block: int, shift: tuple[int, int, int]) -> np.ndarray:
-    """Reference: roll, visit every (possibly partial) patch, SVT it, roll back."""
+    """Compute the reference: roll, visit every (possibly partial) patch, SVT it, roll back."""
     k, nx, ny, nz = x.shape
     r = np.roll(x.astype(np.complex128), shift, axis=(1, 2, 3))
     out = np.empty_like(r)

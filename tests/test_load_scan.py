@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spurig_core import simulation as sim
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan, write_scan
 
@@ -32,7 +32,7 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
         calibration=4,
         trajectory_config=sim.TrajectoryConfig(samples=32),
     )
-    scan = sim.simulate_scan(cfg, seed=0, sequence=Sequence(np.full(6, 20.0, np.float32)))
+    scan = sim.simulate_scan(cfg, seed=0, sequence=FispSequence(np.full(6, 20.0, np.float32)))
     return write_scan(scan, tmp_path_factory.mktemp("good") / "good.h5")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from spurig_core.data import Reference, Result, Scan, Sequence
+from spurig_core.data import FispSequence, Reference, Result, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan, write_scan
 from spurig_core.metrics import (
@@ -23,26 +23,24 @@ from spurig_core.metrics import (
     coefficient_metrics,
     evaluate,
     format_metrics,
-    paired_tests,
     psnr,
     quantitative_errors,
     reference_coefficients,
-    unbalance,
-    wilcoxon_p,
 )
-from spurig_core.physics import simulate_signals
+from spurig_core.metrics_stats import paired_tests, wilcoxon_p
+from spurig_core.physics import simulate_signals, unbalance_coefficients
 
 N = 12  # matrix edge of the small phantoms
 N_TR = 60  # short sequences keep EPG cheap
 
 
-def _short_sequence(n_tr: int = N_TR) -> Sequence:
+def _short_sequence(n_tr: int = N_TR) -> FispSequence:
     fa = 10 + 50 * np.sin(np.pi * np.arange(n_tr) / n_tr)
-    return Sequence(fa.astype(np.float32))
+    return FispSequence(fa.astype(np.float32))
 
 
 def _phantom(seed: int = 0) -> Reference:
-    """A 12³ block phantom: WM shell, GM core, CSF centre, 'other' slab, empty end slices."""
+    """Return a 12³ block phantom: WM shell, GM core, CSF centre, 'other' slab, empty end slices."""
     g = torch.Generator().manual_seed(seed)
     tis = torch.zeros(N, N, N, dtype=torch.uint8)
     tis[2:10, 2:10, 3:9] = 3
@@ -65,7 +63,7 @@ def _basis(n_tr: int = N_TR, k: int = 5, seed: int = 1) -> torch.Tensor:
     return q.to(torch.complex64)
 
 
-def _scan(ref: Reference | None, seq: Sequence, b1: torch.Tensor | None = None) -> Scan:
+def _scan(ref: Reference | None, seq: FispSequence, b1: torch.Tensor | None = None) -> Scan:
     return Scan(
         kspace=torch.zeros(1, 1, seq.n_tr, 4, dtype=torch.complex64),
         trajectory=torch.zeros(1, seq.n_tr, 4, 3),
@@ -201,16 +199,30 @@ def test_unbalance_inverts_the_balanced_basis():
         np.einsum("tj,j...->t...", phi, alpha),
         atol=1e-12,
     )
-    np.testing.assert_allclose(unbalance(torch.from_numpy(alpha_bal)).numpy(), alpha, atol=1e-12)
+    got = unbalance_coefficients(torch.from_numpy(alpha_bal)).numpy()
+    np.testing.assert_allclose(got, alpha, atol=1e-12)
 
 
-def test_unbalance_agrees_with_physics():
-    physics = pytest.importorskip("spurig_core.physics")
-    if not hasattr(physics, "unbalance_coefficients"):
-        pytest.skip("physics has no unbalance_coefficients yet")
+def test_unbalance_is_one_rule_for_torch_numpy_and_dask():
+    # The engine's single implementation serves metrics/figures (torch, axis 0) and the plugin
+    # (numpy or lazy dask, axis -4 of (n, basis, x, y, z)); all must give the same α.
+    da = pytest.importorskip("dask.array")
+    from napari_spurig._layers import unbalance as plugin_unbalance
+
     g = torch.Generator().manual_seed(7)
-    c = torch.randn(5, 3, 4, 2, dtype=torch.complex64, generator=g)
-    torch.testing.assert_close(unbalance(c), physics.unbalance_coefficients(c))
+    c = torch.randn(2, 5, 3, 4, 2, dtype=torch.complex64, generator=g)
+    f = torch.fft.fft(torch.eye(5, dtype=torch.complex128), norm="ortho")  # F_k
+    want = torch.einsum("ij,nj...->ni...", f.conj().T, c.to(torch.complex128))
+    got_torch = torch.stack([unbalance_coefficients(v) for v in c])
+    torch.testing.assert_close(got_torch.to(torch.complex128), want, atol=1e-6, rtol=0)
+    got_np = plugin_unbalance(c.numpy())
+    assert got_np.dtype == np.complex64
+    np.testing.assert_allclose(got_np, want.numpy(), atol=1e-6)
+    lazy = plugin_unbalance(da.from_array(c.numpy(), chunks=(1, 2, 3, 4, 2)))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), want.numpy(), atol=1e-6)
+    with pytest.raises(InputError, match="basis axis"):
+        unbalance_coefficients(c, axis=5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ TIMEOUT_MS = 300_000
 
 @pytest.fixture(autouse=True)
 def own_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """napari settings in ``tmp_path`` (never the user's settings file)."""
+    """Keep napari settings in ``tmp_path`` (never the user's settings file)."""
     from napari import settings
 
     monkeypatch.setattr(settings, "_SETTINGS", None)
@@ -113,8 +113,11 @@ def test_drop_scan_result_and_nifti_open_axial_in_mm(
 def test_large_result_opens_multiscale_axial_with_unit_on_canvas(
     make_napari_viewer: Any, results16: list[Path]
 ) -> None:
-    """A result at or above the multiscale size (lowered to 8 here, for ≥ 128³) is a napari
-    multiscale layer: axial, coarsest level in 3D; the T1 map's unit is written on the canvas."""
+    """A result at or above the multiscale size is a napari multiscale layer.
+
+    The size is lowered to 8 here (for ≥ 128³). The layer is axial, coarsest level in 3D; the T1
+    map's unit is written on the canvas.
+    """
     import napari_spurig
     from napari_spurig._layers import result_layers
     from napari_spurig._view import add_layers
@@ -158,10 +161,13 @@ def test_both_sample_entries_open_on_a_fresh_checkout(
 def test_sample_48_is_simulated_in_a_worker_with_progress(
     make_napari_viewer: Any, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Missing demo scan: the entry returns at once with a placeholder, a worker simulates it
-    (here at 12³ instead of 48³, the same code path) and its layers replace the placeholder."""
+    """Missing demo scan: the entry returns at once with a placeholder.
+
+    A worker simulates the scan (here at 12³ instead of 48³, the same code path) and its layers
+    replace the placeholder.
+    """
     from napari_spurig import _sample_data
-    from spurig_core import simulation
+    from spurig_core.simulation import sample as simulation
 
     monkeypatch.setenv("SPURIG_SAMPLE_DIR", str(tmp_path))
     small = {**simulation.SAMPLE, "matrix": 12, "coils": 1, "groups": 2}

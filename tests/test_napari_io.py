@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.data import Reference, Result, Scan, Sequence
+from spurig_core.data import FispSequence, Reference, Result, Scan
 from spurig_core.errors import Cancelled, InputError
 from spurig_core.io import save_result, write_nifti, write_scan
 from spurig_core.progress import emit
@@ -26,7 +26,7 @@ VOXEL = (2.0, 2.0, 3.0)
 
 
 def make_scan(path: Path, *, reference: bool = True, seed: int = 0) -> Path:
-    """A small but schema-complete raw scan (random k-space; smooth reference maps)."""
+    """Return a small but schema-complete raw scan (random k-space; smooth reference maps)."""
     g = torch.Generator().manual_seed(seed)
     coils, groups, tr, samples = 2, 4, 6, 20
     ksp = torch.randn(coils, groups, tr, samples, generator=g, dtype=torch.complex64)
@@ -51,7 +51,7 @@ def make_scan(path: Path, *, reference: bool = True, seed: int = 0) -> Path:
     scan = Scan(
         kspace=ksp,
         trajectory=traj,
-        sequence=Sequence(np.linspace(5, 60, tr)),
+        sequence=FispSequence(np.linspace(5, 60, tr)),
         matrix=MATRIX,
         fov_mm=FOV_MM,
         reference=ref,
@@ -60,7 +60,7 @@ def make_scan(path: Path, *, reference: bool = True, seed: int = 0) -> Path:
 
 
 def make_result(path: Path, *, seed: int = 0, iterations: int = 0, maps: bool = False) -> Path:
-    """A result store with random balanced coefficients (and optionally iterates and maps)."""
+    """Return a result store of random balanced coefficients (and optionally iterates and maps)."""
     g = torch.Generator().manual_seed(seed)
     k = 5
     coeffs = torch.randn(k, *MATRIX, generator=g, dtype=torch.complex64)
@@ -111,7 +111,7 @@ def test_manifest_is_valid_and_discovered() -> None:
 def test_no_qt_at_import() -> None:
     code = (
         "import sys, napari_spurig, napari_spurig._reader, napari_spurig._writer, "
-        "napari_spurig._layers, napari_spurig._models, napari_spurig._sample_data;"
+        "napari_spurig._layers, napari_spurig._jobs, napari_spurig._sample_data;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('PyQt6','PyQt5','qtpy','napari')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -210,8 +210,10 @@ def test_result_reader_is_lazy_and_channel_stacked(tmp_path: Path) -> None:
 
 
 def test_large_results_are_multiscale(tmp_path: Path) -> None:
-    """From ``multiscale_min`` voxels a side every image layer is a lazy 2× block-mean pyramid
-    (threshold lowered here so a 16 × 14 × 12 store stands in for ≥ 128³); below it, not."""
+    """From ``multiscale_min`` voxels a side every image layer is a lazy 2× block-mean pyramid.
+
+    Below it, not. The threshold is lowered here so a 16 × 14 × 12 store stands in for ≥ 128³.
+    """
     import dask.array as da
     import zarr
 
@@ -367,7 +369,7 @@ def test_shipped_sample_data_opens_on_a_fresh_checkout(monkeypatch: pytest.Monke
 def _iterative(
     n: int, *, callback, started: threading.Event | None = None, gate: threading.Event | None = None
 ) -> str:
-    """A small iterative computation that reports like the engine does (for the job plumbing)."""
+    """Run a small iterative computation that reports like the engine does (for job plumbing)."""
     x = np.zeros(3)
     for i in range(1, n + 1):
         x = x + i
@@ -380,7 +382,7 @@ def _iterative(
 
 
 def test_run_engine_streams_events_and_returns() -> None:
-    from napari_spurig._models import run_engine
+    from napari_spurig._jobs import run_engine
 
     cancel = threading.Event()
     gen = run_engine(_iterative, 4, cancel=cancel)
@@ -396,7 +398,7 @@ def test_run_engine_streams_events_and_returns() -> None:
 
 
 def test_run_engine_cancel_stops_at_next_step() -> None:
-    from napari_spurig._models import run_engine
+    from napari_spurig._jobs import run_engine
 
     cancel, started, gate = threading.Event(), threading.Event(), threading.Event()
     gen = run_engine(_iterative, 50, cancel=cancel, started=started, gate=gate)
@@ -411,7 +413,7 @@ def test_run_engine_cancel_stops_at_next_step() -> None:
 
 
 def test_run_engine_reraises_engine_errors() -> None:
-    from napari_spurig._models import run_engine
+    from napari_spurig._jobs import run_engine
 
     def broken(*, callback) -> None:
         emit(callback, "x", 1, 2)
@@ -422,7 +424,7 @@ def test_run_engine_reraises_engine_errors() -> None:
 
 
 def test_reconstruct_params_validation(tmp_path: Path) -> None:
-    from napari_spurig._models import ReconstructParams
+    from napari_spurig._jobs import ReconstructParams
 
     scan = make_scan(tmp_path / "s.h5")
     ok = ReconstructParams(
@@ -446,7 +448,7 @@ def test_reconstruct_params_validation(tmp_path: Path) -> None:
 
 
 def test_loss_history_records_only_losses() -> None:
-    from napari_spurig._models import LossHistory
+    from napari_spurig._jobs import LossHistory
     from spurig_core.progress import ProgressEvent
 
     h = LossHistory()
@@ -457,7 +459,7 @@ def test_loss_history_records_only_losses() -> None:
 
 
 def test_closing_the_job_cancels_the_engine() -> None:
-    from napari_spurig._models import run_engine
+    from napari_spurig._jobs import run_engine
 
     cancel = threading.Event()
     before = threading.active_count()
@@ -474,7 +476,7 @@ def test_sample_48_entry_opens_an_existing_demo_scan(
     """The 48³ entry opens the demo scan where the engine keeps it (a small stand-in here)."""
     from napari_spurig import _sample_data
     from spurig_core import pipeline
-    from spurig_core.simulation import SAMPLE_NAME
+    from spurig_core.simulation.sample import SAMPLE_NAME
 
     monkeypatch.setenv("SPURIG_SAMPLE_DIR", str(tmp_path))
     scan_path = pipeline.simulate(tmp_path / SAMPLE_NAME, matrix=12, coils=1, groups=2, seed=2)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(autouse=True)
 def own_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """napari settings in ``tmp_path``: the widgets set reader preferences, never in the user's."""
+    """Keep napari settings in ``tmp_path``: the widgets set reader preferences, not the user's."""
     from napari import settings
 
     monkeypatch.setattr(settings, "_SETTINGS", None)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(autouse=True)
 def own_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """napari settings in ``tmp_path``: the widgets set reader preferences, never in the user's."""
+    """Keep napari settings in ``tmp_path``: the widgets set reader preferences, not the user's."""
     from napari import settings
 
     monkeypatch.setattr(settings, "_SETTINGS", None)
@@ -35,7 +35,7 @@ TIMEOUT_MS = 240_000
 
 @pytest.fixture(scope="module")
 def tiny_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12³ simulated subject, one coil, two groups (the smallest scan the physics allows)."""
+    """Return a 12³ simulated subject, one coil, two groups (the smallest the physics allows)."""
     from spurig_core import pipeline
 
     out = tmp_path_factory.mktemp("napari_scan") / "tiny.h5"
@@ -134,7 +134,7 @@ def test_reconstruct_spurig_with_the_shipped_model(
     from napari.components import ViewerModel
 
     from napari_spurig._widgets import ReconstructWidget
-    from spurig_core.recon.models import MODELS_DIR
+    from spurig_core.recon.trained import MODELS_DIR
 
     viewer = ViewerModel()
     w = ReconstructWidget(viewer)
@@ -310,7 +310,7 @@ def test_compare_screenshots_are_not_blank(
 ) -> None:
     import threading
 
-    from napari_spurig._models import compare_job
+    from napari_spurig._jobs import compare_job
     from napari_spurig._view import render_compare
 
     gen = compare_job(tiny_scan, two_results, factor=5.0, cancel=threading.Event())

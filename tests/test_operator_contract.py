@@ -16,9 +16,9 @@ import torch
 from helper import assert_adjoint, assert_gradient_is_adjoint, assert_gram, random_like_shape
 from spurig_core.errors import InputError
 from spurig_core.operators.base import DiagonalOperator, IdentityOperator, LinearOperator
-from spurig_core.operators.coils import CoilOperator
+from spurig_core.operators.coil_maps import CoilOperator
 from spurig_core.operators.encoding import (
-    GriddedEncodingConfig,
+    EncodingConfig,
     GriddedSubspaceEncoding,
     SubspaceNUFFTEncoding,
 )
@@ -62,7 +62,7 @@ def _gridded_encoding(
         gd,
         _c((3, 8, 8, 8), g),
         _c((4, 5), g),
-        config=GriddedEncodingConfig(sparse=sparse, chunk=300, density_compensation=density),
+        config=EncodingConfig(sparse=sparse, chunk=300, density_compensation=density),
     )
 
 

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.coils import CoilConfig, compress, element_positions, head_array, loop_field
 from spurig_core.errors import InputError
-from spurig_core.phantom import (
+from spurig_core.simulation.coils import (
+    CoilConfig,
+    compress,
+    element_positions,
+    head_array,
+    loop_field,
+)
+from spurig_core.simulation.phantom import (
     COMPARTMENTS,
     TISSUE_VALUES,
     PhantomConfig,
@@ -166,7 +172,7 @@ def test_compressed_maps_are_normalised_smooth_and_cover_the_head(brain: Subject
     power = (np.abs(maps[:, mask]) ** 2).mean(axis=1)
     assert power.min() > 1e-3
     # compression to 10 of 24 keeps most of the physical array's energy in the head (≈ 0.89)
-    from spurig_core.coils import _physical_maps
+    from spurig_core.simulation.coils import _physical_maps
 
     phys = _physical_maps(
         (32, 32, 32), (220.0, 220.0, 220.0), CoilConfig(), np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import Cancelled, InputError
 from spurig_core.physics import (
     Dictionary,
@@ -34,7 +34,7 @@ from spurig_core.physics import (
 # independent reference: brute-force isochromat Bloch simulation
 # ----------------------------------------------------------------------------------------------
 def _bloch_groups(
-    t1: float, t2: float, b1: float, seq: Sequence, *, n_groups: int, n_spins: int = 1024
+    t1: float, t2: float, b1: float, seq: FispSequence, *, n_groups: int, n_spins: int = 1024
 ) -> np.ndarray:
     """Signals of the last of ``n_groups`` repeated groups, from full relaxation (float64).
 
@@ -83,7 +83,7 @@ ORACLE_PARAMS = [
 
 @pytest.fixture(scope="module")
 def oracle_signals() -> np.ndarray:
-    seq = Sequence.default()
+    seq = FispSequence.default()
     return np.stack([_bloch_groups(*p, seq, n_groups=12) for p in ORACLE_PARAMS])
 
 
@@ -94,7 +94,7 @@ def oracle_signals() -> np.ndarray:
 def test_epg_matches_isochromat_bloch_default_sequence(
     oracle_signals: np.ndarray, dtype: torch.dtype, exact: bool, tol: float
 ) -> None:
-    seq = Sequence.default()
+    seq = FispSequence.default()
     ref = oracle_signals
     t1, t2, b1 = (np.array(v) for v in zip(*ORACLE_PARAMS, strict=True))
     states = exact_states(seq) if exact else None
@@ -107,7 +107,7 @@ def test_epg_matches_isochromat_bloch_default_sequence(
 
 
 def test_steady_state_equals_many_explicit_groups() -> None:
-    seq = Sequence.default()
+    seq = FispSequence.default()
     t1 = torch.tensor([300.0, 1400.0, 5000.0], dtype=torch.float64)
     t2 = torch.tensor([30.0, 80.0, 2000.0], dtype=torch.float64)
     b1 = torch.tensor([0.8, 1.0, 1.3], dtype=torch.float64)
@@ -124,7 +124,7 @@ def test_steady_state_equals_many_explicit_groups() -> None:
 
 
 def test_truncated_states_close_to_exact() -> None:
-    seq = Sequence.default()
+    seq = FispSequence.default()
     t1 = np.array([800.0, 1500.0, 4000.0])
     t2 = np.array([40.0, 100.0, 300.0])
     exact = simulate_signals(t1, t2, 1.0, seq, states=exact_states(seq), dtype=torch.float64)
@@ -140,7 +140,7 @@ def test_truncated_states_close_to_exact() -> None:
 # ----------------------------------------------------------------------------------------------
 def test_no_relaxation_90_degree_train() -> None:
     """Hand-derived EPG of an inverted spin: FID, nothing, spin echo tipped away, stim. echo."""
-    seq = Sequence(np.full(4, 90.0), tr_ms=10.0, te_ms=0.0, ti_ms=0.0, rest_s=0.0)
+    seq = FispSequence(np.full(4, 90.0), tr_ms=10.0, te_ms=0.0, ti_ms=0.0, rest_s=0.0)
     inf = torch.tensor([1e30], dtype=torch.float64)
     sig, z_end = epg_group(
         inf,
@@ -161,7 +161,7 @@ def test_no_relaxation_90_degree_train() -> None:
 def test_saturation_train_with_full_spoiling_steady_state() -> None:
     """90° pulses, T2 ≪ TR and TE = 0: every pulse reads the current Mz, then recovery from 0."""
     tr, ti, rest = 20.0, 15.0, 0.3
-    seq = Sequence(np.full(6, 90.0), tr_ms=tr, te_ms=0.0, ti_ms=ti, rest_s=rest)
+    seq = FispSequence(np.full(6, 90.0), tr_ms=tr, te_ms=0.0, ti_ms=ti, rest_s=rest)
     t1 = 700.0
     sig = simulate_signals([t1], [1e-3], 1.0, seq, dtype=torch.float64)[0]
     e_tr, e_ti, e_rest = (math.exp(-d / t1) for d in (tr, ti, 1000 * rest))
@@ -178,7 +178,7 @@ def test_inversion_recovery_zero_crossing() -> None:
     tis = t1 * math.log(2.0) * np.array([0.9, 1.0, 1.1])
     out = []
     for ti in tis:
-        seq = Sequence(np.array([alpha]), tr_ms=10.0, te_ms=2.0, ti_ms=ti, rest_s=30.0)
+        seq = FispSequence(np.array([alpha]), tr_ms=10.0, te_ms=2.0, ti_ms=ti, rest_s=30.0)
         out.append(complex(simulate_signals([t1], [t2], 1.0, seq, dtype=torch.float64)[0, 0]))
     sig = np.array(out)
     mz = 1.0 - 2.0 * np.exp(-tis / t1)  # fully relaxed before the inversion (rest ≫ T1)
@@ -189,9 +189,9 @@ def test_inversion_recovery_zero_crossing() -> None:
 
 
 def test_b1_scales_flip_angles() -> None:
-    seq = Sequence.default()
+    seq = FispSequence.default()
     a = simulate_signals([1000.0], [100.0], 1.2, seq)
-    scaled = Sequence(
+    scaled = FispSequence(
         seq.flip_angle_deg * 1.2,
         tr_ms=seq.tr_ms,
         te_ms=seq.te_ms,
@@ -210,7 +210,7 @@ def test_b1_scales_flip_angles() -> None:
 def test_default_sequence_shapes_and_broadcasting() -> None:
     sig = simulate_signals(torch.tensor([850.0, 1400.0]), [50.0, 80.0])
     assert sig.shape == (2, 500) and sig.dtype == torch.complex64
-    per_atom = simulate_signals([850.0, 1400.0], [50.0, 80.0], [1.0, 1.0], Sequence.default())
+    per_atom = simulate_signals([850.0, 1400.0], [50.0, 80.0], [1.0, 1.0], FispSequence.default())
     assert torch.equal(sig, per_atom)
     # chunking and state ordering do not change the result
     rng = np.random.default_rng(5)
@@ -257,9 +257,9 @@ def test_cuda_matches_cpu() -> None:
 SMALL_GRID = DictionaryGrid(step=0.3, b1_step=0.2)
 
 
-def _short_sequence(n_tr: int = 120) -> Sequence:
-    fa = Sequence.default().flip_angle_deg
-    return Sequence(np.concatenate([fa[:60], fa[200 : 200 + n_tr - 60]]))
+def _short_sequence(n_tr: int = 120) -> FispSequence:
+    fa = FispSequence.default().flip_angle_deg
+    return FispSequence(np.concatenate([fa[:60], fa[200 : 200 + n_tr - 60]]))
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,8 @@ from spurig_core.config import to_dict
 from spurig_core.errors import InputError
 from spurig_core.io import save_checkpoint
 from spurig_core.recon.dc import cg_dc, gradient_dc
-from spurig_core.recon.unrolled import (
-    UnrollConfig,
-    UnrolledRecon,
-    estimate_lipschitz,
-    load_model,
-    scaled_init,
-)
+from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon, estimate_lipschitz, scaled_init
+from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.datasets import DCData, Example, save_example
 from spurig_core.training.recipe import RecipeTrainer, load_recipe_config, recipe_loss, run_recipe
 from spurig_core.training.redraw import NOISE_KIND, load_noise, scan_noise
@@ -58,7 +53,7 @@ def test_gradient_dc_steps_compose() -> None:
 
 
 def test_cg_model_round_trip_and_old_configs_default_to_gradient(tmp_path: Path) -> None:
-    from spurig_core.recon.unrolled import model_state
+    from spurig_core.recon.unrolled_io import model_state
 
     cfg = tiny_cfg(steps=2, dc="cg", dc_steps=2, lambda_init=0.2)
     model = UnrolledRecon(cfg)
@@ -255,7 +250,7 @@ def test_shipped_model_warns_for_another_voxel_size() -> None:
     from types import SimpleNamespace
 
     from spurig_core.pipeline import _domain_warning
-    from spurig_core.recon.models import load_method_model
+    from spurig_core.recon.trained import load_method_model
 
     loaded = load_method_model(None, method="spurig", duration="2min")
     assert loaded.meta["domain"]["matrix"] == [48, 48, 48]
@@ -279,7 +274,8 @@ def test_recipe_model_records_its_domain(cohort: Path, tmp_path: Path) -> None:
 
 
 def test_grid_many_is_grid_of_each() -> None:
-    from spurig_core.operators.igrog import GriddingConfig, grid, train_kernel
+    from spurig_core.operators.igrog import GriddingConfig, grid
+    from spurig_core.operators.igrog_train import train_kernel
     from spurig_core.simulation import SimulationConfig, simulate_scan
     from spurig_core.training.redraw import grid_many
 

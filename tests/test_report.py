@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.stats import wilcoxon
 
-from spurig_core.data import Reference, Result, Scan, Sequence
+from spurig_core.data import FispSequence, Reference, Result, Scan
 from spurig_core.errors import InputError
 from spurig_core.io import write_scan
 from spurig_core.metrics import reference_coefficients
@@ -233,7 +233,7 @@ def test_export_round_trip(tmp_path):
 # ----------------------------------------------------------------------------------------------
 def _write_subject(path, seed: int) -> tuple[Scan, Reference]:
     n, n_tr = 12, 40
-    seq = Sequence((10 + 50 * np.sin(np.pi * np.arange(n_tr) / n_tr)).astype(np.float32))
+    seq = FispSequence((10 + 50 * np.sin(np.pi * np.arange(n_tr) / n_tr)).astype(np.float32))
     g = torch.Generator().manual_seed(seed)
     tis = torch.zeros(n, n, n, dtype=torch.uint8)
     tis[2:10, 2:10, 3:9] = 3

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from spurig_core import physics
-from spurig_core.recon.models import model_encoding, resolve_model, shipped_models
-from spurig_core.recon.unrolled import load_model
+from spurig_core.recon.trained import model_encoding, resolve_model, shipped_models
+from spurig_core.recon.unrolled_io import load_model
 
 MODELS = shipped_models()
 

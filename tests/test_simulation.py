@@ -10,13 +10,14 @@ import torch
 
 from spurig_core import simulation as sim
 from spurig_core.config import from_dict, to_dict
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan
-from spurig_core.phantom import analytic_subject
 from spurig_core.physics import simulate_signals
+from spurig_core.simulation.phantom import analytic_subject
+from spurig_core.simulation.signals import _atoms
 
-SHORT = Sequence(np.array([15.0, 40.0, 70.0, 30.0, 10.0], np.float32))
+SHORT = FispSequence(np.array([15.0, 40.0, 70.0, 30.0, 10.0], np.float32))
 
 
 def _direct_dft(image: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -147,14 +148,14 @@ def test_effective_reference_reproduces_mixed_voxels() -> None:
         return float((true - rc).norm() / true.norm())
 
     dominant = err(subject.reference())
-    effective = err(sim.effective_reference(subject, images, basis, Sequence.default()))
+    effective = err(sim.effective_reference(subject, images, basis, FispSequence.default()))
     assert effective < 0.5 * dominant
     assert effective < 0.1
 
 
 def test_subspace_rank_and_table_interpolation() -> None:
     subject = analytic_subject(16, seed=2)
-    seq = Sequence.default()
+    seq = FispSequence.default()
     exact = _exact_series(subject, seq)
     inside = np.abs(exact).sum(axis=1) > 0
     # every signal simulated: the SVD keeps more than the reconstruction's 5 and drops < svd_tol
@@ -171,7 +172,7 @@ def test_subspace_rank_and_table_interpolation() -> None:
     assert np.median(rel) < 3e-3
     # the default (T1, T2, B1) table: interpolated series within 1e-3 of EPG in every voxel
     table_cfg = sim.SimulationConfig(matrix=16, exact_max=0)
-    voxels, w, table = sim._atoms(subject, seq, table_cfg, None)
+    voxels, w, table = _atoms(subject, seq, table_cfg, None)
     assert table.shape[0] == 4 * int(np.prod(table_cfg.table_points))
     phase = np.exp(1j * subject.phase.reshape(-1)[voxels])[:, None]
     x = (w @ table.astype(np.complex128)) * phase
@@ -231,7 +232,7 @@ def test_round_trip_adjoint_correlates_with_truth() -> None:
     est = _adjoint(scan, phi)
     seed = int(np.random.SeedSequence(11).generate_state(3)[0])
     subject = analytic_subject(16, seed=seed)
-    truth = (_exact_series(subject, Sequence.default()) @ phi.conj()).T.reshape(5, 16, 16, 16)
+    truth = (_exact_series(subject, FispSequence.default()) @ phi.conj()).T.reshape(5, 16, 16, 16)
     head = subject.head_mask
 
     def corr(x: np.ndarray, y: np.ndarray) -> float:
@@ -256,7 +257,7 @@ def test_simulate_writes_a_valid_deterministic_file(tmp_path) -> None:
     rss = scan.coil_maps.abs().pow(2).sum(0).sqrt()
     torch.testing.assert_close(rss, torch.ones_like(rss), atol=1e-5, rtol=0)
     assert set(scan.reference.tissue.unique().tolist()) == {0, 1, 2, 3, 4}
-    assert scan.sequence.same_as(Sequence.default())
+    assert scan.sequence.same_as(FispSequence.default())
     again = load_scan(sim.simulate(tmp_path / "b.h5", **kw))
     torch.testing.assert_close(again.kspace, scan.kspace, rtol=0, atol=0)
     other = load_scan(sim.simulate(tmp_path / "c.h5", **{**kw, "seed": 3}))
@@ -269,7 +270,7 @@ def test_brain_scan_carries_model_mismatch(tmp_path) -> None:
     scan = sim.simulate_scan(cfg, seed=1)
     assert scan.reference is not None and (scan.reference.tissue == 3).any()
     assert torch.isfinite(torch.view_as_real(scan.kspace)).all()
-    from spurig_core.phantom import brain_subject
+    from spurig_core.simulation.phantom import brain_subject
 
     seed = int(np.random.SeedSequence(1).generate_state(3)[0])
     images, _, discarded = sim.signal_subspace(brain_subject(16, seed=seed), None, cfg)
@@ -319,6 +320,8 @@ def test_config_validation_and_round_trip() -> None:
 
 
 def test_sample_scan_lookup(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spurig_core.simulation import sample as sim
+
     monkeypatch.setenv("SPURIG_SAMPLE_DIR", str(tmp_path))
     monkeypatch.setattr(sim, "_sample_dirs", lambda: [tmp_path])
     with pytest.raises(InputError, match="not found"):

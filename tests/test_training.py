@@ -11,9 +11,10 @@ import tomli_w
 import torch
 
 from spurig_core.config import dump_toml, to_dict
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import Cancelled, InputError
-from spurig_core.recon.unrolled import UnrolledRecon, estimate_lipschitz, load_model, scaled_init
+from spurig_core.recon.unrolled import UnrolledRecon, estimate_lipschitz, scaled_init
+from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.augment import (
     AugmentConfig,
     apply_affine,
@@ -171,7 +172,7 @@ def test_random_affine_ranges_and_crop() -> None:
 # a tiny prepared cohort on disk
 # ----------------------------------------------------------------------------------------------
 N, TR = 16, 6
-SEQ = Sequence(np.linspace(5, 60, TR).astype(np.float32))
+SEQ = FispSequence(np.linspace(5, 60, TR).astype(np.float32))
 
 
 def _example(seed: int) -> Example:
@@ -381,7 +382,7 @@ def test_three_stages_chain(cohort: Path, tmp_path: Path) -> None:
 
 def test_gridded_payload_rebuilds_the_real_encoding() -> None:
     from spurig_core.config import to_dict
-    from spurig_core.operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
+    from spurig_core.operators.encoding import EncodingConfig, GriddedSubspaceEncoding
     from spurig_core.operators.grid import GriddedData, grid_shape
 
     g = torch.Generator().manual_seed(9)
@@ -412,7 +413,7 @@ def test_gridded_payload_rebuilds_the_real_encoding() -> None:
         GriddedData(values, index, grid, matrix),
         maps,
         phi,
-        config=GriddedEncodingConfig(density_compensation=0.0),
+        config=EncodingConfig(density_compensation=0.0),
     )
     rebuilt = DCData(dc.ahb, 1.0, 1.0, 1.0, legacy).build_operator()
     torch.testing.assert_close(rebuilt.gram(x), plain.gram(x), rtol=1e-4, atol=1e-4)
@@ -423,7 +424,7 @@ def test_gridded_payload_rebuilds_the_real_encoding() -> None:
 def test_model_records_its_data_term(tmp_path: Path) -> None:
     """A model file carries the gridded encoding it was trained with; inference reads it back."""
     from spurig_core.io import save_checkpoint
-    from spurig_core.recon.models import model_encoding
+    from spurig_core.recon.trained import model_encoding
 
     enc = {"density_compensation": 0.5, "chunk": 16384}
     save_checkpoint({"kind": "spurig-model", "encoding": enc}, tmp_path / "m.pt")

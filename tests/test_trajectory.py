@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core import trajectory as traj_mod
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan
-from spurig_core.trajectory import (
+from spurig_core.simulation import trajectory as traj_mod
+from spurig_core.simulation.trajectory import (
     TrajectoryConfig,
     default_samples,
     group_axes,
@@ -143,14 +143,14 @@ def test_bad_parameters_raise_input_error() -> None:
 
 
 def test_validator_accepts_the_trajectory(tmp_path) -> None:
-    from spurig_core.data import Scan, Sequence
+    from spurig_core.data import FispSequence, Scan
     from spurig_core.io import write_scan
 
     k = spi_trajectory(8, 2, 5)  # 5 TRs: a scan needs at least the basis rank (io_fields)
     scan = Scan(
         kspace=torch.zeros(1, 2, 5, k.shape[2], dtype=torch.complex64),
         trajectory=k,
-        sequence=Sequence(np.full(5, 10.0, np.float32)),
+        sequence=FispSequence(np.full(5, 10.0, np.float32)),
         matrix=(8, 8, 8),
         fov_mm=(220.0, 220.0, 220.0),
     )

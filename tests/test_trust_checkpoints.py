@@ -4,7 +4,7 @@ A crafted ``.pt`` whose pickle calls ``exec`` (writing a marker file, the way to
 payload ran) goes through every path that reads a model or checkpoint: ``spurig recon --method
 spurig|hybrid --model F``, ``spurig train --resume``, ``init = F`` in a training config, an
 ``example.pt`` in the training data, ``prepare-training`` with ``[inputs] llr_from``,
-``recon.unrolled.load_model`` and the napari Reconstruct widget.  Each ends with one line naming
+``recon.unrolled_io.load_model`` and the napari Reconstruct widget.  Each ends with one line naming
 the file, and the marker never appears.  Also: a shipped model with a payload added, NaN weights, a
 model of the wrong kind or network, architecture fields that do not fit its weights, and the sha256
 a model card states.
@@ -23,18 +23,19 @@ import torch
 
 from spurig_core import cli
 from spurig_core.config import dump_toml
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import InputError
 from spurig_core.io import load_checkpoint, save_checkpoint
-from spurig_core.recon.models import MODELS_DIR, check_card, resolve_model
 from spurig_core.recon.networks import UNetConfig
-from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon, load_model, model_state
+from spurig_core.recon.trained import MODELS_DIR, check_card, resolve_model
+from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon
+from spurig_core.recon.unrolled_io import load_model, model_state
 from spurig_core.training.datasets import Example, save_example
 from spurig_core.training.stages import PretrainConfig
 
 REFUSED = "refused: the file contains Python objects other than tensors and plain data"
 TR = 6
-SEQ = Sequence(np.linspace(5, 60, TR).astype(np.float32))
+SEQ = FispSequence(np.linspace(5, 60, TR).astype(np.float32))
 SHIPPED = MODELS_DIR / "spurig-30s.pt"
 
 
@@ -74,7 +75,7 @@ def _assert_one_line(code: int, err: str, *needles: str) -> None:
 
 @pytest.fixture(scope="module")
 def scan16(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 16³ simulated subject, two coils, two groups."""
+    """Return a 16³ simulated subject, two coils, two groups."""
     from spurig_core import pipeline
 
     out = tmp_path_factory.mktemp("trust_scan") / "s16.h5"
@@ -88,7 +89,7 @@ def marker(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def payload(tmp_path: Path, marker: Path) -> Path:
-    """A real model file (kind, config, weights) with a payload added."""
+    """Return a real model file (kind, config, weights) with a payload added."""
     state = model_state(
         UnrolledRecon(_tiny_cfg()), sequence=SEQ, basis=torch.eye(TR, 5, dtype=torch.complex64)
     )
@@ -108,7 +109,7 @@ def _example(seed: int) -> Example:
 
 
 def _training_run(tmp_path: Path, **kw: Any) -> Path:
-    """A prepared cohort of one subject and a pretrain config for it; returns the config path."""
+    """Prepare a one-subject cohort and a pretrain config for it; return the config path."""
     save_example(_example(0), tmp_path / "data" / "train" / "s0")
     cfg = PretrainConfig(
         data_dir=str(tmp_path / "data"),

@@ -1,5 +1,7 @@
-"""Outputs never destroy inputs, bad outputs and configs fail before the work, interrupts leave
-either the old output or the new one (issue #15, part 2).
+"""Outputs never destroy inputs (issue #15, part 2).
+
+Bad outputs and configs fail before the work; interrupts leave either the old output or the new
+one.
 
 Real files in ``tmp_path``; the command line is called in-process (``spurig_core.cli.main``) or,
 for signals, as a real ``spurig`` subprocess.
@@ -307,7 +309,7 @@ def test_every_numeric_config_field_has_a_range() -> None:
     import typing
 
     from spurig_core.config import RANGES
-    from spurig_core.operators.encoding import GriddedEncodingConfig
+    from spurig_core.operators.encoding import EncodingConfig
     from spurig_core.operators.igrog import GriddingConfig
     from spurig_core.recon.llr import LLRConfig
     from spurig_core.training.recipe import RecipeConfig
@@ -315,7 +317,7 @@ def test_every_numeric_config_field_has_a_range() -> None:
     from spurig_core.training.stages import STAGES
 
     seen: dict[str, type] = {}
-    todo: list[type] = [GriddingConfig, GriddedEncodingConfig, LLRConfig, *STAGES.values()]
+    todo: list[type] = [GriddingConfig, EncodingConfig, LLRConfig, *STAGES.values()]
     todo += [RecipeConfig, RedrawConfig]
     missing = []
     while todo:

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from spurig_core.data import Sequence
+from spurig_core.data import FispSequence
 from spurig_core.errors import Cancelled, InputError
 from spurig_core.io import save_checkpoint
 from spurig_core.operators.base import LinearOperator
 from spurig_core.recon.networks import UNetConfig
-from spurig_core.recon.unrolled import (
-    UnrollConfig,
-    UnrolledRecon,
-    estimate_lipschitz,
-    load_model,
-    model_state,
-    scaled_init,
-)
+from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon, estimate_lipschitz, scaled_init
+from spurig_core.recon.unrolled_io import load_model, model_state
 
 
 class CartesianSubspaceOp(LinearOperator):
@@ -51,7 +45,7 @@ class CartesianSubspaceOp(LinearOperator):
 def make_problem(
     n: int = 16, coils: int = 2, tr: int = 6, k: int = 5, seed: int = 0, accel: float = 0.3
 ) -> tuple[CartesianSubspaceOp, torch.Tensor, torch.Tensor]:
-    """A random operator, a smooth ground truth ``(k, n, n, n)`` and its noisy k-space."""
+    """Return a random operator, a smooth ground truth ``(k, n, n, n)`` and its noisy k-space."""
     g = torch.Generator().manual_seed(seed)
     ax = torch.linspace(-1, 1, n)
     xx, yy, zz = torch.meshgrid(ax, ax, ax, indexing="ij")
@@ -219,7 +213,7 @@ def test_fewer_steps_and_bad_inputs() -> None:
 def _save(
     tmp_path,
     model: UnrolledRecon,
-    seq: Sequence,
+    seq: FispSequence,
     basis: torch.Tensor,
     name: str = "m.pt",
     **extra: object,
@@ -231,7 +225,7 @@ def _save(
 
 def test_load_model_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
-    seq = Sequence(np.linspace(5, 60, 6).astype(np.float32))
+    seq = FispSequence(np.linspace(5, 60, 6).astype(np.float32))
     basis = torch.randn(6, 5, dtype=torch.complex64)
     model = UnrolledRecon(tiny_cfg(steps=2, share_weights=False, conditioned=False))
     path = _save(tmp_path, model, seq, basis, duration="1min")
@@ -247,7 +241,7 @@ def test_load_model_round_trip(tmp_path) -> None:
 
 
 def test_load_model_rejects_what_does_not_fit(tmp_path) -> None:
-    seq = Sequence(np.linspace(5, 60, 6).astype(np.float32))
+    seq = FispSequence(np.linspace(5, 60, 6).astype(np.float32))
     basis = torch.randn(6, 5, dtype=torch.complex64)
     model = UnrolledRecon(tiny_cfg(steps=2))
     path = _save(tmp_path, model, seq, basis)
@@ -255,7 +249,7 @@ def test_load_model_rejects_what_does_not_fit(tmp_path) -> None:
     with pytest.raises(InputError, match="basis of shape"):
         load_model(path, basis=torch.zeros(6, 4, dtype=torch.complex64))
     # another sequence: loads, with a warning
-    other = Sequence(np.linspace(5, 70, 6).astype(np.float32))
+    other = FispSequence(np.linspace(5, 70, 6).astype(np.float32))
     _, meta = load_model(path, sequence=other)
     assert meta["warning"] is not None and "another sequence" in meta["warning"]
     # wrong kind

@@ -1,4 +1,4 @@
-"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
+r"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
 
 For each simulated scan ``TEST_DIR/*.h5`` the iGROG kernel is trained and the whole scan gridded
 once (:func:`spurig_core.operators.igrog.grid_scan`, default settings); every duration takes the
@@ -14,7 +14,7 @@ Runtimes in these stores exclude gridding (it is shared); ``spurig bench`` measu
 
 Run::
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/evaluate_models.py data/cohort48/test data/eval48 \\
+    OMP_NUM_THREADS=2 .venv/bin/python tools/evaluate_models.py data/cohort48/test data/eval48 \
         --methods adjoint,llr,spurig,hybrid --durations 2min,1min,30s
 
 ``--model-dir DIR`` takes ``<method>-<duration>.pt`` from ``DIR`` instead of the shipped models
@@ -39,7 +39,7 @@ from spurig_core.io import load_result, load_scan
 from spurig_core.operators.grid import GriddedData
 from spurig_core.operators.igrog import grid_scan
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
-from spurig_core.recon.models import MODELS_DIR
+from spurig_core.recon.trained import MODELS_DIR
 
 
 def _model_for(method: str, duration: str, model_dir: Path) -> Path | None:

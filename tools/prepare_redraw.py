@@ -1,4 +1,4 @@
-"""Prepare a simulated cohort with re-drawable noise for the v2 training recipe (issue 13).
+r"""Prepare a simulated cohort with re-drawable noise for the v2 training recipe (issue 13).
 
 For every scan ``COHORT/<split>/subjNNN.h5`` (simulation seed ``seed_base + NNN``, as
 ``spurig simulate-cohort`` numbers them) writes ``OUT/<split>/subjNNN/`` with ``example.pt``,
@@ -10,7 +10,7 @@ with the same pinned gridding as training.
 
 Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/prepare_redraw.py data/cohort48 data/prepared48v2 \\
+    OMP_NUM_THREADS=1 .venv/bin/python tools/prepare_redraw.py data/cohort48 data/prepared48v2 \
         --config configs/cpu48v2/prepare.toml --splits train,val,test --gridded-dir data/eval48v2
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from spurig_core.config import from_dict, read_toml
 from spurig_core.errors import InputError
-from spurig_core.operators.encoding import GriddedEncodingConfig
+from spurig_core.operators.encoding import EncodingConfig
 from spurig_core.operators.igrog import GriddingConfig
 from spurig_core.training.redraw import RedrawConfig, prepare_redraw_subject
 
@@ -40,7 +40,7 @@ def _todo(cohort: Path, out: Path, splits: list[str]) -> list[tuple[str, Path]]:
 def run(args: argparse.Namespace) -> int:
     cfg = read_toml(args.config)
     gcfg = from_dict(GriddingConfig, cfg.get("gridding", {}), where="gridding")
-    ecfg = from_dict(GriddedEncodingConfig, cfg.get("encoding", {}), where="encoding")
+    ecfg = from_dict(EncodingConfig, cfg.get("encoding", {}), where="encoding")
     rcfg = from_dict(RedrawConfig, cfg.get("redraw", {}), where="redraw")
     cohort, out = Path(args.cohort), Path(args.out)
     splits = [s for s in args.splits.split(",") if s]

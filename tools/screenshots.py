@@ -70,7 +70,7 @@ def main() -> None:
     import napari
 
     import napari_spurig
-    from napari_spurig._compare_model import compare_job
+    from napari_spurig._compare_job import compare_job
     from napari_spurig._sample_data import sample_path
 
     OUT.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import csv
 import datetime as _dt
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ SHA_PREFIX = "- File: `"
 
 
 def sha_line(model: Path, name: str | None = None) -> str:
-    """The card line with the model file's size and sha256 (read back by spurig on load)."""
+    """Return the card line with the model file's size and sha256 (read back by spurig on load)."""
     return (
         f"{SHA_PREFIX}{name or model.name}`, {model.stat().st_size} bytes, "
         f"sha256 `{file_sha256(model)}`."
@@ -239,11 +240,24 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
         lines += [
             f"### `{_rel(configs)}/{name}.toml`",
             "```toml",
-            (configs / f"{name}.toml").read_text().rstrip(),
+            _config_text(configs / f"{name}.toml"),
             "```",
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _config_text(path: Path) -> str:
+    """Return a config's text; for one with a ``base`` chain, the resolved values follow it."""
+    import tomli_w
+
+    from spurig_core.config import read_toml
+
+    text = path.read_text().rstrip()
+    if "base" not in tomllib.loads(text):
+        return text
+    resolved = tomli_w.dumps(read_toml(path)).rstrip()
+    return f"{text}\n\n# resolved (the base chain merged, as training reads it):\n{resolved}"
 
 
 def main() -> int:

@@ -47,7 +47,8 @@ from typing import Any
 import torch
 
 from spurig_core.benchmark import load_gridded, save_gridded
-from spurig_core.data import DURATIONS, Result
+from spurig_core.data import Result
+from spurig_core.durations import DURATIONS, MODEL_DURATIONS
 from spurig_core.errors import InputError
 from spurig_core.io import load_scan
 from spurig_core.metrics import evaluate, reference_coefficients
@@ -68,7 +69,7 @@ def log(msg: str) -> None:
 
 
 def toml_float(t: float) -> str:
-    """A TOML float literal (``0`` would be an integer)."""
+    """Return a TOML float literal (``0`` would be an integer)."""
     s = f"{t:g}"
     return s if any(c in s for c in ".e") else s + ".0"
 
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--val", type=Path, default=ROOT / "data/cohort48/val")
     p.add_argument("--subjects", nargs="*", default=None, help="file stems (default: all *.h5)")
-    p.add_argument("--durations", nargs="*", default=["2min", "1min", "30s"])
+    p.add_argument("--durations", nargs="*", default=list(MODEL_DURATIONS))
     p.add_argument(
         "--coarse", type=float, nargs="*", default=[0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
     )
@@ -323,7 +324,7 @@ def render(
         f"OMP_NUM_THREADS=2 .venv/bin/python tools/tune_llr.py --val {val} "
         f"--subjects {' '.join(names)}"
     )
-    if a.durations != ["2min", "1min", "30s"]:
+    if a.durations != list(MODEL_DURATIONS):
         cmd += " --durations " + " ".join(a.durations)
     lines = [
         "# LLR threshold tuning per scan duration (issue 4)",
@@ -413,7 +414,7 @@ def render(
     t = dict(tuned)
     if tuned6 is not None:
         t["6min"] = tuned6
-    order = [d for d in ("6min", "2min", "1min", "30s") if d in t]
+    order = [d for d in DURATIONS if d in t]
     comment = [
         "# FISTA-LLR thresholds tuned on the validation set per scan duration (paper 2.5).",
         f"# Date: {today}. Data: {', '.join(names)} of {val} (48^3, 10 coils, 16 groups).",

@@ -21,7 +21,7 @@ WIDGETS: tuple[tuple[str, str], ...] = (
 
 
 def make_viewer(files: list[str] | None = None, *, show: bool = True, viewer: Any = None) -> Any:
-    """A napari viewer with the plugin's widgets docked (tabbed) and ``files`` opened.
+    """Return a napari viewer with the plugin's widgets docked (tabbed) and ``files`` opened.
 
     Files that cannot be opened are reported as notifications; the viewer still starts.  spurig
     becomes napari's reader for ``*.zarr``, ``*.h5``, ``*.hdf5``, ``*.nii`` and ``*.nii.gz``

@@ -57,8 +57,11 @@ T2_COLORMAP = "viridis"
 
 
 def black_zero(name: str) -> Any:
-    """napari colormap ``name`` with 0 drawn black (the maps are 0 outside the object; viridis
-    would draw that air purple).  Returns the name itself for maps that start black already."""
+    """Return napari colormap ``name`` with 0 drawn black.
+
+    The maps are 0 outside the object; viridis would draw that air purple.  Returns the name
+    itself for maps that start black already.
+    """
     if name in ("inferno", "magma", "gray"):
         return name
     from napari.utils.colormaps import Colormap, ensure_colormap
@@ -90,7 +93,7 @@ _RESULT_SCHEMA = "spurig-result/1"
 # file recognition
 # ----------------------------------------------------------------------------------------------
 def _h5_schema(path: str | os.PathLike[str]) -> str | None:
-    """The ``schema`` attribute of an HDF5 file (``None`` when absent); InputError if unreadable."""
+    """Return an HDF5 file's ``schema`` attribute (``None`` if absent); InputError if unreadable."""
     from spurig_core.io import file_schema
 
     return file_schema(path)
@@ -127,7 +130,7 @@ def _scale(voxel_size_mm: tuple[float, ...] | list[float], ndim: int) -> tuple[f
 
 
 def _units(ndim: int) -> tuple[str, ...]:
-    """napari layer ``units``: mm on the three spatial axes, ``pixel`` (an index) before them."""
+    """Return napari layer ``units``: mm on the three spatial axes, ``pixel`` (an index) before."""
     return ("pixel",) * max(0, ndim - 3) + ("mm",) * min(3, ndim)
 
 
@@ -156,6 +159,9 @@ def magnitude_limits(mag: Any, *, percentile: float = 99.5) -> tuple[float, floa
 def unbalance(coefficients: Any) -> Any:
     """Unbalanced coefficients ``α = F_k^H α̃`` (SPEC §4) along axis ``-4``.
 
+    The engine's :func:`spurig_core.physics.unbalance_coefficients` at the basis axis of a
+    ``(basis, x, y, z)`` or ``(n, basis, x, y, z)`` array.
+
     Parameters
     ----------
     coefficients : array, shape (..., basis, x, y, z), complex
@@ -164,15 +170,11 @@ def unbalance(coefficients: Any) -> Any:
     Returns
     -------
     array, shape (..., basis, x, y, z), complex
-        ``F_k^H α̃``, ``F_k`` the unitary DFT of length ``basis`` (``ifft`` with ``norm="ortho"``).
+        ``F_k^H α̃``, ``F_k`` the unitary DFT of length ``basis``.
     """
-    axis = coefficients.ndim - 4
-    if hasattr(coefficients, "rechunk"):
-        import dask.array as da
+    from spurig_core.physics import unbalance_coefficients
 
-        whole = coefficients.rechunk({axis: -1})
-        return da.fft.ifft(whole, axis=axis, norm="ortho")  # type: ignore[call-arg]
-    return np.fft.ifft(np.asarray(coefficients), axis=axis, norm="ortho").astype(np.complex64)
+    return unbalance_coefficients(coefficients, axis=coefficients.ndim - 4)
 
 
 def coefficient_layer(
@@ -228,7 +230,7 @@ def map_layer(
     metadata: dict[str, Any] | None = None,
     visible: bool | None = None,
 ) -> LayerDataTuple:
-    """An image layer for a quantitative map with its colormap, contrast limits and unit.
+    """Return an image layer for a quantitative map with its colormap, contrast limits and unit.
 
     Parameters
     ----------
@@ -355,14 +357,14 @@ def scan_layers(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
 
 
 def _warn(message: str) -> None:
-    """A napari warning notification (headless-safe: napari.utils needs no Qt)."""
+    """Return a napari warning notification (headless-safe: napari.utils needs no Qt)."""
     from napari.utils.notifications import show_warning
 
     show_warning(message)
 
 
 def _stored_limits(raw: dict[str, Any]) -> tuple[float, float] | None:
-    """The coefficients' display range a result stores (``display.contrast_limits``), if valid."""
+    """Return a result's stored coefficient display range (``display.contrast_limits``) if valid."""
     try:
         lo, hi = (float(v) for v in raw["display"]["contrast_limits"]["coefficients"])
     except (KeyError, TypeError, ValueError):
@@ -371,7 +373,7 @@ def _stored_limits(raw: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def _result_arrays(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validated attributes and lazy dask arrays of a result store (SPEC §5).
+    """Return the validated attributes and lazy dask arrays of a result store (SPEC §5).
 
     Applies :func:`spurig_core.io.load_result`'s checks that need no full read (schema, attribute
     types and ranges, dtypes, ranks, axis ranges such as a declared matrix above 1024, a chunk

@@ -23,8 +23,23 @@ ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
 
 def _single(path: str | list[str]) -> str | None:
     if isinstance(path, list):
-        return path[0] if len(path) == 1 else None
+        return str(path[0]) if len(path) == 1 else None
     return str(path)
+
+
+def unreadable(path: str | list[str], exc: Exception) -> Exception:
+    """Show, and return as a one-line ``InputError``, a library's error on reading ``path``.
+
+    For any reader of the plugin: a damaged file must not surface as a raw library error.
+    """
+    from napari.utils.notifications import show_error
+
+    from spurig_core.errors import InputError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    msg = f"{_single(path) or path}: cannot be read ({type(exc).__name__}: {first})"
+    show_error(msg)
+    return InputError(msg)
 
 
 def _notifying(fn: ReaderFunction) -> ReaderFunction:
@@ -45,18 +60,15 @@ def _notifying(fn: ReaderFunction) -> ReaderFunction:
         except InputError as exc:
             show_error(str(exc))
             raise
-        except Exception as exc:  # a damaged file must not surface as a raw library error
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            msg = f"{_single(path) or path}: cannot be read ({type(exc).__name__}: {first})"
-            show_error(msg)
-            raise InputError(msg) from None
+        except Exception as exc:
+            raise unreadable(path, exc) from None
 
     return reader
 
 
 @_notifying
 def read_scan(path: str | list[str]) -> list[LayerDataTuple]:
-    """Reference maps of a raw scan; ``[(None,)]`` (napari's "nothing to show") when it has none."""
+    """Return a raw scan's reference maps; ``[(None,)]`` (napari's "nothing to show") if none."""
     p = _single(path)
     assert p is not None
     layers = _scan_layers(p)

@@ -2,7 +2,7 @@
 
 - An ISMRMRD ``*.h5`` file (told from a ``spurig-raw/1`` scan by its content: an ISMRMRD dataset
   group with a header and acquisitions) is imported with the engine's importer
-  (:func:`spurig_core.pipeline.import_ismrmrd`, default counter mapping and units) into a scan
+  (:func:`spurig_core.exchange.import_ismrmrd`, default counter mapping and units) into a scan
   beside it, ``NAME.spurig.h5`` (or, where that folder cannot be written, under the temporary
   folder).  It opens as the low-resolution coil-combined calibration image, whose layer metadata
   name the imported scan, so the Reconstruct widget offers it: scanner file → maps without the CLI.
@@ -26,16 +26,11 @@ from typing import Any
 import numpy as np
 
 from ._layers import LayerDataTuple, magnitude_limits, map_layer
+from ._reader import _single, unreadable
 
 __all__ = ["get_dicom_reader", "get_ismrmrd_reader", "read_dicom", "read_ismrmrd"]
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
-
-
-def _single(path: str | list[str]) -> str | None:
-    if isinstance(path, list):
-        return str(path[0]) if len(path) == 1 else None
-    return str(path)
 
 
 def _notifying(fn: ReaderFunction) -> ReaderFunction:
@@ -52,11 +47,8 @@ def _notifying(fn: ReaderFunction) -> ReaderFunction:
         except SpurigError as exc:
             show_error(str(exc))
             raise InputError(str(exc)) from None
-        except Exception as exc:  # a damaged file must not surface as a raw library error
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            msg = f"{_single(path) or path}: cannot be read ({type(exc).__name__}: {first})"
-            show_error(msg)
-            raise InputError(msg) from None
+        except Exception as exc:
+            raise unreadable(path, exc) from None
 
     return reader
 
@@ -83,14 +75,14 @@ def read_ismrmrd(path: str | list[str]) -> list[LayerDataTuple]:
     """Import an ISMRMRD file and show its calibration image (metadata: the imported scan)."""
     from napari.utils.notifications import show_info
 
-    from spurig_core import pipeline
+    from spurig_core import exchange
     from spurig_core.io import load_scan
-    from spurig_core.operators.igrog import calibration_image
+    from spurig_core.operators.igrog_sources import calibration_image
 
     p = _single(path)
     assert p is not None
     raw = Path(p)
-    report = pipeline.import_ismrmrd(raw, import_target(raw))
+    report = exchange.import_ismrmrd(raw, import_target(raw))
     show_info(" | ".join(report.lines()[:3]))
     scan = load_scan(report.path)
     assert scan.calibration is not None  # the importer always provides one
@@ -139,7 +131,7 @@ def get_ismrmrd_reader(path: str | list[str]) -> ReaderFunction | None:
 # ----------------------------------------------------------------------------------------------
 @_notifying
 def read_dicom(path: str | list[str]) -> list[LayerDataTuple]:
-    """The maps (and MRF image) of an export-dicom folder or ``*.dcm`` file as layers."""
+    """Return the maps (and MRF image) of an export-dicom folder or ``*.dcm`` file as layers."""
     from spurig_core.io_dicom import read_dicom_folder
 
     p = _single(path)

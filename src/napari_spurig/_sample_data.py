@@ -64,10 +64,10 @@ def _simulation():  # type: ignore[no-untyped-def]
     from spurig_core.errors import NotAvailableError
 
     try:
-        from spurig_core import simulation
+        from spurig_core.simulation import sample
     except ImportError as exc:
         raise NotAvailableError(f"sample data: no spurig_core.simulation ({exc})") from None
-    return simulation
+    return sample
 
 
 def sample_path(kind: str, *, create: bool = False) -> Path:
@@ -109,7 +109,7 @@ def sample_path(kind: str, *, create: bool = False) -> Path:
 
 
 def sample_scan() -> list[LayerDataTuple]:
-    """Reference maps (T1 on top, T2, |PD|, tissue, B1) of the shipped 32³ sample scan."""
+    """Return reference maps (T1 on top, T2, |PD|, tissue, B1) of the shipped 32³ sample scan."""
     from ._view import follow_current_viewer
 
     follow_current_viewer()
@@ -117,7 +117,7 @@ def sample_scan() -> list[LayerDataTuple]:
 
 
 def sample_result() -> list[LayerDataTuple]:
-    """The shipped SPUR-iG result of the 32³ sample: coefficients and T1/T2/PD maps."""
+    """Return the shipped SPUR-iG result of the 32³ sample: coefficients and T1/T2/PD maps."""
     from ._view import follow_current_viewer
 
     follow_current_viewer()
@@ -126,7 +126,7 @@ def sample_result() -> list[LayerDataTuple]:
 
 def simulate_48_job(cancel: threading.Event) -> Generator[Any, None, Path]:
     """Simulate (or find) the 48³ sample scan; yields progress events; returns its path."""
-    from ._models import run_engine
+    from ._jobs import run_engine
 
     sim = _simulation()
     path = yield from run_engine(sim.sample_scan_path, create=True, cancel=cancel)
@@ -139,7 +139,7 @@ _RUNNERS: list[Any] = []  # keeps running workers alive
 
 
 def sample_scan_48() -> list[LayerDataTuple]:
-    """The 48³ demo scan's reference maps; simulated in a worker when it is missing.
+    """Return the 48³ demo scan's reference maps; simulated in a worker when it is missing.
 
     Returns
     -------

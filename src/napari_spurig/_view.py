@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._models import CompareOutput
+from ._jobs import CompareOutput
 
 __all__ = [
     "READER_PATTERNS",
@@ -100,8 +100,10 @@ def _inserted(viewer: Any, event: Any) -> None:
 
 
 def follow_current_viewer() -> None:
-    """:func:`follow_axial` for napari's current viewer (readers and sample data, which get
-    no viewer, call this before their layers are added)."""
+    """Apply :func:`follow_axial` to napari's current viewer.
+
+    Readers and sample data, which get no viewer, call this before their layers are added.
+    """
     import napari
 
     viewer = napari.current_viewer()
@@ -199,7 +201,7 @@ def show_compare(
     ----------
     viewer : napari.Viewer or ViewerModel
     output : CompareOutput
-        From :func:`napari_spurig._compare_model.compare_job`.
+        From :func:`napari_spurig._compare_job.compare_job`.
     previous : list of Layer, optional
         Layers of an earlier comparison to replace.
     view : str

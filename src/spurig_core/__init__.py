@@ -31,7 +31,7 @@ _LAZY = {
     "evaluate": ("spurig_core.pipeline", "evaluate"),
     "Scan": ("spurig_core.data", "Scan"),
     "Result": ("spurig_core.data", "Result"),
-    "Sequence": ("spurig_core.data", "Sequence"),
+    "FispSequence": ("spurig_core.data", "FispSequence"),
     "Reference": ("spurig_core.data", "Reference"),
     "InputError": ("spurig_core.errors", "InputError"),
     "Cancelled": ("spurig_core.errors", "Cancelled"),

@@ -48,7 +48,7 @@ def as_path(value: Any, what: str) -> Path:
 
 
 def check_result_target(result: Any, path: Any) -> Path:
-    """The target of :meth:`Result.save`: a Result and a path ending in ``.zarr``."""
+    """Return the target of :meth:`Result.save`: a Result and a path ending in ``.zarr``."""
     if not isinstance(result, Result):
         raise InputError(f"save: expected a Result, got {_type(result)}")
     p = as_path(path, "save: path")
@@ -83,10 +83,10 @@ def check_scan(scan: Scan, where: str = "scan") -> Scan:
     A scan read by :func:`~spurig_core.io.load_scan` (``sha256`` set) had its values checked then;
     only the maps' ranges are checked again (they are small).
     """
-    from .data import Sequence
+    from .data import FispSequence
 
-    if not isinstance(scan.sequence, Sequence):
-        raise InputError(f"{where}: 'sequence' must be a Sequence, got {_type(scan.sequence)}")
+    if not isinstance(scan.sequence, FispSequence):
+        raise InputError(f"{where}: 'sequence' must be a FispSequence, got {_type(scan.sequence)}")
     ksp = _tensor(scan.kspace, "kspace", 4, True, where)
     traj = _tensor(scan.trajectory, "trajectory", 4, False, where)
     coils, groups, tr, samples = (int(s) for s in ksp.shape)
@@ -137,7 +137,7 @@ def check_scan(scan: Scan, where: str = "scan") -> Scan:
 
 
 def as_scan(scan: Any, what: str = "scan", *, optional: bool = False) -> Scan | None:
-    """A Scan from a Scan (checked) or a path (loaded); ``None`` allowed when ``optional``."""
+    """Return a Scan from a Scan (checked) or path (loaded); ``None`` allowed when ``optional``."""
     if scan is None and optional:
         return None
     if isinstance(scan, Scan):
@@ -150,7 +150,7 @@ def as_scan(scan: Any, what: str = "scan", *, optional: bool = False) -> Scan | 
 
 
 def as_result(result: Any, what: str = "result") -> Result:
-    """A Result from a Result (checked) or the path of a ``.zarr`` store (loaded)."""
+    """Return a Result from a Result (checked) or the path of a ``.zarr`` store (loaded)."""
     if isinstance(result, Result):
         where = what
         c = _tensor(result.coefficients, "coefficients", 4, True, where)
@@ -185,7 +185,7 @@ def _opt_int(value: Any, name: str, *, none: bool = True) -> None:
 
 def _recon_config(config: Any) -> None:
     from .config import check_tables
-    from .operators.encoding import GriddedEncodingConfig
+    from .operators.encoding import EncodingConfig
     from .operators.igrog import GriddingConfig
     from .recon.llr import LLRConfig
 
@@ -196,7 +196,7 @@ def _recon_config(config: Any) -> None:
             "config: expected a dict of tables ('gridding', 'encoding', 'llr'), got "
             f"{_type(config)}"
         )
-    tables = {"gridding": GriddingConfig, "encoding": GriddedEncodingConfig, "llr": LLRConfig}
+    tables = {"gridding": GriddingConfig, "encoding": EncodingConfig, "llr": LLRConfig}
     check_tables(config, tables, where="config")
 
 

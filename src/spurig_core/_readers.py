@@ -148,7 +148,7 @@ def scan_header(
 
 
 def scan_sequence_values(f: Any, where: str, n_tr: int) -> tuple[np.ndarray, dict[str, float]]:
-    """The flip angles ``(tr,)`` and timings of ``sequence/``, each in its range (SPEC §4)."""
+    """Return the flip angles ``(tr,)`` and timings of ``sequence/``, each in range (SPEC §4)."""
     # values=False: check_sequence names the flip-angle range for absurd values such as 1e30
     fa = h5_dataset(f, "sequence/flip_angle_deg", np.float32, ("repetitions",), where, values=False)
     assert fa is not None  # not optional
@@ -265,7 +265,7 @@ def zarr_array(
 
 
 def result_attrs(attrs: dict[str, Any], where: str) -> dict[str, Any]:
-    """The result attributes of SPEC §5, typed and in range; absent ones get their defaults."""
+    """Return SPEC §5's result attributes, typed and in range; absent ones get their defaults."""
 
     def get(name: str, default: Any) -> Any:
         return attrs[name] if name in attrs else default

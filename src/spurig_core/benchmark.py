@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .memory import peak_rss_mb
 from .progress import Callback, emit
 from .recon.methods import METHODS, gridded_names
 
@@ -39,7 +40,7 @@ __all__ = ["GRIDDED_KIND", "bench", "format_table", "load_gridded", "machine_inf
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """What the benchmark ran on: CPU model and cores, memory, torch version, GPU name."""
+    """Describe what the benchmark ran on: CPU model and cores, memory, torch version, GPU name."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -60,12 +61,6 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 #: Methods that reconstruct from the iGROG-gridded scan (they share one gridding).
@@ -89,6 +84,8 @@ def save_gridded(path: str | Path, gridded: Any, times: dict[str, float]) -> Pat
         "grid": [int(v) for v in gridded.grid],
         "matrix": [int(v) for v in gridded.matrix],
         "times": {str(k): float(v) for k, v in times.items()},
+        # step sizes ‖A^H A‖₂ by operators.step_size.step_key (issue #14; absent in older files)
+        "lipschitz": {str(k): float(v) for k, v in getattr(gridded, "lipschitz", {}).items()},
     }
     return save_checkpoint(state, path)
 
@@ -107,7 +104,10 @@ def load_gridded(path: str | Path) -> tuple[Any, dict[str, float]]:
     st = load_checkpoint(path)
     if st.get("kind") != GRIDDED_KIND:
         raise InputError(f"{path}: a {st.get('kind')!r} file, not a cached gridding")
-    g = GriddedData(st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]))
+    lip = {str(k): float(v) for k, v in dict(st.get("lipschitz") or {}).items()}
+    g = GriddedData(
+        st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]), lipschitz=lip
+    )
     return g, {str(k): float(v) for k, v in dict(st["times"]).items()}
 
 
@@ -117,14 +117,22 @@ def _grid_worker(
     device: str,
     out_path: str,
     config: dict[str, Any] | None = None,
+    methods: list[str] | None = None,
+    model: str | None = None,
 ) -> dict:
-    """Train the iGROG kernel and grid the scan's first ``groups`` groups; save to ``out_path``."""
+    """Train the iGROG kernel and grid the scan's first ``groups`` groups; save to ``out_path``.
+
+    The step sizes ``‖A^H A‖₂`` that the gridded ``methods`` (default: all) will read — the
+    models' encodings and LLR's (:func:`~.operators.step_size.step_plan`) — are computed here too
+    and saved with the gridding; their seconds are ``step_size_s``.
+    """
     from .config import from_dict
     from .io import load_scan
     from .operators.igrog import GriddingConfig, grid_scan
+    from .operators.step_size import attach_for_scan, step_plan
 
     scan = load_scan(scan_path).first_groups(groups)
-    base_rss = _peak_rss_mb()
+    base_rss = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     gcfg = from_dict(
@@ -133,11 +141,14 @@ def _grid_worker(
         where="gridding",
     )
     gridded, times = grid_scan(scan, config=gcfg)
+    plan = step_plan(methods or GRIDDED_METHODS, (groups,), overrides=config, model=model)
+    times.update(attach_for_scan(gridded, scan, plan, device=device))
     save_gridded(out_path, gridded, times)
     out = {
         "kernel_training_s": float(times.get("kernel_training_s", 0.0)),
         "gridding_s": float(times.get("gridding_s", 0.0)),
-        "peak_rss_mb": _peak_rss_mb(),
+        **{k: float(v) for k, v in times.items() if k.startswith("step_size_s")},
+        "peak_rss_mb": peak_rss_mb(),
         "scan_rss_mb": base_rss,
     }
     if device.startswith("cuda"):
@@ -149,6 +160,7 @@ def _grid_worker(
 STAGES = (
     ("step_size", "spurig_core.recon.unrolled", None, "estimate_lipschitz"),
     ("step_size", "spurig_core.recon.classical", None, "lipschitz_constant"),
+    ("step_size", "spurig_core.operators.step_size", None, "gram_norm"),
     ("scale", "spurig_core.recon.classical", None, "norm_matching_scale"),
     ("dc", "spurig_core.operators.encoding", "GriddedSubspaceEncoding", "_gram"),
     ("dc", "spurig_core.operators.encoding", "SubspaceNUFFTEncoding", "_gram"),
@@ -258,7 +270,7 @@ def _worker(
     if gridded is not None and method in GRIDDED_METHODS:
         shared, times = load_gridded(gridded)
         shared = shared.to(device)
-    base_rss = _peak_rss_mb()
+    base_rss = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -275,6 +287,18 @@ def _worker(
     wall = time.perf_counter() - t0
     grid_s = float(times.get("gridding_s", result.timings.get("gridding_s", 0.0)))
     runtime = result.runtime_s + (grid_s if shared is not None else 0.0)
+    # a step size stored with the shared gridding (issue #14): its seconds were spent there (the
+    # part for this method's density exponent, else all of it)
+    step_shared = 0.0
+    if shared is not None and result.timings.get("step_size_s", -1.0) == 0.0:
+        gamma = (result.config.get("encoding") or {}).get("density_compensation")
+        step_shared = float(
+            times.get(f"step_size_s:{float(gamma):g}", times.get("step_size_s", 0.0))
+            if gamma is not None
+            else times.get("step_size_s", 0.0)
+        )
+    runtime += step_shared
+    clock.seconds["step_size"] += step_shared
     out: dict[str, Any] = {
         "method": method,
         # a reused gridding is excluded from result.runtime_s: add the measured seconds back
@@ -285,7 +309,7 @@ def _worker(
         ),
         "gridding_s": grid_s,
         "gridding_shared": shared is not None,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "scan_rss_mb": base_rss,
         # breakdown (issue #14): seconds per stage (StageClock); "other_s" is the rest of the
         # algorithm (operator and A^H b set-up, LLR/FISTA bookkeeping, moving data)
@@ -443,6 +467,8 @@ def bench(
                 "device": device,
                 "out_path": gridded_file,
                 "config": config,
+                "methods": list(methods),
+                "model": None if model is None else str(model),
             }
             report["gridding"] = _run_worker(["grid", json.dumps(job)])
             if "error" in report["gridding"]:
@@ -535,7 +561,8 @@ def format_table(report: dict[str, Any]) -> str:
             "",
             f"iGROG, once for all gridded methods: kernel training {gr['kernel_training_s']:.1f} s "
             f"(excluded from the runtimes), gridding {gr['gridding_s']:.2f} s (included), "
-            f"peak RSS {mem} MB.",
+            f"step size ‖AᴴA‖ {gr.get('step_size_s', 0.0):.2f} s (included, in the step size "
+            f"column of the methods that used it), peak RSS {mem} MB.",
         ]
     elif gr:
         lines += ["", f"shared gridding failed: {gr['error']}"]

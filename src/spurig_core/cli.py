@@ -1,10 +1,11 @@
 """The ``spurig`` command line (SPEC §2): argument parsing and progress display only.
 
-All work happens in :mod:`spurig_core.pipeline`.  Any :class:`~spurig_core.errors.SpurigError`
-(bad input, a missing capability, a cancelled run) ends with one line on stderr and exit status 2,
-without a traceback; outputs are written atomically by the pipeline, so nothing partial remains.
-Ctrl-C and SIGTERM end with one line and status 130 or 143 after the same cleanup: a write in
-progress is discarded, outputs finished before are kept.
+All work happens in :mod:`spurig_core.pipeline` (ISMRMRD and DICOM in :mod:`spurig_core.exchange`).
+Any :class:`~spurig_core.errors.SpurigError` (bad input, a missing capability, a cancelled run)
+ends with one line on stderr and exit status 2, without a traceback; outputs are written
+atomically by the pipeline, so nothing partial remains.  Ctrl-C and SIGTERM end with one line and
+status 130 or 143 after the same cleanup: a write in progress is discarded, outputs finished
+before are kept.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .durations import DURATIONS, MODEL_DURATIONS
 from .errors import SpurigError
 from .recon.methods import METHODS, NAMES
 
 __all__ = ["launch_gui", "main"]
 
-DURATION_NAMES = ("6min", "2min", "1min", "30s")
 STAGES = ("pretrain", "gleam", "finetune")
 
 
@@ -153,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g = s.add_mutually_exclusive_group()
     g.add_argument("--groups", type=int, default=None)
-    g.add_argument("--duration", choices=DURATION_NAMES, default=None)
+    g.add_argument("--duration", choices=tuple(DURATIONS), default=None)
     s.add_argument("--model", type=Path, default=None, metavar="CKPT")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     s.add_argument("--save-iterations", action="store_true")
@@ -194,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("cohort", type=Path, metavar="DIR", help="folder with *.h5 scans (any depth)")
     s.add_argument("out_dir", type=Path, metavar="OUT")
     s.add_argument("--methods", default="spurig,dc-only,llr,adjoint")
-    s.add_argument("--durations", default="2min,1min,30s")
+    s.add_argument("--durations", default=",".join(MODEL_DURATIONS))
     s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
     s.add_argument("--no-match", action="store_true", help="skip dictionary matching (T1/T2/PD)")
     _add_overwrite(s)
@@ -205,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("cohort", type=Path, metavar="COHORT_DIR", help="simulate-cohort output")
     s.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    s.add_argument("--durations", default="30s,1min,2min")
+    s.add_argument("--durations", default=",".join(MODEL_DURATIONS[::-1]))
     s.add_argument("--splits", default="train,val,test")
     s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
     _add_overwrite(s)
@@ -285,10 +286,10 @@ def _add_scanner_commands(sub: Any) -> None:
 
 def _scanner(args: argparse.Namespace) -> None:
     """Run one of :func:`_add_scanner_commands`' commands."""
-    from . import pipeline
+    from . import exchange
 
     if args.command == "import-ismrmrd":
-        report = pipeline.import_ismrmrd(
+        report = exchange.import_ismrmrd(
             args.raw,
             args.out,
             mapping=args.map,
@@ -299,9 +300,9 @@ def _scanner(args: argparse.Namespace) -> None:
         )
         print("\n".join(report.lines()))
     elif args.command == "export-ismrmrd":
-        print(f"wrote {pipeline.export_ismrmrd(args.scan, args.out, overwrite=args.overwrite)}")
+        print(f"wrote {exchange.export_ismrmrd(args.scan, args.out, overwrite=args.overwrite)}")
     else:
-        files = pipeline.export_dicom(
+        files = exchange.export_dicom(
             args.result,
             args.out_dir,
             scan=args.scan,
@@ -496,8 +497,10 @@ def _redeliver(unraisable: Any) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`_Terminated` for the block (main thread only), and never lose
-    an interrupt to a finaliser (:func:`_redeliver`)."""
+    """Turn SIGTERM into :class:`_Terminated` for the block (main thread only).
+
+    An interrupt is never lost to a finaliser (:func:`_redeliver`).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return

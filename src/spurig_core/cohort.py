@@ -127,11 +127,14 @@ def task_threads(workers: int | None = None, *, local: bool = True) -> int | Non
 
 @contextlib.contextmanager
 def pinned_threads(threads: int | None) -> Iterator[None]:
-    """torch (and with it the NUFFT, :class:`~spurig_core.operators.fourier.NUFFT`), the BLAS of
+    """Run the block with ``threads`` threads in torch, the BLAS and finufft's OpenMP runtime.
+
+    torch (and with it the NUFFT, :class:`~spurig_core.operators.fourier.NUFFT`), the BLAS of
     numpy/scipy and finufft's own OpenMP runtime use ``threads`` threads for the block; the
     process's settings are restored after it.  finufft's FFT follows its OpenMP runtime's thread
     count even when a plan asks for one thread: a serial process started with 2 threads and a
-    worker with 1 otherwise simulate different bits (measured: the k-space of `simulate-cohort`)."""
+    worker with 1 otherwise simulate different bits (measured: the k-space of `simulate-cohort`).
+    """
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -165,8 +168,10 @@ def _local_cluster(workers: int) -> Any:
 
 
 class Cluster:
-    """The cluster of ``--workers``/``--scheduler``, started (or connected to) on first use, so
-    that a rerun with nothing left to do starts nothing."""
+    """The cluster of ``--workers``/``--scheduler``, started (or connected to) on first use.
+
+    A rerun with nothing left to do therefore starts nothing.
+    """
 
     def __init__(
         self,
@@ -181,7 +186,7 @@ class Cluster:
         self.threads = task_threads(workers, local=not scheduler)
 
     def client(self) -> Any:
-        """The ``distributed.Client`` (the cluster starts or is connected to now)."""
+        """Return the ``distributed.Client`` (the cluster starts or is connected to now)."""
         if self._client is not None:
             return self._client
         import distributed
@@ -214,7 +219,7 @@ def cluster(
     *,
     echo: Callable[[str], None] | None = print,
 ) -> Iterator[Cluster | None]:
-    """The cluster for the block (:class:`Cluster`), or ``None`` (run serially) without options.
+    """Yield the block's cluster (:class:`Cluster`), or ``None`` (run serially) without options.
 
     Parameters
     ----------
@@ -311,8 +316,9 @@ def run_tasks(
     callback: Callback | None = None,
     stage: str = "cohort",
 ) -> dict[str, Any]:
-    """Run ``tasks`` (in order, or on a :class:`Cluster` or ``distributed.Client``); their
-    results by key.
+    """Run ``tasks`` (in order, or on a :class:`Cluster` or ``distributed.Client``).
+
+    Returns their results by key.
 
     A task whose worker dies is re-run elsewhere by the scheduler; one that fails (or whose
     workers keep dying) cancels the rest and raises one line naming it.  Outputs of finished

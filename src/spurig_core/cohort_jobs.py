@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .cohort import Task, run_tasks
-from .data import DURATIONS, groups_for
+from .durations import DURATIONS, groups_for
 from .errors import InputError
 from .progress import Callback
 from .recon.methods import METHODS, gridded_names
@@ -34,8 +34,11 @@ GRIDDED = gridded_names()
 
 
 def scan_memory(path: Path, method: str, groups: int) -> float:
-    """Peak bytes of reconstructing ``groups`` groups of the scan at ``path`` with ``method``
-    (:func:`spurig_core.memory.recon_estimates`, from the file's shapes alone); 0 if unreadable."""
+    """Estimate the peak bytes of reconstructing the scan at ``path``; 0 if it is unreadable.
+
+    The estimate is for ``groups`` groups with ``method``
+    (:func:`spurig_core.memory.recon_estimates`, from the file's shapes alone).
+    """
     import h5py
 
     from .memory import recon_estimates
@@ -76,9 +79,9 @@ def simulate_cohort(
     callback: Callback | None = None,
 ) -> list[Path]:
     """:func:`spurig_core.simulation.simulate_cohort` with one task per subject."""
-    from . import simulation
+    from .simulation import writers
 
-    counts = simulation._split(split, subjects)  # the same check and layout as serially
+    counts = writers._split(split, subjects)  # the same check and layout as serially
     parts = zip(("train", "val", "test"), counts, strict=True)
     names = [part for part, n in parts for _ in range(n)]
     out = Path(out_dir)
@@ -90,7 +93,7 @@ def simulate_cohort(
         paths.append(path)
         if not path.exists():
             kw = {**options, "seed": seed + i}
-            tasks.append(Task(f"{part}/{path.stem}", simulation.simulate, (path,), kw))
+            tasks.append(Task(f"{part}/{path.stem}", writers.simulate, (path,), kw))
     run_tasks(tasks, client, callback=callback, stage="cohort")
     return paths
 
@@ -142,7 +145,7 @@ def prepare_cohort(
     scans : list of (split, scan path)
     out_dir : path-like
     durations : tuple of str
-    configs : (GriddingConfig, LLRConfig, GriddedEncodingConfig)
+    configs : (GriddingConfig, LLRConfig, EncodingConfig)
     llr_from : Path, optional
         An earlier prepared folder whose ``llr-<duration>`` inputs are reused.
     """
@@ -170,17 +173,32 @@ def prepare_cohort(
 # ----------------------------------------------------------------------------------------------
 # recon-cohort
 # ----------------------------------------------------------------------------------------------
-def _grid_one(scan_path: Path, cache: Path, gridding: dict[str, Any]) -> Path:
-    """Grid the whole scan once and cache it (atomically) for the subject's gridded methods."""
+def _grid_one(
+    scan_path: Path,
+    cache: Path,
+    gridding: dict[str, Any],
+    steps: tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]] | None = None,
+) -> Path:
+    """Grid the whole scan once and cache it (atomically) for the subject's gridded methods.
+
+    ``steps = (methods, durations, overrides)``: the step sizes those reconstructions read
+    (:func:`~.operators.step_size.step_plan`) are computed and cached with the gridding.
+    """
     from .benchmark import save_gridded
     from .config import from_dict
     from .io import load_scan
     from .operators.igrog import GriddingConfig, grid_scan
+    from .operators.step_size import attach_for_scan, step_plan
 
     if cache.exists():
         return cache
     gcfg = from_dict(GriddingConfig, {"device": "cpu", **gridding}, where="gridding")
-    gridded, times = grid_scan(load_scan(scan_path), config=gcfg)
+    scan = load_scan(scan_path)
+    gridded, times = grid_scan(scan, config=gcfg)
+    if steps is not None:  # ‖A^H A‖₂ of every gridded term to come, kept in the cache (#14)
+        methods, durations, overrides = steps
+        plan = step_plan(methods, [groups_for(d) for d in durations], overrides=overrides)
+        times.update(attach_for_scan(gridded, scan, plan))
     cache.parent.mkdir(parents=True, exist_ok=True)
     return save_gridded(cache, gridded, times)
 
@@ -233,7 +251,7 @@ def _find_scans(cohort_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def _check_methods(methods: tuple[str, ...], durations: tuple[str, ...]) -> None:
-    from .recon.models import resolve_model
+    from .recon.trained import resolve_model
 
     if not methods or not durations:
         raise InputError("--methods and --durations: give at least one of each")
@@ -287,7 +305,12 @@ def recon_cohort(
             first: tuple[Any, ...] = (None,)
             if m in GRIDDED and not cache.exists():
                 if not any(t.key == grid_key for t in tasks):
-                    grid = (scan_path, cache, dict(overrides.get("gridding") or {}))
+                    grid = (
+                        scan_path,
+                        cache,
+                        dict(overrides.get("gridding") or {}),
+                        (tuple(methods), tuple(durations), overrides),
+                    )
                     mem = scan_memory(scan_path, "llr", longest)
                     tasks.append(Task(grid_key, _grid_one, grid, memory=mem))
                 needs, first = (grid_key,), ()

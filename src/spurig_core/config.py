@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .durations import DURATIONS
 from .errors import InputError
 
 __all__ = [
@@ -29,13 +30,14 @@ __all__ = [
     "dump_toml",
     "from_dict",
     "load_toml",
+    "merge_tables",
     "read_toml",
     "to_dict",
 ]
 
 T = TypeVar("T")
 
-_DURATIONS = ("30s", "1min", "2min", "6min")
+_DURATIONS = tuple(sorted(DURATIONS, key=DURATIONS.__getitem__))  # shortest first
 _DEVICES = ("cpu", "cuda")
 
 #: The allowed values of the config fields, by dataclass name (looked up along the class's MRO)
@@ -72,7 +74,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "pair_weight": ("signal", "global", "local"),
         "max_data_error_ratio": ">= 1",
     },
-    "GriddedEncodingConfig": {
+    "EncodingConfig": {
         "chunk": ">= 0",
         "sparse_below": "[0, 1]",
         "samples_per_block": ">= 1",
@@ -212,7 +214,7 @@ def _check_value(cls: type, name: str, value: Any, hint: Any, loc: str) -> None:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain ``dict`` of a (possibly nested) config dataclass; tuples become lists."""
+    """Return a plain ``dict`` of a (possibly nested) config dataclass; tuples become lists."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"{cfg!r} is not a dataclass instance")
 
@@ -349,16 +351,8 @@ def from_dict(
         raise InputError(f"{where}:{inside} {exc}") from None
 
 
-def read_toml(path: str | Path, *, max_bytes: int = 16 << 20) -> dict[str, Any]:
-    """Parse a TOML config file, with one-line errors for anything that is not TOML text.
-
-    Raises
-    ------
-    InputError
-        For a missing file, a folder, an unreadable, binary, oversized or non-UTF-8 file, or
-        invalid TOML.
-    """
-    p = Path(path)
+def _read_one(p: Path, max_bytes: int) -> dict[str, Any]:
+    """Parse one TOML file (no ``base`` resolution), with one-line errors."""
     if not p.exists():
         raise InputError(f"config {p}: no such file")
     if p.is_dir():
@@ -382,6 +376,68 @@ def read_toml(path: str | Path, *, max_bytes: int = 16 << 20) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
         raise InputError(f"config {p}: not valid TOML: {first}") from None
+
+
+def merge_tables(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: tables are merged key by key, any other value replaces the base's.
+
+    Parameters
+    ----------
+    base, child : mapping
+        Parsed TOML documents (nested dicts).
+
+    Returns
+    -------
+    dict
+        A new document; neither input is modified.
+    """
+    out = dict(base)
+    for key, value in child.items():
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            out[key] = merge_tables(below, value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: str | Path, *, max_bytes: int = 16 << 20) -> dict[str, Any]:
+    """Parse a TOML config file, resolving its ``base`` chain, with one-line errors.
+
+    A top-level ``base = "<file>"`` key names a config this one inherits from, relative to this
+    file: the base is read (and its own ``base``, recursively) and this file's values are merged
+    over it (:func:`merge_tables`) before any validation. Values are taken as written, so relative
+    paths *inside* a base are resolved later against the file that was loaded, not the base.
+
+    Raises
+    ------
+    InputError
+        For a missing file, a folder, an unreadable, binary, oversized or non-UTF-8 file, invalid
+        TOML, a ``base`` that is not a string or not a file, or a cycle of ``base`` keys.
+    """
+    chain: list[Path] = []
+    p = Path(path)
+    docs: list[dict[str, Any]] = []
+    while True:
+        key = p.resolve()
+        if key in chain:
+            loop = " -> ".join(str(c) for c in [*chain, key])
+            raise InputError(f"config {path}: 'base' files form a cycle: {loop}")
+        chain.append(key)
+        doc = _read_one(p, max_bytes)
+        base = doc.pop("base", None)
+        docs.append(doc)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise InputError(f"config {p}: base = {base!r} must be the path of a TOML file")
+        if not (p.parent / base).is_file():
+            raise InputError(f"config {p}: base = {base!r}: no such file {p.parent / base}")
+        p = p.parent / base
+    merged: dict[str, Any] = {}
+    for doc in reversed(docs):
+        merged = merge_tables(merged, doc)
+    return merged
 
 
 def check_tables(

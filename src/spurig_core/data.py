@@ -1,4 +1,4 @@
-"""Frozen data containers with documented shapes: :class:`Sequence`, :class:`Scan`, :class:`Result`.
+"""Frozen data containers with documented shapes: :class:`FispSequence`, :class:`Scan`, ``Result``.
 
 Shape vocabulary (used in every docstring of the package)
 ---------------------------------------------------------
@@ -32,89 +32,18 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from os import PathLike
 
 __all__ = [
-    "DURATIONS",
+    "FispSequence",
     "Reference",
     "Result",
     "Scan",
-    "Sequence",
-    "groups_for",
-    "nearest_duration",
-    "resolve_groups",
 ]
-
-#: Scan durations of the paper (2.4) and the number of leading groups that make them (SPEC §2).
-DURATIONS: dict[str, int] = {"6min": 48, "2min": 16, "1min": 8, "30s": 4}
-
-
-def groups_for(duration: str) -> int:
-    """Leading groups of a named duration (``"6min"``, ``"2min"``, ``"1min"``, ``"30s"``)."""
-    from .errors import InputError
-
-    try:
-        return DURATIONS[duration]
-    except KeyError:
-        raise InputError(
-            f"unknown duration {duration!r}: choose one of {', '.join(DURATIONS)}"
-        ) from None
-
-
-def nearest_duration(groups: int, among: Iterable[str] | None = None) -> str:
-    """The named duration whose group count is nearest ``groups`` (the one rule of the engine).
-
-    "Nearest" is the absolute difference of group counts; a tie goes to the longer duration
-    (12 groups → ``"2min"``, 6 → ``"1min"``).  The pipeline picks the LLR threshold and the
-    shipped model with it; :meth:`~spurig_core.recon.llr.LLRConfig.threshold_for` too.
-
-    Parameters
-    ----------
-    groups : int
-        Number of leading groups (≥ 1).
-    among : iterable of str, optional
-        The duration names to choose from (default: all of :data:`DURATIONS`).
-    """
-    names = [d for d in DURATIONS if among is None or d in set(among)]
-    if not names:
-        from .errors import InputError
-
-        raise InputError("no named duration to choose from")
-    return min(names, key=lambda d: (abs(DURATIONS[d] - groups), -DURATIONS[d]))
-
-
-def resolve_groups(available: int, groups: int | None, duration: str | None) -> int:
-    """The number of leading groups to reconstruct: ``groups``, or ``duration``'s, or all.
-
-    Parameters
-    ----------
-    available : int
-        Groups in the scan.
-    groups : int, optional
-    duration : str, optional
-        A named duration (:func:`groups_for`); not together with ``groups``.
-
-    Raises
-    ------
-    InputError
-        Both given, an unknown duration, or more groups than the scan has (or fewer than 1).
-    """
-    from .errors import InputError
-
-    if groups is not None and duration is not None:
-        raise InputError("give either groups or duration, not both")
-    if duration is not None:
-        groups = groups_for(duration)
-    if groups is None:
-        return available
-    if not 1 <= groups <= available:
-        raise InputError(f"cannot use {groups} groups: the scan has {available}")
-    return groups
 
 
 def default_flip_angles_deg(n_tr: int = 500) -> np.ndarray:
-    """The default FISP-MRF flip-angle train of SPEC §4 (Cao's TGAS-SPI lineage, OpenMRF ``cao``).
+    """Return the default flip-angle train of SPEC §4 (Cao's TGAS-SPI lineage, OpenMRF ``cao``).
 
     Returns
     -------
@@ -132,7 +61,7 @@ def default_flip_angles_deg(n_tr: int = 500) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class Sequence:
+class FispSequence:
     """A FISP-MRF group: inversion, ``ti_ms``, ``tr`` FISP repetitions, ``rest_s`` (SPEC §4).
 
     Attributes
@@ -152,6 +81,7 @@ class Sequence:
     rest_s: float = 1.2
 
     def __post_init__(self) -> None:
+        """Freeze the flip angles as float32, make the timings floats and check SPEC §4 ranges."""
         from .errors import InputError
         from .io_fields import check_sequence
 
@@ -176,8 +106,8 @@ class Sequence:
         )
 
     @classmethod
-    def default(cls) -> Sequence:
-        """The default sequence (SPEC §4): 500 TRs, TR 12.5, TE 1.7, TI 20 ms, rest 1.2 s."""
+    def default(cls) -> FispSequence:
+        """Return the default sequence (SPEC §4): 500 TRs, TR 12.5, TE 1.7, TI 20 ms, rest 1.2 s."""
         return cls(default_flip_angles_deg(500))
 
     @property
@@ -186,12 +116,12 @@ class Sequence:
         return int(self.flip_angle_deg.shape[0])
 
     def key(self) -> str:
-        """A short hash that identifies the sequence (for dictionary caches and model cards)."""
+        """Return a short hash identifying the sequence (for dictionary caches and model cards)."""
         h = hashlib.sha256(self.flip_angle_deg.tobytes())
         h.update(np.array([self.tr_ms, self.te_ms, self.ti_ms, self.rest_s]).tobytes())
         return h.hexdigest()[:16]
 
-    def same_as(self, other: Sequence, *, rtol: float = 1e-5) -> bool:
+    def same_as(self, other: FispSequence, *, rtol: float = 1e-5) -> bool:
         """Whether ``other`` is the same acquisition (same train and timings)."""
         return (
             self.n_tr == other.n_tr
@@ -214,7 +144,7 @@ class Sequence:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Sequence:
+    def from_dict(cls, d: dict[str, Any]) -> FispSequence:
         """Inverse of :meth:`to_dict`."""
         return cls(
             np.asarray(d["flip_angle_deg"], dtype=np.float32),
@@ -259,7 +189,7 @@ class Scan:
     kspace : Tensor, shape (coils, groups, tr, samples), complex64
     trajectory : Tensor, shape (groups, tr, samples, 3), float32
         Cycles per FOV, each coordinate in ``[-matrix/2, matrix/2)``.
-    sequence : Sequence
+    sequence : FispSequence
     matrix : tuple of 3 int
     fov_mm : tuple of 3 float
     calibration : Tensor, shape (coils, cx, cy, cz), complex64, optional
@@ -277,7 +207,7 @@ class Scan:
 
     kspace: torch.Tensor
     trajectory: torch.Tensor
-    sequence: Sequence
+    sequence: FispSequence
     matrix: tuple[int, int, int]
     fov_mm: tuple[float, float, float]
     calibration: torch.Tensor | None = None
@@ -312,7 +242,7 @@ class Scan:
         )
 
     def first_groups(self, groups: int) -> Scan:
-        """The scan cut to its first ``groups`` groups (retrospective undersampling, paper 2.4).
+        """Return a copy cut to ``groups`` leading groups (retrospective undersampling, paper 2.4).
 
         Raises
         ------
@@ -392,7 +322,7 @@ class Result:
         return (int(s[0]), int(s[1]), int(s[2]))
 
     def replace(self, **changes: Any) -> Result:
-        """A copy with some fields changed (e.g. the maps after matching)."""
+        """Return a copy with some fields changed (e.g. the maps after matching)."""
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | PathLike[str]) -> Path:

@@ -42,7 +42,7 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
         Progress events of every stage.
     """
     from .config import from_dict
-    from .data import nearest_duration
+    from .durations import nearest_duration
     from .figures import SubjectPanels
     from .io import load_scan
     from .metrics import evaluate, reference_coefficients

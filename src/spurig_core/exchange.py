@@ -6,7 +6,8 @@ checks the options, turns what an ISMRMRD file holds into a ``spurig-raw/1`` sca
 noise pre-whitening, calibration, coil compression) and reports what it chose.
 
 What must be known about the sequence (SPEC §4), from the ISMRMRD header or a JSON sidecar
-(``--sequence SEQ.json``, whose values win; keys as in :meth:`spurig_core.data.Sequence.to_dict`):
+(``--sequence SEQ.json``, whose values win; keys as in
+:meth:`spurig_core.data.FispSequence.to_dict`):
 
 - ``flip_angle_deg``: the flip-angle train, one value in degrees per repetition of a group
   (header: ``sequenceParameters/flipAngle_deg`` with exactly that many values);
@@ -162,8 +163,8 @@ def _read_sidecar(path: PathLike) -> dict[str, Any]:
 def _sequence(
     header: dict[str, Any], sidecar: dict[str, Any], n_tr: int, raw: Path, side: Path | None
 ) -> tuple[Any, dict[str, str]]:
-    """The :class:`~spurig_core.data.Sequence` from sidecar values, else header values."""
-    from .data import Sequence
+    """Return the :class:`~spurig_core.data.FispSequence` of sidecar values, else header values."""
+    from .data import FispSequence
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -200,7 +201,7 @@ def _sequence(
         )
     where = f"{side}" if side is not None else f"{raw}"
     try:
-        return Sequence(fa, **{k: float(v) for k, v in values.items()}), sources
+        return FispSequence(fa, **{k: float(v) for k, v in values.items()}), sources
     except InputError as exc:
         raise InputError(f"{where}: {str(exc).removeprefix('sequence: ')}") from None
 
@@ -211,7 +212,7 @@ def _cycles_per_fov(
     matrix: tuple[int, int, int],
     raw: Path,
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The trajectory in cycles/FOV inside ``[-matrix/2, matrix/2)`` (module doc of io_ismrmrd)."""
+    """Return the trajectory in cycles/FOV in ``[-matrix/2, matrix/2)`` (see io_ismrmrd's notes)."""
     s = (1.0, 1.0, 1.0) if scale is None else scale
     m = np.asarray(matrix, dtype=np.float64)
     k = traj.astype(np.float64) * np.asarray(s)
@@ -247,7 +248,7 @@ def _apply(mat: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _gridded_calibration(
     kspace: np.ndarray, traj: np.ndarray, matrix: tuple[int, int, int], raw: Path
 ) -> tuple[np.ndarray, int]:
-    """A Cartesian calibration cube from the centre of non-Cartesian data (cell averages).
+    """Return a Cartesian calibration cube from the centre of non-Cartesian data (cell averages).
 
     Every sample within ±1/2 cycle/FOV of an integer frequency is averaged into that point, over
     all groups and repetitions.  This is the same linear gridding for every coil, so the coil
@@ -283,7 +284,7 @@ def _condition(
     raw: Any, traj: np.ndarray, coils: int | None, p: Path
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
     """Pre-whitened, calibrated, compressed k-space and calibration, and what was done."""
-    from .coils import compression_matrix, whitening_matrix
+    from .operators.coil_maps import compression_matrix, whitening_matrix
 
     ksp, cal = raw.kspace, raw.calibration
     n_in = ksp.shape[0]
@@ -450,8 +451,9 @@ def export_dicom(
     series_number: int = 100,
     overwrite: bool = False,
 ) -> list[Path]:
-    """``spurig export-dicom``: T1, T2 and PD maps of a matched result as DICOM (module doc of
-    :mod:`spurig_core.io_dicom`).
+    """Write the T1, T2 and PD maps of a matched result as DICOM (``spurig export-dicom``).
+
+    The objects written are described in the module doc of :mod:`spurig_core.io_dicom`.
 
     Patient and study identifiers come from the options, else from the ISMRMRD header kept in the
     scan (``scan``, or the result's source scan when it still exists), else anonymous defaults.

@@ -1,4 +1,6 @@
-"""Figures of the paper (2, 3, 4, 5 and 8) as PNG files, drawn headless.
+"""Image-panel figures of the paper (2 and 3) as PNG files, drawn headless.
+
+The chart figures (4, 5 and 8) are in :mod:`spurig_core.figures_charts`.
 
 matplotlib is imported inside the functions and used through :class:`matplotlib.figure.Figure`
 (the Agg canvas, no pyplot state, no display), so the functions are safe in worker threads.  Every
@@ -21,8 +23,7 @@ Display conventions
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,18 @@ import numpy as np
 import torch
 
 from .data import Reference, Result
+from .durations import duration_name
 from .errors import InputError
 from .io import atomic_path
-from .metrics import QUANT_LABELS, _ssim, brain_slices, duration_name, psnr, unbalance
+from .metrics import QUANT_LABELS, _ssim, brain_slices, psnr
+from .physics import unbalance_coefficients
 from .recon.methods import METHODS
 
 __all__ = [
     "SubjectPanels",
-    "ablation_figure",
     "coefficient_figure",
     "coefficient_slice",
     "maps_figure",
-    "speedup_figure",
-    "steps_figure",
 ]
 
 #: Pixels per inch of every figure.
@@ -88,7 +88,7 @@ def coefficient_slice(
     index : int
         Coefficient (0-based: ``index=0`` is c1).
     unbalanced : bool
-        Take ``α = F_kᴴ α̃`` (:func:`spurig_core.metrics.unbalance`) first.
+        Take ``α = F_kᴴ α̃`` (:func:`spurig_core.physics.unbalance_coefficients`) first.
 
     Returns
     -------
@@ -96,7 +96,7 @@ def coefficient_slice(
     """
     c = coefficients[..., z]
     if unbalanced:
-        c = unbalance(c)
+        c = unbalance_coefficients(c)
     return c[index].detach().cpu().numpy().astype(np.complex64)
 
 
@@ -171,6 +171,54 @@ def _overlay_error(ax: Any, err: np.ndarray, vmax: float, cmap: str, magnify: fl
     return im
 
 
+def _method_panels(
+    rows: Mapping[str, Mapping[str, Any]],
+    cols: list[str],
+    axes: dict[tuple[str, str], Any],
+    ref: np.ndarray,
+    draw_reference: Callable[[Any], None],
+    *,
+    magnitude: bool,
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Walk the panels of :func:`_panel_grid` row by row: yield ``(axis, slice)`` of each method.
+
+    The reference panel of the first row is drawn by ``draw_reference(axis)``; the reference
+    column of later rows and the methods a row lacks are left blank.  Slices are float64
+    (magnitudes with ``magnitude``) and must have the reference's shape.
+    """
+    first = next(iter(rows))
+    for rlab, per in rows.items():
+        for clab in cols:
+            ax = axes[(rlab, clab)]
+            if clab == "reference" and rlab == first:
+                draw_reference(ax)
+            elif clab == "reference" or clab not in per:
+                ax.set_axis_off()
+            else:
+                img = _np2d(per[clab], f"{rlab}/{clab}")
+                img = (np.abs(img) if magnitude else img).astype(np.float64)
+                if img.shape != ref.shape:
+                    raise InputError(
+                        f"{rlab}/{clab}: slice {img.shape} differs from the reference {ref.shape}"
+                    )
+                yield ax, img
+
+
+def _corner_text(ax: Any, text: str, color: str) -> None:
+    """Return a small boxed label in the bottom-right corner of a panel."""
+    ax.text(
+        0.98,
+        0.02,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        color=color,
+        fontsize=6,
+        bbox=_TEXT_BOX,
+    )
+
+
 def coefficient_figure(
     reference: Any,
     rows: Mapping[str, Mapping[str, Any]],
@@ -211,47 +259,15 @@ def coefficient_figure(
     if not vmax > 0:
         raise InputError("reference: the slice is zero everywhere; give peak=")
     fig, cols, axes = _panel_grid(rows, 0.0, title)
-    first = next(iter(rows))
-    for rlab, per in rows.items():
-        for clab in cols:
-            ax = axes[(rlab, clab)]
-            if clab == "reference":
-                if rlab == first:
-                    ax.imshow(
-                        ref.T,
-                        origin="lower",
-                        cmap="gray",
-                        vmin=0,
-                        vmax=vmax,
-                        interpolation="nearest",
-                    )
-                else:
-                    ax.set_axis_off()
-                continue
-            if clab not in per:
-                ax.set_axis_off()
-                continue
-            img = np.abs(_np2d(per[clab], f"{rlab}/{clab}")).astype(np.float64)
-            if img.shape != ref.shape:
-                raise InputError(
-                    f"{rlab}/{clab}: slice {img.shape} differs from the reference {ref.shape}"
-                )
-            ax.imshow(
-                img.T, origin="lower", cmap="gray", vmin=0, vmax=vmax, interpolation="nearest"
-            )
-            _overlay_error(ax, np.abs(img - ref), vmax, "inferno", magnify)
-            p, s = psnr(img, ref, vmax), _ssim(img, ref, vmax)
-            ax.text(
-                0.98,
-                0.02,
-                f"{p:.1f} dB\n{s:.3f}",
-                transform=ax.transAxes,
-                ha="right",
-                va="bottom",
-                color="yellow",
-                fontsize=6,
-                bbox=_TEXT_BOX,
-            )
+
+    def draw_reference(ax: Any) -> None:
+        ax.imshow(ref.T, origin="lower", cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+
+    for ax, img in _method_panels(rows, cols, axes, ref, draw_reference, magnitude=True):
+        ax.imshow(img.T, origin="lower", cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+        _overlay_error(ax, np.abs(img - ref), vmax, "inferno", magnify)
+        p, s = psnr(img, ref, vmax), _ssim(img, ref, vmax)
+        _corner_text(ax, f"{p:.1f} dB\n{s:.3f}", "yellow")
     return _save(fig, out_path)
 
 
@@ -306,55 +322,25 @@ def maps_figure(
     m = (ref > 0) if mask is None else _np2d(mask, "mask").astype(bool)
     em = m if error_mask is None else _np2d(error_mask, "error_mask").astype(bool)
     fig, cols, axes = _panel_grid(rows, 1.0, title)
-    first = next(iter(rows))
-    im_map = im_err = None
-    for rlab, per in rows.items():
-        for clab in cols:
-            ax = axes[(rlab, clab)]
-            if clab == "reference":
-                if rlab == first:
-                    im_map = ax.imshow(
-                        np.ma.masked_where(~m, ref).T,
-                        origin="lower",
-                        cmap=cmap,
-                        vmin=0,
-                        vmax=top,
-                        interpolation="nearest",
-                    )
-                else:
-                    ax.set_axis_off()
-                continue
-            if clab not in per:
-                ax.set_axis_off()
-                continue
-            img = _np2d(per[clab], f"{rlab}/{clab}").astype(np.float64)
-            if img.shape != ref.shape:
-                raise InputError(
-                    f"{rlab}/{clab}: slice {img.shape} differs from the reference {ref.shape}"
-                )
-            im_map = ax.imshow(
-                np.ma.masked_where(~m, img).T,
-                origin="lower",
-                cmap=cmap,
-                vmin=0,
-                vmax=top,
-                interpolation="nearest",
-            )
-            im_err = _overlay_error(ax, np.where(m, np.abs(img - ref), 0), top, "gray", magnify)
-            sel = em & (ref > 0)
-            if sel.any():
-                rel = float(np.mean(np.abs(img[sel] - ref[sel]) / ref[sel]))
-                ax.text(
-                    0.98,
-                    0.02,
-                    f"{100 * rel:.1f} %",
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="bottom",
-                    color="white",
-                    fontsize=6,
-                    bbox=_TEXT_BOX,
-                )
+    maps: list[Any] = []  # the images drawn with the map colour scale
+    im_err = None
+
+    def draw_map(ax: Any, img: np.ndarray) -> None:
+        masked = np.ma.masked_where(~m, img).T
+        maps.append(
+            ax.imshow(masked, origin="lower", cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
+        )
+
+    for ax, img in _method_panels(
+        rows, cols, axes, ref, lambda ax: draw_map(ax, ref), magnitude=False
+    ):
+        draw_map(ax, img)
+        im_err = _overlay_error(ax, np.where(m, np.abs(img - ref), 0), top, "gray", magnify)
+        sel = em & (ref > 0)
+        if sel.any():
+            rel = float(np.mean(np.abs(img[sel] - ref[sel]) / ref[sel]))
+            _corner_text(ax, f"{100 * rel:.1f} %", "white")
+    im_map = maps[-1] if maps else None
     w = fig.get_size_inches()[0]
     if im_map is not None:
         cax = fig.add_axes((1 - 0.85 / w, 0.55, 0.12 / w, 0.35))
@@ -365,193 +351,6 @@ def maps_figure(
         cb = fig.colorbar(im_err, cax=cax)
         cb.set_label(f"|error| ×{magnify:g} (ms)", fontsize=7)
         cax.tick_params(labelsize=6)
-    return _save(fig, out_path)
-
-
-def _metric_stats(e: Mapping[str, Any], metric: str, j: int) -> tuple[float, float]:
-    vals = e.get(f"{metric}_slices")
-    if vals is not None and j < len(vals):
-        v = np.asarray(vals[j], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if v.size:
-            return float(v.mean()), float(v.std())
-    try:
-        return float(e[metric][j]), float(e.get(f"{metric}_std", [math.nan] * (j + 1))[j])
-    except (KeyError, IndexError, TypeError):
-        raise InputError(f"evaluation has no {metric.upper()} for coefficient c{j + 1}") from None
-
-
-def ablation_figure(
-    variants: Mapping[str, Mapping[str, Any]],
-    out_path: str | Path,
-    *,
-    coefficient: int = 0,
-    title: str = "",
-) -> Path:
-    """Paper Figure 4: PSNR (left) and SSIM (right) bars, mean ± std across slices, per variant.
-
-    Parameters
-    ----------
-    variants : mapping label -> evaluation dict
-        :func:`spurig_core.metrics.evaluate` output per training variant (e.g. ``"Full"``,
-        ``"GLEAM"``, ``"GLEAM (no PT)"``), in display order.
-    out_path : path-like
-    coefficient : int
-        Balanced coefficient (0-based; the paper shows c1).
-    title : str
-
-    Returns
-    -------
-    Path
-        ``out_path``; 8 × 3.5 inches at 100 dpi.
-    """
-    from matplotlib.figure import Figure
-
-    if not variants:
-        raise InputError("ablation_figure: no variants given")
-    labels = list(variants)
-    fig = Figure(figsize=(8.0, 3.5), dpi=DPI)
-    for k, (metric, unit) in enumerate((("psnr", "PSNR (dB)"), ("ssim", "SSIM"))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        stats = [_metric_stats(variants[lab], metric, coefficient) for lab in labels]
-        means = [s[0] for s in stats]
-        ax.bar(
-            range(len(labels)),
-            means,
-            yerr=[s[1] for s in stats],
-            capsize=3,
-            color=[f"C{i % 10}" for i in range(len(labels))],
-        )
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel(f"{unit}, c{coefficient + 1}", fontsize=8)
-        lo = min(m - s for m, s in stats if math.isfinite(m - s)) if stats else 0
-        hi = max(m + s for m, s in stats if math.isfinite(m + s)) if stats else 1
-        pad = 0.1 * max(hi - lo, 1e-6)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.3, top=0.88, wspace=0.3)
-    return _save(fig, out_path)
-
-
-def steps_figure(
-    steps: Mapping[int, Mapping[str, Any]],
-    out_path: str | Path,
-    *,
-    coefficient: int = 0,
-    title: str = "",
-) -> Path:
-    """Paper Figure 5: PSNR and SSIM (mean ± std across slices) against the number of unroll steps.
-
-    Parameters
-    ----------
-    steps : mapping int -> evaluation dict
-        One :func:`spurig_core.metrics.evaluate` output per model (number of unroll steps).
-    out_path : path-like
-    coefficient : int
-        Balanced coefficient (0-based).
-    title : str
-
-    Returns
-    -------
-    Path
-        ``out_path``; 8 × 3.5 inches at 100 dpi.
-    """
-    from matplotlib.figure import Figure
-
-    if not steps:
-        raise InputError("steps_figure: no models given")
-    xs = sorted(steps)
-    fig = Figure(figsize=(8.0, 3.5), dpi=DPI)
-    for k, (metric, unit) in enumerate((("psnr", "PSNR (dB)"), ("ssim", "SSIM"))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        stats = [_metric_stats(steps[x], metric, coefficient) for x in xs]
-        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3)
-        ax.set_xticks(xs)
-        ax.set_xlabel("unroll steps", fontsize=8)
-        ax.set_ylabel(f"{unit}, c{coefficient + 1}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.88, wspace=0.3)
-    return _save(fig, out_path)
-
-
-def speedup_figure(
-    times: Mapping[str, Mapping[str, float]],
-    out_path: str | Path,
-    *,
-    baseline: str = "llr-nufft",
-    title: str = "",
-) -> Path:
-    """Paper Figure 8: speed-up ``t_baseline / t_method`` per duration, bars annotated with times.
-
-    Parameters
-    ----------
-    times : mapping duration -> mapping method -> seconds
-        Reconstruction wall times (e.g. from ``spurig bench``), durations in display order.
-    out_path : path-like
-    baseline : str
-        The reference method (the paper: FISTA LLR with NUFFT, 40 iterations).
-    title : str
-
-    Returns
-    -------
-    Path
-        ``out_path``; 8 × 4 inches at 100 dpi.
-
-    Raises
-    ------
-    InputError
-        When a duration lacks the baseline or a time is not positive.
-    """
-    from matplotlib.figure import Figure
-
-    if not times:
-        raise InputError("speedup_figure: no timings given")
-    methods = _ordered_columns(times)
-    for d, per in times.items():
-        if baseline not in per:
-            raise InputError(f"speedup_figure: duration {d!r} has no time for {baseline!r}")
-        bad = [m for m, t in per.items() if not (t > 0 and math.isfinite(t))]
-        if bad:
-            raise InputError(f"speedup_figure: duration {d!r} has non-positive times for {bad}")
-    fig = Figure(figsize=(8.0, 4.0), dpi=DPI)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(methods))
-    durations: Sequence[str] = list(times)
-    for i, m in enumerate(methods):
-        xs, ys, secs = [], [], []
-        for k, d in enumerate(durations):
-            if m in times[d]:
-                xs.append(k + (i - (len(methods) - 1) / 2) * width)
-                ys.append(times[d][baseline] / times[d][m])
-                secs.append(times[d][m])
-        bars = ax.bar(xs, ys, width=width * 0.95, label=_NAMES.get(m, m), color=f"C{i % 10}")
-        for b, y, s in zip(bars, ys, secs, strict=True):
-            ax.annotate(
-                f"×{y:.1f}\n{s:.1f} s" if s < 100 else f"×{y:.1f}\n{s:.0f} s",
-                (b.get_x() + b.get_width() / 2, y),
-                ha="center",
-                va="bottom",
-                fontsize=6,
-                xytext=(0, 1),
-                textcoords="offset points",
-            )
-    ax.set_xticks(range(len(durations)))
-    ax.set_xticklabels(durations, fontsize=8)
-    ax.set_ylabel(f"speed-up vs {_NAMES.get(baseline, baseline)}", fontsize=8)
-    ax.set_yscale("log")
-    ratios = [times[d][baseline] / t for d in durations for t in times[d].values()]
-    ax.set_ylim(0.5 * min(min(ratios), 1.0), 4 * max(max(ratios), 1.0))
-    ax.legend(fontsize=7, loc="upper right", ncols=len(methods))
-    ax.tick_params(labelsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.9)
     return _save(fig, out_path)
 
 
@@ -598,7 +397,7 @@ class SubjectPanels:
         self.error_mask = np.isin(tissue, QUANT_LABELS)
         self.peaks = {
             "c1": float(ref[0].abs().max()),
-            "u3": float(unbalance(ref)[self._k3].abs().max()),
+            "u3": float(unbalance_coefficients(ref)[self._k3].abs().max()),
         }
         self.rows: dict[str, dict[str, dict[str, np.ndarray]]] = {
             "c1": {},
@@ -625,8 +424,11 @@ class SubjectPanels:
             self.rows["t2"].setdefault(r, {})[c] = result.t2_ms[..., self.z].numpy()
 
     def draw(self, out_dir: str | Path) -> list[Path]:
-        """Write ``fig2_<name>_c1.png``, ``fig2_<name>_u3.png`` and, with maps,
-        ``fig3_<name>_t1.png`` and ``fig3_<name>_t2.png`` into ``out_dir``; return their paths."""
+        """Write this subject's figure 2 (and, with maps, figure 3) PNGs into ``out_dir``.
+
+        The files are ``fig2_<name>_c1.png``, ``fig2_<name>_u3.png`` and, with maps,
+        ``fig3_<name>_t1.png`` and ``fig3_<name>_t2.png``; returns their paths.
+        """
         out_dir = Path(out_dir)
         out = []
         for key, label, mag in (("c1", "balanced c1", 5), ("u3", "unbalanced c3", 10)):

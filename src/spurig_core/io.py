@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Reference, Result, Scan, Sequence
+from .data import FispSequence, Reference, Result, Scan
 from .errors import InputError
 from .io_probe import (
     file_schema,
@@ -179,7 +179,7 @@ def load_scan(path: PathLike) -> Scan:
 
 
 def _read_scan(f: Any, p: Path) -> dict[str, Any]:
-    """The :class:`Scan` fields of an open ``spurig-raw/1`` file (see :func:`load_scan`)."""
+    """Return the :class:`Scan` fields of an open ``spurig-raw/1`` file (see :func:`load_scan`)."""
     from ._readers import h5_dataset, scan_header, scan_sequence_values
     from .io_fields import check_range
 
@@ -235,7 +235,7 @@ def _read_scan(f: Any, p: Path) -> dict[str, Any]:
     return {
         "kspace": torch.from_numpy(ksp),
         "trajectory": torch.from_numpy(traj),
-        "sequence": Sequence(fa, **timings),
+        "sequence": FispSequence(fa, **timings),
         "matrix": matrix,
         "fov_mm": fov,
         "calibration": None if calib is None else torch.from_numpy(calib),
@@ -267,8 +267,10 @@ def result_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def contrast_limits(coefficients: np.ndarray, *, percentile: float = 99.5) -> list[float]:
-    """Display range ``[0, p]`` of coefficient magnitudes: ``p`` the percentile of the central
-    axial plane of the first coefficient (what the viewer shows first).
+    """Return the display range ``[0, p]`` of coefficient magnitudes.
+
+    ``p`` is the percentile of the central axial plane of the first coefficient (what the viewer
+    shows first).
 
     Parameters
     ----------

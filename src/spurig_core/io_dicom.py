@@ -85,9 +85,9 @@ def plane_geometry(
 
 
 def _duration(groups: int) -> str:
-    from .data import DURATIONS
+    from .durations import duration_name
 
-    name = next((d for d, g in DURATIONS.items() if g == groups), None)
+    name = duration_name(groups)
     return f"{name} ({groups} groups)" if name else f"{groups} groups"
 
 
@@ -118,7 +118,7 @@ class _Common:
 
 
 def _source_image(image: np.ndarray, common: _Common, series_number: int) -> Any:
-    """The MRF magnitude image as a Legacy Converted Enhanced MR Image (the maps' source)."""
+    """Return the MRF magnitude image as a Legacy Converted Enhanced MR Image (the maps' source)."""
     import highdicom as hd
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -314,7 +314,7 @@ class DicomVolume:
 
 
 def _item(ds: Any, frame: int, name: str) -> Any:
-    """A functional group ``name`` of one frame (per-frame first, then shared)."""
+    """Return a functional group ``name`` of one frame (per-frame first, then shared)."""
     for seq in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
         groups = getattr(ds, seq, None)
         if groups:
@@ -385,8 +385,9 @@ def _read_one(path: Path) -> DicomVolume | None:
 
 
 def read_dicom_folder(path: PathLike) -> list[DicomVolume]:
-    """The Parametric Maps and enhanced MR images of a folder (as :func:`write_dicom_maps` writes
-    them) or of one ``*.dcm`` file.
+    """Read the Parametric Maps and enhanced MR images of a folder or of one ``*.dcm`` file.
+
+    A folder is read as :func:`write_dicom_maps` writes it.
 
     Raises
     ------

@@ -121,7 +121,7 @@ def _num(v: float) -> str:
 
 
 def _show(value: Any) -> str:
-    """A short, one-line rendering of a bad value."""
+    """Return a short, one-line rendering of a bad value."""
     arr = np.asarray(value) if not isinstance(value, str | bytes) else None
     if arr is not None and arr.ndim > 0 and arr.size > 4:
         return f"an array of shape {arr.shape}"
@@ -151,7 +151,7 @@ def _numbers(value: Any) -> np.ndarray | None:
 
 
 def text_attr(value: Any, name: str, where: str) -> str:
-    """A string attribute (``bytes`` decoded; a one-element array unwrapped)."""
+    """Return a string attribute (``bytes`` decoded; a one-element array unwrapped)."""
     v = value
     if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "USO":
         v = v.reshape(-1)[0]
@@ -166,7 +166,7 @@ def text_attr(value: Any, name: str, where: str) -> str:
 
 
 def number_attr(value: Any, name: str, where: str, rng: Range | None = None) -> float:
-    """A scalar number attribute checked against ``rng`` (default ``FIELDS[name]``)."""
+    """Return a scalar number attribute checked against ``rng`` (default ``FIELDS[name]``)."""
     r = FIELDS[name] if rng is None else rng
     arr = _numbers(value)
     if arr is None or arr.size != 1:
@@ -181,7 +181,7 @@ def number_attr(value: Any, name: str, where: str, rng: Range | None = None) -> 
 
 
 def int_attr(value: Any, name: str, where: str, rng: Range | None = None) -> int:
-    """An integral scalar attribute (``16.0`` is accepted, ``16.7`` is not)."""
+    """Return an integral scalar attribute (``16.0`` is accepted, ``16.7`` is not)."""
     r = FIELDS[name] if rng is None else rng
     return int(number_attr(value, name, where, Range(r.lo, r.hi, r.unit, True, r.lo_open)))
 
@@ -189,7 +189,7 @@ def int_attr(value: Any, name: str, where: str, rng: Range | None = None) -> int
 def vector_attr(
     value: Any, name: str, where: str, *, n: int = 3, rng: Range | None = None
 ) -> tuple[float, ...]:
-    """An attribute of ``n`` numbers, each checked against ``rng`` (default ``FIELDS[name]``)."""
+    """Return an attribute of ``n`` numbers, each checked against ``rng`` (or ``FIELDS[name]``)."""
     r = FIELDS[name] if rng is None else rng
     arr = _numbers(value)
     what = "integers" if r.integer else "numbers"
@@ -207,7 +207,7 @@ def vector_attr(
 
 
 def dict_attr(value: Any, name: str, where: str, *, values: str = "any") -> dict[str, Any]:
-    """A mapping attribute (``None`` → ``{}``).
+    """Return a mapping attribute (``None`` → ``{}``).
 
     ``values="number"`` requires finite numbers, ``values="text"`` strings.
     """
@@ -257,7 +257,7 @@ def check_range(data: np.ndarray, name: str, where: str, rng: Range | None = Non
 
 
 def check_magnitude(data: np.ndarray, name: str, where: str, *, kind: str = "dataset") -> None:
-    """``data`` finite, and ``Σ|x|²`` within float32 (see the module notes).
+    """Check that ``data`` is finite and ``Σ|x|²`` fits in float32 (see the module notes).
 
     Works in blocks of 4 Mi values so that no full-size temporary is made; the exact sum of
     squares (in float64) is only computed when ``max|x|² · size`` could exceed the limit.

@@ -170,7 +170,7 @@ def _open(path: PathLike, what: str = "ISMRMRD file") -> tuple[Any, Path]:
 
 
 def _container_name(f: Any) -> str | None:
-    """The group holding the header and acquisitions (``dataset`` or the only one)."""
+    """Return the group holding the header and acquisitions (``dataset`` or the only one)."""
     names = [k for k in f if f[k].has_header()]
     if "dataset" in names:
         return "dataset"
@@ -437,7 +437,7 @@ def _calibration_cube(
 
 
 def _header_sequence(header: Any) -> dict[str, Any]:
-    """What the header carries about the sequence (see :class:`RawIsmrmrd`)."""
+    """Return what the header says about the sequence (see :class:`RawIsmrmrd`)."""
     out: dict[str, Any] = {}
     sp = header.sequenceParameters
     if sp is not None:

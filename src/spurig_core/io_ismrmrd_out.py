@@ -31,7 +31,7 @@ _CALIB, _LAST_IN_MEASUREMENT = 20, 25
 # identifiers (for DICOM export)
 # ----------------------------------------------------------------------------------------------
 def scan_header_xml(path: PathLike) -> str | None:
-    """The ISMRMRD header XML that an imported spurig scan carries (``None`` when it has none)."""
+    """Return the ISMRMRD header XML an imported spurig scan carries (``None`` when it has none)."""
     import h5py
 
     try:
@@ -120,7 +120,7 @@ def _space(xsd: Any, m: tuple[int, ...], fov: tuple[float, ...]) -> Any:
 
 
 def _encodings(xsd: Any, scan: Scan) -> list[Any]:
-    """Encoding 0 (the MRF acquisition) and, with calibration data, encoding 1 (Cartesian)."""
+    """Build encoding 0 (the MRF acquisition) and, with calibration data, encoding 1 (Cartesian)."""
     tr, groups = scan.n_tr, scan.n_groups
     units = xsd.userParameterStringType(name="units", value="cycles/FOV")
     out = [
@@ -158,7 +158,7 @@ def _encodings(xsd: Any, scan: Scan) -> list[Any]:
 
 
 def _header(scan: Scan, base_xml: str | None) -> Any:
-    """The header of the layout; subject, study, measurement and conditions kept from ``base``."""
+    """Build the layout's header; subject, study, measurement and conditions kept from ``base``."""
     from ismrmrd import xsd
 
     base = None

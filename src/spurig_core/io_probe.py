@@ -41,8 +41,9 @@ def result_iterations_shape(path: PathLike) -> tuple[int, ...] | None:
 
 
 def file_schema(path: PathLike) -> str | None:
-    """The root ``schema`` attribute of an HDF5 file or zarr group (``None`` when absent or when
-    a directory is not a zarr group).
+    """Return the root ``schema`` attribute of an HDF5 file or zarr group.
+
+    ``None`` when it is absent or when a directory is not a zarr group.
 
     Raises
     ------
@@ -113,7 +114,7 @@ def scan_maps(path: PathLike) -> tuple[tuple[float, float, float], dict[str, np.
 
 
 def open_nifti(path: PathLike) -> tuple[Any, tuple[float, float, float]]:
-    """A NIfTI file's lazy array proxy (3D or 4D, read on indexing) and its voxel size in mm.
+    """Return a NIfTI file's lazy array proxy (3D or 4D, read on indexing) and its voxel size in mm.
 
     Raises
     ------
@@ -147,7 +148,7 @@ def scan_voxel_size(path: PathLike) -> tuple[float, float, float]:
 
 
 def result_source(path: PathLike) -> dict[str, Any] | None:
-    """The ``source`` attribute (scan path and sha256) of a result store, ``None`` if absent."""
+    """Return a result store's ``source`` attribute (scan path and sha256), ``None`` if absent."""
     import zarr
 
     try:

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from .config import to_dict
-from .data import Sequence
+from .data import FispSequence
 from .errors import InputError
-from .physics import Dictionary, DictionaryGrid, _intraop_threads, load_dictionary
+from .physics import Dictionary, DictionaryGrid, intraop_threads, load_dictionary
 from .progress import Callback, emit
 
 __all__ = [
@@ -69,6 +69,7 @@ class MatchingConfig:
     atom_chunk: int = 2048
 
     def __post_init__(self) -> None:
+        """Raise InputError unless ``mask_threshold`` is in [0, 1) and the chunk sizes are ≥ 1."""
         if not 0.0 <= self.mask_threshold < 1.0:
             raise InputError("matching.mask_threshold: must be in [0, 1)")
         if self.voxel_chunk < 1 or self.atom_chunk < 1:
@@ -269,7 +270,7 @@ def match_vectors(
     else:
         # CPU: parallel chunks with one intra-op thread each (threaded BLAS stalls when other
         # processes share the cores; the chunks are independent anyway)
-        with _intraop_threads(1), ThreadPoolExecutor(workers) as pool:
+        with intraop_threads(1), ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(run, task) for task in tasks]
             try:
                 for task, fut in zip(tasks, futures, strict=True):
@@ -288,13 +289,13 @@ def match_vectors(
 
 def _dictionary_for(
     basis: torch.Tensor,
-    seq: Sequence,
+    seq: FispSequence,
     grid: DictionaryGrid,
     dictionary: Dictionary | None,
     device: torch.device,
     callback: Callback | None,
 ) -> tuple[Dictionary, torch.Tensor]:
-    """A dictionary whose basis spans ``basis``, and ``T = Φ_dictᴴ basis`` (k × k)."""
+    """Return a dictionary whose basis spans ``basis``, and ``T = Φ_dictᴴ basis`` (k × k)."""
     if dictionary is None:
         d = load_dictionary(seq, grid, device=device, callback=callback)
     else:
@@ -315,7 +316,7 @@ def match_maps(
     *,
     b1: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-    sequence: Sequence | None = None,
+    sequence: FispSequence | None = None,
     config: MatchingConfig | None = None,
     dictionary: Dictionary | None = None,
     device: str | torch.device = "cpu",
@@ -335,7 +336,7 @@ def match_maps(
         ends).  ``None``: B1 = 1 everywhere.
     mask : Tensor, shape (x, y, z), bool, optional
         Voxels to match; ``None``: :func:`coefficient_mask` with ``config.mask_threshold``.
-    sequence : Sequence, optional
+    sequence : FispSequence, optional
         The acquisition (``None``: the default sequence).
     config : MatchingConfig, optional
     dictionary : Dictionary, optional
@@ -357,7 +358,7 @@ def match_maps(
         On shapes that do not fit, NaN/Inf coefficients, or B1 outside ``(0, 3]``.
     """
     cfg = MatchingConfig() if config is None else config
-    seq = Sequence.default() if sequence is None else sequence
+    seq = FispSequence.default() if sequence is None else sequence
     dev = torch.device(device)
     if coefficients.ndim != 4:
         raise InputError(

@@ -7,6 +7,10 @@ one admitted may still need somewhat more.  The available memory is ``MemAvailab
 capped by the environment variable ``SPURIG_MEMORY_GB`` when it is set (to keep a job below a
 budget on a shared machine).
 
+The measured side lives here too (the one harness of ``spurig bench`` and ``benchmarks/``):
+:func:`rss_mb` (resident memory now), :func:`peak_rss_mb` (the process's peak so far) and
+:class:`PeakRSS` (the peak while a block runs, sampled by a thread).
+
 =================  ==============================================================================
 step               arrays counted
 =================  ==============================================================================
@@ -23,15 +27,20 @@ from __future__ import annotations
 
 import math
 import os
+import resource
+import threading
 from collections.abc import Sequence
 
 from .errors import InputError
 
 __all__ = [
+    "PeakRSS",
     "available_bytes",
     "format_bytes",
+    "peak_rss_mb",
     "recon_estimates",
     "require_bytes",
+    "rss_mb",
 ]
 
 _COMPLEX = 8  # bytes per complex64 value
@@ -121,16 +130,26 @@ def recon_estimates(
     samples: int,
     basis: int = 5,
     espirit: bool = False,
-    oversampling: float = 1.5,
+    oversampling: float | None = None,
     saved_iterates: int = 0,
 ) -> list[tuple[str, float]]:
     """Estimated peak bytes of each step of ``reconstruct`` (see the module table).
+
+    Parameters
+    ----------
+    oversampling : float, optional
+        Grid oversampling of the gridded methods; ``None``: the default
+        :data:`~spurig_core.operators.grid.GRID_OVERSAMPLING`.
 
     Returns
     -------
     list of (str, float)
         ``(step description, bytes)`` in the order the steps run.
     """
+    if oversampling is None:
+        from .operators.grid import GRID_OVERSAMPLING
+
+        oversampling = GRID_OVERSAMPLING
     x, y, z = (int(v) for v in matrix)
     n = x * y * z
     shape = f"{x}×{y}×{z}"
@@ -168,3 +187,68 @@ def recon_estimates(
         )
     )
     return steps
+
+
+# ----------------------------------------------------------------------------------------------
+# measured memory (benchmarks)
+# ----------------------------------------------------------------------------------------------
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (``/proc/self/statm``; 0 where absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started, in MiB (``ru_maxrss``, Linux KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) while a ``with`` block runs, sampled by a thread.
+
+    Unlike :func:`peak_rss_mb` it sees a block's own peak after a larger earlier one.
+
+    Parameters
+    ----------
+    interval_s : float
+        Sampling period in seconds; a shorter spike than this may be missed.
+
+    Attributes
+    ----------
+    base, peak : float
+        Resident MiB at entry and the largest sample (including one at exit).
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = float(interval_s)
+        self.base = self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        """Record the resident memory now as ``base`` and start the sampling thread."""
+        self.base = self.peak = rss_mb()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the sampling thread and take a last sample into ``peak``."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+    @property
+    def extra(self) -> float:
+        """MiB above the resident memory at entry (``peak − base``)."""
+        return self.peak - self.base

@@ -25,7 +25,7 @@ T1/T2 errors
     per tissue (CSF, GM, WM) for reference.
 Statistics
     Two-sided Wilcoxon signed-rank tests (:func:`scipy.stats.wilcoxon`) between two methods' paired
-    per-slice or per-voxel values (:func:`wilcoxon_p`).
+    per-slice or per-voxel values (:func:`spurig_core.metrics_stats.wilcoxon_p`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DURATIONS, Reference, Result, Scan
-from .data import Sequence as MRFSequence
+from .data import FispSequence, Reference, Result, Scan
+from .durations import duration_name
 from .errors import InputError
 from .progress import Callback, emit
 
@@ -47,15 +47,11 @@ __all__ = [
     "QUANT_LABELS",
     "brain_slices",
     "coefficient_metrics",
-    "duration_name",
     "evaluate",
     "format_metrics",
-    "paired_tests",
     "psnr",
     "quantitative_errors",
     "reference_coefficients",
-    "unbalance",
-    "wilcoxon_p",
 ]
 
 #: Tissue labels that make a slice a brain slice (CSF, GM, WM; SPEC §5).
@@ -74,38 +70,8 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def duration_name(groups: int) -> str | None:
-    """The named duration (``"6min"``, ``"2min"``, ``"1min"``, ``"30s"``) of ``groups``, if any."""
-    for name, g in DURATIONS.items():
-        if g == int(groups):
-            return name
-    return None
-
-
-def unbalance(coefficients: torch.Tensor) -> torch.Tensor:
-    """Unbalanced coefficients ``α = F_kᴴ α̃`` from balanced ones (SPEC §4, paper 2.4).
-
-    ``F_k`` is the unitary DFT of length ``k`` (``F[m, n] = exp(−2πi mn/k)/√k``), so ``F_kᴴ`` is the
-    orthonormal inverse DFT along the basis axis (consistent with the balanced basis
-    ``Φ̃ = Φ F_kᴴ`` so that ``Φ̃ α̃ = Φ α``).
-
-    Parameters
-    ----------
-    coefficients : Tensor, shape (basis, x, y, z), complex
-        Balanced coefficients ``α̃``.
-
-    Returns
-    -------
-    Tensor, shape (basis, x, y, z), complex
-        ``α``, ordered like the singular vectors of ``Φ``.
-    """
-    if coefficients.ndim < 1:
-        raise InputError("coefficients: expected shape (basis, x, y, z)")
-    return torch.fft.ifft(coefficients, dim=0, norm="ortho")
-
-
 def brain_slices(tissue: Any, *, labels: Sequence[int] = BRAIN_LABELS) -> np.ndarray:
-    """Indices of the axial slices (last axis) that contain any voxel with a label in ``labels``.
+    """Return the indices of axial slices (last axis) holding any voxel with a label in ``labels``.
 
     Parameters
     ----------
@@ -168,11 +134,11 @@ def reference_coefficients(
     basis: torch.Tensor,
     *,
     b1: torch.Tensor | float | None = None,
-    sequence: MRFSequence | None = None,
+    sequence: FispSequence | None = None,
     chunk: int = 4096,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Reference subspace coefficients ``Φ̃ᴴ (pd · signal(t1, t2, b1))`` (SPEC §5).
+    """Return reference subspace coefficients ``Φ̃ᴴ (pd · signal(t1, t2, b1))`` (SPEC §5).
 
     Signals are simulated only for the distinct ``(t1, t2, b1)`` triples of the foreground voxels
     (tissue > 0 and T1, T2 > 0), ``chunk`` at a time; background voxels are 0.
@@ -185,7 +151,7 @@ def reference_coefficients(
         The (balanced) temporal basis ``Φ̃`` the coefficients refer to.
     b1 : Tensor, shape (x, y, z), float, or float, optional
         Relative B1+ (1 when ``None``).
-    sequence : Sequence, optional
+    sequence : FispSequence, optional
         The acquisition (default sequence of SPEC §4 when ``None``).
     chunk : int
         Distinct parameter triples simulated at once (bounds memory).
@@ -201,8 +167,6 @@ def reference_coefficients(
     InputError
         When shapes disagree (maps, B1, or the basis length against the sequence).
     """
-    from .physics import simulate_signals
-
     t1 = _to_numpy(reference.t1_ms).astype(np.float32)
     t2 = _to_numpy(reference.t2_ms).astype(np.float32)
     tissue = _to_numpy(reference.tissue)
@@ -217,24 +181,12 @@ def reference_coefficients(
     if basis.ndim != 2:
         raise InputError(f"basis: expected shape (tr, basis), got {tuple(basis.shape)}")
     n_tr, k = (int(s) for s in basis.shape)
-    seq = MRFSequence.default() if sequence is None else sequence
+    seq = FispSequence.default() if sequence is None else sequence
     if seq.n_tr != n_tr:
         raise InputError(
             f"basis: has {n_tr} time points but the sequence has {seq.n_tr} repetitions"
         )
-    if b1 is None:
-        b1_arr = np.ones(shape, dtype=np.float32)
-    elif isinstance(b1, (int, float)):
-        b1_arr = np.full(shape, float(b1), dtype=np.float32)
-    else:
-        b1_arr = _to_numpy(b1).astype(np.float32)
-        if b1_arr.shape != shape:
-            raise InputError(f"b1: has shape {b1_arr.shape}, expected {shape}")
-    from .io_fields import check_magnitude, check_range
-
-    check_magnitude(b1_arr, "b1", "reference", kind="map")
-    check_range(b1_arr, "b1", "reference")
-
+    b1_arr = _b1_map(b1, shape)
     fg = (tissue > 0) & (t1 > 0) & (t2 > 0) & (b1_arr > 0)
     out = np.zeros((k, *shape), dtype=np.complex64)
     idx = np.flatnonzero(fg)
@@ -246,23 +198,48 @@ def reference_coefficients(
     inverse = inverse.reshape(-1)
     # Φ̃ᴴ s = Σ_t conj(Φ̃[t, j]) s[t]: rows of signals times conj(Φ̃)
     phi_conj = basis.detach().to("cpu", torch.complex64).conj()
-    proj = np.empty((uniq.shape[0], k), dtype=np.complex64)
-    step = max(1, int(chunk))
-    for i0 in range(0, uniq.shape[0], step):
-        u = torch.from_numpy(uniq[i0 : i0 + step])
-        sig = simulate_signals(u[:, 1], u[:, 0], u[:, 2], seq)
-        proj[i0 : i0 + step] = (sig.to(torch.complex64) @ phi_conj).numpy()
-        emit(
-            callback,
-            "reference",
-            min(uniq.shape[0], i0 + step),
-            uniq.shape[0],
-            "reference coefficients",
-        )
+    proj = _projected_signals(uniq, phi_conj, seq, max(1, int(chunk)), callback)
     vals = proj[inverse] * pd.reshape(-1)[idx][:, None]  # (n_fg, basis)
     flat = out.reshape(k, -1)
     flat[:, idx] = vals.T
     return torch.from_numpy(out)
+
+
+def _b1_map(b1: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``b1`` (None: 1, a number, or a map of ``shape``) as a checked float32 map."""
+    from .io_fields import check_magnitude, check_range
+
+    if b1 is None:
+        b1_arr = np.ones(shape, dtype=np.float32)
+    elif isinstance(b1, (int, float)):
+        b1_arr = np.full(shape, float(b1), dtype=np.float32)
+    else:
+        b1_arr = _to_numpy(b1).astype(np.float32)
+        if b1_arr.shape != shape:
+            raise InputError(f"b1: has shape {b1_arr.shape}, expected {shape}")
+    check_magnitude(b1_arr, "b1", "reference", kind="map")
+    check_range(b1_arr, "b1", "reference")
+    return b1_arr
+
+
+def _projected_signals(
+    triples: np.ndarray,
+    phi_conj: torch.Tensor,
+    seq: Any,
+    step: int,
+    callback: Callback | None,
+) -> np.ndarray:
+    """``Φ̃ᴴ signal`` ``(n, basis)`` of ``(t2, t1, b1)`` rows ``(n, 3)``, ``step`` rows at a time."""
+    from .physics import simulate_signals
+
+    proj = np.empty((triples.shape[0], phi_conj.shape[1]), dtype=np.complex64)
+    for i0 in range(0, triples.shape[0], step):
+        u = torch.from_numpy(triples[i0 : i0 + step])
+        sig = simulate_signals(u[:, 1], u[:, 0], u[:, 2], seq)
+        proj[i0 : i0 + step] = (sig.to(torch.complex64) @ phi_conj).numpy()
+        done = min(triples.shape[0], i0 + step)
+        emit(callback, "reference", done, triples.shape[0], "reference coefficients")
+    return proj
 
 
 def _check_reference_values(t1: np.ndarray, t2: np.ndarray, tissue: np.ndarray) -> None:
@@ -432,85 +409,6 @@ def quantitative_errors(
 
 
 # ----------------------------------------------------------------------------------------------
-# statistics
-# ----------------------------------------------------------------------------------------------
-def wilcoxon_p(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    *,
-    alternative: str = "two-sided",
-) -> float:
-    """p-value of the Wilcoxon signed-rank test of paired samples ``a`` and ``b``.
-
-    Parameters
-    ----------
-    a, b : sequence of float, shape (n,)
-        Paired values (the same slices or voxels evaluated for two methods).
-    alternative : {"two-sided", "greater", "less"}
-        As in :func:`scipy.stats.wilcoxon` (``"greater"``: ``a`` tends to exceed ``b``).
-
-    Returns
-    -------
-    float
-        The p-value; ``nan`` when every difference is zero or there are no finite pairs.
-
-    Raises
-    ------
-    InputError
-        When ``a`` and ``b`` have different lengths.
-    """
-    from scipy.stats import wilcoxon
-
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape:
-        raise InputError(f"wilcoxon: paired samples differ in length ({x.size} vs {y.size})")
-    ok = np.isfinite(x) & np.isfinite(y)
-    d = x[ok] - y[ok]
-    if d.size == 0 or not np.any(d != 0):
-        return math.nan
-    return float(wilcoxon(x[ok], y[ok], alternative=alternative).pvalue)
-
-
-def paired_tests(
-    a: Mapping[str, Any], b: Mapping[str, Any], *, alternative: str = "two-sided"
-) -> dict[str, Any]:
-    """Wilcoxon p-values between two evaluations of the same scan (e.g. SPUR-iG vs LLR).
-
-    Parameters
-    ----------
-    a, b : mapping
-        :func:`evaluate` dictionaries of the same subject (same brain slices and voxels).
-    alternative : {"two-sided", "greater", "less"}
-        Passed to :func:`wilcoxon_p` (``"greater"``: ``a``'s values tend to be larger).
-
-    Returns
-    -------
-    dict
-        ``"psnr"``, ``"ssim"``: list (basis,) of p-values over the paired slices; and, when both
-        have per-voxel errors, ``"t1_rel_error"``, ``"t2_rel_error"``: p-values over the voxels.
-
-    Raises
-    ------
-    InputError
-        When the two evaluations cover different slices or voxel counts.
-    """
-    if a.get("slices") != b.get("slices"):
-        raise InputError("paired_tests: the evaluations cover different slices (another scan?)")
-    out: dict[str, Any] = {}
-    for name in ("psnr", "ssim"):
-        out[name] = [
-            wilcoxon_p(x, y, alternative=alternative)
-            for x, y in zip(a[f"{name}_slices"], b[f"{name}_slices"], strict=True)
-        ]
-    for name in ("t1_rel_error", "t2_rel_error"):
-        va, vb = a.get(f"{name}_voxels"), b.get(f"{name}_voxels")
-        if va is not None and vb is not None:
-            out[name] = wilcoxon_p(va, vb, alternative=alternative)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
 def evaluate(
@@ -521,7 +419,7 @@ def evaluate(
     per_voxel: bool = True,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
-    """The metrics of SPEC §5 for one result against its simulated scan's ground truth.
+    """Return the metrics of SPEC §5 for one result against its simulated scan's ground truth.
 
     Parameters
     ----------
@@ -601,7 +499,7 @@ def evaluate(
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A printable plain-text table of :func:`evaluate`'s metrics.
+    """Return a printable plain-text table of :func:`evaluate`'s metrics.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Such a file holds up to three tables, each the fields of one stage config that replace its
 defaults: ``[gridding]`` (:class:`~spurig_core.operators.igrog.GriddingConfig`), ``[encoding]``
-(:class:`~spurig_core.operators.encoding.GriddedEncodingConfig`) and ``[llr]``
+(:class:`~spurig_core.operators.encoding.EncodingConfig`) and ``[llr]``
 (:class:`~spurig_core.recon.llr.LLRConfig`); ``prepare-training`` also reads ``[inputs]``
 (:class:`PrepareInputs`).  Every table and value is checked when the file is read
 (:func:`spurig_core.config.check_tables`), so ``[llr] iterations = -1`` is one line before any
@@ -41,12 +41,12 @@ class PrepareInputs:
 
 
 def recon_tables() -> dict[str, type]:
-    """The tables a reconstruction config may hold and the stage config of each."""
-    from .operators.encoding import GriddedEncodingConfig
+    """Return the tables a reconstruction config may hold and the stage config of each."""
+    from .operators.encoding import EncodingConfig
     from .operators.igrog import GriddingConfig
     from .recon.llr import LLRConfig
 
-    return {"gridding": GriddingConfig, "encoding": GriddedEncodingConfig, "llr": LLRConfig}
+    return {"gridding": GriddingConfig, "encoding": EncodingConfig, "llr": LLRConfig}
 
 
 def check_overrides(overrides: dict[str, Any] | None, *, where: str = "config") -> dict[str, Any]:
@@ -78,11 +78,11 @@ def read_overrides(config: str | Path | None, *, prepare: bool = False) -> dict[
 
 
 def read_prepare_config(config: str | Path | None) -> tuple[tuple[Any, Any, Any], Path | None]:
-    """The stage configs and the reused LLR inputs of a ``prepare-training`` config.
+    """Return the stage configs and the reused LLR inputs of a ``prepare-training`` config.
 
     Returns
     -------
-    configs : (GriddingConfig, LLRConfig, GriddedEncodingConfig)
+    configs : (GriddingConfig, LLRConfig, EncodingConfig)
         The defaults updated by the ``[gridding]``, ``[llr]`` and ``[encoding]`` tables.
     llr_from : Path or None
         ``[inputs] llr_from`` relative to the config file.

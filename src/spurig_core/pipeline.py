@@ -1,5 +1,6 @@
-"""simulate / reconstruct / match / evaluate / train / bench / export / demo: the one entry point
-used by the command line and the napari plugin.
+"""The one entry point used by the command line and the napari plugin.
+
+simulate / reconstruct / match / evaluate / train / bench / export / demo.
 
 Functions here compose the topic modules; they own file handling (read, validate, write
 atomically), device selection and progress reporting, nothing else.  Every entry that writes
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 
 from . import _checks
-from .data import Result, Scan, groups_for, nearest_duration, resolve_groups
+from .data import Result, Scan
+from .durations import MODEL_DURATIONS, groups_for, nearest_duration, resolve_groups
 from .errors import InputError
 from .operators.grid import GriddedData
 from .outputs import check_output
@@ -34,10 +36,7 @@ __all__ = [
     "evaluate_cohort",
     "evaluate_file",
     "export",
-    "export_dicom",
-    "export_ismrmrd",
     "format_metrics",
-    "import_ismrmrd",
     "match",
     "match_file",
     "prepare_training",
@@ -115,9 +114,12 @@ def simulate_cohort(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> list[Path]:
-    """Train/val/test subjects with different seeds (``spurig simulate-cohort``): one task per
-    subject, serially or, with ``workers`` or ``scheduler``, on a dask cluster (:mod:`.cohort`);
-    either way each task runs with the same pinned threads, so both give the same bits."""
+    """Simulate train/val/test subjects with different seeds (``spurig simulate-cohort``).
+
+    One task per subject, serially or, with ``workers`` or ``scheduler``, on a dask cluster
+    (:mod:`.cohort`); either way each task runs with the same pinned threads, so both give the
+    same bits.
+    """
     from .cohort import cluster
     from .cohort_jobs import simulate_cohort as cohort_tasks
 
@@ -205,7 +207,7 @@ def reconstruct(
     """
     from .recon.data_term import RunContext, build_data_term
     from .recon.methods import get_method
-    from .recon.models import load_method_model
+    from .recon.trained import load_method_model
 
     scan = _checks.reconstruct_args(  # every argument's type and value, and the memory needed
         scan,
@@ -327,13 +329,13 @@ def match(
     The scan supplies the B1 map (when it has one) and the sequence; without a scan the default
     sequence and B1 = 1 are used.  ``result`` and ``scan`` may be paths (they are loaded).
     """
-    from .data import Sequence
+    from .data import FispSequence
     from .matching import match_maps
 
     result, scan = _checks.match_args(result, scan, device)
     dev = resolve_device(device)
     b1 = scan.b1 if scan is not None else None
-    sequence = scan.sequence if scan is not None else Sequence.default()
+    sequence = scan.sequence if scan is not None else FispSequence.default()
     maps = match_maps(
         result.coefficients, result.basis, b1=b1, sequence=sequence, device=dev, callback=callback
     )
@@ -363,7 +365,7 @@ def match_file(
 
 
 def reference_coefficients(scan: Scan) -> torch.Tensor:
-    """Reference coefficients ``Φ̃^H (pd · signal(t1, t2, b1))`` of a simulated scan (SPEC §5)."""
+    """Return reference coefficients ``Φ̃^H (pd · signal(t1, t2, b1))`` of a simulated scan."""
     from .metrics import reference_coefficients as _ref
 
     if scan.reference is None:
@@ -374,7 +376,7 @@ def reference_coefficients(scan: Scan) -> torch.Tensor:
 
 
 def evaluate(result: Result | str | Path, scan: Scan | str | Path) -> dict[str, Any]:
-    """The metrics of SPEC §5 for ``result`` against the scan's reference (paths are loaded)."""
+    """Return the metrics of SPEC §5 for ``result`` against the scan's reference (paths loaded)."""
     from .metrics import evaluate as _evaluate
 
     return _evaluate(*_checks.evaluate_args(result, scan))
@@ -402,7 +404,7 @@ def evaluate_file(
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A printable table of :func:`evaluate`'s metrics."""
+    """Return a printable table of :func:`evaluate`'s metrics."""
     from .metrics import format_metrics as _fmt
 
     return _fmt(metrics)
@@ -417,8 +419,11 @@ def evaluate_cohort(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> Path:
-    """``spurig evaluate-cohort``: Tables 1–2, p-values and figures over many results (with
-    ``workers``/``scheduler``: one task per result folder on a dask cluster, :mod:`.cohort`)."""
+    """Make Tables 1–2, p-values and figures over many results (``spurig evaluate-cohort``).
+
+    With ``workers``/``scheduler``: one task per result folder on a dask cluster
+    (:mod:`.cohort`).
+    """
     from .cohort import cluster
     from .report import evaluate_cohort as _cohort
 
@@ -432,7 +437,7 @@ def recon_cohort(
     out_dir: str | Path,
     *,
     methods: tuple[str, ...] = ("spurig", "dc-only", "llr", "adjoint"),
-    durations: tuple[str, ...] = ("2min", "1min", "30s"),
+    durations: tuple[str, ...] = MODEL_DURATIONS,
     config: str | Path | None = None,
     match: bool = True,
     callback: Callback | None = None,
@@ -463,13 +468,13 @@ def recon_cohort(
 
 
 # ----------------------------------------------------------------------------------------------
-# training, benchmark, export, demo
+# training, benchmark, export, demo (ISMRMRD/DICOM exchange: :mod:`spurig_core.exchange`)
 # ----------------------------------------------------------------------------------------------
 def prepare_training(
     cohort_dir: str | Path,
     out_dir: str | Path,
     *,
-    durations: tuple[str, ...] = ("30s", "1min", "2min"),
+    durations: tuple[str, ...] = MODEL_DURATIONS[::-1],
     splits: tuple[str, ...] = ("train", "val", "test"),
     config: str | Path | None = None,
     callback: Callback | None = None,
@@ -572,27 +577,6 @@ def export(result_path: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
 
     check_output(out_dir, kind="dir", inputs=(result_path,), overwrite=overwrite)
     return export_result(result_path, out_dir)
-
-
-def import_ismrmrd(raw_path: str | Path, out_path: str | Path, **options: Any) -> Any:
-    """``spurig import-ismrmrd``: see :func:`spurig_core.exchange.import_ismrmrd`."""
-    from . import exchange
-
-    return exchange.import_ismrmrd(raw_path, out_path, **options)
-
-
-def export_ismrmrd(scan_path: str | Path, out_path: str | Path, **options: Any) -> Path:
-    """``spurig export-ismrmrd``: see :func:`spurig_core.exchange.export_ismrmrd`."""
-    from . import exchange
-
-    return exchange.export_ismrmrd(scan_path, out_path, **options)
-
-
-def export_dicom(result_path: str | Path, out_dir: str | Path, **options: Any) -> list[Path]:
-    """``spurig export-dicom``: see :func:`spurig_core.exchange.export_dicom`."""
-    from . import exchange
-
-    return exchange.export_dicom(result_path, out_dir, **options)
 
 
 def demo(

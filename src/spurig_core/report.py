@@ -1,5 +1,6 @@
-"""The Markdown report, cohort evaluation and NIfTI export; the tables (paper Tables 1–2, runtime)
-are :mod:`spurig_core.tables` (re-exported here).
+"""The Markdown report, cohort evaluation and NIfTI export.
+
+The tables (paper Tables 1–2, runtime) are :mod:`spurig_core.tables` (re-exported here).
 
 Cohort layout read by :func:`evaluate_cohort`
 ---------------------------------------------
@@ -181,10 +182,12 @@ def _pooled_eval(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[Path]:
-    """Figure 4 (training variants of the trained method) and Figure 5 (unroll steps) per
-    duration, when the results hold more than one variant: variants are told apart by their
-    ``label`` (the plain ``spurig`` result is "Full"), steps by the model's ``unroll_steps``."""
-    from . import figures as figs
+    """Draw Figure 4 (training variants) and Figure 5 (unroll steps) per duration.
+
+    The figures are drawn when the results hold more than one variant: variants are told apart by
+    their ``label`` (the plain ``spurig`` result is "Full"), steps by the model's ``unroll_steps``.
+    """
+    from . import figures_charts as charts
 
     paths: list[Path] = []
     trained = [e for e in evals if e.get("method") == "spurig" and "psnr_slices" in e]
@@ -196,7 +199,7 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
         if len(by_label) > 1:
             variants = {lab: _pooled_eval(g) for lab, g in by_label.items()}
             paths.append(
-                figs.ablation_figure(
+                charts.ablation_figure(
                     variants,
                     fig_dir / f"fig4_ablation_{duration}.png",
                     title=f"Training variants, {duration}",
@@ -208,7 +211,7 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
                 by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
         if len(by_steps) > 1:
             paths.append(
-                figs.steps_figure(
+                charts.steps_figure(
                     {n: _pooled_eval(g) for n, g in by_steps.items()},
                     fig_dir / f"fig5_steps_{duration}.png",
                     title=f"Unroll steps, {duration}",
@@ -253,8 +256,10 @@ def _evaluate_stores(
 def _evaluate_all(
     stores: Sequence[Path], root: Path, client: Any, callback: Callback | None
 ) -> list[tuple[int, dict[str, Any], Path, str | None, torch.Tensor | None]]:
-    """:func:`_evaluate_stores` per folder as tasks (:func:`spurig_core.cohort.run_tasks`), in
-    the order of ``stores``."""
+    """Run :func:`_evaluate_stores` per folder as tasks, in the order of ``stores``.
+
+    The tasks run through :func:`spurig_core.cohort.run_tasks`.
+    """
     from .cohort import Task, run_tasks
 
     folders: dict[Path, list[tuple[int, Path]]] = {}
@@ -310,6 +315,7 @@ def evaluate_cohort(
         When ``results_dir`` holds no ``*.zarr`` store, or a store or its scan is unusable.
     """
     from . import figures as figs
+    from . import figures_charts as charts
 
     root = Path(results_dir)
     if not root.is_dir():
@@ -368,7 +374,7 @@ def evaluate_cohort(
                 if base in per
             }
             fig_paths.append(
-                figs.speedup_figure(usable, fig_dir / "fig8_speedup.png", baseline=base)
+                charts.speedup_figure(usable, fig_dir / "fig8_speedup.png", baseline=base)
             )
     if figures:
         fig_paths += _variant_figures(evals, out / "figures")

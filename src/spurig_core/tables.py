@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .metrics import wilcoxon_p
+from .metrics_stats import wilcoxon_p
 from .recon.methods import METHODS
 
 __all__ = ["METHOD_LABELS", "OURS", "Table", "runtime_table", "table1", "table2"]
@@ -56,7 +56,7 @@ class Table:
     caption: str = ""
 
     def to_markdown(self) -> str:
-        """The table as GitHub-flavoured Markdown, caption below."""
+        """Return the table as GitHub-flavoured Markdown, caption below."""
         lines = [
             "| " + " | ".join(self.header) + " |",
             "|" + "|".join("---" for _ in self.header) + "|",
@@ -67,7 +67,7 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
-        """The long-format records as CSV (header line first; empty string when no records)."""
+        """Return the long-format records as CSV (header line first; "" if there are no records)."""
         if not self.records:
             return ""
         buf = _io.StringIO()
@@ -114,7 +114,7 @@ def _index(evals: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Map
 def _values(
     idx: Mapping[tuple[str, str, str], Mapping[str, Any]], duration: str, method: str, get: Any
 ) -> dict[str, np.ndarray]:
-    """subject -> values (ndarray) for one duration and method; ``get(e)`` picks them."""
+    """Return subject -> values (ndarray) for one duration and method; ``get(e)`` picks them."""
     out = {}
     for (d, m, s), e in idx.items():
         if d == duration and m == method:

@@ -1,4 +1,4 @@
-"""Qt dock widgets of the plugin (thin magicgui forms over :mod:`napari_spurig._models`)."""
+"""Qt dock widgets of the plugin (thin magicgui forms over :mod:`napari_spurig._jobs`)."""
 
 from ._compare import CompareWidget
 from ._maps import MapsWidget

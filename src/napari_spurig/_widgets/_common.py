@@ -1,6 +1,6 @@
 """Shared Qt plumbing of the widgets: running a headless job in a napari worker.
 
-:class:`JobRunner` starts one of :mod:`napari_spurig._models`' generator jobs in a napari
+:class:`JobRunner` starts one of :mod:`napari_spurig._jobs`' generator jobs in a napari
 ``thread_worker``, shows a napari progress bar per engine stage, turns errors into notifications
 (never a crash) and reports a user cancel as an info message.
 """
@@ -12,13 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from magicgui.widgets import Container
+
 from .._view import add_layers
 
-__all__ = ["JobRunner", "add_layers", "attach", "optional_path"]
+__all__ = [
+    "JobRunner",
+    "SpurigWidget",
+    "add_layers",
+    "attach",
+    "layer_result_paths",
+    "layer_scan_paths",
+    "optional_path",
+    "source_scan",
+]
 
 
 def attach(viewer: Any) -> None:
-    """What every spurig widget does to its viewer: axial slices, mm scale bar, spurig readers.
+    """Set up a viewer as every spurig widget does: axial slices, mm scale bar, spurig readers.
 
     See :func:`napari_spurig._view.follow_axial` and
     :func:`napari_spurig._view.prefer_spurig_readers` (the user's own reader choices are kept).
@@ -30,11 +41,71 @@ def attach(viewer: Any) -> None:
 
 
 def optional_path(value: Any) -> Path | None:
-    """A magicgui file value, or ``None`` when the field is empty."""
+    """Return a magicgui file value, or ``None`` when the field is empty."""
     if value is None:
         return None
     text = str(value).strip()
     return None if text in ("", ".") else Path(text)
+
+
+def source_scan(result_path: str | Path | None) -> Path | None:
+    """Return the scan a result store was reconstructed from, when that file is still there."""
+    if not result_path:
+        return None
+    from spurig_core.io import result_source
+
+    src = (result_source(result_path) or {}).get("path")  # the job reports unreadable stores
+    path = Path(src) if src else None
+    return path if path is not None and path.is_file() else None
+
+
+def layer_result_paths(viewer: Any) -> list[tuple[str, str]]:
+    """``(label, store path)`` of the result stores that layers in ``viewer`` came from."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for layer in viewer.layers:
+        path = (layer.metadata.get("spurig") or {}).get("result_path")
+        if path and path not in seen:
+            seen.add(path)
+            out.append((Path(path).name, path))
+    return out
+
+
+def layer_scan_paths(viewer: Any) -> list[tuple[str, str]]:
+    """``(layer name, scan path)`` of the layers that came from a raw scan.
+
+    A result layer counts with its source scan (:func:`source_scan`).
+    """
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for layer in viewer.layers:
+        meta = layer.metadata.get("spurig") or {}
+        path = meta.get("scan_path")
+        if not path:
+            src = source_scan(meta.get("result_path"))
+            path = str(src) if src is not None else None
+        if path is None and layer.source.path and str(layer.source.path).endswith((".h5", ".hdf5")):
+            path = str(layer.source.path)
+        if path and path not in seen:
+            seen.add(path)
+            out.append((f"{layer.name} ({Path(path).name})", path))
+    return out
+
+
+class SpurigWidget(Container):
+    """Base of the dock widgets: a magicgui container bound to its viewer (:func:`attach`).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer or napari.components.ViewerModel
+    labels : bool
+        Show each field's label beside it.
+    """
+
+    def __init__(self, napari_viewer: Any, *, labels: bool = True) -> None:
+        super().__init__(labels=labels)
+        self.viewer = napari_viewer
+        attach(napari_viewer)
 
 
 class JobRunner:

@@ -17,11 +17,15 @@ from magicgui.widgets import (
     Table,
 )
 
-from .._compare_model import VIEWS, CompareOutput, compare_job, difference_layers
+from .._compare_job import VIEWS, CompareOutput, compare_job, difference_layers
 from .._view import add_layers, select_view, set_slice, show_compare
-from ._common import JobRunner, attach, optional_path
-from ._maps import layer_result_paths
-from ._reconstruct import layer_scan_paths
+from ._common import (
+    JobRunner,
+    SpurigWidget,
+    layer_result_paths,
+    layer_scan_paths,
+    optional_path,
+)
 
 __all__ = ["TABLE_COLUMNS", "TISSUES", "CompareWidget", "table_rows"]
 
@@ -45,9 +49,12 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def table_rows(output: CompareOutput) -> list[list[str]]:
-    """Rows of the metrics table: mean PSNR/SSIM over coefficients; T1/T2 errors in % (GM+WM,
-    then per tissue).  Shown with the decimals that matter: PSNR 2 (dB), SSIM 3, errors 1 (%);
-    the table sorts them as numbers (:func:`_numeric_item`)."""
+    """Return the rows of the metrics table.
+
+    Mean PSNR/SSIM over coefficients; T1/T2 errors in % (GM+WM, then per tissue).  Shown with the
+    decimals that matter: PSNR 2 (dB), SSIM 3, errors 1 (%); the table sorts them as numbers
+    (:func:`_numeric_item`).
+    """
     rows = []
     for r in output.rows:
         tissue = r.get("per_tissue") or {}
@@ -67,7 +74,7 @@ def table_rows(output: CompareOutput) -> list[list[str]]:
     return rows
 
 
-class CompareWidget(Container):
+class CompareWidget(SpurigWidget):
     """Compare results with the reference of a simulated scan: which method is better, where.
 
     Views (selector ``view``), each a napari grid of titled panels on one camera:
@@ -89,9 +96,7 @@ class CompareWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=False)
-        self.viewer = napari_viewer
-        attach(napari_viewer)
+        super().__init__(napari_viewer, labels=False)
         self._extra: list[tuple[str, str]] = []
         self.form: Container[Any] = Container(labels=True)
         self.scan = FileEdit(
@@ -163,9 +168,11 @@ class CompareWidget(Container):
 
     # -- layout --------------------------------------------------------------------------------
     def _setup_table(self) -> None:
-        """Read-only, columns sized to their contents, numbers sorted as numbers and shown as
-        :func:`table_rows` formats them (magicgui's delegate would pad every number to 4
-        decimals: "22.4300")."""
+        """Set up the metrics table: read-only, columns sized to their contents.
+
+        Numbers are sorted as numbers and shown as :func:`table_rows` formats them (magicgui's
+        delegate would pad every number to 4 decimals: "22.4300").
+        """
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QStyledItemDelegate
 
@@ -350,7 +357,7 @@ def _number(text: str) -> float | None:
 
 
 def _numeric_item(text: str) -> Any:
-    """A table item that sorts by its number ("–" after every number)."""
+    """Return a table item that sorts by its number ("–" after every number)."""
     from qtpy.QtWidgets import QTableWidgetItem
 
     class NumericItem(QTableWidgetItem):

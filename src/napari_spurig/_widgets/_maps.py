@@ -6,36 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
 
+from .._jobs import match_job, result_file_layers
 from .._layers import result_layers
-from .._models import match_job, result_file_layers
-from ._common import JobRunner, add_layers, attach, optional_path
+from ._common import (
+    JobRunner,
+    SpurigWidget,
+    add_layers,
+    layer_result_paths,
+    optional_path,
+    source_scan,
+)
 
-__all__ = ["MapsWidget", "layer_result_paths"]
-
-
-def layer_result_paths(viewer: Any) -> list[tuple[str, str]]:
-    """``(label, store path)`` of the result stores that layers in ``viewer`` came from."""
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for layer in viewer.layers:
-        path = (layer.metadata.get("spurig") or {}).get("result_path")
-        if path and path not in seen:
-            seen.add(path)
-            out.append((Path(path).name, path))
-    return out
+__all__ = ["MapsWidget"]
 
 
-def _source_scan(result_path: Path) -> Path | None:
-    from spurig_core.io import result_source
-
-    src = result_source(result_path) or {}  # the job reports unreadable stores
-    p = Path(src["path"]) if src.get("path") else None
-    return p if p is not None and p.is_file() else None
-
-
-class MapsWidget(Container):
+class MapsWidget(SpurigWidget):
     """Match a result's coefficients to the dictionary (B1-corrected when the scan has B1).
 
     The scan defaults to the result's source scan; without one, the default sequence and B1 = 1.
@@ -48,9 +35,7 @@ class MapsWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        attach(napari_viewer)
+        super().__init__(napari_viewer)
         self.result_layer = ComboBox(
             label="result",
             choices=self._choices,
@@ -112,7 +97,7 @@ class MapsWidget(Container):
     def _pick(self, value: str | None) -> None:
         if value:
             self.result.value = Path(value)
-            scan = _source_scan(Path(value))
+            scan = source_scan(Path(value))
             if scan is not None and optional_path(self.scan.value) is None:
                 self.scan.value = scan
 
@@ -151,7 +136,7 @@ class MapsWidget(Container):
         result = optional_path(self.result.value)
         scan = optional_path(self.scan.value)
         if scan is None and result is not None:
-            scan = _source_scan(result)
+            scan = source_scan(result)
         problem = None
         if result is None or not result.is_dir():
             problem = f"result {result or ''}: choose a result store (.zarr)"

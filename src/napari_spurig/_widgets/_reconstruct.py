@@ -1,4 +1,4 @@
-"""Reconstruct dock widget: a thin magicgui form over :func:`.._models.reconstruct_job`."""
+"""Reconstruct dock widget: a thin magicgui form over :func:`.._jobs.reconstruct_job`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 from magicgui.types import FileDialogMode
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, SpinBox
 
+from .._jobs import DURATION_CHOICES, METHODS, ReconstructParams, reconstruct_job
 from .._layers import result_layers
-from .._models import DURATION_CHOICES, METHODS, ReconstructParams, reconstruct_job
-from ._common import JobRunner, add_layers, attach, optional_path
+from ._common import JobRunner, SpurigWidget, add_layers, layer_scan_paths, optional_path
 
-__all__ = ["ReconstructWidget", "layer_scan_paths", "offer_model"]
+__all__ = ["ReconstructWidget", "offer_model"]
 
 _INSTANCES: list[Any] = []  # weak references to the open Reconstruct widgets
 
@@ -57,32 +57,6 @@ def offer_model(viewer: Any, model: Path, duration: str) -> bool:
     return used
 
 
-def _source_of(result_path: str | None) -> str | None:
-    """The scan a result store was reconstructed from, when that file is still there."""
-    if not result_path:
-        return None
-    from spurig_core.io import result_source
-
-    src = (result_source(result_path) or {}).get("path")
-    return str(src) if src and Path(src).is_file() else None
-
-
-def layer_scan_paths(viewer: Any) -> list[tuple[str, str]]:
-    """``(layer name, scan path)`` of the layers that came from a raw scan (a result layer counts
-    with its source scan)."""
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for layer in viewer.layers:
-        meta = layer.metadata.get("spurig") or {}
-        path = meta.get("scan_path") or _source_of(meta.get("result_path"))
-        if path is None and layer.source.path and str(layer.source.path).endswith((".h5", ".hdf5")):
-            path = str(layer.source.path)
-        if path and path not in seen:
-            seen.add(path)
-            out.append((f"{layer.name} ({Path(path).name})", path))
-    return out
-
-
 def _voxel_size(scan_path: Path) -> tuple[float, float, float]:
     from spurig_core.errors import InputError
     from spurig_core.io import scan_voxel_size
@@ -93,7 +67,7 @@ def _voxel_size(scan_path: Path) -> tuple[float, float, float]:
         return (1.0, 1.0, 1.0)
 
 
-class ReconstructWidget(Container):
+class ReconstructWidget(SpurigWidget):
     """Reconstruct a raw scan with SPUR-iG, hybrid, LLR, LLR-NUFFT or the adjoint ``A^H b``.
 
     Runs in a background thread with a progress bar per stage and a Cancel button (stops at the
@@ -106,9 +80,7 @@ class ReconstructWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        attach(napari_viewer)
+        super().__init__(napari_viewer)
         self.scan = FileEdit(
             label="scan (.h5)",
             mode=FileDialogMode.EXISTING_FILE,
@@ -210,7 +182,7 @@ class ReconstructWidget(Container):
             self.scan.value = Path(value)
 
     def params(self) -> ReconstructParams:
-        """The form as :class:`ReconstructParams` (output defaults to a name beside the scan).
+        """Return the form as :class:`ReconstructParams` (the output defaults to beside the scan).
 
         Raises
         ------

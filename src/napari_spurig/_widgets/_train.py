@@ -10,7 +10,6 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -18,8 +17,10 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .._models import STAGES, LossHistory, train_job, write_train_config
-from ._common import JobRunner, attach, optional_path
+from spurig_core.durations import MODEL_DURATIONS
+
+from .._jobs import STAGES, LossHistory, train_job, write_train_config
+from ._common import JobRunner, SpurigWidget, optional_path
 
 __all__ = ["TrainWidget", "format_eta", "written_files"]
 
@@ -62,7 +63,7 @@ def _file(label: str, mode: FileDialogMode, tip: str, **kw: Any) -> FileEdit:
     return FileEdit(label=label, mode=mode, nullable=True, tooltip=tip, **kw)
 
 
-class TrainWidget(Container):
+class TrainWidget(SpurigWidget):
     """Run a training stage (pretrain, GLEAM, fine-tune) from the form or a TOML config.
 
     The form's fields (cohort and output directories, stage, duration, epochs, learning rate,
@@ -81,9 +82,7 @@ class TrainWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        attach(napari_viewer)
+        super().__init__(napari_viewer)
         D = FileDialogMode
         self.stage = ComboBox(
             label="stage", choices=list(STAGES), value="pretrain", tooltip=TIPS["stage"]
@@ -92,7 +91,7 @@ class TrainWidget(Container):
         self.out_dir = _file("output dir", D.EXISTING_DIRECTORY, TIPS["out_dir"])
         self.duration = ComboBox(
             label="duration",
-            choices=["30s", "1min", "2min"],
+            choices=list(MODEL_DURATIONS[::-1]),
             value="1min",
             tooltip=TIPS["duration"],
         )
@@ -186,7 +185,7 @@ class TrainWidget(Container):
         return data.resolve().parent / "runs" / f"{STAGES[self.stage.value]}-{self.duration.value}"
 
     def config_path(self) -> Path:
-        """The chosen config file, or one written from the form's fields.
+        """Return the chosen config file, or one written from the form's fields.
 
         Raises
         ------

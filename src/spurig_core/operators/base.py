@@ -92,8 +92,11 @@ class LinearOperator:
 
     # -- derived ---------------------------------------------------------------------------------
     def gram(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the normal operator ``A^H A``: the subclass's ``_gram`` kernel when it has one
-        (self-adjoint, so it is its own vjp), else ``adjoint(forward(x))``."""
+        """Apply the normal operator ``A^H A``.
+
+        Uses the subclass's ``_gram`` kernel when it has one (self-adjoint, so it is its own vjp),
+        else ``adjoint(forward(x))``.
+        """
         if type(self)._gram is LinearOperator._gram:
             return self.adjoint(self.forward(x))
         from .fourier import apply_linear
@@ -102,6 +105,7 @@ class LinearOperator:
         return apply_linear(x, self._gram, self._gram)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the forward operator: ``A(x)`` is ``A.forward(x)``."""
         return self.forward(x)
 
     @property
@@ -110,6 +114,7 @@ class LinearOperator:
         return AdjointOperator(self)
 
     def __matmul__(self, other: LinearOperator | torch.Tensor) -> LinearOperator | torch.Tensor:
+        """Compose with an operator (``A @ B``) or apply to a tensor (``A @ x`` is ``A(x)``)."""
         if isinstance(other, LinearOperator):
             return ComposedOperator(self, other)
         if isinstance(other, torch.Tensor):
@@ -117,11 +122,13 @@ class LinearOperator:
         return NotImplemented
 
     def __add__(self, other: LinearOperator) -> LinearOperator:
+        """Return the sum operator ``A + B`` (a :class:`SumOperator`)."""
         if not isinstance(other, LinearOperator):
             return NotImplemented
         return SumOperator(self, other)
 
     def __mul__(self, scalar: complex | float) -> LinearOperator:
+        """Return the scaled operator ``c * A`` (a :class:`ScaledOperator`; also ``A * c``)."""
         if isinstance(scalar, LinearOperator | torch.Tensor):
             return NotImplemented
         return ScaledOperator(self, scalar)
@@ -129,12 +136,15 @@ class LinearOperator:
     __rmul__ = __mul__
 
     def __neg__(self) -> LinearOperator:
+        """Return ``-A``, the operator scaled by ``-1``."""
         return ScaledOperator(self, -1.0)
 
     def __sub__(self, other: LinearOperator) -> LinearOperator:
+        """Return ``A - B`` as the sum of ``A`` and ``-1 * B``."""
         return SumOperator(self, ScaledOperator(other, -1.0))
 
     def __repr__(self) -> str:
+        """Show the operator's name and its input and output shapes."""
         return f"{self.name}(in={self.in_shape}, out={self.out_shape})"
 
     # -- helpers for subclasses ------------------------------------------------------------------
@@ -198,13 +208,16 @@ class AdjointOperator(LinearOperator):
         self.op = op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the wrapped operator's adjoint."""
         return self.op.adjoint(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the wrapped operator's forward."""
         return self.op.forward(y)
 
     @property
     def H(self) -> LinearOperator:
+        """The wrapped operator itself (``A.H.H`` is ``A``)."""
         return self.op
 
 
@@ -220,9 +233,11 @@ class ComposedOperator(LinearOperator):
         self.a, self.b = a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``B``, then ``A``."""
         return self.a.forward(self.b.forward(x))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply ``(A B)^H = B^H A^H``: ``A``'s adjoint, then ``B``'s."""
         return self.b.adjoint(self.a.adjoint(y))
 
 
@@ -242,9 +257,11 @@ class SumOperator(LinearOperator):
         self.a, self.b = a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``A x + B x``."""
         return self.a.forward(x) + self.b.forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Return ``A^H y + B^H y``."""
         return self.a.adjoint(y) + self.b.adjoint(y)
 
 
@@ -256,13 +273,16 @@ class ScaledOperator(LinearOperator):
         self.op, self.scalar = op, scalar
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``c A x``."""
         return self.scalar * self.op.forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Return ``conj(c) A^H y``."""
         c = self.scalar.conjugate() if isinstance(self.scalar, complex) else self.scalar
         return c * self.op.adjoint(y)
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``|c|² A^H A x``, using the wrapped operator's own normal operator."""
         return abs(self.scalar) ** 2 * self.op.gram(x)
 
 
@@ -273,10 +293,12 @@ class IdentityOperator(LinearOperator):
         super().__init__(shape, shape, name="Identity")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` itself after checking its shape."""
         self.check_in(x)
         return x
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Return ``y`` itself after checking its shape."""
         self.check_out(y)
         return y
 
@@ -309,10 +331,12 @@ class DiagonalOperator(LinearOperator):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``d * x`` (broadcast to ``out_shape``)."""
         self.check_in(x)
         return self.d * x
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Return ``conj(d) * y``, summed over the broadcast axes back to ``in_shape``."""
         self.check_out(y)
         out = self.d.conj() * y if self.d.is_complex() else self.d * y
         if self._sum_dims:

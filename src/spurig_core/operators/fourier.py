@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, NotAvailableError
 from .base import LinearOperator
 
 __all__ = [
@@ -41,9 +41,11 @@ __all__ = [
     "apply_linear",
     "centre_offset",
     "crop3",
+    "cufinufft_available",
     "fft3c",
     "ifft3c",
     "modulation",
+    "nufft_plan",
     "pad3",
 ]
 
@@ -133,7 +135,7 @@ def _modulation_cached(
 def modulation(
     shape: Seq[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.complex64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The diagonal factors of the centred FFT: ``fft3c(x) = post · fft(pre · x)``.
+    """Return the diagonal factors of the centred FFT: ``fft3c(x) = post · fft(pre · x)``.
 
     Parameters
     ----------
@@ -230,14 +232,17 @@ class FFTOperator(LinearOperator):
         self.unitary = unitary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the centred 3D FFT (orthonormal when ``unitary``)."""
         self.check_in(x)
         return fft3c(x, norm="ortho" if self.unitary else "backward")
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the adjoint: the centred inverse FFT, unnormalised unless ``unitary``."""
         self.check_out(y)
         return ifft3c(y, norm="ortho" if self.unitary else "forward")
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``F^H F x`` without transforms: ``x`` (unitary) or ``x`` times the grid size."""
         self.check_in(x)
         if self.unitary:
             return x.clone()
@@ -314,14 +319,17 @@ class PadOperator(LinearOperator):
         super().__init__(in_shape, (*in_shape[:-3], *self.grid), name="Pad")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``x`` (centred) to the oversampled grid."""
         self.check_in(x)
         return pad3(x, self.grid)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Crop ``y`` (centred) back to the image matrix."""
         self.check_out(y)
         return crop3(y, self.matrix)
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """Return a copy of ``x``: cropping after padding is the identity."""
         self.check_in(x)
         return x.clone()
 
@@ -335,6 +343,65 @@ def _cufinufft() -> Any | None:
     except ImportError:  # pragma: no cover - depends on the installation
         return None
     return cufinufft
+
+
+def cufinufft_available() -> bool:
+    """Whether CUDA and ``cufinufft`` are both there (for :func:`nufft_plan` with ``gpu=True``)."""
+    return torch.cuda.is_available() and _cufinufft() is not None
+
+
+def nufft_plan(
+    kind: int,
+    matrix: Seq[int],
+    *,
+    n_trans: int = 1,
+    eps: float = 1e-4,
+    dtype: str = "complex64",
+    gpu: bool = False,
+    nthreads: int | None = None,
+) -> Any:
+    """Make a finufft (CPU) or cufinufft (GPU) plan with SPEC §3's conventions (the one wrapper).
+
+    Type 2 is the forward sum ``Σ_r f[r] exp(−i x·(r − N//2))`` (``isign=−1``), type 1 its
+    adjoint (``isign=+1``); ``modeord=0`` puts mode ``r − N//2`` at array index ``r``.  Points are
+    set by the caller with ``plan.setpts(x, y, z)`` in radians (``2π k_d / matrix_d`` for ``k`` in
+    cycles/FOV) and may be set again for another batch of points; ``plan.execute`` transforms
+    ``(n_trans, *matrix)`` ↔ ``(n_trans, points)`` (without the leading axis when ``n_trans`` is 1).
+
+    Parameters
+    ----------
+    kind : {1, 2}
+        NUFFT type.
+    matrix : sequence of 3 int
+        Mode (image) shape.
+    n_trans : int
+        Transforms per execution.
+    eps : float
+        Requested relative accuracy.
+    dtype : {"complex64", "complex128"}
+        Precision of data and points.
+    gpu : bool
+        A cufinufft plan (inputs are CUDA tensors); needs :func:`cufinufft_available`.
+    nthreads : int, optional
+        finufft threads (CPU only); ``None`` leaves finufft's default (its OpenMP runtime's).
+
+    Returns
+    -------
+    finufft.Plan or cufinufft.Plan
+    """
+    modes = tuple(int(m) for m in matrix)
+    isign = -1 if kind == 2 else 1
+    if gpu:
+        cu = _cufinufft()
+        if cu is None:  # pragma: no cover - depends on the installation
+            raise NotAvailableError("NUFFT: a GPU plan needs cufinufft, which is not installed")
+        return cu.Plan(kind, modes, n_trans=n_trans, eps=eps, isign=isign, dtype=dtype, modeord=0)
+    import finufft
+
+    kw: dict[str, Any] = {"modeord": 0}
+    if nthreads is not None:
+        kw["nthreads"] = int(nthreads)
+    return finufft.Plan(kind, modes, n_trans=n_trans, eps=eps, isign=isign, dtype=dtype, **kw)
 
 
 class NUFFT(LinearOperator):
@@ -366,7 +433,9 @@ class NUFFT(LinearOperator):
 
     Notes
     -----
-    Shapes: input ``(*batch, x, y, z)`` complex64 → output ``(*batch, *trajectory.shape[:-1])``.
+    Shapes: input ``(*batch, x, y, z)`` complex64 → output ``(*batch, *trajectory.shape[:-1])``
+    (:meth:`forward`, type 2; :meth:`adjoint`, type 1: the base class's, through ``_fwd`` and
+    ``_adj``).
     On CUDA tensors ``cufinufft`` is used when it is installed (imported lazily); otherwise the
     work is done by finufft on the CPU and the result moved back to the input's device.
     """
@@ -420,33 +489,10 @@ class NUFFT(LinearOperator):
         key = (kind, ntr)
         plan = self._plans.get(key)
         if plan is None:
-            isign = -1 if kind == 2 else 1
-            if self._gpu:
-                cu = _cufinufft()
-                assert cu is not None
-                plan = cu.Plan(
-                    kind,
-                    self.matrix,
-                    n_trans=ntr,
-                    eps=self.eps,
-                    isign=isign,
-                    dtype="complex64",
-                    modeord=0,
-                )
-            else:
-                import finufft
-
-                kw: dict[str, Any] = {"modeord": 0}
-                kw["nthreads"] = int(self.nthreads or torch.get_num_threads())
-                plan = finufft.Plan(
-                    kind,
-                    self.matrix,
-                    n_trans=ntr,
-                    eps=self.eps,
-                    isign=isign,
-                    dtype="complex64",
-                    **kw,
-                )
+            nthreads = None if self._gpu else int(self.nthreads or torch.get_num_threads())
+            plan = nufft_plan(
+                kind, self.matrix, n_trans=ntr, eps=self.eps, gpu=self._gpu, nthreads=nthreads
+            )
             plan.setpts(*self._pts)
             self._plans[key] = plan
         return plan
@@ -454,63 +500,36 @@ class NUFFT(LinearOperator):
     # -- raw transforms (no autograd, no shape checks) -------------------------------------------
     def _type2(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, x, y, z)`` → ``(B, M)``, B any number of transforms."""
-        nb = x.shape[0]
-        if self._gpu:
-            xs = x.to(torch.complex64).contiguous()
-            out = torch.empty((nb, self.n_pts), dtype=torch.complex64, device=x.device)
-            for s in range(0, nb, self.n_trans):
-                e = min(nb, s + self.n_trans)
-                plan = self._plan(2, e - s)
-                out[s:e] = plan.execute(xs[s:e] if e - s > 1 else xs[s]).reshape(e - s, -1)
-            return out
-        xn = x.detach().to("cpu", torch.complex64).contiguous().numpy()
-        outn = np.empty((nb, self.n_pts), dtype=np.complex64)
-        for s in range(0, nb, self.n_trans):
-            e = min(nb, s + self.n_trans)
-            plan = self._plan(2, e - s)
-            if e - s == 1:
-                plan.execute(xn[s], out=outn[s])
-            else:
-                plan.execute(xn[s:e], out=outn[s:e])
-        return torch.from_numpy(outn).to(x.device)
+        return self._execute(2, x, (self.n_pts,))
 
     def _type1(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` → ``(B, x, y, z)``."""
-        nb = y.shape[0]
+        return self._execute(1, y, self.matrix)
+
+    def _execute(self, kind: int, data: torch.Tensor, tail: tuple[int, ...]) -> torch.Tensor:
+        """NUFFT of type ``kind`` of ``B`` inputs, ``n_trans`` per call → ``(B, *tail)``."""
+        nb = data.shape[0]
         if self._gpu:
-            ys = y.to(torch.complex64).contiguous()
-            out = torch.empty((nb, *self.matrix), dtype=torch.complex64, device=y.device)
+            ds = data.to(torch.complex64).contiguous()
+            out = torch.empty((nb, *tail), dtype=torch.complex64, device=data.device)
             for s in range(0, nb, self.n_trans):
                 e = min(nb, s + self.n_trans)
-                plan = self._plan(1, e - s)
-                out[s:e] = plan.execute(ys[s:e] if e - s > 1 else ys[s]).reshape(
-                    e - s, *self.matrix
-                )
+                res = self._plan(kind, e - s).execute(ds[s:e] if e - s > 1 else ds[s])
+                out[s:e] = res.reshape(e - s, *tail)
             return out
-        yn = y.detach().to("cpu", torch.complex64).contiguous().numpy()
-        outn = np.empty((nb, *self.matrix), dtype=np.complex64)
+        dn = data.detach().to("cpu", torch.complex64).contiguous().numpy()
+        outn = np.empty((nb, *tail), dtype=np.complex64)
         for s in range(0, nb, self.n_trans):
             e = min(nb, s + self.n_trans)
-            plan = self._plan(1, e - s)
+            plan = self._plan(kind, e - s)
             if e - s == 1:
-                plan.execute(yn[s], out=outn[s])
+                plan.execute(dn[s], out=outn[s])
             else:
-                plan.execute(yn[s:e], out=outn[s:e])
-        return torch.from_numpy(outn).to(y.device)
+                plan.execute(dn[s:e], out=outn[s:e])
+        return torch.from_numpy(outn).to(data.device)
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
         return self._type2(x.reshape(-1, *self.matrix)).reshape(self.out_shape)  # type: ignore[arg-type]
 
     def _adj(self, y: torch.Tensor) -> torch.Tensor:
         return self._type1(y.reshape(-1, self.n_pts)).reshape(self.in_shape)  # type: ignore[arg-type]
-
-    # -- operator interface ----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Type-2 NUFFT: ``(*batch, x, y, z)`` → ``(*batch, *pts)``, complex64."""
-        self.check_in(x)
-        return apply_linear(x, self._fwd, self._adj)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Type-1 NUFFT: ``(*batch, *pts)`` → ``(*batch, x, y, z)``, complex64."""
-        self.check_out(y)
-        return apply_linear(y, self._adj, self._fwd)

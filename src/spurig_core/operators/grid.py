@@ -16,12 +16,17 @@ exactly at those frequencies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["GriddedData", "grid_shape", "grid_size", "nearest_grid_index"]
+__all__ = ["GRID_OVERSAMPLING", "GriddedData", "grid_shape", "grid_size", "nearest_grid_index"]
+
+#: Default oversampling of the Cartesian grid (paper 2.2: 1.5): the one value that
+#: ``GriddingConfig.grid_oversampling``, the NUFFT encoding's density weights and the memory
+#: estimates default to.
+GRID_OVERSAMPLING: float = 1.5
 
 
 def grid_size(n: int, oversampling: float) -> int:
@@ -90,6 +95,10 @@ class GriddedData:
     check : dict, optional
         The iGROG self-check of the kernel that produced the values
         (:func:`spurig_core.operators.igrog_check.check_gridding`), or ``None`` when not run.
+    lipschitz : dict of str to float
+        Step sizes ``‖A^H A‖₂`` of the gridded encoding, by
+        :func:`~spurig_core.operators.step_size.step_key` (groups, density exponent, maps and
+        basis checksum); shared by :meth:`first_groups` and :meth:`to` (issue #14).
     """
 
     values: torch.Tensor
@@ -97,15 +106,26 @@ class GriddedData:
     grid: tuple[int, int, int]
     matrix: tuple[int, int, int]
     check: dict[str, Any] | None = None
+    lipschitz: dict[str, float] = field(default_factory=dict)
 
     def first_groups(self, groups: int) -> GriddedData:
-        """The first ``groups`` groups (a shorter scan)."""
+        """Return the first ``groups`` groups (a shorter scan; the same ``lipschitz`` table)."""
         return GriddedData(
-            self.values[:, :groups], self.index[:groups], self.grid, self.matrix, self.check
+            self.values[:, :groups],
+            self.index[:groups],
+            self.grid,
+            self.matrix,
+            self.check,
+            self.lipschitz,
         )
 
     def to(self, device: torch.device | str) -> GriddedData:
-        """The same data on ``device``."""
+        """Return the same data on ``device`` (the same ``lipschitz`` table)."""
         return GriddedData(
-            self.values.to(device), self.index.to(device), self.grid, self.matrix, self.check
+            self.values.to(device),
+            self.index.to(device),
+            self.grid,
+            self.matrix,
+            self.check,
+            self.lipschitz,
         )

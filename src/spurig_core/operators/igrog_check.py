@@ -1,6 +1,6 @@
-"""Self-check of iGROG gridding: is this scan inside what the kernel can grid well?
+"""Self-check of iGROG gridding: whether this scan is inside what the kernel can grid well.
 
-After the kernel is trained (:func:`~spurig_core.operators.igrog.train_kernel`), three numbers
+After the kernel is trained (:func:`~.igrog_train.train_kernel`), three numbers
 describe how well it grids *this* scan:
 
 ``held_out_rel_error``
@@ -9,10 +9,10 @@ describe how well it grids *this* scan:
 ``spot_rel_error``
     A NUFFT spot check on ``check_samples`` (default 4096) randomly chosen acquired samples: each
     sample's real configuration (its target grid point and the positions of the sources
-    :func:`~spurig_core.operators.igrog.find_sources` picks for it) is translated to a random place
+    :func:`~.igrog_sources.find_sources` picks for it) is translated to a random place
     inside the calibration cube (at most :data:`SPOT_RADIUS` from its centre), the exact values
     at the translated target and sources are taken from the calibration data by a type-2 NUFFT
-    (:func:`~spurig_core.operators.igrog.calibration_kspace`), and the kernel's prediction is
+    (:func:`~.igrog_sources.calibration_kspace`), and the kernel's prediction is
     compared with the exact target value.  Configurations whose reach does not fit inside the
     cube are counted in ``spot_coverage`` (the fraction that could be checked).  The kernel sees
     only displacements, so this measures its error on the scan's own geometry, sample-weighted as
@@ -59,7 +59,8 @@ from .fourier import crop3, ifft3c
 from .grid import grid_shape, nearest_grid_index
 
 if TYPE_CHECKING:
-    from .igrog import GriddingConfig, IGROGKernel
+    from .igrog import GriddingConfig
+    from .igrog_kernel import IGROGKernel
 
 __all__ = [
     "ON_BAD_GRIDDING",
@@ -80,6 +81,38 @@ SPOT_RADIUS = 6.0
 
 def _arms(trajectory: torch.Tensor) -> torch.Tensor:
     return trajectory.reshape(-1, trajectory.shape[-2], 3).float().cpu()
+
+
+def _displacements_at(
+    kernel: IGROGKernel,
+    arms: torch.Tensor,
+    arm: torch.Tensor,
+    sample: torch.Tensor,
+    matrix: tuple[int, int, int],
+    config: GriddingConfig,
+) -> torch.Tensor:
+    """Source displacements ``(m, n, 3)`` of the samples ``(arm, sample)``, as gridding finds them.
+
+    ``arms`` is the trajectory ``(arms, samples, 3)``; sources are searched 256 arms at a time.
+    """
+    from .igrog_sources import find_sources
+
+    grid = grid_shape(matrix, config.grid_oversampling)
+    n = kernel.n_sources
+    window = int(kernel.config.get("search_window", config.search_window))
+    spacing = float(kernel.config.get("source_spacing", 0.0))
+    disp = torch.empty((len(arm), n, 3))
+    for i in range(0, len(arm), 256):  # bounded memory: 256 arms at a time
+        _, _, d = find_sources(
+            arms[arm[i : i + 256]],
+            matrix,
+            grid,
+            n_sources=n,
+            search_window=window,
+            source_spacing=spacing,
+        )
+        disp[i : i + 256] = d[torch.arange(d.shape[0]), sample[i : i + 256]]
+    return disp
 
 
 def spot_check(
@@ -112,27 +145,14 @@ def spot_check(
         ``spot_rel_error``, ``spot_nearest_rel_error``, ``spot_coverage`` (fraction of the drawn
         samples whose configuration fits inside the calibration cube), ``spot_samples``.
     """
-    from .igrog import calibration_image, calibration_kspace, find_sources
+    from .igrog_sources import calibration_image, calibration_kspace
 
     gen = torch.Generator().manual_seed(seed)
     arms = _arms(trajectory)
     a = torch.randint(arms.shape[0], (samples,), generator=gen)
     s = torch.randint(arms.shape[1], (samples,), generator=gen)
-    grid = grid_shape(matrix, config.grid_oversampling)
     n = kernel.n_sources
-    window = int(kernel.config.get("search_window", config.search_window))
-    spacing = float(kernel.config.get("source_spacing", 0.0))
-    disp = torch.empty((samples, n, 3))
-    for i in range(0, samples, 256):  # bounded memory: 256 arms at a time
-        _, _, d = find_sources(
-            arms[a[i : i + 256]],
-            matrix,
-            grid,
-            n_sources=n,
-            search_window=window,
-            source_spacing=spacing,
-        )
-        disp[i : i + 256] = d[torch.arange(d.shape[0]), s[i : i + 256]]
+    disp = _displacements_at(kernel, arms, a, s, matrix, config)
     half = torch.tensor(calibration.shape[-3:], dtype=torch.float64) / 2 - 1 - config.calib_margin
     room = half[None, :] - disp.double().abs().amax(dim=1)  # (samples, 3)
     ok = (room > 0).all(dim=1)
@@ -198,7 +218,7 @@ def noise_gain(
     arms : int
         Random arms whose samples carry the noise.
     density_compensation : float
-        ``γ`` of the data term's weights (those of ``GriddedEncodingConfig``).
+        ``γ`` of the data term's weights (those of ``EncodingConfig``).
     seed : int
 
     Returns
@@ -307,20 +327,7 @@ def check_gridding(
         seed=config.seed + 1,
     )
     gain = noise_gain(kernel, trajectory, matrix, config=config, seed=config.seed + 2)
-    reasons = []
-    err = spot["spot_rel_error"]
-    if not err <= config.max_rel_error:  # NaN (nothing checkable) fails too
-        reasons.append(
-            f"kernel error {err:.3f} on the scan's own sample geometry exceeds "
-            f"{config.max_rel_error:.3f}"
-        )
-    elif not err <= config.max_error_ratio * spot["spot_nearest_rel_error"]:
-        reasons.append(
-            f"kernel error {err:.3f} is not below {config.max_error_ratio:.2f} × the no-kernel "
-            f"move's {spot['spot_nearest_rel_error']:.3f}"
-        )
-    if gain > config.max_noise_gain:
-        reasons.append(f"noise gain {gain:.2f} exceeds {config.max_noise_gain:.2f}")
+    reasons = _kernel_reasons(spot, gain, config)
     data: dict[str, float] = {}
     if kspace is not None:
         from .igrog_noise import data_consistency
@@ -349,8 +356,27 @@ def check_gridding(
     }
 
 
+def _kernel_reasons(spot: dict[str, float], gain: float, config: GriddingConfig) -> list[str]:
+    """Why the spot check's error or the noise gain fails its bounds (empty when they pass)."""
+    reasons = []
+    err = spot["spot_rel_error"]
+    if not err <= config.max_rel_error:  # NaN (nothing checkable) fails too
+        reasons.append(
+            f"kernel error {err:.3f} on the scan's own sample geometry exceeds "
+            f"{config.max_rel_error:.3f}"
+        )
+    elif not err <= config.max_error_ratio * spot["spot_nearest_rel_error"]:
+        reasons.append(
+            f"kernel error {err:.3f} is not below {config.max_error_ratio:.2f} × the no-kernel "
+            f"move's {spot['spot_nearest_rel_error']:.3f}"
+        )
+    if gain > config.max_noise_gain:
+        reasons.append(f"noise gain {gain:.2f} exceeds {config.max_noise_gain:.2f}")
+    return reasons
+
+
 def gridding_warning(check: dict[str, Any], method: str, *, fallback: bool = False) -> str:
-    """The one-line message for a failed check (``""`` when it passed).
+    """Return the one-line message for a failed check (``""`` when it passed).
 
     Parameters
     ----------
@@ -383,7 +409,7 @@ def apply_gridding_check(
     record: dict[str, Any],
     callback: Any = None,
 ) -> bool:
-    """What a reconstruction does with the self-check of its gridded data.
+    """Handle the self-check of a reconstruction's gridded data.
 
     Records the check in ``record["gridding_check"]`` (the result's ``config``); when it failed,
     logs the one-line :func:`gridding_warning` (logger ``spurig``, which the command line prints on

@@ -2,7 +2,7 @@
 
 :func:`~spurig_core.operators.igrog.grid` evaluates the kernel MLP once per acquired sample (3 M
 samples at 64³, 2 min), which made gridding 78 % of a SPUR-iG reconstruction.  The reference path,
-:meth:`IGROGKernel.predict <spurig_core.operators.igrog.IGROGKernel.predict>`, builds the complex
+:meth:`IGROGKernel.predict <.igrog_kernel.IGROGKernel.predict>`, builds the complex
 kernel ``G`` (batch × coils × coils·n) and the smooth prior as dense Kronecker products before the
 product with the sources; about 40 % of its time went there, not into the MLP.  The predictor
 here computes the same ``y = G s`` without forming ``G``:
@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .igrog import IGROGKernel
+    from .igrog_kernel import IGROGKernel
 
 __all__ = ["KERNEL_EVAL_MODES", "KernelPredictor", "bf16_supported", "kernel_predictor"]
 
@@ -54,8 +54,9 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 class KernelPredictor:
-    """``y = G_ψ(d) s`` of a trained :class:`~spurig_core.operators.igrog.IGROGKernel` without
-    forming ``G`` (see the module notes).
+    """``y = G_ψ(d) s`` of a trained :class:`~.igrog_kernel.IGROGKernel` without forming ``G``.
+
+    See the module notes.
 
     Parameters
     ----------
@@ -114,7 +115,7 @@ class KernelPredictor:
 
 
 def kernel_predictor(kernel: IGROGKernel, mode: str = "auto") -> Predictor:
-    """The kernel's prediction ``(d, sources) → y`` in one of :data:`KERNEL_EVAL_MODES`.
+    """Return the kernel's prediction ``(d, sources) → y`` in one of :data:`KERNEL_EVAL_MODES`.
 
     Parameters
     ----------

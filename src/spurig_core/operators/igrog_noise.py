@@ -31,7 +31,7 @@ noise the acquired sources will carry (``E‖G(s + n) − t‖`` instead of ``�
     largest): its noise, or — for a clean calibration — the weak signal there (an upper bound).
 ``added_noise``
     ``√max(0, source_noise² − calibration_noise²)``: what
-    :func:`~spurig_core.operators.igrog.train_kernel` adds, so that the sources carry about the
+    :func:`~.igrog_train.train_kernel` adds, so that the sources carry about the
     acquisition's noise — nothing much when the calibration is as noisy as the data (the
     simulator's scans: 32³, 20³ calibration: target 39.4, calibration's own 38.9 against a true
     37.5), nearly all of it for a noise-free calibration (39.2 and 8.9).
@@ -81,8 +81,8 @@ def source_noise(
         samples each estimate used); ``source_noise`` is 0 when no acquired sample lies near the
         centre.
     """
-    from .igrog import calibration_image, calibration_kspace
     from .igrog_check import SPOT_RADIUS
+    from .igrog_sources import calibration_image, calibration_kspace
 
     if kspace.shape[0] != calibration.shape[0]:
         raise InputError(
@@ -145,7 +145,7 @@ def _loo_offsets(n: int, stride: torch.Tensor) -> torch.Tensor:
 
     Stride 1: the ``n + 1`` nearest readout neighbours without the sample itself; stride ``m > 1``:
     ``n`` sources ``m`` apart with the sample in the middle of a gap (as the strided sources of
-    :func:`~spurig_core.operators.igrog.find_sources` with the target between two of them).
+    :func:`~.igrog_sources.find_sources` with the target between two of them).
     """
     j = torch.arange(n, device=stride.device) - (n - 1) // 2
     off = stride[:, None] * j[None, :] + torch.div(stride, 2, rounding_mode="floor")[:, None]
@@ -161,9 +161,11 @@ def _loo_samples(
     samples: int,
     gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-out samples ``(arm, sample)`` with ``|k| < radius`` per axis and their ``n`` sources
-    (readout indices ``(m, n)``, all inside the arm and inside ``|k| < cube``), at most
-    ``samples`` of them, drawn at random."""
+    """Draw at most ``samples`` left-out samples and their ``n`` sources at random.
+
+    The left-out samples ``(arm, sample)`` have ``|k| < radius`` per axis; their sources are
+    readout indices ``(m, n)``, all inside the arm and inside ``|k| < cube``.
+    """
     ns = arms.shape[1]
     where = torch.nonzero((arms.abs() < radius).all(dim=-1))
     where = where[torch.randperm(where.shape[0], generator=gen)[: 4 * samples]]
@@ -189,7 +191,7 @@ def data_consistency(
     radius: float = 2.0,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Does the calibration describe the acquired data?  The kernel on the acquisition itself.
+    """Test if the calibration describes the acquired data: the kernel on the acquisition itself.
 
     Acquired samples near the k-space centre (``|k| < radius`` per axis, high SNR) are left out
     and predicted by the kernel from ``n`` other samples of their own arm (readout neighbours, or
@@ -222,7 +224,7 @@ def data_consistency(
         geometry on the calibration), their ratio ``data_error_ratio``, ``data_raw_rel_error``
         (noise left in) and ``data_samples``; NaN errors when no sample qualifies.
     """
-    from .igrog import calibration_image, calibration_kspace
+    from .igrog_sources import calibration_image, calibration_kspace
 
     gen = torch.Generator().manual_seed(seed)
     n, coils = int(kernel.n_sources), int(kspace.shape[0])

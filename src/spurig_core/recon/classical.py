@@ -1,4 +1,4 @@
-"""Classical reconstructions: the norm-matched adjoint and FISTA with the LLR prior (paper 2.5).
+r"""Classical reconstructions: the norm-matched adjoint and FISTA with the LLR prior (paper 2.5).
 
 Both work with any :class:`~spurig_core.operators.base.LinearOperator` encoding ``A`` of the
 subspace coefficients ``(basis, x, y, z)``: the iGROG-gridded encoding (``--method llr``, FFTs
@@ -14,7 +14,7 @@ with one gram, so only ``A^H b`` and ``‖b‖₂`` are needed.
 ``τ`` is made independent of the scale of ``b`` and of ``A``: with ``L₀ = ‖A‖₂²`` and
 ``x₀ = s·A^H b``, the objective is
 
-.. math::  ½‖A x − b‖² + λ \\sum_p ‖P_p x‖_*,\\qquad λ = τ · m · L₀,
+.. math::  ½‖A x − b‖² + λ \sum_p ‖P_p x‖_*,\qquad λ = τ · m · L₀,
 
 where ``m = max_r ‖x₀(r)‖₂`` is the largest voxel magnitude (ℓ2 over the basis) of the norm-matched
 adjoint (``threshold_reference="max"``). Equivalently, for the operator normalised to ``‖A‖₂ = 1``
@@ -89,7 +89,7 @@ def adjoint_recon(
     b_norm: float | None = None,
     scale: bool = True,
 ) -> torch.Tensor:
-    """The norm-matched adjoint reconstruction ``s·A^H b`` (``--method adjoint``).
+    """Return the norm-matched adjoint reconstruction ``s·A^H b`` (``--method adjoint``).
 
     Give the k-space ``b`` (shape ``op.out_shape``), or ``ahb = A^H b`` with ``b_norm = ‖b‖₂``, or
     both ``b`` and a precomputed ``ahb`` (then ``‖b‖₂`` is taken from ``b``).  A gridded encoding
@@ -139,20 +139,23 @@ def _adjoint_and_norm(
 
 
 def run_adjoint(term: DataTerm, ctx: RunContext) -> MethodOutput:
-    """``--method adjoint``: :func:`adjoint_recon` of the data term (registry run function)."""
+    """Run ``--method adjoint``: :func:`adjoint_recon` of the data term (registry run function)."""
     coeffs = adjoint_recon(term.op, ahb=term.ahb, b_norm=term.b_norm)
     return MethodOutput(coeffs, coeffs[None].clone() if ctx.save_iterations else None)
 
 
 def run_llr(term: DataTerm, ctx: RunContext) -> MethodOutput:
-    """``--method llr`` / ``llr-nufft``: :func:`llr_recon` with the duration's threshold and the
-    ``[llr]`` overrides (registry run function)."""
+    """Run ``--method llr`` / ``llr-nufft`` (registry run function).
+
+    That is :func:`llr_recon` with the duration's threshold and the ``[llr]`` overrides.
+    """
     out = llr_recon(
         term.op,
         ahb=term.ahb,
         b_norm=term.b_norm,
         duration=ctx.duration,
         overrides=ctx.overrides.get("llr"),
+        gram_norm=term.lipschitz,  # stored with the gridding (issue #14); None: power iteration
         save_iterations=ctx.save_iterations,
         callback=ctx.callback,
     )
@@ -208,6 +211,7 @@ def llr_recon(
     duration: str | None = None,
     groups: int | None = None,
     threshold: float | None = None,
+    gram_norm: float | None = None,
     callback: Callback | None = None,
     save_iterations: bool = False,
 ) -> LLRResult:
@@ -241,6 +245,9 @@ def llr_recon(
         Number of groups; picks the threshold of the nearest duration (when ``duration`` is None).
     threshold : float, optional
         The relative threshold ``τ`` itself (wins over ``duration`` and ``groups``).
+    gram_norm : float, optional
+        ``‖A‖₂²`` computed beforehand (stored with the gridding, issue #14): ``L`` is then
+        ``lipschitz_safety · gram_norm`` without a power iteration.
     callback : callable, optional
         Progress events (stage ``"llr"``) with the current iterate as ``data``; may raise
         :class:`~spurig_core.errors.Cancelled`.
@@ -267,10 +274,13 @@ def llr_recon(
     if ahb.ndim != 4:
         raise InputError(f"llr: A^H b must be (basis, x, y, z), got shape {tuple(ahb.shape)}")
     ahb = ahb.to(torch.complex64)
-    emit(callback, "llr", 0, cfg.iterations, "power iteration")
-    lip = lipschitz_constant(
-        op, ahb, iters=cfg.power_iterations, safety=cfg.lipschitz_safety, seed=cfg.seed
-    )
+    if gram_norm is not None and gram_norm > 0.0:
+        lip = cfg.lipschitz_safety * float(gram_norm)
+    else:
+        emit(callback, "llr", 0, cfg.iterations, "power iteration")
+        lip = lipschitz_constant(
+            op, ahb, iters=cfg.power_iterations, safety=cfg.lipschitz_safety, seed=cfg.seed
+        )
     l0 = lip / cfg.lipschitz_safety
     s = norm_matching_scale(op, ahb, b_norm)
     x0 = s * ahb

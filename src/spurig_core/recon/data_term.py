@@ -67,6 +67,11 @@ class DataTerm:
         ``gridding_s``, ``kernel_training_s`` (and ``gridding_reused``) of a gridded term.
     record : dict
         ``gridding`` and ``encoding`` settings (and the self-check) for the result's config.
+    lipschitz : float or None
+        ``‖A^H A‖₂`` of a gridded term, kept with the gridded data
+        (:mod:`spurig_core.operators.step_size`; computed here when the gridding has none, its
+        seconds in ``timings["step_size_s"]``); ``None``: the method runs its own power
+        iteration (the NUFFT term).
     """
 
     op: LinearOperator
@@ -76,6 +81,7 @@ class DataTerm:
     started: float
     timings: dict[str, float] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    lipschitz: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +95,7 @@ class RunContext:
     overrides : dict
         The checked config overrides (``{"llr": {...}, ...}``).
     model : Any
-        The :class:`~spurig_core.recon.models.LoadedModel` of a method with a model, else None.
+        The :class:`~spurig_core.recon.trained.LoadedModel` of a method with a model, else None.
     scan : Scan
     basis : Tensor, shape (tr, basis), complex64
     device : torch.device
@@ -138,7 +144,7 @@ class MethodOutput:
         config: dict[str, Any],
         timings: dict[str, float],
     ) -> Result:
-        """The :class:`~spurig_core.data.Result` of the run (tensors on the CPU, complex64).
+        """Return the :class:`~spurig_core.data.Result` of the run (tensors on the CPU, complex64).
 
         Parameters
         ----------
@@ -175,7 +181,7 @@ class MethodOutput:
 
 
 def coil_maps(scan: Scan, device: torch.device, callback: Callback | None = None) -> torch.Tensor:
-    """The scan's coil maps, or ESPIRiT maps from its calibration data.
+    """Return the scan's coil maps, or ESPIRiT maps from its calibration data.
 
     Returns
     -------
@@ -187,7 +193,7 @@ def coil_maps(scan: Scan, device: torch.device, callback: Callback | None = None
         raise InputError(
             f"{scan.path}: neither 'coil_maps' nor 'calibration' present; cannot get coil maps"
         )
-    from ..operators.coils import espirit
+    from ..operators.coil_maps import espirit
 
     emit(callback, "espirit", 0, 1, "estimating coil maps (ESPIRiT)")
     maps = espirit(scan.calibration, scan.matrix).to(device)
@@ -196,7 +202,7 @@ def coil_maps(scan: Scan, device: torch.device, callback: Callback | None = None
 
 
 def scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
-    """The balanced temporal basis of the scan's sequence.
+    """Return the balanced temporal basis of the scan's sequence.
 
     Returns
     -------
@@ -227,7 +233,7 @@ def nufft_term(
     density_compensation: float,
     grid_oversampling: float,
 ) -> tuple[LinearOperator, torch.Tensor, float]:
-    """The density-weighted NUFFT data term.
+    """Build the density-weighted NUFFT data term.
 
     Parameters
     ----------
@@ -274,6 +280,26 @@ def _reuse(gridded: Any, n_groups: int, matrix: tuple[int, ...]) -> tuple[Any, d
     }
 
 
+def _step_size(
+    gridded: Any, op: Any, maps: torch.Tensor, basis: torch.Tensor, timings: dict[str, float]
+) -> tuple[float, dict[str, float]]:
+    """``‖A^H A‖₂`` of the gridded term ``op``: the stored value, else computed now and stored.
+
+    Returns the value and ``timings`` with ``step_size_s`` (0 when it was stored).
+    """
+    from ..operators.step_size import step_key, step_size_of, stored_step_size
+
+    gamma = op.config.density_compensation
+    key = step_key(int(gridded.index.shape[0]), gamma, maps, basis)
+    lip = stored_step_size(gridded, key)
+    seconds = 0.0
+    if lip is None:
+        t0 = time.perf_counter()
+        lip = gridded.lipschitz[key] = step_size_of(op, maps)
+        seconds = time.perf_counter() - t0
+    return lip, {**timings, "step_size_s": seconds}
+
+
 def build_data_term(
     kind: str,
     sub: Scan,
@@ -314,7 +340,7 @@ def build_data_term(
     -------
     DataTerm
     """
-    from ..operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
+    from ..operators.encoding import EncodingConfig, GriddedSubspaceEncoding
     from ..operators.igrog import GriddingConfig, grid_scan
     from ..operators.igrog_check import apply_gridding_check
 
@@ -325,7 +351,7 @@ def build_data_term(
         where="gridding",
     )
     ecfg = from_dict(
-        GriddedEncodingConfig,
+        EncodingConfig,
         {**(encoding or {}), **(overrides.get("encoding") or {})},
         where="encoding",
     )
@@ -345,8 +371,9 @@ def build_data_term(
         if not bad:
             gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
             record["encoding"] = to_dict(ecfg)
+            lip, timings = _step_size(gridded, gop, maps, basis, timings)
             return DataTerm(
-                gop, gop.adjoint_data(), gop.data_norm(), "gridded", started, timings, record
+                gop, gop.adjoint_data(), gop.data_norm(), "gridded", started, timings, record, lip
             )
     else:
         started = time.perf_counter()

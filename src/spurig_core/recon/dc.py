@@ -27,7 +27,7 @@ def gradient_dc(
     mu: torch.Tensor | float,
     steps: int = 1,
 ) -> torch.Tensor:
-    """``steps`` gradient steps on ``½‖Aα − b‖²`` from ``alpha``.
+    """Take ``steps`` gradient steps on ``½‖Aα − b‖²`` from ``alpha``.
 
     Parameters
     ----------
@@ -59,7 +59,7 @@ def cg_dc(
     lam: torch.Tensor | float,
     iters: int,
 ) -> torch.Tensor:
-    """``iters`` CG iterations on ``(A^H A + λ I) α = A^H b + λ z`` started at ``z``.
+    """Run ``iters`` CG iterations on ``(A^H A + λ I) α = A^H b + λ z``, started at ``z``.
 
     Parameters
     ----------

@@ -8,11 +8,12 @@ initialisation ``α_0 = s·A^H b``, so any gain of a trained model over this is 
     α_i = α_{i−1} − (1/L) · (A^H A α_{i−1} − A^H b),     i = 1 … steps
 
 The step size is ``1/L`` (``mu_init = 1``), not the model's learned ``μ_i``: those were trained
-together with the denoiser and belong to it.  ``L ≈ ‖A^H A‖₂`` is the unroll's own estimate
-(:func:`~spurig_core.recon.unrolled.estimate_lipschitz`: the checkpoint's ``power_iters`` power
-iterations from ``A^H b``).  These are "the six gradient steps of 1/L with an identity denoiser"
-of ``benchmarks/RESULTS-models.md`` (``benchmarks/bench_dataterm.py``, which estimates ``L`` with
-20 power iterations instead).
+together with the denoiser and belong to it.  ``L ≈ ‖A^H A‖₂`` is the one kept with the gridded
+data (:mod:`spurig_core.operators.step_size`, issue #14), as for SPUR-iG; without one, the unroll's
+own estimate (:func:`~spurig_core.recon.unrolled.estimate_lipschitz`: the checkpoint's
+``power_iters`` power iterations from ``A^H b``).  These are "the six gradient steps of 1/L with
+an identity denoiser" of ``benchmarks/RESULTS-models.md`` (``benchmarks/bench_dataterm.py``,
+which estimates ``L`` with 20 power iterations instead).
 
 It runs the unroll's own code (:class:`~spurig_core.recon.unrolled.UnrolledRecon`: its step,
 progress events and saved iterations) with the identity as every step's denoiser.
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from .data_term import DataTerm, MethodOutput, RunContext
-from .models import run_network
+from .trained import run_network
 from .unrolled import UnrolledRecon
 
 __all__ = ["IdentityDenoiser", "dc_only_network", "run"]
@@ -49,12 +50,12 @@ class _DCOnlyUnroll(UnrolledRecon):
         self.identity = IdentityDenoiser()
 
     def denoiser(self, i: int) -> Any:
-        """The identity, whatever the step."""
+        """Return the identity, whatever the step."""
         return self.identity
 
 
 def dc_only_network(cfg: Any) -> UnrolledRecon:
-    """The DC-only unroll of a model's config: its steps, ``μ_i = 1/L``, identity denoisers.
+    """Return the DC-only unroll of a model's config: its steps, ``μ_i = 1/L``, identity denoisers.
 
     Parameters
     ----------
@@ -71,14 +72,14 @@ def dc_only_network(cfg: Any) -> UnrolledRecon:
 
 
 def run(term: DataTerm, ctx: RunContext) -> MethodOutput:
-    """``--method dc-only`` on a data term (see the module notes).
+    """Run ``--method dc-only`` on a data term (see the module notes).
 
     Parameters
     ----------
     term : DataTerm
         The SPUR-iG model's data term (gridded, its ``encoding``).
     ctx : RunContext
-        ``ctx.model`` is the SPUR-iG :class:`~spurig_core.recon.models.LoadedModel` of the
+        ``ctx.model`` is the SPUR-iG :class:`~spurig_core.recon.trained.LoadedModel` of the
         duration (or ``--model``): only its config and data term are used.
 
     Returns

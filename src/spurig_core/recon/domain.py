@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..durations import MODEL_DURATIONS
+
 __all__ = ["SHIPPED_DOMAIN", "check_domain"]
 
 
@@ -18,7 +20,7 @@ __all__ = ["SHIPPED_DOMAIN", "check_domain"]
 SHIPPED_DOMAIN: dict[str, Any] = {
     "matrix": [48, 48, 48],
     "voxel_mm": [220.0 / 48] * 3,
-    "durations": ["2min", "1min", "30s"],
+    "durations": list(MODEL_DURATIONS),
     "coils": 10,
     "data_term": "iGROG-gridded, density_compensation 0.75",
 }

@@ -1,8 +1,8 @@
-"""Locally-low-rank (LLR) regularisation of subspace coefficients (paper 2.1, 2.5, appendix A.5).
+r"""Locally-low-rank (LLR) regularisation of subspace coefficients (paper 2.1, 2.5, appendix A.5).
 
 The regulariser is a sum of nuclear norms over non-overlapping cubic patches,
 
-.. math::  R(α) = \\sum_p \\|P_p\\, \\mathrm{shift}(α)\\|_*,
+.. math::  R(α) = \sum_p \|P_p\, \mathrm{shift}(α)\|_*,
 
 where each patch ``P_p shift(α)`` is a ``(basis, block³)`` matrix (5 × 1000 for the paper's 10³
 patches). The patches tile the volume after a random circular shift that is drawn anew at every call
@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from ..data import DURATIONS, nearest_duration
+from ..durations import DURATIONS, nearest_duration
 from ..errors import InputError
 
 __all__ = ["LLRConfig", "LocallyLowRank", "llr_prox", "nuclear_norm", "random_shift", "svt"]
@@ -77,7 +77,7 @@ class LLRConfig:
     iterations: int = 40
     block: int = 10
     # Tuned per duration on held-out subjects as in paper 2.5 (issue 4), with the density-
-    # compensated data term (GriddedEncodingConfig.density_compensation = 0.5): see
+    # compensated data term (EncodingConfig.density_compensation = 0.5): see
     # benchmarks/RESULTS-llr-tuning.md, configs/llr-tuned.toml and tools/tune_llr.py (both
     # validation subjects, T1+T2 criterion); 6min: the 2-min value times the paper's 6-min/2-min
     # ratio (0.5). The paper's own values, which act as almost no regularisation in this
@@ -94,6 +94,7 @@ class LLRConfig:
     method: Literal["eigh", "svd"] = "eigh"
 
     def __post_init__(self) -> None:
+        """Raise ValueError naming the first field out of its range or not one of its choices."""
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.block < 1:
@@ -117,11 +118,11 @@ class LLRConfig:
             raise ValueError(f"method must be 'eigh' or 'svd', got {self.method!r}")
 
     def threshold_for(self, *, duration: str | None = None, groups: int | None = None) -> float:
-        """The configured threshold of a named duration, or of the duration nearest ``groups``.
+        """Return the configured threshold of a named duration, or of the one nearest ``groups``.
 
         For a number of groups that is not one of the paper's durations (48, 16, 8, 4), the
         threshold of the configured duration nearest it is used
-        (:func:`spurig_core.data.nearest_duration`, the rule the pipeline uses too).
+        (:func:`spurig_core.durations.nearest_duration`, the rule the pipeline uses too).
         """
         if duration is not None:
             if duration not in self.thresholds:
@@ -267,7 +268,7 @@ def nuclear_norm(x: torch.Tensor, *, block: int = 10, shift: Seq[int] = (0, 0, 0
 
 
 def random_shift(block: int, generator: torch.Generator | None = None) -> tuple[int, int, int]:
-    """A random shift in ``[0, block)³`` drawn from ``generator`` (a CPU generator)."""
+    """Return a random shift in ``[0, block)³`` drawn from ``generator`` (a CPU generator)."""
     s = torch.randint(0, block, (3,), generator=generator)
     return (int(s[0]), int(s[1]), int(s[2]))
 

@@ -92,7 +92,7 @@ class Method:
         return self.model is not None
 
     def runner(self) -> Callable[..., Any]:
-        """The run function (imported now)."""
+        """Return the run function (imported now)."""
         module, _, func = self.run.partition(":")
         return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
 
@@ -110,7 +110,7 @@ METHODS: dict[str, Method] = {
             choice="SPUR-iG",
             data_term="gridded",
             model="spurig",
-            run=f"{_R}.models:run_model",
+            run=f"{_R}.trained:run_model",
             summary="the unrolled network with a 3D denoiser (trained model)",
         ),
         Method(
@@ -120,7 +120,7 @@ METHODS: dict[str, Method] = {
             choice="hybrid",
             data_term="gridded",
             model="hybrid",
-            run=f"{_R}.models:run_model",
+            run=f"{_R}.trained:run_model",
             summary="the unrolled network with a slice-wise 2D denoiser (trained model)",
         ),
         Method(
@@ -174,7 +174,7 @@ NAMES: tuple[str, ...] = tuple(METHODS)
 
 
 def get_method(name: Any, *, what: str = "method") -> Method:
-    """The registry entry of ``name``.
+    """Return the registry entry of ``name``.
 
     Raises
     ------
@@ -187,10 +187,10 @@ def get_method(name: Any, *, what: str = "method") -> Method:
 
 
 def gridded_names() -> tuple[str, ...]:
-    """The methods that reconstruct from the iGROG-gridded scan (they can share one gridding)."""
+    """Return the methods that grid with iGROG (they can share one gridding of the scan)."""
     return tuple(n for n, m in METHODS.items() if m.gridded)
 
 
 def model_names() -> tuple[str, ...]:
-    """The methods that need a trained model."""
+    """Return the methods that need a trained model."""
     return tuple(n for n, m in METHODS.items() if m.needs_model)

@@ -93,6 +93,7 @@ class UNetConfig:
     slice_chunk: int = 64
 
     def __post_init__(self) -> None:
+        """Raise InputError unless ``dim`` is 2 or 3, the widths are ≥ 1 and ``embed_dim`` even."""
         if self.dim not in (2, 3):
             raise InputError(f"UNetConfig.dim: must be 2 or 3, got {self.dim}")
         for name in ("basis", "base_width", "levels", "norm_groups", "se_reduction", "slice_chunk"):
@@ -234,8 +235,10 @@ class _SE(nn.Module):
 
 
 class _ResBlock(nn.Module):
-    """Two ``3^d`` convolutions, each with GroupNorm and SiLU, FiLM before the second SiLU,
-    a (1×1 projected) residual connection, then squeeze-and-excitation."""
+    """Residual block: two ``3^d`` convolutions with GroupNorm and SiLU, then squeeze-excitation.
+
+    FiLM comes before the second SiLU; the residual connection is 1×1-projected when needed.
+    """
 
     def __init__(self, cin: int, cout: int, cfg: UNetConfig, cond_dim: int | None) -> None:
         super().__init__()

@@ -19,27 +19,24 @@ groups or the scale of the data.
 with gradient checkpointing across DC and denoiser steps (training stages 2 and 3, appendix
 A.3–A.4),
 and the denoisers are shared across steps or separate (ablation of section 3.3).  Checkpoints
-written by the training stages are read back with :func:`load_model`.
+written by the training stages are read back with
+:func:`~spurig_core.recon.unrolled_io.load_model`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import from_dict, to_dict
-from ..data import Sequence
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
 from .dc import cg_dc, gradient_dc
-from .domain import SHIPPED_DOMAIN
 from .networks import Denoiser, UNetConfig
 
 __all__ = [
@@ -47,10 +44,7 @@ __all__ = [
     "TRAIN_KIND",
     "UnrollConfig",
     "UnrolledRecon",
-    "check_model_fits",
     "estimate_lipschitz",
-    "load_model",
-    "model_state",
     "scaled_init",
 ]
 
@@ -99,6 +93,7 @@ class UnrollConfig:
     lambda_init: float = 0.1
 
     def __post_init__(self) -> None:
+        """Raise InputError naming the first field out of range (``steps``, ``dc``, …)."""
         if self.steps < 1:
             raise InputError(f"UnrollConfig.steps: must be at least 1, got {self.steps}")
         if not self.mu_init > 0:
@@ -148,7 +143,7 @@ def estimate_lipschitz(op: LinearOperator, x0: torch.Tensor, *, iters: int = 8) 
 
 
 def scaled_init(op: LinearOperator, ahb: torch.Tensor, b_norm: float) -> tuple[torch.Tensor, float]:
-    """The initialisation ``s · A^H b`` with ``s = ‖b‖₂ / ‖A A^H b‖₂`` (appendix A.1).
+    """Return the initialisation ``s · A^H b`` with ``s = ‖b‖₂ / ‖A A^H b‖₂`` (appendix A.1).
 
     ``‖A A^H b‖₂² = ⟨A^H b, A^H A A^H b⟩`` needs only the gram, so gridded operators that never
     form ``A`` itself work too.
@@ -192,7 +187,7 @@ class UnrolledRecon(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
     def denoiser(self, i: int) -> Denoiser:
-        """The denoiser of step ``i`` (0-based)."""
+        """Return the denoiser of step ``i`` (0-based)."""
         d = self.denoisers[0 if self.cfg.share_weights else i]
         assert isinstance(d, Denoiser)
         return d
@@ -228,7 +223,7 @@ class UnrolledRecon(nn.Module):
     def dc_half(
         self, op: LinearOperator, ahb: torch.Tensor, alpha: torch.Tensor, i: int, lipschitz: float
     ) -> torch.Tensor:
-        """The DC half-step ``α_{i−½}`` of step ``i`` (0-based) from ``α_{i−1}`` (``cfg.dc``)."""
+        """Take the DC half-step ``α_{i−½}`` of 0-based step ``i`` from ``α_{i−1}`` (``cfg.dc``)."""
         if self.cfg.dc == "cg":
             lam = torch.exp(self.log_lam[i]) * lipschitz
             return cg_dc(op, ahb, alpha, lam, self.cfg.dc_steps)
@@ -322,11 +317,9 @@ class UnrolledRecon(nn.Module):
 
         Parameters
         ----------
-        op : LinearOperator
-        ahb : Tensor, shape (basis, x, y, z), complex64
-            ``A^H b``.
-        b_norm : float
-            ``‖b‖₂`` of the data (for the scale ``s``).
+        op, ahb, b_norm
+            The operator, ``A^H b`` (basis, x, y, z) and ``‖b‖₂`` of the data, as for
+            :func:`scaled_init`.
         lipschitz : float, optional
         save_iterations : bool
             Also return the initialisation and every step's output.
@@ -352,258 +345,3 @@ class UnrolledRecon(nn.Module):
             return res[-1], torch.stack(res)
         assert isinstance(res, torch.Tensor)
         return res, None
-
-
-# ----------------------------------------------------------------------------------------------
-# model files
-# ----------------------------------------------------------------------------------------------
-def model_state(
-    model: UnrolledRecon,
-    *,
-    sequence: Sequence,
-    basis: torch.Tensor,
-    kind: str = MODEL_KIND,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The dictionary saved as a model file (``io.save_checkpoint``).
-
-    Parameters
-    ----------
-    model : UnrolledRecon
-    sequence : Sequence
-        The acquisition the model was trained for.
-    basis : Tensor, shape (tr, basis), complex64
-        The balanced basis of the training coefficients.
-    kind : str
-        :data:`MODEL_KIND` or :data:`TRAIN_KIND`.
-    extra : dict, optional
-        More entries (e.g. ``duration``, ``stage``, optimiser state).
-    """
-    state: dict[str, Any] = {
-        "kind": kind,
-        "version": 1,
-        "config": to_dict(model.cfg),
-        "sequence": sequence.to_dict(),
-        "sequence_key": sequence.key(),
-        "basis": basis.detach().cpu().to(torch.complex64),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if extra:
-        state.update(extra)
-    return state
-
-
-def check_model_fits(
-    meta: dict[str, Any],
-    *,
-    basis: torch.Tensor | None = None,
-    sequence: Sequence | None = None,
-    where: str = "model",
-) -> str | None:
-    """Check a loaded model against a scan.
-
-    Parameters
-    ----------
-    meta : dict
-        The ``meta`` returned by :func:`load_model`.
-    basis : Tensor, shape (tr, basis), optional
-        The scan's balanced basis; its shape must equal the model's.
-    sequence : Sequence, optional
-        The scan's sequence.
-    where : str
-        Name used in messages (the file).
-
-    Returns
-    -------
-    str or None
-        A warning when the model was trained for another flip-angle train / timing (SPEC §4),
-        else ``None``.
-
-    Raises
-    ------
-    InputError
-        When the basis shape differs (the model cannot be applied).
-    """
-    if basis is not None:
-        mb = tuple(meta["basis"].shape)
-        if tuple(basis.shape) != mb:
-            raise InputError(
-                f"{where}: trained for a basis of shape {mb} (tr, basis), the scan's is "
-                f"{tuple(basis.shape)}"
-            )
-    if sequence is not None:
-        trained = meta["sequence"]
-        if not sequence.same_as(trained):
-            return (
-                f"{where}: trained for another sequence (key {trained.key()}, {trained.n_tr} TRs) "
-                f"than the scan's (key {sequence.key()}, {sequence.n_tr} TRs); results may be poor"
-            )
-    return None
-
-
-#: Config fields that decide the network's parameter shapes; a model file must state them all.
-_ARCH_FIELDS = ("steps", "share_weights", "network")
-_NET_FIELDS = ("dim", "basis", "base_width", "levels", "se_reduction", "embed_dim", "conditioned")
-#: What each reconstruction method needs of a model (``UNetConfig.dim``).
-_METHOD_DIM = {"spurig": 3, "hybrid": 2}
-
-
-def _check_kind(state: dict[str, Any], p: Path, method: str | None) -> str:
-    """The file's ``kind``; with ``method`` only a finished model (no resume or pretrain file)."""
-    kind = state.get("kind")
-    if kind not in (MODEL_KIND, TRAIN_KIND):
-        raise InputError(f"{p}: a {kind!r} checkpoint, not a SPUR-iG model ({MODEL_KIND!r})")
-    if method is None:
-        return str(kind)
-    if kind == TRAIN_KIND:
-        raise InputError(
-            f"{p}: a training-resume checkpoint (kind {TRAIN_KIND!r}); --method {method} expects "
-            f"kind {MODEL_KIND!r} (the run's model.pt)"
-        )
-    if state.get("stage") == "pretrain":
-        raise InputError(
-            f"{p}: a pretrain-stage (denoiser-only) model; --method {method} expects kind "
-            f"{MODEL_KIND!r} from the gleam or finetune stage"
-        )
-    return str(kind)
-
-
-def _check_architecture(state: dict[str, Any], p: Path, method: str | None) -> UnrollConfig:
-    """The stored ``UnrollConfig``, which must state every shape-deciding field."""
-    raw = state["config"]
-    net = raw.get("network") if isinstance(raw, dict) else None
-    missing = [k for k in _ARCH_FIELDS if not isinstance(raw, dict) or k not in raw]
-    missing += [f"network.{k}" for k in _NET_FIELDS if isinstance(net, dict) and k not in net]
-    if missing or not isinstance(net, dict):
-        raise InputError(f"{p}: config lacks its architecture field(s) {', '.join(missing)}")
-    cfg = from_dict(UnrollConfig, raw, where=f"{p}: config")
-    if method is not None and cfg.network.dim != _METHOD_DIM.get(method, cfg.network.dim):
-        got = "3D (spurig)" if cfg.network.dim == 3 else "2D slice-wise (hybrid)"
-        want = "3D (spurig)" if _METHOD_DIM[method] == 3 else "2D slice-wise (hybrid)"
-        raise InputError(
-            f"{p}: a {got} network; --method {method} expects a {want} model of kind {MODEL_KIND!r}"
-        )
-    return cfg
-
-
-def _sequence_and_basis(
-    state: dict[str, Any], p: Path, cfg: UnrollConfig
-) -> tuple[Sequence, torch.Tensor]:
-    """The stored sequence and ``(tr, basis)`` basis, consistent with each other and ``cfg``."""
-    try:
-        seq = Sequence.from_dict(state["sequence"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{p}: unreadable sequence entry ({exc})") from None
-    if state.get("sequence_key", seq.key()) != seq.key():
-        raise InputError(f"{p}: its sequence does not match its stored sequence key (corrupt file)")
-    mbasis = state["basis"]
-    if not isinstance(mbasis, torch.Tensor) or mbasis.ndim != 2:
-        raise InputError(f"{p}: basis entry is not a (tr, basis) tensor")
-    if mbasis.shape[1] != cfg.network.basis:
-        raise InputError(
-            f"{p}: basis has {mbasis.shape[1]} columns but the network expects {cfg.network.basis}"
-        )
-    if mbasis.shape[0] != seq.n_tr:
-        raise InputError(f"{p}: basis has {mbasis.shape[0]} TRs, its sequence {seq.n_tr}")
-    return seq, mbasis
-
-
-def _load_weights(model: UnrolledRecon, weights: Any, p: Path) -> None:
-    """Load ``weights`` into ``model`` strictly; any difference of keys or shapes is one line."""
-    msg = f"{p}: weights do not fit the stored config"
-    if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
-    ):
-        raise InputError(f"{msg}: the 'model' entry is not a dictionary of named tensors")
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    if missing or extra:
-        what = [f"{len(missing)} missing (e.g. {missing[0]!r})"] if missing else []
-        what += [f"{len(extra)} unexpected (e.g. {extra[0]!r})"] if extra else []
-        raise InputError(f"{msg}: {', '.join(what)} parameter(s)")
-    for k, v in own.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise InputError(
-                f"{msg}: {k!r} has shape {tuple(weights[k].shape)}, the config makes "
-                f"{tuple(v.shape)}"
-            )
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{msg}: {first}") from None
-
-
-def load_model(
-    path: str | Path,
-    *,
-    basis: torch.Tensor | None = None,
-    sequence: Sequence | None = None,
-    device: str | torch.device = "cpu",
-    method: str | None = None,
-) -> tuple[UnrolledRecon, dict[str, Any]]:
-    """Read and validate a model file or training checkpoint (never running code from it).
-
-    Parameters
-    ----------
-    path : path-like
-        A file written by the training stages (kind ``spurig-model`` or ``spurig-train``).
-    basis : Tensor, shape (tr, basis), optional
-        The scan's balanced basis, checked with :func:`check_model_fits`.
-    sequence : Sequence, optional
-        The scan's sequence; a different one gives a warning in ``meta["warning"]``.
-    device : str or torch.device
-    method : {"spurig", "hybrid"}, optional
-        Load as the model of this reconstruction method (``--model``): only kind
-        ``spurig-model`` from an unrolled stage, with a 3D (``spurig``) or 2D (``hybrid``)
-        network.  ``None`` (e.g. ``init`` of a training stage) accepts any stage and resume files.
-
-    Returns
-    -------
-    model : UnrolledRecon
-        In eval mode on ``device``.
-    meta : dict
-        ``config`` (UnrollConfig), ``sequence`` (Sequence), ``basis`` (Tensor (tr, basis)),
-        ``kind``, ``stage``, ``duration`` (when recorded), ``warning`` (str or None),
-        ``sha256`` (of the file), ``card`` (the model card whose sha256 it matches, or None) and
-        ``line`` (``"model NAME sha256 HEX"``, for the user).
-
-    Raises
-    ------
-    InputError
-        Missing, corrupt or truncated file, Python objects or NaN/Inf in it, wrong kind (for
-        ``method``), missing architecture fields, weights that do not fit, a basis of another
-        shape, a sha256 that differs from the file's model card.
-    """
-    from ..io import load_checkpoint
-    from .models import check_card
-
-    p = Path(path)
-    state = load_checkpoint(p)
-    kind = _check_kind(state, p, method)
-    for key in ("config", "sequence", "basis", "model"):
-        if key not in state:
-            raise InputError(f"{p}: model file lacks its {key!r} entry")
-    cfg = _check_architecture(state, p, method)
-    seq, mbasis = _sequence_and_basis(state, p, cfg)
-    model = UnrolledRecon(cfg)
-    _load_weights(model, state["model"], p)
-    model.to(device).eval()
-    meta: dict[str, Any] = {
-        "kind": kind,
-        "config": cfg,
-        "sequence": seq,
-        "basis": mbasis,
-        "stage": state.get("stage"),
-        "duration": state.get("duration"),
-        "warning": None,
-        **check_card(p),
-    }
-    dom = state.get("domain")
-    if not isinstance(dom, dict) and meta["card"]:  # a shipped model: the cohort it was trained on
-        dom = dict(SHIPPED_DOMAIN)
-        if meta["duration"] in dom["durations"]:
-            dom["durations"] = [meta["duration"]]
-    meta["domain"] = dom if isinstance(dom, dict) else None
-    meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
-    return model, meta

@@ -103,6 +103,7 @@ class PretrainConfig(_Common):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        """Run the common checks and require one index per pretraining input."""
         super().__post_init__()
         if len(self.inputs) != len(self.indices):
             raise InputError("PretrainConfig: inputs and indices must have the same length")

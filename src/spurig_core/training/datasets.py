@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from ..data import DURATIONS, Sequence, groups_for
+from ..data import FispSequence
+from ..durations import DURATIONS, MODEL_DURATIONS, groups_for
 from ..errors import InputError, NotAvailableError
 from ..operators.base import LinearOperator
 from ..operators.grid import GriddedData
@@ -47,6 +48,7 @@ __all__ = [
     "list_subjects",
     "load_dc",
     "load_example",
+    "load_prepared",
     "prepare_subject",
     "register_operator",
     "save_example",
@@ -74,7 +76,7 @@ def register_operator(kind: str, builder: OperatorBuilder) -> None:
 def _gridded_builder(payload: dict[str, Any], device: torch.device) -> LinearOperator:
     try:
         from ..config import from_dict
-        from ..operators.encoding import GriddedEncodingConfig, GriddedSubspaceEncoding
+        from ..operators.encoding import EncodingConfig, GriddedSubspaceEncoding
     except ImportError as exc:
         raise NotAvailableError(
             f"the gridded encoding (spurig_core.operators.encoding) is not available: {exc}"
@@ -89,7 +91,7 @@ def _gridded_builder(payload: dict[str, Any], device: torch.device) -> LinearOpe
     gridded = GriddedData(values, index, tuple(payload["grid"]), tuple(payload["matrix"]))
     # Payloads written before density compensation existed carry no "encoding": plain data term.
     ecfg = from_dict(
-        GriddedEncodingConfig,
+        EncodingConfig,
         payload.get("encoding", {"density_compensation": 0.0}),
         where="dc operator",
     )
@@ -139,7 +141,7 @@ class DCData:
         return _BUILDERS[kind](self.operator, torch.device(device))
 
     def to_state(self) -> dict[str, Any]:
-        """The dictionary stored in ``dc-<duration>.pt``."""
+        """Return the dictionary stored in ``dc-<duration>.pt``."""
         return {
             "kind": DC_KIND,
             "version": 1,
@@ -161,7 +163,7 @@ class Example:
     target : Tensor, shape (basis, x, y, z), complex64
     tissue : Tensor, shape (x, y, z), uint8
     basis : Tensor, shape (tr, basis), complex64
-    sequence : Sequence
+    sequence : FispSequence
     inputs : dict of str to Tensor, shape (basis, x, y, z), complex64
         ``"adjoint-<duration>"`` and ``"llr-<duration>"``.
     dc : dict of str to DCData
@@ -174,13 +176,13 @@ class Example:
     target: torch.Tensor
     tissue: torch.Tensor
     basis: torch.Tensor
-    sequence: Sequence
+    sequence: FispSequence
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     dc: dict[str, DCData] = field(default_factory=dict)
     path: Path | None = None
 
     def input(self, name: str) -> torch.Tensor:
-        """A pretraining input by name (``"target"`` is the target itself)."""
+        """Return a pretraining input by name (``"target"`` is the target itself)."""
         if name == "target":
             return self.target
         if name not in self.inputs:
@@ -215,16 +217,29 @@ def save_example(example: Example, subject_dir: str | Path) -> Path:
     return d
 
 
-def load_dc(subject_dir: str | Path, duration: str) -> DCData:
-    """Read ``dc-<duration>.pt`` of a subject."""
+def load_prepared(path: Path, kind: str, *, missing: str) -> dict[str, Any]:
+    """Return the checkpoint at ``path``, which must exist and be of ``kind``.
+
+    Raises
+    ------
+    InputError
+        ``"<path>: missing (<missing>)"`` (``missing`` says how to make the file) or
+        ``"<path>: a 'x' file, not '<kind>'"``.
+    """
     from ..io import load_checkpoint
 
+    if not path.exists():
+        raise InputError(f"{path}: missing ({missing})")
+    s = load_checkpoint(path)
+    if s.get("kind") != kind:
+        raise InputError(f"{path}: a {s.get('kind')!r} file, not {kind!r}")
+    return s
+
+
+def load_dc(subject_dir: str | Path, duration: str) -> DCData:
+    """Read ``dc-<duration>.pt`` of a subject."""
     p = Path(subject_dir) / f"dc-{duration}.pt"
-    if not p.exists():
-        raise InputError(f"{p}: missing (prepare the subject for duration {duration!r})")
-    s = load_checkpoint(p)
-    if s.get("kind") != DC_KIND:
-        raise InputError(f"{p}: a {s.get('kind')!r} file, not {DC_KIND!r}")
+    s = load_prepared(p, DC_KIND, missing=f"prepare the subject for duration {duration!r}")
     return DCData(
         s["ahb"], float(s["b_norm"]), float(s["scale"]), float(s["lipschitz"]), dict(s["operator"])
     )
@@ -260,7 +275,7 @@ def load_example(subject_dir: str | Path, *, durations: Iterable[str] = ()) -> E
         target,
         tissue,
         s["basis"],
-        Sequence.from_dict(s["sequence"]),
+        FispSequence.from_dict(s["sequence"]),
         dict(s["inputs"]),
         dc,
         d,
@@ -268,7 +283,7 @@ def load_example(subject_dir: str | Path, *, durations: Iterable[str] = ()) -> E
 
 
 def list_subjects(root: str | Path, split: str) -> list[Path]:
-    """Prepared subject directories of ``root/split`` (sorted by name)."""
+    """Return prepared subject directories of ``root/split`` (sorted by name)."""
     if split not in ("train", "val", "test"):
         raise InputError(f"split {split!r}: choose train, val or test")
     d = Path(root) / split
@@ -280,7 +295,7 @@ def list_subjects(root: str | Path, split: str) -> list[Path]:
 def prepare_subject(
     scan_path: str | Path,
     out_dir: str | Path,
-    durations: Iterable[str] = ("30s", "1min", "2min"),
+    durations: Iterable[str] = MODEL_DURATIONS[::-1],
     *,
     gridding: Any = None,
     llr: Any = None,
@@ -304,7 +319,7 @@ def prepare_subject(
         Named durations (``"30s"``, ``"1min"``, ``"2min"``, ``"6min"``).
     gridding : GriddingConfig, optional
     llr : LLRConfig, optional
-    encoding : GriddedEncodingConfig, optional
+    encoding : EncodingConfig, optional
         The data-consistency operator's settings (density compensation); stored with the DC data
         so that training rebuilds the same operator.
     name : str, optional

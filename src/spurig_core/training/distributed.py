@@ -93,6 +93,7 @@ class DistributedConfig:
     timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        """Raise InputError unless ``backend`` is a known backend and ``timeout_s`` is > 0."""
         if self.backend not in _BACKENDS:
             raise InputError(
                 f"[distributed] backend: {self.backend!r} is not one of {', '.join(_BACKENDS)}"
@@ -102,7 +103,7 @@ class DistributedConfig:
 
 
 def read_config(path: str | Path) -> DistributedConfig:
-    """The ``[distributed]`` table of a TOML config (defaults when there is none)."""
+    """Return the ``[distributed]`` table of a TOML config (defaults when there is none)."""
     from ..config import from_dict, read_toml
 
     p = Path(path)
@@ -116,7 +117,7 @@ def read_config(path: str | Path) -> DistributedConfig:
 
 @dataclass(frozen=True)
 class Context:
-    """This process's place in the run (the defaults: a single process).
+    """The place of this process in the run (the defaults: a single process).
 
     Attributes
     ----------
@@ -149,7 +150,7 @@ class Context:
         return range(self.rank, n, self.world_size)
 
     def device(self, name: str) -> torch.device:
-        """The stage's device for this process (``cuda`` becomes ``cuda:<local_rank>``)."""
+        """Return the stage's device for this process (``cuda`` becomes ``cuda:<local_rank>``)."""
         if self.active and name == "cuda":
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)

@@ -124,7 +124,7 @@ def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_scales(size: int, *, win: int = 11, max_scales: int = 5) -> tuple[int, int]:
-    """Number of MS-SSIM scales and window size a ``size × size`` slice allows.
+    """Return the number of MS-SSIM scales and window size a ``size × size`` slice allows.
 
     The window is 11 (odd, at most ``size``); a scale ``m`` is used while the image at that scale
     (``size // 2**(m−1)``) is still at least one window wide.

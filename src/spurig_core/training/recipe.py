@@ -1,8 +1,8 @@
 """The v2 training recipe (issue 13): train what the metric measures, on re-drawn noise.
 
 One resumable run replaces the three stages of :mod:`.stages` for the unrolled models; it keeps
-their model file format (:func:`~spurig_core.recon.unrolled.model_state`, stage ``"recipe"``), so
-``spurig recon --model`` and :func:`~spurig_core.recon.unrolled.load_model` read its models.
+their model file format (:func:`~spurig_core.recon.unrolled_io.model_state`, stage ``"recipe"``), so
+``spurig recon --model`` and :func:`~spurig_core.recon.unrolled_io.load_model` read its models.
 
 Phases, one counter of optimiser updates ``u`` (full 48³ volumes, batch 1):
 
@@ -40,14 +40,8 @@ from ..config import from_dict, read_toml, to_dict
 from ..errors import InputError
 from ..metrics import coefficient_metrics
 from ..recon.classical import norm_matching_scale
-from ..recon.unrolled import (
-    MODEL_KIND,
-    TRAIN_KIND,
-    UnrollConfig,
-    UnrolledRecon,
-    estimate_lipschitz,
-    model_state,
-)
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon, estimate_lipschitz
+from ..recon.unrolled_io import model_state
 from .datasets import Example, list_subjects, load_example
 from .losses import tissue_l1
 from .records import rng_state, set_rng_state, write_csv

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DURATIONS, groups_for
+from ..durations import DURATIONS, groups_for
 from ..errors import InputError
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 NOISE_KIND = "spurig-noise"
-_CHUNK = 1 << 22  # simulation._add_noise's chunk: the draws must come in the same order
+_CHUNK = 1 << 22  # simulation.scan._add_noise's chunk: the draws must come in the same order
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class NoiseDraws:
 
 
 def _unit_draws(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Complex draws of ``simulation._add_noise`` for ``σ = √2`` (i.e. unit real/imag parts)."""
+    """Complex draws of ``simulation.scan._add_noise`` for ``σ = √2`` (unit real/imag parts)."""
     flat = np.empty(int(np.prod(shape)), dtype=np.complex64)
     for i in range(0, flat.size, _CHUNK):
         n = min(_CHUNK, flat.size - i)
@@ -110,7 +110,7 @@ def _unit_draws(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 
 
 def scan_noise(kspace: torch.Tensor, seed: int, noise: float) -> tuple[torch.Tensor, float]:
-    """The simulator's own k-space noise of a scan, regenerated from its seed.
+    """Return the simulator's own k-space noise of a scan, regenerated from its seed.
 
     Parameters
     ----------
@@ -177,7 +177,7 @@ def grid_many(
         The gridded values of ``kspaces``, then of the ``extra`` noise draws.
     """
     from ..operators.grid import grid_shape
-    from ..operators.igrog import _flat_arms, find_sources
+    from ..operators.igrog_sources import _flat_arms, find_sources
 
     coils = int(kspaces[0].shape[0])
     n = kernel.n_sources
@@ -269,7 +269,7 @@ def prepare_redraw_subject(
         Noise realisations per duration (the first is the scan's own).
     gridding : GriddingConfig, optional
         iGROG settings (train the kernel once; every duration takes the first groups).
-    encoding : GriddedEncodingConfig, optional
+    encoding : EncodingConfig, optional
         The DC operator's data term.
     gridded_out : path-like, optional
         Also save the noisy gridded scan there (:func:`spurig_core.benchmark.save_gridded`),
@@ -286,7 +286,8 @@ def prepare_redraw_subject(
     from ..metrics import reference_coefficients
     from ..operators.encoding import GriddedSubspaceEncoding
     from ..operators.grid import GriddedData, grid_shape
-    from ..operators.igrog import GriddingConfig, train_kernel
+    from ..operators.igrog import GriddingConfig
+    from ..operators.igrog_train import train_kernel
     from ..physics import default_basis
     from ..recon.unrolled import estimate_lipschitz, scaled_init
     from .datasets import DCData, Example, save_example
@@ -401,14 +402,10 @@ def load_noise(subject_dir: str | Path, duration: str) -> NoiseDraws:
     InputError
         Missing or foreign file, inconsistent shapes.
     """
-    from ..io import load_checkpoint
+    from .datasets import load_prepared
 
     p = Path(subject_dir) / f"noise-{duration}.pt"
-    if not p.exists():
-        raise InputError(f"{p}: missing (prepare the subject with tools/prepare_redraw.py)")
-    s = load_checkpoint(p)
-    if s.get("kind") != NOISE_KIND:
-        raise InputError(f"{p}: a {s.get('kind')!r} file, not {NOISE_KIND!r}")
+    s = load_prepared(p, NOISE_KIND, missing="prepare the subject with tools/prepare_redraw.py")
     clean, dr, bn = s["clean"], s["draws"], s["b_norms"]
     if dr.ndim != 5 or tuple(dr.shape[1:]) != tuple(clean.shape) or bn.shape[0] != dr.shape[0]:
         raise InputError(f"{p}: draws {tuple(dr.shape)} do not fit clean {tuple(clean.shape)}")

@@ -13,8 +13,8 @@ Adam with the learning rate halved after ``lr_patience`` validation epochs witho
 (``ReduceLROnPlateau``).  After every epoch a resumable checkpoint ``last.pt`` is written atomically
 (model, optimiser, scheduler, epoch/step/samples seen, the data generators and the
 torch/numpy/python RNG states), the best model so far ``model.pt`` (kind ``spurig-model``, read by
-:func:`spurig_core.recon.unrolled.load_model`), and the loss curves ``loss.csv``, ``steps.csv`` and
-``loss.png`` (:mod:`.records`).  Under ``torchrun`` the same run is shared by several processes
+:func:`spurig_core.recon.unrolled_io.load_model`), and the loss curves ``loss.csv``, ``steps.csv``
+and ``loss.png`` (:mod:`.records`).  Under ``torchrun`` the same run is shared by several processes
 (:mod:`.distributed`): same batches, gradients summed, rank 0 writes; a checkpoint resumes with
 any number of processes.
 """
@@ -33,7 +33,8 @@ from ..config import from_dict, to_dict
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
-from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon, estimate_lipschitz, model_state
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon, estimate_lipschitz
+from ..recon.unrolled_io import model_state
 from .augment import apply_affine, random_affine, random_crop
 from .configs import (
     STAGES,
@@ -133,7 +134,7 @@ class Trainer:
     # -- set-up --------------------------------------------------------------------------------
     def _init_from(self, path: Path) -> None:
         """Start from another stage's weights (shared → per-step copies when not sharing)."""
-        from ..recon.unrolled import load_model
+        from ..recon.unrolled_io import load_model
 
         src, meta = load_model(path)
         state = src.state_dict()
@@ -157,7 +158,7 @@ class Trainer:
         self.model.load_state_dict(new)
 
     def _operator(self, ex: Example) -> tuple[LinearOperator, float]:
-        """The subject's DC operator and ``L``, built once.
+        """Return the subject's DC operator and ``L``, built once.
 
         ``L`` is estimated exactly as at inference (:func:`estimate_lipschitz` from ``A^H b`` with
         the model's ``power_iters``), so that the learned steps ``μ_i = exp(ρ_i)/L`` mean the same
@@ -173,6 +174,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch (pretrain: set, or batches; else subjects/accumulation)."""
         cfg = self.cfg
         if isinstance(cfg, PretrainConfig):
             if cfg.steps_per_epoch > 0:
@@ -257,8 +259,11 @@ class Trainer:
         return float(np.mean(losses))
 
     def _unrolled_epoch(self) -> float:
-        """One epoch of stage 2 or 3: each optimiser step's ``accumulation`` subjects are shared
-        out over the processes; each subject's MS-SSIM slices come from its own drawn seed."""
+        """Train one epoch of stage 2 or 3 and return its mean loss.
+
+        Each optimiser step's ``accumulation`` subjects are shared out over the processes; each
+        subject's MS-SSIM slices come from its own drawn seed.
+        """
         cfg = self.cfg
         assert isinstance(cfg, GleamConfig | FinetuneConfig)
         order = self.np_rng.permutation(len(self.train_set))
@@ -295,8 +300,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean validation loss (NaN without validation subjects); the processes share the
-        subjects and sum their losses."""
+        """Return the mean validation loss (NaN without validation subjects).
+
+        The processes share the subjects and sum their losses.
+        """
         cfg = self.cfg
         if not self.val_set:
             return math.nan
@@ -345,7 +352,7 @@ class Trainer:
         return extra
 
     def state(self) -> dict[str, Any]:
-        """A resumable checkpoint (kind ``spurig-train``)."""
+        """Return a resumable checkpoint (kind ``spurig-train``)."""
         ex = self.train_set[0]
         extra = self._extra()
         extra.update(

@@ -1,4 +1,4 @@
-"""Headless model of the Compare widget: the QA views of several results against a reference.
+"""The Compare widget's job, headless: the QA views of several results against a reference.
 
 :func:`compare_job` loads a simulated scan's ground truth and the chosen result stores and builds
 the layers of four views, all with readable names (they are the panel titles; plain words, not
@@ -216,7 +216,7 @@ def _iterations_view(
     factor: float,
     reference_coeffs: Any,
 ) -> tuple[list[LayerDataTuple], tuple[int, int], dict[str, list[float]], list[str]]:
-    """Iterates side by side with their errors below, and each step's mean PSNR."""
+    """Show the iterates side by side with their errors below, and each step's mean PSNR."""
     import torch
 
     from spurig_core.io import load_result, result_iterations_shape
@@ -276,7 +276,7 @@ def _iterations_view(
 
 
 def difference_layers(output: CompareOutput, a: int, b: int) -> list[LayerDataTuple]:
-    """The ``difference`` view between results ``a`` and ``b`` (indices into ``output.paths``).
+    """Return the ``difference`` view of results ``a`` and ``b`` (indices into ``output.paths``).
 
     Returns
     -------
@@ -333,7 +333,7 @@ def compare_job(
     factor: float = 5.0,
     cancel: threading.Event | None = None,
 ) -> Generator[Event, None, CompareOutput]:
-    """Reference, each result, errors, maps, iterations and the metrics table (all views).
+    """Build every view: reference, each result, errors, maps, iterations and the metrics table.
 
     Parameters
     ----------
@@ -353,7 +353,7 @@ def compare_job(
     from spurig_core.io import load_result, load_scan
     from spurig_core.progress import ProgressEvent
 
-    from ._models import engine
+    from ._jobs import engine
 
     if not result_paths:
         raise InputError("compare: choose at least one result")

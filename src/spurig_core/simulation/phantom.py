@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .data import Reference
-from .errors import InputError
+from ..data import Reference
+from ..errors import InputError
 
 __all__ = [
     "COMPARTMENTS",
@@ -133,6 +133,7 @@ class PhantomConfig:
     supersample: int = 2
 
     def __post_init__(self) -> None:
+        """Raise InputError for a bad field of view, supersampling, variation or B1 range."""
         if self.fov_mm <= 0 or self.supersample < 1 or self.warp_points < 2:
             raise InputError("phantom config: fov_mm > 0, supersample >= 1, warp_points >= 2")
         if not 0 <= self.variation < 1:
@@ -197,7 +198,7 @@ class Subject:
         return (mag * np.exp(1j * self.phase)).astype(np.complex64)
 
     def reference(self) -> Reference:
-        """The ground-truth maps of SPEC §3 (``reference/``)."""
+        """Return the ground-truth maps of SPEC §3 (``reference/``)."""
         lab = self.tissue
         dom = self.fractions.argmax(axis=0)[None]
         t1 = np.take_along_axis(self.t1_ms, dom, axis=0)[0]
@@ -217,7 +218,7 @@ class Subject:
 def smooth_field(
     shape: tuple[int, int, int], rng: np.random.Generator, *, points: int = 5
 ) -> np.ndarray:
-    """A smooth random field scaled to ``max |field| = 1``.
+    """Return a smooth random field scaled to ``max |field| = 1``.
 
     Gaussian white noise on a ``points³`` control grid over the volume, interpolated with cubic
     splines.
@@ -455,7 +456,7 @@ def _rotation(angles_rad: np.ndarray) -> np.ndarray:
 def brain_subject(
     matrix: int | tuple[int, int, int], *, seed: int = 0, config: PhantomConfig | None = None
 ) -> Subject:
-    """A subject with human anatomy from the ICBM152 2009a template, randomly posed and warped.
+    """Make a subject with human anatomy from the ICBM152 2009a template, randomly posed and warped.
 
     Subject coordinates ``x`` (mm, voxel ``r`` at ``(r − matrix//2) · fov/matrix``) map to template
     coordinates ``R⁻¹ (x − shift) / scale + u(x)`` with a random rotation ``R``, per-axis scale,

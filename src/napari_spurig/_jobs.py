@@ -1,4 +1,4 @@
-"""Headless models of the widgets: parameters, jobs and results, with no Qt and no viewer.
+"""The widgets' jobs, headless: parameters, engine jobs and results, with no Qt and no viewer.
 
 Every long job is a plain generator that yields :class:`spurig_core.progress.ProgressEvent` and
 returns its output; the Qt widgets run it in a napari ``thread_worker`` and only wire signals.  The
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from spurig_core.durations import DURATIONS, groups_for
 from spurig_core.recon.methods import METHODS as _ENGINE_METHODS
 
-from ._compare_model import CompareOutput, compare_job
+from ._compare_job import CompareOutput, compare_job
 from ._layers import LayerDataTuple, result_layers
 
 __all__ = [
@@ -46,14 +47,15 @@ __all__ = [
 METHODS: dict[str, str] = {m.choice: m.name for m in _ENGINE_METHODS.values()}
 #: Training stage labels and the engine's names (paper 2.3.2, appendix A).
 STAGES: dict[str, str] = {"pretrain": "pretrain", "GLEAM": "gleam", "fine-tune": "finetune"}
-#: Scan durations of SPEC §2, plus ``"groups"`` for an explicit number of groups.
-DURATION_CHOICES: tuple[str, ...] = ("all", "6min", "2min", "1min", "30s", "groups")
+#: ``"all"`` groups of the scan, the scan durations of SPEC §2
+#: (:data:`spurig_core.durations.DURATIONS`) and ``"groups"`` for an explicit number of groups.
+DURATION_CHOICES: tuple[str, ...] = ("all", *DURATIONS, "groups")
 
 Event = Any  # spurig_core.progress.ProgressEvent (imported lazily)
 
 
 def engine(name: str) -> Callable[..., Any]:
-    """A function of :mod:`spurig_core.pipeline` by name.
+    """Return a function of :mod:`spurig_core.pipeline` by name.
 
     Raises
     ------
@@ -136,7 +138,7 @@ def run_engine(
 
 
 def _stream(event: Event) -> Event:
-    """The event with its iterate ``(basis, x, y, z)`` replaced by its float32 numpy magnitude."""
+    """Return the event with its iterate ``(basis, x, y, z)`` as a float32 numpy magnitude."""
     data = event.data
     if data is None:
         return event
@@ -209,11 +211,9 @@ class ReconstructParams:
 
     def n_groups(self) -> int | None:
         """Leading groups to use (``None`` = all of the scan's groups)."""
-        from spurig_core.data import DURATIONS
-
         if self.duration == "all":
             return None
-        return self.groups if self.duration == "groups" else DURATIONS[self.duration]
+        return self.groups if self.duration == "groups" else groups_for(self.duration)
 
 
 def reconstruct_job(
@@ -294,7 +294,7 @@ def match_job(
     device: str = "cpu",
     cancel: threading.Event,
 ) -> Generator[Event, None, Path]:
-    """Dictionary matching of a stored result; the maps are written into the same store.
+    """Match a stored result against the dictionary; the maps are written into the same store.
 
     Parameters
     ----------
@@ -375,7 +375,7 @@ def train_job(
 
 
 # ----------------------------------------------------------------------------------------------
-# comparison (the QA views live in _compare_model)
+# comparison (the QA views live in _compare_job)
 # ----------------------------------------------------------------------------------------------
 def result_file_layers(path: str | Path, *, maps_only: bool = False) -> list[LayerDataTuple]:
     """Layers of a stored result (all, or only the T1/T2/PD maps)."""

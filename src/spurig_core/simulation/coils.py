@@ -27,16 +27,14 @@ import numpy as np
 import torch
 from scipy import special
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "CoilConfig",
     "compress",
-    "compression_matrix",
     "element_positions",
     "head_array",
     "loop_field",
-    "whitening_matrix",
 ]
 
 
@@ -62,6 +60,7 @@ class CoilConfig:
     loop_radius_mm: float = 38.0
 
     def __post_init__(self) -> None:
+        """Raise InputError unless there are ≥ 2 rings, 12-32 elements and positive radii."""
         if len(self.ring_elements) != len(self.ring_elevation_deg) or len(self.ring_elements) < 2:
             raise InputError("coil config: need >= 2 rings with one elevation per ring")
         n = sum(self.ring_elements)
@@ -249,64 +248,3 @@ def head_array(
         rss = np.sqrt((np.abs(maps) ** 2).sum(axis=0))
         return torch.from_numpy((maps / np.maximum(rss, 1e-12 * rss.max())).astype(np.complex64))
     return torch.from_numpy(compress(maps, coils, mask))
-
-
-def whitening_matrix(noise: np.ndarray) -> np.ndarray:
-    """Noise pre-whitening: ``W`` with ``W Ψ W^H = I`` for the noise covariance ``Ψ``.
-
-    ``W = L^{-1}`` with ``Ψ = L L^H`` (Cholesky) and ``Ψ = N N^H / n`` estimated from noise-only
-    samples (Pruessmann et al., MRM 46:638, 2001, doi:10.1002/mrm.1241); applied to k-space and
-    calibration data, it makes the channels' noise white with unit variance.
-
-    Parameters
-    ----------
-    noise : ndarray, shape (coils, n), complex
-        Samples of a noise measurement (no RF).
-
-    Returns
-    -------
-    ndarray, shape (coils, coils), complex64
-
-    Raises
-    ------
-    InputError
-        When there are fewer samples than coils or the covariance is singular (a dead channel).
-    """
-    n_coils, n = noise.shape
-    if n < n_coils:
-        raise InputError(f"noise scan: {n} samples cannot estimate a {n_coils}-channel covariance")
-    x = np.asarray(noise, dtype=np.complex128)
-    psi = x @ x.conj().T / n
-    try:
-        low = np.linalg.cholesky(psi)
-    except np.linalg.LinAlgError:
-        raise InputError(
-            "noise scan: the noise covariance is singular (a channel without noise?)"
-        ) from None
-    return np.linalg.inv(low).astype(np.complex64)
-
-
-def compression_matrix(data: np.ndarray, coils: int) -> np.ndarray:
-    """SVD coil compression of measured data to ``coils`` virtual coils.
-
-    The virtual coils are the leading left singular vectors of the data matrix (Buehrer et al.,
-    MRM 57:1131, 2007, doi:10.1002/mrm.21237; Huang et al., MRI 26:133, 2008): ``A = U_K^H``, so
-    ``A @ x`` keeps the most energy of ``x`` that ``K`` channels can.  Compute it from the
-    calibration data (or the centre of k-space) and apply it to every array of the scan.
-
-    Parameters
-    ----------
-    data : ndarray, shape (elements, n), complex
-        Samples of all channels (e.g. calibration points).
-    coils : int
-        Virtual coils to keep (``1 … elements``).
-
-    Returns
-    -------
-    ndarray, shape (coils, elements), complex64
-    """
-    n_el = data.shape[0]
-    if not 1 <= coils <= n_el:
-        raise InputError(f"--coils {coils}: choose 1 to {n_el} virtual coils")
-    u, _, _ = np.linalg.svd(np.asarray(data, dtype=np.complex128), full_matrices=False)
-    return u[:, :coils].conj().T.astype(np.complex64)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "ARMS",
@@ -136,6 +136,7 @@ class TrajectoryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """Raise InputError naming the first trajectory field out of range or not a known choice."""
         if self.samples is not None and self.samples < 2:
             raise InputError(f"trajectory samples: need at least 2 per arm, got {self.samples}")
         if not 0 < self.edge < 1:
@@ -293,7 +294,7 @@ def spi_trajectory(
     *,
     total_groups: int | None = None,
 ) -> torch.Tensor:
-    """The 3D SPI trajectory with tiny-golden-angle shuffling over three rotation axes.
+    """Return the 3D SPI trajectory with tiny-golden-angle shuffling over three rotation axes.
 
     Parameters
     ----------

@@ -1,4 +1,9 @@
-r"""Coil sensitivities: the operator ``S`` and ESPIRiT maps from the calibration scan (paper 2.1).
+r"""Coil channels: the operator ``S``, ESPIRiT maps, noise pre-whitening and coil compression.
+
+The coil sensitivities of paper 2.1 (:class:`CoilOperator`, :func:`espirit` from the calibration
+scan), and the conditioning of measured multi-channel data (:func:`whitening_matrix`,
+:func:`compression_matrix`; used when importing raw scanner data).  The simulated head array is
+:mod:`spurig_core.simulation.coils`.
 
 ESPIRiT (Uecker et al., MRM 71:990, 2014, doi:10.1002/mrm.24751) is implemented here in torch:
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -31,7 +38,13 @@ from ..progress import Callback, emit
 from .base import LinearOperator
 from .fourier import apply_linear
 
-__all__ = ["CoilOperator", "EspiritConfig", "espirit"]
+__all__ = [
+    "CoilOperator",
+    "EspiritConfig",
+    "compression_matrix",
+    "espirit",
+    "whitening_matrix",
+]
 
 
 class CoilOperator(LinearOperator):
@@ -268,3 +281,115 @@ def espirit(
         maps[:, s:e] = v.reshape(ncoil, e - s, matrix[1], matrix[2])
         emit(callback, "espirit", step + 1, total, "coil maps")
     return maps
+
+
+# ----------------------------------------------------------------------------------------------
+# measured channels: noise pre-whitening and SVD coil compression
+# ----------------------------------------------------------------------------------------------
+def whitening_matrix(noise: np.ndarray) -> np.ndarray:
+    """Noise pre-whitening: ``W`` with ``W Ψ W^H = I`` for the noise covariance ``Ψ``.
+
+    ``W = L^{-1}`` with ``Ψ = L L^H`` (Cholesky) and ``Ψ = N N^H / n`` estimated from noise-only
+    samples (Pruessmann et al., MRM 46:638, 2001, doi:10.1002/mrm.1241); applied to k-space and
+    calibration data, it makes the channels' noise white with unit variance.
+
+    Parameters
+    ----------
+    noise : ndarray, shape (coils, n), complex
+        Samples of a noise measurement (no RF).
+
+    Returns
+    -------
+    ndarray, shape (coils, coils), complex64
+
+    Raises
+    ------
+    InputError
+        When there are fewer samples than coils or the covariance is singular (a dead channel).
+    """
+    n_coils, n = noise.shape
+    if n < n_coils:
+        raise InputError(f"noise scan: {n} samples cannot estimate a {n_coils}-channel covariance")
+    x = np.asarray(noise, dtype=np.complex128)
+    psi = x @ x.conj().T / n
+    try:
+        low = np.linalg.cholesky(psi)
+    except np.linalg.LinAlgError:
+        raise InputError(
+            "noise scan: the noise covariance is singular (a channel without noise?)"
+        ) from None
+    return np.linalg.inv(low).astype(np.complex64)
+
+
+def compression_matrix(data: np.ndarray, coils: int) -> np.ndarray:
+    """SVD coil compression of measured data to ``coils`` virtual coils.
+
+    The virtual coils are the leading left singular vectors of the data matrix (Buehrer et al.,
+    MRM 57:1131, 2007, doi:10.1002/mrm.21237; Huang et al., MRI 26:133, 2008): ``A = U_K^H``, so
+    ``A @ x`` keeps the most energy of ``x`` that ``K`` channels can.  Compute it from the
+    calibration data (or the centre of k-space) and apply it to every array of the scan.
+
+    Parameters
+    ----------
+    data : ndarray, shape (elements, n), complex
+        Samples of all channels (e.g. calibration points).
+    coils : int
+        Virtual coils to keep (``1 … elements``).
+
+    Returns
+    -------
+    ndarray, shape (coils, elements), complex64
+    """
+    n_el = data.shape[0]
+    if not 1 <= coils <= n_el:
+        raise InputError(f"--coils {coils}: choose 1 to {n_el} virtual coils")
+    u, _, _ = np.linalg.svd(np.asarray(data, dtype=np.complex128), full_matrices=False)
+    return u[:, :coils].conj().T.astype(np.complex64)
+
+
+def compress_scan(scan: Any, coils: int, *, matrix: np.ndarray | None = None) -> Any:
+    """Return ``scan`` with its channels SVD-compressed to ``coils`` virtual coils.
+
+    The compression ``A`` (:func:`compression_matrix`) comes from the calibration data (or, without
+    a calibration, from the k-space of the first group) unless ``matrix`` is given, and is applied
+    to every per-channel array: ``kspace``, ``calibration`` and ``coil_maps`` (``A S`` are the
+    virtual coils' sensitivities, so the forward model of SPEC §3 holds for the compressed scan).
+    ``A`` has orthonormal rows, so white channel noise stays white with the same variance.
+
+    Parameters
+    ----------
+    scan : Scan
+        A scan with ``C ≥ coils`` channels.
+    coils : int
+        Virtual coils to keep (``1 … C``).
+    matrix : ndarray, shape (coils, C), complex, optional
+        A compression matrix to reuse (e.g. the noisy scan's for its noise-free twin).
+
+    Returns
+    -------
+    Scan
+        A new scan (the input is not changed); ``scan.path`` and ``sha256`` are cleared.
+    """
+    import dataclasses
+
+    n_in = int(scan.kspace.shape[0])
+    if matrix is None:
+        source = scan.calibration if scan.calibration is not None else scan.kspace[:, 0]
+        matrix = compression_matrix(source.reshape(n_in, -1).numpy(), coils)
+    a = torch.as_tensor(np.asarray(matrix), dtype=torch.complex64)
+    if a.shape != (coils, n_in):
+        raise InputError(f"compression matrix: shape {tuple(a.shape)}, expected ({coils}, {n_in})")
+
+    def mix(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        return (a @ x.reshape(n_in, -1)).reshape(coils, *x.shape[1:])
+
+    return dataclasses.replace(
+        scan,
+        kspace=mix(scan.kspace),
+        calibration=mix(scan.calibration),
+        coil_maps=mix(scan.coil_maps),
+        path=None,
+        sha256=None,
+    )

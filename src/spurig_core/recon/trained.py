@@ -48,12 +48,12 @@ _CARD_SHA = re.compile(r"sha256 `([0-9a-f]{64})`")
 
 
 def shipped_models() -> list[Path]:
-    """The model files shipped with the package."""
+    """Return the model files shipped with the package."""
     return sorted(MODELS_DIR.glob("*.pt")) if MODELS_DIR.is_dir() else []
 
 
 def card_sha256(card: str | Path) -> str | None:
-    """The sha256 a model card states for its file (``sha256 `HEX``` in the card), or None."""
+    """Return the sha256 a model card states for its file (``sha256 `HEX``` in it), or None."""
     try:
         m = _CARD_SHA.search(Path(card).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
@@ -62,7 +62,7 @@ def card_sha256(card: str | Path) -> str | None:
 
 
 def check_card(path: str | Path) -> dict[str, Any]:
-    """The model file's sha256, checked against the model card beside it (``<stem>.md``).
+    """Return the model file's sha256, checked against the model card beside it (``<stem>.md``).
 
     Returns
     -------
@@ -106,7 +106,7 @@ def _model_path(model: str | Path | None, family: str, duration: str) -> Path:
 
 
 def _family(method: str) -> str:
-    """The model family of a reconstruction method (``dc-only`` uses the ``spurig`` model)."""
+    """Return a reconstruction method's model family (``dc-only`` uses the ``spurig`` model)."""
     from .methods import METHODS
 
     entry = METHODS.get(method)
@@ -114,11 +114,11 @@ def _family(method: str) -> str:
 
 
 def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Path:
-    """The checkpoint to use: ``model`` when given, else the shipped one for method and duration.
+    """Return the checkpoint: ``model`` when given, else the shipped one for method and duration.
 
     ``method`` is a reconstruction method (its :attr:`~.methods.Method.model` family picks the
     shipped file: ``dc-only`` uses ``spurig-<duration>.pt``) or a family name.  The file is
-    validated for the family at once (:func:`~.unrolled.load_model` with ``method``), so a
+    validated for the family at once (:func:`~.unrolled_io.load_model` with ``method``), so a
     model that does not fit fails before any long work.
 
     Raises
@@ -128,7 +128,7 @@ def resolve_model(model: str | Path | None, *, method: str, duration: str) -> Pa
         the file is refused (Python objects in it, wrong kind or network, weights that do not
         fit, a sha256 that differs from its card).
     """
-    from .unrolled import load_model
+    from .unrolled_io import load_model
 
     family = _family(method)
     p = _model_path(model, family, duration)
@@ -146,7 +146,7 @@ class LoadedModel:
     network : UnrolledRecon
         In eval mode, on the CPU (the run moves it to the device).
     meta : dict
-        :func:`~.unrolled.load_model`'s ``meta``; ``warning`` set when the model was trained for
+        :func:`~.unrolled_io.load_model`'s ``meta``; ``warning`` set when the model was trained for
         another sequence.
     encoding : dict
         The data-term settings it was trained with (:func:`model_encoding`).
@@ -191,7 +191,7 @@ def load_method_model(
     InputError
         As :func:`resolve_model`, and for a basis of another shape.
     """
-    from .unrolled import check_model_fits, load_model
+    from .unrolled_io import check_model_fits, load_model
 
     family = _family(method)
     p = _model_path(model, family, duration)
@@ -206,10 +206,10 @@ def load_method_model(
 
 
 def model_encoding(ckpt: str | Path) -> dict[str, Any]:
-    """The gridded encoding settings a model was trained with (``{}`` when not recorded).
+    """Return the gridded encoding settings a model was trained with (``{}`` when not recorded).
 
     Models trained on data-consistency operators with a density-compensated data term record it
-    (``GriddedEncodingConfig`` fields); inference must use the same operator, since the learned
+    (``EncodingConfig`` fields); inference must use the same operator, since the learned
     step sizes and the denoiser's input statistics depend on it.
     """
     from ..io import load_checkpoint
@@ -247,6 +247,7 @@ def run_network(network: Any, term: Any, ctx: Any, loaded: LoadedModel) -> Any:
             term.op,
             term.ahb,
             b_norm=term.b_norm,
+            lipschitz=getattr(term, "lipschitz", None),  # stored with the gridding (issue #14)
             save_iterations=ctx.save_iterations,
             callback=ctx.callback,
         )
@@ -257,7 +258,7 @@ def run_network(network: Any, term: Any, ctx: Any, loaded: LoadedModel) -> Any:
 
 
 def run_model(term: Any, ctx: Any) -> Any:
-    """``--method spurig`` / ``hybrid``: the trained unrolled network of ``ctx.model``.
+    """Run ``--method spurig`` / ``hybrid``: the trained unrolled network of ``ctx.model``.
 
     Parameters
     ----------

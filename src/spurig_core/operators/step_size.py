@@ -1,0 +1,318 @@
+r"""The step size ``L = ‖A^H A‖₂`` of the gridded data term, computed once with the gridding.
+
+``L`` depends on the trajectory (through the grid index), the density weights, the coil maps and
+the temporal basis, never on the data.  It is computed where the gridded data are made and kept
+with them (:attr:`~spurig_core.operators.grid.GriddedData.lipschitz`, and in the ``gridded.pt``
+caches of :func:`spurig_core.benchmark.save_gridded`), so that no reconstruction runs a power
+iteration (issue #14).
+
+:func:`gram_norm` runs Lanczos on ``A^H A``; the stored value is its top Ritz value after at most
+:data:`MAX_GRAMS` grams (stopping at a relative change below :data:`RTOL`), started from the
+data-free, coil-combined image of :func:`coil_start`.  A Ritz value never exceeds ``λ_max``; the
+top of this spectrum is clustered (many eigenvalues within 1 % of the largest), so Lanczos
+creeps the last per cent: measured 0.8 % (32³, 4 groups), 0.15 % (48³) and 0.1 % (64³, 16
+groups) below the converged norm at γ = 0.5 after 6, 5 and 5 grams, 2.4 %, 0.3 % and 0.2 % at
+the shipped models' γ = 0.75 after 7, 6 and 6 grams (``benchmarks/RESULTS.md``): at or above the
+unroll's former 8 power iterations from ``A^H b`` every time (by 0.2–0.6 %), with which the
+shipped models' steps ``exp(ρ_i)/L`` were learned.
+Margins are the consumers': FISTA-LLR uses ``lipschitz_safety · L`` (1.02, as before), the unroll
+and ``dc-only`` use ``L`` itself (a gradient step of ``1/L`` is stable up to ``2/‖A^H A‖``).
+
+Keys (:func:`step_key`) name the number of groups, the density exponent ``γ`` and a checksum of the
+coil maps and basis, so a value is only reused for the operator it was computed for; a missing key
+(e.g. a cache written before issue #14) means the value is computed when the data term is built,
+and logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .base import LinearOperator
+
+__all__ = [
+    "MAX_GRAMS",
+    "RTOL",
+    "attach_for_scan",
+    "attach_step_sizes",
+    "coil_start",
+    "gram_norm",
+    "step_key",
+    "step_plan",
+    "step_size_of",
+    "stored_step_size",
+]
+
+_log = logging.getLogger("spurig")
+
+#: Stopping tolerance of the stored value's Lanczos run (relative change of the Ritz value).
+RTOL = 1e-3
+#: At most this many grams for a stored value (today's unroll spent 8 on its power iteration).
+MAX_GRAMS = 10
+
+
+def gram_norm(
+    op: LinearOperator,
+    *,
+    rtol: float = RTOL,
+    max_iters: int = 60,
+    min_iters: int = 4,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    x0: torch.Tensor | None = None,
+) -> tuple[float, int]:
+    """``λ_max(A^H A) = ‖A‖₂²`` by Lanczos on ``op.gram`` from a fixed random start.
+
+    Plain three-term Lanczos without reorthogonalisation: lost orthogonality only produces
+    copies of converged Ritz values, never a top value above ``λ_max``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        Operator with a known ``in_shape`` (e.g. ``(basis, x, y, z)``).
+    rtol : float
+        Stop when the top Ritz value changes by less than this relative amount.
+    max_iters : int
+        Maximum number of grams.
+    seed : int
+        Seed of the complex64 Gaussian start vector (drawn on the CPU).
+    min_iters : int
+        Grams before the stopping test applies.
+    device : torch.device or str, optional
+        Where to compute (default: the operator's ``device`` attribute, else the CPU).
+    x0 : Tensor, shape in_shape, optional
+        Start vector (default: the seeded Gaussian; :func:`coil_start` converges faster).
+
+    Returns
+    -------
+    value : float
+        The top Ritz value (a lower bound of ``λ_max`` that converges to it).
+    grams : int
+        The number of grams applied.
+    """
+    if op.in_shape is None:
+        raise InputError(f"{op.name}: gram_norm needs an operator with a known in_shape")
+    dev = device if device is not None else getattr(op, "device", "cpu")
+    if x0 is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        x0 = torch.randn(tuple(op.in_shape), dtype=torch.complex64, generator=gen)
+    v = x0.to(dev, torch.complex64)
+    v = v / torch.linalg.vector_norm(v)
+    v_prev = torch.zeros_like(v)
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta = 0.0
+    with torch.no_grad():
+        for j in range(max_iters):
+            w = op.gram(v)
+            a = float(torch.vdot(v.reshape(-1), w.reshape(-1)).real)
+            w.sub_(v, alpha=a)
+            if betas:
+                w.sub_(v_prev, alpha=betas[-1])
+            alphas.append(a)
+            new = _top_ritz(alphas, betas)
+            b = float(torch.linalg.vector_norm(w))
+            done = j + 1 >= min_iters and abs(new - theta) <= rtol * abs(new)
+            theta = new
+            if done or b <= 1e-7 * max(abs(new), 1e-30):
+                return theta, j + 1
+            betas.append(b)
+            v_prev, v = v, w.div_(b)
+    return theta, max_iters
+
+
+def _top_ritz(alphas: list[float], betas: list[float]) -> float:
+    """Largest eigenvalue of the Lanczos tridiagonal matrix (float64)."""
+    n = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if n > 1:
+        off = torch.tensor(betas[: n - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(t)[-1])
+
+
+def coil_start(maps: torch.Tensor, n_basis: int) -> torch.Tensor:
+    """Data-free Lanczos start ``x0[k] = Σ_c conj(S_c)`` for every basis component.
+
+    A smooth, coil-combined image: its k-space sits at the densely sampled centre, where the top
+    eigenvectors of ``A^H A`` live (like ``A^H b``'s, without the data).
+
+    Returns
+    -------
+    Tensor, shape (n_basis, x, y, z), complex64
+    """
+    c = maps.to(torch.complex64).conj().sum(0)
+    return c.expand(int(n_basis), *c.shape).contiguous()
+
+
+def step_size_of(op: Any, maps: torch.Tensor) -> float:
+    """Compute the stored kind of ``‖A^H A‖₂`` for a gridded encoding ``op`` with maps ``maps``.
+
+    :func:`gram_norm` from :func:`coil_start`, at most :data:`MAX_GRAMS` grams, tolerance
+    :data:`RTOL` (see the module notes).
+    """
+    value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis))
+    return value
+
+
+def step_key(groups: int, gamma: float, maps: torch.Tensor, basis: torch.Tensor) -> str:
+    """Key of a stored step size: groups, density exponent and a checksum of maps and basis.
+
+    Parameters
+    ----------
+    groups : int
+    gamma : float
+        ``encoding.density_compensation``.
+    maps : Tensor, shape (coils, x, y, z), complex64
+    basis : Tensor, shape (tr, basis), complex64
+    """
+    sm = float(torch.linalg.vector_norm(torch.view_as_real(maps), dtype=torch.float64))
+    sb = float(torch.linalg.vector_norm(torch.view_as_real(basis), dtype=torch.float64))
+    return f"g{int(groups)}|gamma{float(gamma):g}|c{maps.shape[0]}|s{sm:.5e}|b{sb:.5e}"
+
+
+def stored_step_size(gridded: Any, key: str) -> float | None:
+    """Return the stored ``L`` of ``key`` on a :class:`~.grid.GriddedData`, or None."""
+    table = getattr(gridded, "lipschitz", None) or {}
+    value = table.get(key)
+    if value is None:
+        _log.debug("no stored step size for %s: computing it now (Lanczos)", key)
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value > 0.0 else None
+
+
+def attach_step_sizes(
+    gridded: Any,
+    maps: torch.Tensor,
+    basis: torch.Tensor,
+    *,
+    groups: list[int] | tuple[int, ...],
+    config: Any = None,
+) -> float:
+    """Compute ``L`` for each number of groups (that fits) and store it on ``gridded``.
+
+    Parameters
+    ----------
+    gridded : GriddedData
+        Its ``lipschitz`` dict is filled in place (values already there are kept).
+    maps : Tensor, shape (coils, x, y, z), complex64
+        Coil maps on the device to compute on.
+    basis : Tensor, shape (tr, basis), complex64
+    groups : sequence of int
+        Group counts (e.g. the SPEC durations' 48, 16, 8, 4); those above the gridded groups are
+        skipped.
+    config : EncodingConfig, optional
+        The encoding settings (its ``density_compensation``).
+
+    Returns
+    -------
+    float
+        Seconds spent.
+    """
+    from .encoding import EncodingConfig, GriddedSubspaceEncoding
+
+    cfg = config or EncodingConfig()
+    t0 = time.perf_counter()
+    total = int(gridded.index.shape[0])
+    for g in sorted({int(n) for n in groups if 0 < int(n) <= total}):
+        key = step_key(g, cfg.density_compensation, maps, basis)
+        if key in gridded.lipschitz:
+            continue
+        op = GriddedSubspaceEncoding(
+            gridded.first_groups(g).to(maps.device), maps, basis, config=cfg
+        )
+        gridded.lipschitz[key] = step_size_of(op, maps)
+    return time.perf_counter() - t0
+
+
+def step_plan(
+    methods: list[str] | tuple[str, ...],
+    groups: list[int] | tuple[int, ...],
+    *,
+    overrides: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> list[tuple[int, Any]]:
+    """List the (groups, encoding) pairs whose step sizes the gridded ``methods`` will read.
+
+    The encoding is a model's own (``density_compensation`` 0.75 for the shipped models) for a
+    method with a model, the default (0.5) for LLR, each updated by ``overrides["encoding"]``
+    (what :func:`~spurig_core.recon.data_term.build_data_term` builds).  A method without a model
+    for a duration is skipped (it will fail on its own).
+
+    Returns
+    -------
+    list of (int, EncodingConfig)
+        One entry per distinct (groups, density exponent).
+    """
+    from ..config import from_dict
+    from ..durations import nearest_duration
+    from ..errors import SpurigError
+    from ..recon.methods import METHODS
+    from ..recon.trained import model_encoding, resolve_model
+    from .encoding import EncodingConfig
+
+    extra = dict((overrides or {}).get("encoding") or {})
+    plan: dict[tuple[int, float], Any] = {}
+    for m in methods:
+        entry = METHODS.get(m)
+        if entry is None or not entry.gridded:
+            continue
+        for g in groups:
+            enc: dict[str, Any] = {}
+            if entry.needs_model:
+                try:
+                    path = resolve_model(model, method=m, duration=nearest_duration(int(g)))
+                except SpurigError:
+                    continue
+                enc = model_encoding(path)
+            cfg = from_dict(EncodingConfig, {**enc, **extra}, where="encoding")
+            plan.setdefault((int(g), float(cfg.density_compensation)), cfg)
+    return [(g, cfg) for (g, _), cfg in sorted(plan.items())]
+
+
+def attach_for_scan(
+    gridded: Any,
+    scan: Any,
+    plan: list[tuple[int, Any]],
+    *,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """:func:`attach_step_sizes` for each entry of ``plan`` with the scan's coil maps and basis.
+
+    Parameters
+    ----------
+    gridded : GriddedData
+        The scan's gridding.
+    scan : Scan
+        Its coil maps (or calibration, for ESPIRiT) and sequence.
+    plan : list of (int, EncodingConfig)
+        From :func:`step_plan`; group counts above the gridding's are skipped.
+    device : torch.device or str
+
+    Returns
+    -------
+    dict of str to float
+        Seconds: ``step_size_s`` in all (coil maps and basis included) and
+        ``step_size_s:<γ>`` per density exponent (what one method's data term used).
+    """
+    from ..recon.data_term import coil_maps, scan_basis
+
+    t0 = time.perf_counter()
+    out: dict[str, float] = {}
+    if plan:
+        dev = torch.device(device)
+        maps = coil_maps(scan, dev)
+        basis = scan_basis(scan, dev)
+        for g, cfg in plan:
+            name = f"step_size_s:{float(cfg.density_compensation):g}"
+            secs = attach_step_sizes(gridded, maps, basis, groups=(g,), config=cfg)
+            out[name] = out.get(name, 0.0) + secs
+    out["step_size_s"] = time.perf_counter() - t0
+    return out
