@@ -335,14 +335,20 @@ def main() -> None:
         return
     all_cells = cells(args.matrix)
     names = list(QUICK) if args.quick else list(all_cells)
-    if args.cells:
+    if args.cells in all_cells:  # one cell whose name has a comma ("spiral 4 turns, 8N")
+        names = [args.cells]
+    elif args.cells:
         names = [c.strip() for c in args.cells.split(",") if c.strip()]
     unknown = [c for c in names if c not in all_cells]
     if unknown:
         ap.error(f"unknown cells {unknown}; known: {', '.join(all_cells)}")
     gcfg = GriddingConfig(steps=600) if args.quick else GriddingConfig()
     gcfg = _override(gcfg, args.gridding)
-    llr_cells = {c.strip() for c in args.llr_cells.split(",") if c.strip()}
+    llr_cells = (
+        {args.llr_cells}
+        if args.llr_cells in all_cells
+        else {c.strip() for c in args.llr_cells.split(",") if c.strip()}
+    )
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         t0 = time.perf_counter()
