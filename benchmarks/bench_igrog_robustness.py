@@ -229,17 +229,31 @@ def measure(noisy: Scan, clean: Scan, gcfg: GriddingConfig, seed: int) -> dict[s
     }
 
 
-def llr_pair(scan: Scan, kernel: Any, gcfg: GriddingConfig) -> dict[str, float]:
+def llr_pair(
+    scan: Scan, kernel: Any, gcfg: GriddingConfig, acquired: Scan | None = None
+) -> dict[str, Any]:
     """Return the mean PSNR (c1–c5) of gridded LLR and of LLR-NUFFT, and their difference.
 
-    Both use all groups, the threshold of the nearest duration and the same settings.
+    Both use all groups, the threshold of the nearest duration and the same settings.  With
+    ``acquired`` (the scan before its compression to ``scan``), both run on it end to end
+    through :func:`~spurig_core.pipeline.reconstruct`, which compresses it
+    (``gridding.max_coils``) and trains its own kernel, as ``spurig recon`` does.
     """
+    from spurig_core.config import to_dict
     from spurig_core.metrics import evaluate
     from spurig_core.pipeline import reconstruct
 
+    out: dict[str, Any] = {}
+    if acquired is not None:
+        config = {"gridding": {**to_dict(gcfg), "max_coils": scan.n_coils}}
+        for method in ("llr", "llr-nufft"):
+            res = reconstruct(acquired, method=method, config=config)
+            out[method] = float(np.mean(evaluate(res, acquired, per_voxel=False)["psnr"]))
+            out["coil_compression"] = res.config.get("coil_compression")
+        out["diff_db"] = out["llr"] - out["llr-nufft"]
+        return out
     matrix = tuple(int(m) for m in scan.matrix)
     gd = grid(scan.kspace, scan.trajectory, matrix, kernel=kernel, config=gcfg)
-    out = {}
     for method in ("llr", "llr-nufft"):
         res = reconstruct(scan, method=method, gridded=gd if method == "llr" else None)
         out[method] = float(np.mean(evaluate(res, scan, per_voxel=False)["psnr"]))
@@ -258,6 +272,9 @@ def _override(base: GriddingConfig, items: list[str]) -> GriddingConfig:
 
 def _row(name: str, r: dict[str, Any]) -> str:
     c = r["check"]
+    coils = r.get("coils")
+    if coils and coils["acquired"] != coils["used"]:
+        name = f"{name} → {coils['used']} virtual"
     llr = r.get("llr")
     llr_txt = (
         f"{llr['llr']:.2f} / {llr['llr-nufft']:.2f} / **{llr['diff_db']:+.2f}**" if llr else "–"
@@ -315,7 +332,8 @@ def main() -> None:
         "--virtual-coils",
         type=int,
         default=None,
-        help="SVD-compress scans with more channels to this many virtual coils (every method)",
+        help="SVD-compress scans with more channels to this many virtual coils (every method; "
+        "default: gridding.max_coils, as spurig recon; 0: never)",
     )
     ap.add_argument("--cache", type=Path, default=None, help="folder for the simulated subject")
     ap.add_argument("--out", type=Path, default=None, help="append a Markdown section here")
@@ -353,14 +371,17 @@ def main() -> None:
     for name in names:
         t0 = time.perf_counter()
         noisy, clean = build_scans(args.matrix, args.groups, args.seed, all_cells[name], args.cache)
-        if args.virtual_coils is not None and noisy.kspace.shape[0] > args.virtual_coils:
-            noisy, clean = _compressed(noisy, clean, args.virtual_coils)
+        acquired = noisy
+        k = gcfg.max_coils if args.virtual_coils is None else args.virtual_coils
+        if 0 < k < noisy.n_coils:  # as reconstruct() does (gridding.max_coils)
+            noisy, clean = _compressed(noisy, clean, k)
         r = measure(noisy, clean, gcfg, args.seed)
+        r["coils"] = {"acquired": acquired.n_coils, "used": noisy.n_coils}
         kernel = r.pop("_kernel")
         r["spacing"] = readout_spacing(noisy.trajectory)
         r["nyquist"] = r["spacing"] <= 1.1
         if name in llr_cells:
-            r["llr"] = llr_pair(noisy, kernel, gcfg)
+            r["llr"] = llr_pair(noisy, kernel, gcfg, None if acquired is noisy else acquired)
         r["cell_s"] = time.perf_counter() - t0
         rows[name] = r
         print(json.dumps({"cell": name, **r}, default=float), flush=True)

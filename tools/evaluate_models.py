@@ -36,8 +36,9 @@ from spurig_core.benchmark import load_gridded, save_gridded
 from spurig_core.data import Scan
 from spurig_core.errors import InputError
 from spurig_core.io import load_result, load_scan
+from spurig_core.operators.coil_maps import virtual_coils
 from spurig_core.operators.grid import GriddedData
-from spurig_core.operators.igrog import grid_scan
+from spurig_core.operators.igrog import GriddingConfig, grid_scan
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
 from spurig_core.recon.trained import MODELS_DIR
 
@@ -58,7 +59,7 @@ def _gridded(scan: Scan, cache: Path) -> tuple[GriddedData, dict[str, float]]:
             return load_gridded(cache)
         except InputError as exc:
             print(f"re-gridding: {exc}", file=sys.stderr)
-    gridded, times = grid_scan(scan)
+    gridded, times = grid_scan(virtual_coils(scan, GriddingConfig().max_coils))
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_gridded(cache, gridded, times)
     return gridded, times

@@ -12,6 +12,10 @@ Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/prepare_redraw.py data/cohort48 data/prepared48v2 \
         --config configs/cpu48v2/prepare.toml --splits train,val,test --gridded-dir data/eval48v2
+
+Two processes side by side: the same command with ``--shard 0/2`` and ``--shard 1/2`` (each takes
+the subjects whose number is 0 or 1 modulo 2, so the two never touch the same files; every file
+is written atomically and ``example.pt`` last, so a subject counts as done only when complete).
 """
 
 from __future__ import annotations
@@ -28,13 +32,27 @@ from spurig_core.operators.igrog import GriddingConfig
 from spurig_core.training.redraw import RedrawConfig, prepare_redraw_subject
 
 
-def _todo(cohort: Path, out: Path, splits: list[str]) -> list[tuple[str, Path]]:
+def _todo(
+    cohort: Path, out: Path, splits: list[str], shard: tuple[int, int] = (0, 1)
+) -> list[tuple[str, Path]]:
     found = []
     for split in splits:
         for scan in sorted((cohort / split).glob("subj*.h5")):
+            if int(scan.stem[4:]) % shard[1] != shard[0]:
+                continue
             if not (out / split / scan.stem / "example.pt").exists():
                 found.append((split, scan))
     return found
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N") from None
+    if not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N")
+    return i, n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     splits = [s for s in args.splits.split(",") if s]
     idle = 0.0
     while True:
-        todo = _todo(cohort, out, splits)
+        todo = _todo(cohort, out, splits, _shard(args.shard))
         if not todo:
             if not args.watch or idle > args.watch:
                 return 0
@@ -84,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--splits", default="train,val,test")
     p.add_argument("--gridded-dir", default="")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: the subjects whose number is I modulo N (parallel runs)",
+    )
     p.add_argument("--watch", type=float, default=0.0, help="poll this long for new scans (s)")
     args = p.parse_args(argv)
     try:

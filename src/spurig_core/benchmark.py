@@ -128,6 +128,7 @@ def _grid_worker(
     """
     from .config import from_dict
     from .io import load_scan
+    from .operators.coil_maps import virtual_coils
     from .operators.igrog import GriddingConfig, grid_scan
     from .operators.step_size import attach_for_scan, step_plan
 
@@ -140,6 +141,7 @@ def _grid_worker(
         {"device": device, **((config or {}).get("gridding") or {})},
         where="gridding",
     )
+    scan = virtual_coils(scan, gcfg.max_coils)  # as reconstruct() will (issue #20)
     gridded, times = grid_scan(scan, config=gcfg)
     plan = step_plan(methods or GRIDDED_METHODS, (groups,), overrides=config, model=model)
     times.update(attach_for_scan(gridded, scan, plan, device=device))
@@ -340,19 +342,20 @@ def _gram_worker(
     """Seconds of one gram application: NUFFT operator vs iGROG-gridded operator."""
     from .config import from_dict
     from .io import load_scan
+    from .operators.coil_maps import virtual_coils
     from .operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
     from .operators.igrog import GriddingConfig, grid_scan
     from .recon.data_term import coil_maps as _coil_maps
     from .recon.data_term import scan_basis as _scan_basis
 
     dev = torch.device(device)
-    scan = load_scan(scan_path).first_groups(groups)
+    gcfg = from_dict(GriddingConfig, (config or {}).get("gridding", {}), where="gridding")
+    scan = virtual_coils(load_scan(scan_path).first_groups(groups), gcfg.max_coils)
     basis = _scan_basis(scan, dev)
     maps = _coil_maps(scan, dev, None)
     if gridded is not None:
         grid_data, _ = load_gridded(gridded)
     else:
-        gcfg = from_dict(GriddingConfig, (config or {}).get("gridding", {}), where="gridding")
         grid_data, _ = grid_scan(scan, config=gcfg)
     ops = {
         "nufft": SubspaceNUFFTEncoding(scan.trajectory.to(dev), maps, basis),

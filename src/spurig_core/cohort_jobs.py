@@ -187,13 +187,14 @@ def _grid_one(
     from .benchmark import save_gridded
     from .config import from_dict
     from .io import load_scan
+    from .operators.coil_maps import virtual_coils
     from .operators.igrog import GriddingConfig, grid_scan
     from .operators.step_size import attach_for_scan, step_plan
 
     if cache.exists():
         return cache
     gcfg = from_dict(GriddingConfig, {"device": "cpu", **gridding}, where="gridding")
-    scan = load_scan(scan_path)
+    scan = virtual_coils(load_scan(scan_path), gcfg.max_coils)  # as reconstruct() will
     gridded, times = grid_scan(scan, config=gcfg)
     if steps is not None:  # ‖A^H A‖₂ of every gridded term to come, kept in the cache (#14)
         methods, durations, overrides = steps

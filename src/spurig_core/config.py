@@ -73,6 +73,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "max_error_ratio": "(0, 1]",
         "pair_weight": ("signal", "global", "local"),
         "max_data_error_ratio": ">= 1",
+        "max_coils": ">= 0",
     },
     "EncodingConfig": {
         "chunk": ">= 0",

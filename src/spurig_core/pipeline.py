@@ -205,7 +205,7 @@ def reconstruct(
         Coefficients ``(basis, x, y, z)``; ``runtime_s`` covers gridding and the algorithm but not
         iGROG kernel training (paper 3.5).
     """
-    from .recon.data_term import RunContext, build_data_term
+    from .recon.data_term import RunContext, build_data_term, virtual_coils_for
     from .recon.methods import get_method
     from .recon.trained import load_method_model
 
@@ -227,6 +227,8 @@ def reconstruct(
     n_groups = resolve_groups(scan.n_groups, groups, duration)
     named = nearest_duration(n_groups)
     config = check_overrides(config)  # every table and value, before any work
+    acquired = scan  # its path and checksum go into the result
+    scan, coil_record = virtual_coils_for(scan, config, callback)  # > 16 channels (issue #20)
     basis = scan_basis(scan, dev)
     loaded = None  # the model is read once, and checked before any gridding work
     if entry.needs_model:
@@ -255,8 +257,10 @@ def reconstruct(
     with network_autocast(dev, enabled=entry.needs_model):
         out = entry.runner()(term, ctx)
     runtime = time.perf_counter() - term.started
-    record = {"method": method, "groups": n_groups, **term.record, **out.record}
-    return out.to_result(scan, entry.name, n_groups, basis, dev.type, runtime, record, term.timings)
+    record = {"method": method, "groups": n_groups, **coil_record, **term.record, **out.record}
+    return out.to_result(
+        acquired, entry.name, n_groups, basis, dev.type, runtime, record, term.timings
+    )
 
 
 def _domain_warning(loaded: Any, scan: Scan, duration: str) -> None:

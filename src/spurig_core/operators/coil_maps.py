@@ -339,12 +339,47 @@ def compression_matrix(data: np.ndarray, coils: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (coils, elements), complex64
+        Orthonormal rows, each with its largest entry real and positive: a singular vector is
+        defined only up to a phase, and fixing it makes the matrix a function of the data alone
+        (not of the LAPACK build or thread count), so a scan compressed twice — once for its
+        gridding, once for its reconstruction — gets the same virtual coils.
     """
     n_el = data.shape[0]
     if not 1 <= coils <= n_el:
         raise InputError(f"--coils {coils}: choose 1 to {n_el} virtual coils")
     u, _, _ = np.linalg.svd(np.asarray(data, dtype=np.complex128), full_matrices=False)
-    return u[:, :coils].conj().T.astype(np.complex64)
+    a = u[:, :coils].conj().T
+    lead = a[np.arange(coils), np.abs(a).argmax(axis=1)]
+    a = a * (np.abs(lead) / lead)[:, None]
+    return a.astype(np.complex64)
+
+
+def virtual_coils(scan: Any, max_coils: int) -> Any:
+    """Return ``scan`` compressed to ``max_coils`` virtual coils if it has more channels.
+
+    The one rule every entry point applies before gridding or reconstructing
+    (``GriddingConfig.max_coils``): the iGROG kernel predicts ``2·C²·n_sources`` outputs, and with
+    24–32 channels its fit underfits (gridded LLR −0.56 and −1.56 dB from LLR-NUFFT at 32³,
+    −0.18/−0.20 dB once compressed to 16; ``benchmarks/RESULTS-igrog.md``).  Every method — the
+    NUFFT ones too — then sees the same compressed data, so their comparison stays fair.  The
+    compression (:func:`compress_scan`) is a function of the calibration alone, so compressing
+    the same scan again gives the same virtual coils.
+
+    Parameters
+    ----------
+    scan : Scan
+    max_coils : int
+        Most channels kept as they are (``0``: never compress).
+
+    Returns
+    -------
+    Scan
+        ``scan`` itself (``0`` or at most ``max_coils`` channels), or a compressed copy with
+        ``max_coils`` channels.
+    """
+    if max_coils <= 0 or int(scan.kspace.shape[0]) <= max_coils:
+        return scan
+    return compress_scan(scan, max_coils)
 
 
 def compress_scan(scan: Any, coils: int, *, matrix: np.ndarray | None = None) -> Any:

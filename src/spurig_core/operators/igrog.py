@@ -134,6 +134,12 @@ class GriddingConfig:
         RMS of its own sources (relative to the mean), so that the fit follows the high-SNR
         calibration data (measured at 32³ with a 32³ calibration: A^H b error 11.5 % → 8.5 %);
         ``"local"``, the inverse weight (measured worse).
+    max_coils : int
+        Scans with more channels are SVD-compressed to this many virtual coils before kernel
+        training, for every method (:func:`~spurig_core.operators.coil_maps.virtual_coils`);
+        ``0`` never compresses.  Default 16: uncompressed 24- and 32-channel scans lost 0.56 and
+        1.56 dB of gridded LLR against LLR-NUFFT at 32³, compressed to 16 only 0.18–0.20 dB
+        (``benchmarks/RESULTS-igrog.md``).  :func:`grid_scan` refuses a scan with more channels.
     check : bool
         Run the self-check of :mod:`~spurig_core.operators.igrog_check` after training
         (:func:`grid_scan` stores it in :attr:`GriddedData.check`).
@@ -174,6 +180,7 @@ class GriddingConfig:
     ridge: float = 0.0
     noise_matched: bool = False
     pair_weight: str = "signal"
+    max_coils: int = 16
     check: bool = True
     check_samples: int = 4096
     max_rel_error: float = 0.3
@@ -206,6 +213,8 @@ class GriddingConfig:
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"gridding.{name}: {getattr(self, name)} is below 1")
+        if self.max_coils < 0:
+            raise InputError(f"gridding.max_coils: {self.max_coils} is below 0")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"gridding.device: {self.device!r} is not 'cpu' or 'cuda'")
         if self.pair_weight not in ("global", "signal", "local"):
@@ -365,7 +374,9 @@ def grid_scan(
     Parameters
     ----------
     scan : Scan
-        Needs ``calibration`` unless ``config.learned_kernel`` is false.
+        Needs ``calibration`` unless ``config.learned_kernel`` is false, and at most
+        ``config.max_coils`` channels (compress with
+        :func:`~spurig_core.operators.coil_maps.virtual_coils` first, as every entry point does).
     config : GriddingConfig, optional
     callback : Callback, optional
         Receives ``"igrog-train"`` and ``"grid"`` events.
@@ -383,6 +394,11 @@ def grid_scan(
         paper's reconstruction times include gridding but not kernel training.
     """
     cfg = config or GriddingConfig()
+    if 0 < cfg.max_coils < scan.n_coils:
+        raise InputError(
+            f"{scan.path or 'scan'}: {scan.n_coils} channels, more than gridding.max_coils = "
+            f"{cfg.max_coils}: compress it first (spurig_core.operators.coil_maps.virtual_coils)"
+        )
     kernel = None
     t0 = time.perf_counter()
     if cfg.learned_kernel:

@@ -180,6 +180,31 @@ class MethodOutput:
         )
 
 
+def virtual_coils_for(
+    scan: Scan, overrides: dict[str, Any], callback: Callback | None = None
+) -> tuple[Scan, dict[str, Any]]:
+    """Compress a scan with more than ``gridding.max_coils`` channels for every method.
+
+    Returns
+    -------
+    scan : Scan
+        The scan, or its :func:`~spurig_core.operators.coil_maps.virtual_coils` copy.
+    record : dict
+        ``{"coil_compression": {"acquired": C, "virtual": K}}`` when compressed, else ``{}``
+        (kept in the result's config).
+    """
+    from ..operators.coil_maps import virtual_coils
+    from ..operators.igrog import GriddingConfig
+
+    gcfg = from_dict(GriddingConfig, overrides.get("gridding") or {}, where="gridding")
+    out = virtual_coils(scan, gcfg.max_coils)
+    if out is scan:
+        return scan, {}
+    line = f"{scan.n_coils} channels compressed to {out.n_coils} virtual coils (gridding.max_coils)"
+    emit(callback, "coils", 1, 1, line)
+    return out, {"coil_compression": {"acquired": scan.n_coils, "virtual": out.n_coils}}
+
+
 def coil_maps(scan: Scan, device: torch.device, callback: Callback | None = None) -> torch.Tensor:
     """Return the scan's coil maps, or ESPIRiT maps from its calibration data.
 
@@ -267,11 +292,17 @@ def nufft_term(
     return op, op.adjoint(b), b_norm
 
 
-def _reuse(gridded: Any, n_groups: int, matrix: tuple[int, ...]) -> tuple[Any, dict[str, float]]:
-    if gridded.index.shape[0] < n_groups or tuple(gridded.matrix) != tuple(matrix):
+def _reuse(gridded: Any, sub: Scan) -> tuple[Any, dict[str, float]]:
+    n_groups, matrix = sub.n_groups, tuple(sub.matrix)
+    if gridded.index.shape[0] < n_groups or tuple(gridded.matrix) != matrix:
         raise InputError(
             f"gridded data: {gridded.index.shape[0]} groups of a {gridded.matrix} matrix "
-            f"do not cover {n_groups} groups of this {tuple(matrix)} scan"
+            f"do not cover {n_groups} groups of this {matrix} scan"
+        )
+    if int(gridded.values.shape[0]) != sub.n_coils:
+        raise InputError(
+            f"gridded data: {gridded.values.shape[0]} coils, the scan (after gridding.max_coils "
+            f"compression) {sub.n_coils}: grid it with the same gridding.max_coils"
         )
     return gridded.first_groups(n_groups), {
         "gridding_s": 0.0,
@@ -359,11 +390,10 @@ def build_data_term(
     record: dict[str, Any] = {}
     timings: dict[str, float] = {}
     if kind == "gridded":
-        n_groups = sub.n_groups
         if gridded is None:
             gridded, timings = grid_scan(sub, config=gcfg, callback=callback)
         else:
-            gridded, timings = _reuse(gridded, n_groups, tuple(sub.matrix))
+            gridded, timings = _reuse(gridded, sub)
         # the runtime includes gridding but not kernel training (paper 3.5)
         started = time.perf_counter() - timings.get("gridding_s", 0.0)
         bad = apply_gridding_check(gridded, method, on_bad_gridding, record, callback)

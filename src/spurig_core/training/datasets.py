@@ -363,8 +363,9 @@ def prepare_subject(
         from .. import physics
         from ..config import to_dict
         from ..metrics import reference_coefficients
+        from ..operators.coil_maps import virtual_coils
         from ..operators.encoding import GriddedSubspaceEncoding
-        from ..operators.igrog import grid_scan
+        from ..operators.igrog import GriddingConfig, grid_scan
         from ..recon.classical import llr_recon
         from ..recon.unrolled import estimate_lipschitz, scaled_init
 
@@ -375,6 +376,7 @@ def prepare_subject(
     basis = default_basis(scan.sequence).to(torch.complex64)
     ref = scan.reference
     target = reference_coefficients(ref, basis, b1=scan.b1, sequence=scan.sequence)
+    scan = virtual_coils(scan, (gridding or GriddingConfig()).max_coils)  # as at inference
     gridded_all, _ = grid_scan(scan, config=gridding)
     maps = scan.coil_maps
     n_grid = math.prod(gridded_all.grid)

@@ -307,8 +307,18 @@ def prepare_redraw_subject(
     gcfg = gridding or GriddingConfig()
     basis = default_basis(scan.sequence).to(torch.complex64)
     target = reference_coefficients(scan.reference, basis, b1=scan.b1, sequence=scan.sequence)
+    tissue = scan.reference.tissue.to(torch.uint8)
     n0, sigma = scan_noise(scan.kspace, seed, noise)
     _noise_check(scan.kspace, n0, str(scan_path))
+    if 0 < gcfg.max_coils < scan.n_coils:  # compressed as at inference, its noise alike
+        from ..operators.coil_maps import compress_scan, compression_matrix
+
+        c = scan.n_coils
+        a = compression_matrix(scan.calibration.reshape(c, -1).numpy(), gcfg.max_coils)
+        mix = torch.as_tensor(a).to(n0.dtype)
+        n0 = (mix @ n0.reshape(c, -1)).reshape(gcfg.max_coils, *n0.shape[1:])
+        scan = compress_scan(scan, gcfg.max_coils, matrix=a)
+    assert scan.calibration is not None and scan.coil_maps is not None  # compressed, not dropped
     kernel = train_kernel(scan.calibration, scan.trajectory, scan.matrix, config=gcfg)
     t1 = time.perf_counter()
 
@@ -384,7 +394,7 @@ def prepare_redraw_subject(
     ex = Example(
         Path(scan_path).stem,
         target.to(torch.complex64),
-        scan.reference.tissue.to(torch.uint8),
+        tissue,
         basis,
         scan.sequence,
         inputs,
