@@ -228,6 +228,47 @@ def test_run_selects_by_psnr_and_resumes(cohort: Path, tmp_path: Path) -> None:
     assert np.isfinite([float(r["val_psnr"]) for r in rows]).all()
 
 
+def test_rolling_refresh_takes_subjects_in_turn_and_new_ones_join(tmp_path: Path) -> None:
+    import test_training  # noqa: F401  (registers the "cartesian-test" operator)
+
+    root = tmp_path / "grow"
+    for k in range(3):
+        _subject(root / "train", f"s{k}", k)
+    cfg = load_recipe_config(_config(root, tmp_path / "run", refresh_subjects=2))
+    tr = RecipeTrainer(cfg)
+    tr.refresh(identity=True)
+    assert [s.ex.name for s in tr.rolling()] == ["s0", "s1"]
+    assert [s.ex.name for s in tr.rolling()] == ["s2", "s0"]
+    before = [s.states[0].clone() for s in tr.train]
+    tr.refresh(identity=True, subjects=tr.rolling())  # s1, s2: new noise draws, s0 kept
+    assert torch.equal(tr.train[0].states[0], before[0])
+    # a subject prepared while the run goes on joins at the next refresh, states first
+    _subject(root / "train", "s3", 3)
+    assert [s.ex.name for s in tr.discover()] == ["s3"] and not tr.train[-1].states
+    assert tr.discover() == []
+    assert "s3" in [s.ex.name for s in tr.rolling()]
+
+
+def test_cosine_learning_rate_falls_to_its_floor() -> None:
+    from spurig_core.training.recipe import RecipeConfig
+
+    cfg = RecipeConfig(
+        "d",
+        "o",
+        pretrain_updates=10,
+        gleam_updates=90,
+        lr=1e-3,
+        lr_schedule="cosine",
+        lr_min_ratio=0.1,
+    )
+    assert cfg.lr_at(0) == pytest.approx(1e-3)
+    assert cfg.lr_at(50) == pytest.approx(0.55e-3)
+    assert cfg.lr_at(100) == pytest.approx(1e-4) and cfg.lr_at(500) == pytest.approx(1e-4)
+    assert RecipeConfig("d", "o").lr_at(77) == 1e-3  # constant by default
+    with pytest.raises(InputError, match="lr_schedule"):
+        RecipeConfig("d", "o", lr_schedule="step")
+
+
 # ----------------------------------------------------------------------------------------------
 # the model's domain
 # ----------------------------------------------------------------------------------------------

@@ -70,6 +70,17 @@ class RecipeConfig:
         Updates of each phase (module notes).
     refresh_every : int
         Updates between recomputations of the cached states.
+    refresh_subjects : int
+        Subjects whose states each refresh recomputes, in turn (``0``: all).  With 48 subjects
+        a full refresh (12 grams and 6 denoiser passes each) costs minutes, far more than the
+        updates between refreshes; a rolling refresh keeps the cache fresh at a fixed cost.
+        Subjects prepared while the run goes on (``tools/prepare_redraw.py`` writing into
+        ``data_dir``) join at the next refresh.
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: the learning rate of the cached phase falls from ``lr`` to
+        ``lr_min_ratio × lr`` along a half cosine over ``pretrain_updates + gleam_updates``
+        (v2's constant 1e-3 made the validation PSNR swing by ±1 dB between checkpoints).
+    lr_min_ratio : float
     val_every : int
         Updates between validations (and checkpoints).
     lr, finetune_lr : float
@@ -101,6 +112,9 @@ class RecipeConfig:
     gleam_updates: int = 900
     finetune_updates: int = 60
     refresh_every: int = 300
+    refresh_subjects: int = 0
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.1
     val_every: int = 150
     lr: float = 1e-3
     finetune_lr: float = 1e-4
@@ -112,6 +126,23 @@ class RecipeConfig:
     seed: int = 0
     max_train: int = 0
     max_val: int = 0
+
+    def __post_init__(self) -> None:
+        """Raise InputError for an unknown ``lr_schedule`` or a negative count."""
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not 'constant' or 'cosine'")
+        if self.refresh_subjects < 0:
+            raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
+
+    def lr_at(self, update: int) -> float:
+        """Learning rate of the cached phase at ``update``."""
+        end = self.pretrain_updates + self.gleam_updates
+        if self.lr_schedule == "constant" or end <= 0:
+            return self.lr
+        t = min(update, end) / end
+        return self.lr * (
+            self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        )
 
     @property
     def total(self) -> int:
@@ -182,13 +213,14 @@ class RecipeTrainer:
     def __init__(self, cfg: RecipeConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        data = Path(cfg.data_dir)
-        tr = list_subjects(data, "train")[: cfg.max_train or None]
-        va = list_subjects(data, "val")[: cfg.max_val or None]
+        self.data = Path(cfg.data_dir)
+        tr = list_subjects(self.data, "train")[: cfg.max_train or None]
+        va = list_subjects(self.data, "val")[: cfg.max_val or None]
         if not tr:
-            raise InputError(f"{data}: no prepared training subjects in train/")
+            raise InputError(f"{self.data}: no prepared training subjects in train/")
         self.train = [self._subject(d) for d in tr]
         self.val = [self._subject(d) for d in va]
+        self.cursor = 0  # the next subject of the rolling refresh
         torch.manual_seed(cfg.seed)
         self.model = UnrolledRecon(cfg.model)
         if cfg.init:
@@ -218,11 +250,29 @@ class RecipeTrainer:
         scale = norm_matching_scale(s.op, ahb, float(s.noise.b_norms[k]))
         return ahb, ahb * scale
 
+    def discover(self) -> list[_Subject]:
+        """Load the training subjects prepared since the run started; return them."""
+        known = {s.ex.name for s in self.train}
+        room = (self.cfg.max_train or 1 << 30) - len(self.train)
+        new = [d for d in list_subjects(self.data, "train") if d.name not in known][: max(room, 0)]
+        added = [self._subject(d) for d in new]
+        self.train.extend(added)
+        return added
+
+    def rolling(self) -> list[_Subject]:
+        """Return the next ``refresh_subjects`` subjects in turn and all subjects without states."""
+        n = self.cfg.refresh_subjects or len(self.train)
+        picked = [
+            self.train[(self.cursor + k) % len(self.train)] for k in range(min(n, len(self.train)))
+        ]
+        self.cursor = (self.cursor + n) % len(self.train)
+        return picked + [s for s in self.train if not s.states and s not in picked]
+
     @torch.no_grad()
-    def refresh(self, identity: bool) -> None:
-        """Recompute every training subject's cached DC half-states."""
+    def refresh(self, identity: bool, subjects: list[_Subject] | None = None) -> None:
+        """Recompute the cached DC half-states of ``subjects`` (default: every training subject)."""
         self.model.eval()
-        for s in self.train:
+        for s in self.train if subjects is None else subjects:
             ahb, a = self._draw(s)
             s.states = []
             for i in range(self.cfg.model.steps):
@@ -245,6 +295,8 @@ class RecipeTrainer:
             perm = tuple(int(v) for v in self.rng.permutation(3))
             flips = tuple(int(a) for a in np.flatnonzero(self.rng.integers(0, 2, 3)))
             x, tgt, tis = (cube_symmetry(t, perm, flips) for t in (x, tgt, tis))
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr_at(self.update)
         self.opt.zero_grad(set_to_none=True)
         with amp(cfg.bf16, x.device):
             out = self.model.denoiser(i)(x, i + 1)
@@ -327,6 +379,7 @@ class RecipeTrainer:
             "best": self.best,
             "history": list(self.history),
             "rng": rng_state(self.rng, self.gen),
+            "cursor": self.cursor,
         }
         st = model_state(
             self.model, sequence=ex.sequence, basis=ex.basis, kind=TRAIN_KIND, extra=extra
@@ -345,6 +398,7 @@ class RecipeTrainer:
         self.best = float(state["best"])
         self.history = list(state["history"])
         set_rng_state(state["rng"], self.rng, self.gen)
+        self.cursor = int(state.get("cursor", 0)) % len(self.train)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, log: Any = print) -> Path:
@@ -363,9 +417,16 @@ class RecipeTrainer:
         while self.update < cfg.total:
             u = self.update
             if u < cached_end:
-                if stale or u % cfg.refresh_every == 0 or u == cfg.pretrain_updates:
-                    self.refresh(identity=u < cfg.pretrain_updates)
+                identity = u < cfg.pretrain_updates
+                if stale or u == cfg.pretrain_updates:  # every subject: start, phase change
+                    self.discover()
+                    self.refresh(identity)
                     stale = False
+                elif u % cfg.refresh_every == 0:
+                    added = self.discover()
+                    if added:
+                        log(f"update {u}: {len(added)} new training subjects ({len(self.train)})")
+                    self.refresh(identity, self.rolling())
                 losses.append(self._cached_update())
                 phase = "pretrain" if u < cfg.pretrain_updates else "gleam"
             else:
@@ -381,7 +442,7 @@ class RecipeTrainer:
                     "phase": phase,
                     "train_loss": float(np.mean(losses)),
                     "val_psnr": v,
-                    "lr": cfg.lr if phase != "finetune" else cfg.finetune_lr,
+                    "lr": cfg.lr_at(u) if phase != "finetune" else cfg.finetune_lr,
                     "time_s": time.perf_counter() - t0,
                 }
                 self.history.append(row)
