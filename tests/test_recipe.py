@@ -348,3 +348,26 @@ def test_cube_symmetry_is_a_48_element_group_action() -> None:
     assert y[1, 0, 1, 2] == x[1, 1, 0, 3] and y[0, 3, 0, 0] == x[0, 0, 2, 0]
     assert torch.equal(cube_symmetry(x, (0, 1, 2), ()), x)
     assert sorted(cube_symmetry(x, (1, 2, 0), (1,)).flatten().tolist()) == x.flatten().tolist()
+
+
+def test_a_model_grids_the_scan_as_its_training_data_were(tmp_path: Path) -> None:
+    from spurig_core.io import load_checkpoint, save_checkpoint
+    from spurig_core.pipeline import reconstruct
+    from spurig_core.recon.trained import MODELS_DIR, load_method_model
+    from spurig_core.simulation import simulate
+
+    state = load_checkpoint(MODELS_DIR / "spurig-30s.pt")
+    # as the recipe records it: the data-defining fields of the training data's gridding
+    state["gridding"] = {"hidden": 64, "steps": 40, "train_sets": 128, "source_spacing": 0.0}
+    model = save_checkpoint(state, tmp_path / "m.pt")
+    loaded = load_method_model(model, method="dc-only", duration="30s")
+    assert loaded.gridding == state["gridding"]
+    scan = simulate(tmp_path / "s.h5", matrix=16, coils=3, groups=4, seed=5, phantom="analytic")
+    res = reconstruct(scan, method="dc-only", model=model)
+    g = res.config["gridding"]
+    assert (g["hidden"], g["steps"], g["train_sets"], g["source_spacing"]) == (64, 40, 128, 0.0)
+    assert g["check"] is True  # the self-check is this run's, not the training data's
+    # the user's [gridding] overrides still win; a model without the record grids by default
+    res = reconstruct(scan, method="dc-only", model=model, config={"gridding": {"steps": 30}})
+    assert (res.config["gridding"]["hidden"], res.config["gridding"]["steps"]) == (64, 30)
+    assert load_method_model(None, method="dc-only", duration="30s").gridding == {}

@@ -1,7 +1,7 @@
 r"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
 
 For each simulated scan ``TEST_DIR/*.h5`` the iGROG kernel is trained and the whole scan gridded
-once (:func:`spurig_core.operators.igrog.grid_scan`, default settings); every duration takes the
+once (:func:`spurig_core.operators.igrog.grid_scan`, default settings or ``--gridding TOML``); every duration takes the
 first groups of that gridded data (:func:`spurig_core.pipeline.reconstruct` with ``gridded=``),
 so the methods see exactly the same data.  Each result is matched (B1-corrected) and saved as
 ``OUT_DIR/<subject>/<method>-<duration>.zarr``; existing stores are kept, so an interrupted run
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from spurig_core.benchmark import load_gridded, save_gridded
+from spurig_core.config import from_dict, read_toml
 from spurig_core.data import Scan
 from spurig_core.errors import InputError
 from spurig_core.io import load_result, load_scan
@@ -48,8 +49,10 @@ def _model_for(method: str, duration: str, model_dir: Path) -> Path | None:
     return p if p.exists() else None
 
 
-def _gridded(scan: Scan, cache: Path) -> tuple[GriddedData, dict[str, float]]:
-    """Grid the scan once (default iGROG settings), cached on disk for later runs.
+def _gridded(
+    scan: Scan, cache: Path, gcfg: GriddingConfig | None = None
+) -> tuple[GriddedData, dict[str, float]]:
+    """Grid the scan once (``gcfg``, default iGROG settings), cached on disk for later runs.
 
     The cache is plain data read weights-only (:func:`spurig_core.benchmark.load_gridded`); a cache
     of an older format (or an unreadable one) is replaced.
@@ -59,7 +62,8 @@ def _gridded(scan: Scan, cache: Path) -> tuple[GriddedData, dict[str, float]]:
             return load_gridded(cache)
         except InputError as exc:
             print(f"re-gridding: {exc}", file=sys.stderr)
-    gridded, times = grid_scan(virtual_coils(scan, GriddingConfig().max_coils))
+    gcfg = gcfg or GriddingConfig()
+    gridded, times = grid_scan(virtual_coils(scan, gcfg.max_coils), config=gcfg)
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_gridded(cache, gridded, times)
     return gridded, times
@@ -73,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     durations = [d for d in args.durations.split(",") if d]
     model_dir = Path(args.model_dir) if args.model_dir else MODELS_DIR
+    gcfg = None
+    if args.gridding:  # the [gridding] table of a TOML (e.g. the training data's prepare.toml)
+        gcfg = from_dict(
+            GriddingConfig, read_toml(args.gridding).get("gridding", {}), where="gridding"
+        )
     for scan_path in scans:
         scan = load_scan(scan_path)
         todo = []
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if not todo:
             continue
         t0 = time.perf_counter()
-        gridded, times = _gridded(scan, out_dir / scan_path.stem / "gridded.pt")
+        gridded, times = _gridded(scan, out_dir / scan_path.stem / "gridded.pt", gcfg)
         print(
             f"{scan_path.stem}: kernel {times['kernel_training_s']:.1f} s, "
             f"gridding {times['gridding_s']:.1f} s",
@@ -130,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="")
     p.add_argument("--label", default="")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument(
+        "--gridding", default="", help="TOML whose [gridding] table grids scans not yet cached"
+    )
     args = p.parse_args(argv)
     try:
         return run(args)

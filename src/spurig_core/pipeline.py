@@ -244,6 +244,7 @@ def reconstruct(
         basis,
         overrides=config,
         encoding=None if loaded is None else loaded.encoding,
+        gridding=None if loaded is None else loaded.gridding,
         gridded=gridded,
         method=entry.name,
         on_bad_gridding=on_bad_gridding,

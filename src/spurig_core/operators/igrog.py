@@ -42,7 +42,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -364,6 +364,33 @@ def _check_grid_inputs(
         raise InputError(f"gridding: n_sources = {cfg.n_sources} needs a trained kernel")
     if kernel is not None and kernel.n_coils != coils:
         raise InputError(f"kernel: trained for {kernel.n_coils} coils, the data have {coils}")
+
+
+#: GriddingConfig fields that do not change the gridded values: the self-check and its bounds,
+#: where and in what batches it runs, and the channel limit (applied before gridding).
+NOT_DATA_FIELDS = frozenset(
+    {
+        "check",
+        "check_samples",
+        "max_rel_error",
+        "max_error_ratio",
+        "max_noise_gain",
+        "max_data_error_ratio",
+        "device",
+        "grid_batch",
+        "max_coils",
+    }
+)
+
+
+def data_fields(gridding: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the fields of a recorded gridding config that decide the gridded data.
+
+    A model trained on data gridded with one configuration records it; reconstructing with the
+    model grids the scan the same way (:func:`spurig_core.recon.data_term.build_data_term`) but
+    keeps this run's self-check, device and batch settings.
+    """
+    return {k: v for k, v in (gridding or {}).items() if k not in NOT_DATA_FIELDS}
 
 
 def grid_scan(

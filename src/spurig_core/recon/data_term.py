@@ -339,6 +339,7 @@ def build_data_term(
     *,
     overrides: dict[str, Any],
     encoding: dict[str, Any] | None = None,
+    gridding: dict[str, Any] | None = None,
     gridded: Any = None,
     method: str = "",
     on_bad_gridding: str = "warn",
@@ -359,8 +360,12 @@ def build_data_term(
         Checked ``{"gridding": {...}, "encoding": {...}}`` overrides.
     encoding : dict, optional
         The model's encoding settings (overridden by ``overrides["encoding"]``).
+    gridding : dict, optional
+        The gridding settings of the model's training data (overridden by
+        ``overrides["gridding"]``): the scan is gridded as the model's inputs were.
     gridded : GriddedData, optional
-        A gridding of at least ``groups`` groups to reuse (``kind="gridded"``).
+        A gridding of at least ``groups`` groups to reuse (``kind="gridded"``); the caller
+        grids it with the settings the method expects (e.g. the model's ``gridding``).
     method : str
         The method's name (for the self-check's wording).
     on_bad_gridding : {"warn", "fallback", "error"}
@@ -378,7 +383,7 @@ def build_data_term(
     dev = maps.device
     gcfg = from_dict(
         GriddingConfig,
-        {"device": dev.type, **(overrides.get("gridding") or {})},
+        {"device": dev.type, **(gridding or {}), **(overrides.get("gridding") or {})},
         where="gridding",
     )
     ecfg = from_dict(

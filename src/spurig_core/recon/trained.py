@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +150,17 @@ class LoadedModel:
         another sequence.
     encoding : dict
         The data-term settings it was trained with (:func:`model_encoding`).
+    gridding : dict
+        The gridding settings that decided its training data
+        (:func:`~spurig_core.operators.igrog.data_fields`; ``{}`` when not recorded: the shipped
+        models before issue #13's v3 recipe).
     """
 
     path: Path
     network: Any
     meta: dict[str, Any]
     encoding: dict[str, Any]
+    gridding: dict[str, Any] = field(default_factory=dict)
 
     @property
     def info(self) -> dict[str, str]:
@@ -202,7 +207,12 @@ def load_method_model(
         encoding = dict(enc) if isinstance(enc, dict) else {}
     else:
         encoding = model_encoding(p)
-    return LoadedModel(p, network, meta, encoding)
+    from ..operators.igrog import data_fields
+
+    grid = meta.get("gridding")
+    return LoadedModel(
+        p, network, meta, encoding, data_fields(grid if isinstance(grid, dict) else {})
+    )
 
 
 def model_encoding(ckpt: str | Path) -> dict[str, Any]:

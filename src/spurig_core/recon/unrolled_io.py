@@ -270,5 +270,7 @@ def load_model(
         if meta["duration"] in dom["durations"]:
             dom["durations"] = [meta["duration"]]
     meta["domain"] = dom if isinstance(dom, dict) else None
+    grid = state.get("gridding")  # the training data's gridding (v3 recipe)
+    meta["gridding"] = dict(grid) if isinstance(grid, dict) else None
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
     return model, meta

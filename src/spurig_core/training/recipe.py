@@ -39,6 +39,7 @@ import torch
 from ..config import from_dict, read_toml, to_dict
 from ..errors import InputError
 from ..metrics import coefficient_metrics
+from ..operators.igrog import data_fields
 from ..recon.classical import norm_matching_scale
 from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon, estimate_lipschitz
 from ..recon.unrolled_io import model_state
@@ -348,8 +349,10 @@ class RecipeTrainer:
             domain["coils"] = int(dc.operator["coil_maps"].shape[0])
         if self.train[0].noise.voxel_mm:
             domain["voxel_mm"] = list(self.train[0].noise.voxel_mm)
+        grid = self.train[0].noise.gridding
         return {
             "domain": domain,
+            **({"gridding": data_fields(grid)} if grid else {}),
             "stage": "recipe",
             "duration": self.cfg.duration,
             "train_config": to_dict(self.cfg),

@@ -86,6 +86,9 @@ class NoiseDraws:
     sigma : float
     voxel_mm : list of float, optional
         The scan's voxel size (recorded in the model's training domain).
+    gridding : dict, optional
+        The GriddingConfig the data were gridded with (recorded in the model, which then grids
+        a scan the same way).
     """
 
     clean: torch.Tensor
@@ -93,6 +96,7 @@ class NoiseDraws:
     b_norms: torch.Tensor
     sigma: float
     voxel_mm: list[float] | None = None
+    gridding: dict[str, Any] | None = None
 
     def ahb(self, k: int) -> torch.Tensor:
         """``A^H b`` of realisation ``k`` (``k = 0``: the scan's own data)."""
@@ -420,4 +424,12 @@ def load_noise(subject_dir: str | Path, duration: str) -> NoiseDraws:
     if dr.ndim != 5 or tuple(dr.shape[1:]) != tuple(clean.shape) or bn.shape[0] != dr.shape[0]:
         raise InputError(f"{p}: draws {tuple(dr.shape)} do not fit clean {tuple(clean.shape)}")
     vox = s.get("voxel_mm")
-    return NoiseDraws(clean, dr, bn, float(s["sigma"]), [float(v) for v in vox] if vox else None)
+    grid = s.get("gridding")
+    return NoiseDraws(
+        clean,
+        dr,
+        bn,
+        float(s["sigma"]),
+        [float(v) for v in vox] if vox else None,
+        dict(grid) if isinstance(grid, dict) else None,
+    )
