@@ -1,9 +1,10 @@
 r"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
 
 For each simulated scan ``TEST_DIR/*.h5`` the iGROG kernel is trained and the whole scan gridded
-once (:func:`spurig_core.operators.igrog.grid_scan`, default settings or ``--gridding TOML``); every duration takes the
-first groups of that gridded data (:func:`spurig_core.pipeline.reconstruct` with ``gridded=``),
-so the methods see exactly the same data.  Each result is matched (B1-corrected) and saved as
+once (:func:`spurig_core.operators.igrog.grid_scan`, default settings or ``--gridding TOML``);
+every duration takes the first groups of that gridded data
+(:func:`spurig_core.pipeline.reconstruct` with ``gridded=``), so the methods see exactly the same
+data.  Each result is matched (B1-corrected) and saved as
 ``OUT_DIR/<subject>/<method>-<duration>.zarr``; existing stores are kept, so an interrupted run
 resumes, and the gridded data are cached as ``OUT_DIR/<subject>/gridded.pt`` for later runs (e.g.
 the trained methods after the baselines).  Finally :func:`spurig_core.pipeline.evaluate_cohort`
