@@ -1,0 +1,187 @@
+r"""Ship a model of the v3 training recipe (issue 13) with its model card.
+
+Copies ``RUN/model.pt`` (best validation PSNR) to ``src/spurig_core/models/<method>-<duration>.pt``
+— adding the gridding settings of its training data when the run did not record them (runs
+started before the record existed; read from a prepared subject's ``noise-<duration>.pt``) — draws
+the validation curve beside it and writes ``<method>-<duration>.md``: the file's sha256 (spurig
+refuses a shipped model that differs from its card), network, data term and gridding, domain, data,
+the run's updates and validation PSNR, the measured metrics of the model and of every baseline on
+the held-out test subjects (``--eval``: ``evaluations.json`` of ``tools/evaluate_models.py``), and
+the config as trained.
+
+Run::
+
+    .venv/bin/python tools/ship_recipe.py runs/cpu48v3/recipe-2min \
+        configs/cpu48v3/recipe-2min.toml \
+        --eval data/eval48v2/report/evaluations.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ship_models import MODELS, ROOT, _metrics, sha_line
+
+from spurig_core.io import atomic_path, load_checkpoint, save_checkpoint
+from spurig_core.operators.igrog import data_fields
+from spurig_core.training.recipe import load_recipe_config
+from spurig_core.training.redraw import load_noise
+
+#: Rows of the card's table: label in evaluations.json → what the reader sees.
+ROWS = {
+    "spurig": "**SPUR-iG (this model)**",
+    "dc-only": "DC steps only (this model's data term, identity denoiser)",
+    "hybrid": "hybrid 2D/3D (shipped)",
+    "llr": "LLR (gridded, tuned)",
+    "llr-nufft": "LLR-NUFFT",
+    "adjoint": "A^H b",
+}
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _plot(rows: list[dict[str, str]], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u = [int(r["update"]) for r in rows]
+    v = [float(r["val_psnr"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    ax.plot(u, v, marker="o", ms=3)
+    ax.axhline(v[0], color="grey", ls="--", lw=1, label="DC only (update 0)")
+    ax.set_xlabel("update")
+    ax.set_ylabel("validation PSNR c1–c5 (dB)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _rows(evals: list[dict[str, Any]], duration: str, labels: dict[str, str]) -> list[str]:
+    out = [
+        "| method | subjects | mean PSNR c1–c5 (dB) | mean SSIM | T1 rel. error (GM+WM) "
+        "| T2 rel. error (GM+WM) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, text in labels.items():
+        got = _metrics(evals, label, duration)
+        if got is None:
+            continue
+        t1 = f"{100 * got['t1_rel_error']:.1f} %" if "t1_rel_error" in got else "–"
+        t2 = f"{100 * got['t2_rel_error']:.1f} %" if "t2_rel_error" in got else "–"
+        out.append(
+            f"| {text} | {got['subjects']} | {got['psnr']:.2f} | {got['ssim']:.3f} | {t1} | {t2} |"
+        )
+    return out
+
+
+def card(
+    name: str, run: Path, config: Path, evals: list[dict[str, Any]], labels: dict[str, str]
+) -> str:
+    """Return the Markdown model card of the shipped file ``name``."""
+    cfg = load_recipe_config(config)
+    state = load_checkpoint(MODELS / name)
+    net = state["config"]["network"]
+    dom = state.get("domain") or {}
+    hist = _history(run)
+    best = max(hist, key=lambda r: float(r["val_psnr"]))
+    minutes = sum(float(r.get("time_s") or 0.0) for r in hist) / 60
+    rel = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    lines = [
+        f"# SPUR-iG model for the {cfg.duration} scan (`{name}`)",
+        "",
+        f"Written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by `tools/ship_recipe.py` from "
+        f"`{rel}` (the v3 recipe of issue #13, `spurig_core.training.recipe`).",
+        "",
+        sha_line(MODELS / name, name),
+        "",
+        "## Network and data consistency",
+        f"- 3D FiLM-conditioned SE-ResUNet, base width {net.get('base_width')}, "
+        f"{state['config'].get('steps')} unrolled blocks of {state['config'].get('dc_steps', 1)} "
+        f"gradient DC steps, shared weights: {state['config'].get('share_weights')}.",
+        f"- Data term: iGROG-gridded subspace encoding {json.dumps(state.get('encoding', {}))}.",
+        f"- Gridding of its training data, used again when it reconstructs a scan: "
+        f"`{json.dumps(state.get('gridding', {}))}`.",
+        "",
+        "## Domain",
+        f"- Matrix {dom.get('matrix')}, voxel {dom.get('voxel_mm')} mm, durations "
+        f"{dom.get('durations')}, {dom.get('coils')} coils, {dom.get('data_term')}. `spurig recon` "
+        "warns in one line for a scan outside it.",
+        "",
+        "## Data",
+        f"- {len(state.get('train_subjects') or [])} training subjects (48³, 10 coils, 16 groups, "
+        "`spurig simulate --seed 2000+i`), validation subj018–019, test subj020–023; "
+        "prepared with re-drawable k-space noise by `tools/prepare_redraw.py` "
+        "(`configs/cpu48v2/prepare.toml`).",
+        "",
+        "## Training",
+        f"- `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`: "
+        f"{cfg.pretrain_updates} pretraining updates on the DC-only states, {cfg.gleam_updates} "
+        f"GLEAM updates on cached states (rolling refresh of {cfg.refresh_subjects} subjects every "
+        f"{cfg.refresh_every}), {cfg.finetune_updates} end-to-end updates; learning rate {cfg.lr} "
+        f"({cfg.lr_schedule}); loss: uniform complex L1 + {cfg.magnitude_weight} × magnitude L1.",
+        f"- Ran {hist[-1]['update']} updates in {minutes:.0f} minutes (1 CPU thread, shared "
+        f"machine); this file is update {best['update']}: validation PSNR "
+        f"{float(best['val_psnr']):.2f} dB (DC only {float(hist[0]['val_psnr']):.2f} dB).",
+        "",
+        f"![validation PSNR]({Path(name).stem}-validation.png)",
+        "",
+        "## Measured on the held-out test subjects (`tools/evaluate_models.py`)",
+        "",
+    ]
+    rows = _rows(evals, cfg.duration, labels)
+    lines += rows if len(rows) > 2 else ["Not evaluated yet."]
+    lines += [
+        "",
+        "PSNR/SSIM: magnitudes of the balanced coefficients over the axial brain slices (SPEC §5); "
+        "T1/T2: B1-corrected dictionary matching, mean relative error over GM and WM.",
+        "",
+        "## Config",
+        "```toml",
+        config.read_text().rstrip(),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("config", type=Path)
+    p.add_argument("--eval", default="")
+    p.add_argument("--labels", default="", help="JSON {label in evaluations.json: row text}")
+    args = p.parse_args(argv)
+    run, config = args.run.resolve(), args.config.resolve()
+    cfg = load_recipe_config(config)
+    name = f"spurig-{cfg.duration}.pt"
+    state = load_checkpoint(run / "model.pt")
+    if not state.get("gridding"):
+        subj = sorted((Path(cfg.data_dir) / "train").iterdir())[0]
+        state["gridding"] = data_fields(load_noise(subj, cfg.duration).gridding)
+    save_checkpoint(state, MODELS / name)
+    _plot(_history(run), MODELS / f"{Path(name).stem}-validation.png")
+    evals = json.loads(Path(args.eval).read_text()) if args.eval else []
+    labels = json.loads(args.labels) if args.labels else ROWS
+    with atomic_path(MODELS / f"{Path(name).stem}.md") as tmp:
+        Path(tmp).write_text(card(name, run, config, evals, labels))
+    print(f"shipped {MODELS / name} ({(MODELS / name).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
