@@ -370,4 +370,32 @@ def test_a_model_grids_the_scan_as_its_training_data_were(tmp_path: Path) -> Non
     # the user's [gridding] overrides still win; a model without the record grids by default
     res = reconstruct(scan, method="dc-only", model=model, config={"gridding": {"steps": 30}})
     assert (res.config["gridding"]["hidden"], res.config["gridding"]["steps"]) == (64, 30)
-    assert load_method_model(None, method="dc-only", duration="30s").gridding == {}
+    assert load_method_model(None, method="dc-only", duration="1min").gridding == {}  # v1 model
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_truncated_unroll_is_the_first_steps_of_the_trained_one(shared: bool, tmp_path: Path):
+    from spurig_core.recon.unrolled_io import model_state, truncate_unroll
+
+    torch.manual_seed(3)
+    model = UnrolledRecon(tiny_cfg(steps=3, share_weights=shared)).eval()
+    with torch.no_grad():  # not the identity (zero head) and not the same in every step
+        for d in model.denoisers:
+            d.unet.out.weight.normal_(0, 0.05)
+        model.log_mu.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=0)
+    ahb = op.adjoint(b)
+    x0, _ = scaled_init(op, ahb, float(b.abs().norm()))
+    lip = estimate_lipschitz(op, ahb, iters=20)
+    with torch.no_grad():
+        x = x0
+        for i in range(2):  # the trained 3-step model, stopped after step 2
+            x = model.denoiser(i)(model.dc_half(op, ahb, x, i, lip), i + 1)
+        st = model_state(model, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"})
+        cut = truncate_unroll(st, 2, {"why": "test"})
+        assert cut["unroll_steps"] == {"trained": 3, "kept": 2, "why": "test"}
+        back, meta = load_model(save_checkpoint(cut, tmp_path / "cut.pt"), method="spurig")
+        assert meta["config"].steps == 2
+        torch.testing.assert_close(back(op, ahb, x0, lipschitz=lip), x)
+    with pytest.raises(InputError, match="between 1 and the trained 3"):
+        truncate_unroll(st, 4)

@@ -26,10 +26,11 @@ def test_shipped_model_loads_fits_and_has_a_card(path: Path) -> None:
     _model, meta = load_model(path, basis=basis)
     assert meta["warning"] is None  # trained for the default sequence
     assert meta["config"].network.dim == (3 if method == "spurig" else 2)
-    assert meta["duration"] == duration and meta["stage"] == "finetune"
+    # the staged recipe's last stage, or one run of the v3 recipe (issue 13)
+    assert meta["duration"] == duration and meta["stage"] in ("finetune", "recipe")
     # the unrolled models' data term converges within six steps (γ = 0.75, RESULTS-models.md)
     assert model_encoding(path)["density_compensation"] == 0.75
     assert resolve_model(None, method=method, duration=duration) == path
     card = path.with_suffix(".md").read_text(encoding="utf-8")
-    assert "## Measured on the held-out test subjects" in card and "| LLR |" in card
+    assert "## Measured on the held-out test subjects" in card and "| LLR" in card
     assert path.stat().st_size < 10e6  # the repository stays small

@@ -32,6 +32,7 @@ from ship_models import MODELS, ROOT, _metrics, sha_line
 
 from spurig_core.io import atomic_path, load_checkpoint, save_checkpoint
 from spurig_core.operators.igrog import data_fields
+from spurig_core.recon.unrolled_io import truncate_unroll
 from spurig_core.training.recipe import load_recipe_config
 from spurig_core.training.redraw import load_noise
 
@@ -90,6 +91,18 @@ def _rows(evals: list[dict[str, Any]], duration: str, labels: dict[str, str]) ->
     return out
 
 
+def _steps_lines(rec: dict[str, Any] | None) -> list[str]:
+    if not rec:
+        return []
+    per = ", ".join(f"{v:.2f}" for v in rec["val_psnr_per_step"])
+    return [
+        f"- Trained as a {rec['trained']}-step unroll; this file keeps the first {rec['kept']} "
+        f"steps, the number with the best mean validation PSNR (after each step: {per} dB). "
+        "Later steps lost PSNR: each block's DC steps (step sizes not trained in the cached "
+        "phase) add back noise that the denoiser does not fully remove again.",
+    ]
+
+
 def card(
     name: str, run: Path, config: Path, evals: list[dict[str, Any]], labels: dict[str, str]
 ) -> str:
@@ -117,6 +130,7 @@ def card(
         f"- Data term: iGROG-gridded subspace encoding {json.dumps(state.get('encoding', {}))}.",
         f"- Gridding of its training data, used again when it reconstructs a scan: "
         f"`{json.dumps(state.get('gridding', {}))}`.",
+        *_steps_lines(state.get("unroll_steps")),
         "",
         "## Domain",
         f"- Matrix {dom.get('matrix')}, voxel {dom.get('voxel_mm')} mm, durations "
@@ -159,21 +173,77 @@ def card(
     return "\n".join(lines) + "\n"
 
 
+def select_steps(state: dict[str, Any], data_dir: Path, duration: str) -> list[float]:
+    """Mean validation PSNR c1–c5 of the unroll's output after each step (the run's val split).
+
+    The unroll is a fixed iteration, so stopping it after ``K`` steps is a model of ``K`` steps
+    with the same weights; ``K`` is chosen on the validation subjects, as the checkpoint is.
+    """
+    import numpy as np
+    import torch
+
+    from spurig_core.metrics import coefficient_metrics
+    from spurig_core.recon.unrolled import estimate_lipschitz
+    from spurig_core.recon.unrolled_io import load_model
+    from spurig_core.training.datasets import list_subjects, load_example
+    from spurig_core.training.steps import amp
+
+    tmp = Path(data_dir) / ".select-steps.pt"
+    save_checkpoint(state, tmp)
+    model, _ = load_model(tmp)
+    tmp.unlink()
+    sums = np.zeros(model.cfg.steps)
+    subjects = list_subjects(data_dir, "val")
+    with torch.no_grad():
+        for d in subjects:
+            ex = load_example(d, durations=[duration])
+            dc = ex.dc[duration]
+            op = dc.build_operator()
+            lip = estimate_lipschitz(op, dc.ahb, iters=model.cfg.power_iters)
+            x = dc.x0
+            for i in range(model.cfg.steps):
+                half = model.dc_half(op, dc.ahb, x, i, lip)
+                with amp(True, half.device):
+                    x = model.denoiser(i)(half, i + 1)
+                sums[i] += np.mean(
+                    coefficient_metrics(x.to(torch.complex64), ex.target, ex.tissue)["psnr"]
+                )
+    return [float(v) for v in sums / len(subjects)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("config", type=Path)
     p.add_argument("--eval", default="")
     p.add_argument("--labels", default="", help="JSON {label in evaluations.json: row text}")
+    p.add_argument(
+        "--card-only", action="store_true", help="keep the shipped file, rewrite its card"
+    )
+    p.add_argument(
+        "--select-steps",
+        action="store_true",
+        help="keep the first K unrolled steps, K of the best mean validation PSNR",
+    )
     args = p.parse_args(argv)
     run, config = args.run.resolve(), args.config.resolve()
     cfg = load_recipe_config(config)
     name = f"spurig-{cfg.duration}.pt"
     state = load_checkpoint(run / "model.pt")
-    if not state.get("gridding"):
+    if args.card_only:
+        pass
+    elif not state.get("gridding"):
         subj = sorted((Path(cfg.data_dir) / "train").iterdir())[0]
         state["gridding"] = data_fields(load_noise(subj, cfg.duration).gridding)
-    save_checkpoint(state, MODELS / name)
+        # prepare_redraw trains the kernel without noise matching whatever the flag said
+        state["gridding"]["noise_matched"] = False
+    if args.select_steps and not args.card_only:
+        per_step = select_steps(state, Path(cfg.data_dir), cfg.duration)
+        best = max(range(len(per_step)), key=per_step.__getitem__) + 1
+        print("validation PSNR per step: " + ", ".join(f"{v:.2f}" for v in per_step))
+        state = truncate_unroll(state, best, {"val_psnr_per_step": per_step})
+    if not args.card_only:
+        save_checkpoint(state, MODELS / name)
     _plot(_history(run), MODELS / f"{Path(name).stem}-validation.png")
     evals = json.loads(Path(args.eval).read_text()) if args.eval else []
     labels = json.loads(args.labels) if args.labels else ROWS

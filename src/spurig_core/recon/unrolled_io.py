@@ -19,7 +19,7 @@ from ..errors import InputError
 from .domain import SHIPPED_DOMAIN
 from .unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon
 
-__all__ = ["check_model_fits", "load_model", "model_state"]
+__all__ = ["check_model_fits", "load_model", "model_state", "truncate_unroll"]
 
 
 def model_state(
@@ -274,3 +274,35 @@ def load_model(
     meta["gridding"] = dict(grid) if isinstance(grid, dict) else None
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
     return model, meta
+
+
+def truncate_unroll(
+    state: dict[str, Any], steps: int, record: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return a model file's state with only its first ``steps`` unrolled steps.
+
+    The unroll is a fixed iteration, so its first ``K`` steps are a ``K``-step model with the same
+    weights (the per-step DC step sizes and, without weight sharing, denoisers beyond ``K``
+    dropped); :func:`load_model` reads the result like any model file.  ``record`` (e.g. why
+    ``K`` was chosen) is kept as ``state["unroll_steps"]`` together with the trained count.
+
+    Raises
+    ------
+    InputError
+        When ``steps`` is not between 1 and the trained number of steps.
+    """
+    cfg = dict(state["config"])
+    trained = int(cfg["steps"])
+    if not 1 <= steps <= trained:
+        raise InputError(f"steps: {steps} is not between 1 and the trained {trained}")
+    cfg["steps"] = int(steps)
+    weights = {}
+    for key, value in state["model"].items():
+        if key in ("log_mu", "log_lam"):
+            value = value[:steps]
+        elif key.startswith("denoisers.") and not cfg.get("share_weights", True):
+            if int(key.split(".")[1]) >= steps:
+                continue
+        weights[key] = value
+    rec = {"trained": trained, "kept": int(steps), **(record or {})}
+    return {**state, "config": cfg, "model": weights, "unroll_steps": rec}

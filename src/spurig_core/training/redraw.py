@@ -388,7 +388,8 @@ def prepare_redraw_subject(
                 "draws": dr,
                 "b_norms": torch.tensor(bn, dtype=torch.float64),
                 "sigma": float(sigma),
-                "gridding": to_dict(gcfg),
+                # as applied: the kernel above is trained without noise matching
+                "gridding": {**to_dict(gcfg), "noise_matched": False},
                 "voxel_mm": [
                     float(f) / int(m) for f, m in zip(scan.fov_mm, scan.matrix, strict=True)
                 ],
