@@ -58,7 +58,11 @@ def test_unrolled_breakdown_counts_and_sums(tiny_scan: Path) -> None:
     assert "error" not in row
     calls = row["stage_calls"]
     assert calls["step_size"] == 1 and calls["scale"] == 1
-    assert calls["dc"] == calls["denoiser"] >= 1  # one DC step and one UNet pass per step
+    from spurig_core.recon.trained import load_method_model
+
+    # per unrolled step: the model's DC steps (2 per block in the v3 models) and one UNet pass
+    dc_steps = load_method_model(None, method="spurig", duration="30s").network.cfg.dc_steps
+    assert calls["dc"] == dc_steps * calls["denoiser"] and calls["denoiser"] >= 1
     _check_sums(row)
 
 

@@ -129,7 +129,7 @@ def test_dc_only_is_the_unroll_with_identity_denoiser(
     assert lip is not None
     power = estimate_lipschitz(term.op, term.ahb, iters=cfg.power_iters)
     assert lip == pytest.approx(power, rel=0.03)  # two estimates of the same norm
-    for _ in range(cfg.steps):
+    for _ in range(cfg.steps * cfg.dc_steps):  # dc_steps gradient steps per block
         x = x - (term.op.gram(x) - term.ahb) / lip
     res = pipeline.reconstruct(
         scan, method="dc-only", groups=GROUPS, gridded=gridded, save_iterations=True

@@ -134,7 +134,7 @@ def test_reconstruct_spurig_with_the_shipped_model(
     from napari.components import ViewerModel
 
     from napari_spurig._widgets import ReconstructWidget
-    from spurig_core.recon.trained import MODELS_DIR
+    from spurig_core.recon.trained import MODELS_DIR, load_method_model
 
     viewer = ViewerModel()
     w = ReconstructWidget(viewer)
@@ -153,7 +153,8 @@ def test_reconstruct_spurig_with_the_shipped_model(
     res = load_result(out)
     assert res.method == "spurig" and res.model is not None
     assert res.model["file"] == "spurig-30s.pt"
-    assert res.iterations is not None and res.iterations.shape == (7, 5, 16, 16, 16)  # x0 + 6 steps
+    steps = load_method_model(None, method="spurig", duration="30s").meta["config"].steps
+    assert res.iterations is not None and res.iterations.shape == (1 + steps, 5, 16, 16, 16)
     assert torch.isfinite(res.coefficients.abs()).all()
     assert (res.config or {}).get("encoding", {}).get("density_compensation") == 0.75
 
