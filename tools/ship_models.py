@@ -137,21 +137,24 @@ def _metrics(evals: list[dict], label: str, duration: str) -> dict[str, float] |
     return out
 
 
-def _metric_rows(evals: list[dict], method: str, duration: str) -> list[str]:
+def metric_rows(evals: list[dict], duration: str, labels: dict[str, str]) -> list[str]:
+    """Return the card's metrics table: one row per ``labels`` entry found in ``evals``.
+
+    ``labels`` maps a label of ``evaluations.json`` to the text of its row, in row order.
+    """
     rows = [
         "| method | subjects | mean PSNR c1–c5 (dB) | mean SSIM | T1 rel. error (GM+WM) | "
         "T2 rel. error (GM+WM) |",
         "|---|---|---|---|---|---|",
     ]
-    for m in (method, "llr", "adjoint"):
+    for m, text in labels.items():
         got = _metrics(evals, m, duration)
         if got is None:
             continue
         t1 = f"{100 * got['t1_rel_error']:.1f} %" if "t1_rel_error" in got else "–"
         t2 = f"{100 * got['t2_rel_error']:.1f} %" if "t2_rel_error" in got else "–"
         rows.append(
-            f"| {LABELS.get(m, m)} | {got['subjects']} | {got['psnr']:.2f} | {got['ssim']:.3f} "
-            f"| {t1} | {t2} |"
+            f"| {text} | {got['subjects']} | {got['psnr']:.2f} | {got['ssim']:.3f} | {t1} | {t2} |"
         )
     return rows
 
@@ -211,7 +214,7 @@ def card(method: str, duration: str, runs: Path, evals: list[dict], configs: Pat
             f"{s['best_val']:.4f} | {s['final_train']:.4f} | {s['minutes']:.1f} |"
         )
     lines += ["", "## Measured on the held-out test subjects (`tools/evaluate_models.py`)", ""]
-    rows = _metric_rows(evals, method, duration)
+    rows = metric_rows(evals, duration, {m: LABELS.get(m, m) for m in (method, "llr", "adjoint")})
     lines += rows if len(rows) > 2 else ["Not evaluated yet."]
     mine, llr = _metrics(evals, method, duration), _metrics(evals, "llr", duration)
     if mine is not None and llr is not None:

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ship_models import MODELS, ROOT, _metrics, sha_line
+from ship_models import MODELS, ROOT, metric_rows, sha_line
 
 from spurig_core.io import atomic_path, load_checkpoint, save_checkpoint
 from spurig_core.operators.igrog import data_fields
@@ -71,24 +71,6 @@ def _plot(rows: list[dict[str, str]], dest: Path) -> None:
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def _rows(evals: list[dict[str, Any]], duration: str, labels: dict[str, str]) -> list[str]:
-    out = [
-        "| method | subjects | mean PSNR c1–c5 (dB) | mean SSIM | T1 rel. error (GM+WM) "
-        "| T2 rel. error (GM+WM) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, text in labels.items():
-        got = _metrics(evals, label, duration)
-        if got is None:
-            continue
-        t1 = f"{100 * got['t1_rel_error']:.1f} %" if "t1_rel_error" in got else "–"
-        t2 = f"{100 * got['t2_rel_error']:.1f} %" if "t2_rel_error" in got else "–"
-        out.append(
-            f"| {text} | {got['subjects']} | {got['psnr']:.2f} | {got['ssim']:.3f} | {t1} | {t2} |"
-        )
-    return out
 
 
 def _steps_lines(rec: dict[str, Any] | None) -> list[str]:
@@ -158,7 +140,7 @@ def card(
         "## Measured on the held-out test subjects (`tools/evaluate_models.py`)",
         "",
     ]
-    rows = _rows(evals, cfg.duration, labels)
+    rows = metric_rows(evals, cfg.duration, labels)
     lines += rows if len(rows) > 2 else ["Not evaluated yet."]
     lines += [
         "",
@@ -179,6 +161,8 @@ def select_steps(state: dict[str, Any], data_dir: Path, duration: str) -> list[f
     The unroll is a fixed iteration, so stopping it after ``K`` steps is a model of ``K`` steps
     with the same weights; ``K`` is chosen on the validation subjects, as the checkpoint is.
     """
+    import tempfile
+
     import numpy as np
     import torch
 
@@ -188,10 +172,8 @@ def select_steps(state: dict[str, Any], data_dir: Path, duration: str) -> list[f
     from spurig_core.training.datasets import list_subjects, load_example
     from spurig_core.training.steps import amp
 
-    tmp = Path(data_dir) / ".select-steps.pt"
-    save_checkpoint(state, tmp)
-    model, _ = load_model(tmp)
-    tmp.unlink()
+    with tempfile.TemporaryDirectory() as td:  # load_model reads a file; never the data folder
+        model, _ = load_model(save_checkpoint(state, Path(td) / "model.pt"))
     sums = np.zeros(model.cfg.steps)
     subjects = list_subjects(data_dir, "val")
     with torch.no_grad():

@@ -21,16 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spurig_core.data import FispSequence
 from spurig_core.errors import InputError
 from spurig_core.io import atomic_path, write_scan
-from spurig_core.simulation import (
-    SimulationConfig,
-    acquire_scan,
-    effective_reference,
-    signal_subspace,
-)
-from spurig_core.simulation.coils import head_array
+from spurig_core.simulation import SimulationConfig, scan_of_subject
 from spurig_core.simulation.phantom import brain_subject
 
 
@@ -63,30 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SimulationConfig(
             matrix=args.matrix, coils=args.coils, groups=args.groups, noise=args.noise
         )
-        seq = FispSequence.default()
-        s_subject, s_coils, _ = (
-            int(v) for v in np.random.SeedSequence(args.seed).generate_state(3)
-        )
+        s_subject = int(np.random.SeedSequence(args.seed).generate_state(3)[0])
         subj = brain_subject(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
         subj = dataclasses.replace(
             subj,
             t1_ms=subj.t1_ms * t1s[:, None, None, None],
             t2_ms=subj.t2_ms * t2s[:, None, None, None],
         )
-        maps = head_array(
-            cfg.matrix,
-            cfg.coils,
-            fov_mm=subj.fov_mm,
-            mask=subj.head_mask,
-            config=cfg.coil_config,
-            seed=s_coils,
-            compressed=cfg.coil_compression,
-        )
-        images, basis, _ = signal_subspace(subj, seq, cfg)
-        ref = effective_reference(subj, images, basis, seq, purity=cfg.purity)
-        scan = acquire_scan(
-            subj, images, basis, maps, cfg, sequence=seq, reference=ref, seed=args.seed
-        )
+        # the coils and noise simulate_scan would give this seed, on the changed subject
+        scan = scan_of_subject(subj, cfg, seed=args.seed)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
             write_scan(scan, tmp)

@@ -21,7 +21,7 @@ from .coils import CoilConfig
 from .kspace import calibration_data, nufft_forward
 from .phantom import PhantomConfig, Subject
 from .sample import sample_scan_path
-from .scan import acquire_scan, effective_reference, simulate_scan
+from .scan import acquire_scan, effective_reference, scan_of_subject, simulate_scan
 from .scan_config import SimulationConfig
 from .signals import signal_subspace
 from .trajectory import TrajectoryConfig, spi_trajectory
@@ -38,6 +38,7 @@ __all__ = [
     "effective_reference",
     "nufft_forward",
     "sample_scan_path",
+    "scan_of_subject",
     "signal_subspace",
     "simulate",
     "simulate_cohort",

@@ -28,7 +28,7 @@ from .scan_config import SimulationConfig
 from .signals import signal_subspace
 from .trajectory import spi_trajectory
 
-__all__ = ["acquire_scan", "effective_reference", "simulate_scan"]
+__all__ = ["acquire_scan", "effective_reference", "scan_of_subject", "simulate_scan"]
 
 
 def _add_noise(
@@ -120,10 +120,34 @@ def simulate_scan(
     """
     cfg = config or SimulationConfig()
     seq = sequence or FispSequence.default()
-    s_subject, s_coils, _ = (int(v) for v in np.random.SeedSequence(seed).generate_state(3))
+    s_subject = int(np.random.SeedSequence(seed).generate_state(3)[0])
     emit(callback, "subject", 0, 3, f"{cfg.phantom} subject {cfg.matrix}³")
     make = brain_subject if cfg.phantom == "brain" else analytic_subject
     subject = make(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
+    return scan_of_subject(subject, cfg, seed=seed, sequence=seq, callback=callback)
+
+
+def scan_of_subject(
+    subject: Subject,
+    config: SimulationConfig,
+    *,
+    seed: int = 0,
+    sequence: FispSequence | None = None,
+    callback: Callback | None = None,
+) -> Scan:
+    """Scan a given subject: the coils, signals, reference and acquisition of :func:`simulate_scan`.
+
+    The coil array and noise are seeded from ``seed`` exactly as :func:`simulate_scan` seeds them,
+    so a subject changed before the scan (e.g. other relaxation times, ``tools/simulate_unseen.py``)
+    gets the coils and noise that ``seed`` gives the unchanged one.
+
+    Returns
+    -------
+    Scan
+        With ``calibration``, ``coil_maps``, ``b1`` and ``reference`` set.
+    """
+    cfg, seq = config, sequence or FispSequence.default()
+    s_coils = int(np.random.SeedSequence(seed).generate_state(3)[1])
     emit(callback, "subject", 1, 3, "coil array")
     maps = head_array(
         cfg.matrix,
