@@ -10,6 +10,7 @@ number of samples seen (measured: about 1e-6 after 6 Adam steps); the samples se
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import signal
 import subprocess
@@ -193,6 +194,12 @@ def _grads_of_ddp_and_reduce_gradients(rank: int, world: int, out: str) -> None:
         "ours": [p.grad for p in ours.parameters()],
     }
     torch.save(grads, Path(out) / f"rank{rank}.pt")
+    # DDP's reducer holds the process group: free it while the group is alive, after both ranks
+    # are done, so the gloo threads are not torn down at interpreter exit (a CI run aborted
+    # there once: "terminate called without an active exception", SIGABRT in rank 1).
+    dist.barrier()
+    del ddp, grads
+    gc.collect()
     dist.destroy_process_group()
 
 
