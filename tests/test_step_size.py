@@ -28,6 +28,7 @@ from spurig_core.operators.step_size import (
 from spurig_core.pipeline import reconstruct
 from spurig_core.recon import data_term
 from spurig_core.recon.data_term import scan_basis
+from spurig_core.recon.trained import model_gridding
 from spurig_core.simulation import simulate
 
 NN = GriddingConfig(n_sources=1, learned_kernel=False, check=False)
@@ -131,6 +132,12 @@ def test_cache_keeps_the_step_sizes_and_old_caches_load(
 def test_bench_counts_the_shared_step_size_once_per_method(scan_path: Path, tmp_path: Path):
     cache = str(tmp_path / "gridded.pt")
     grid_row = benchmark._grid_worker(str(scan_path), 4, "cpu", cache, config=FAST)
+    # gridded as the shipped model's training data was, the user's overrides on top
+    shipped = model_gridding(benchmark.GRIDDED_METHODS, "30s")
+    assert shipped["hidden"] != GriddingConfig().hidden  # the test tells the two apart
+    used = grid_row["gridding_config"]
+    assert (used["hidden"], used["steps"]) == (shipped["hidden"], shipped["steps"])
+    assert (used["learned_kernel"], used["n_sources"]) == (False, 1)
     # LLR's encoding (γ = 0.5) and the shipped model's (the dc-only term), timed apart
     assert len(load_gridded(cache)[0].lipschitz) == 2
     parts = {k: v for k, v in grid_row.items() if k.startswith("step_size_s:")}

@@ -126,19 +126,27 @@ def _grid_worker(
     models' encodings and LLR's (:func:`~.operators.step_size.step_plan`) — are computed here too
     and saved with the gridding; their seconds are ``step_size_s``.
     """
-    from .config import from_dict
+    from .config import from_dict, to_dict
+    from .durations import nearest_duration
     from .io import load_scan
     from .operators.coil_maps import virtual_coils
     from .operators.igrog import GriddingConfig, grid_scan
     from .operators.step_size import attach_for_scan, step_plan
+    from .recon.trained import model_gridding
 
     scan = load_scan(scan_path).first_groups(groups)
     base_rss = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    # gridded as the model's training data was (where a method has one), for every method
+    named = nearest_duration(groups)
     gcfg = from_dict(
         GriddingConfig,
-        {"device": device, **((config or {}).get("gridding") or {})},
+        {
+            "device": device,
+            **model_gridding(methods or GRIDDED_METHODS, named, model),
+            **((config or {}).get("gridding") or {}),
+        },
         where="gridding",
     )
     scan = virtual_coils(scan, gcfg.max_coils)  # as reconstruct() will (issue #20)
@@ -152,6 +160,7 @@ def _grid_worker(
         **{k: float(v) for k, v in times.items() if k.startswith("step_size_s")},
         "peak_rss_mb": peak_rss_mb(),
         "scan_rss_mb": base_rss,
+        "gridding_config": to_dict(gcfg),
     }
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20

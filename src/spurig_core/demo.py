@@ -29,16 +29,6 @@ def _tiny_scan(out_dir: Path, callback: Callback | None) -> Path:
     return path
 
 
-def _model_gridding(duration: str) -> dict[str, Any]:
-    """Return the gridding settings recorded in the shipped SPUR-iG model ({} if none or absent)."""
-    from .recon.trained import load_method_model
-
-    try:
-        return load_method_model(None, method="spurig", duration=duration).gridding
-    except (InputError, NotAvailableError):  # reported when the demo runs SPUR-iG itself
-        return {}
-
-
 def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | None = None) -> str:
     """Run the demo; return a printable summary (also in ``out_dir/report.md``).
 
@@ -60,6 +50,7 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     from .operators.igrog import GriddingConfig, grid_scan
     from .pipeline import match, reconstruct
     from .recon.methods import METHODS
+    from .recon.trained import model_gridding
     from .report import Section, export_result, runtime_table, table1, table2, write_report
     from .simulation import sample_scan_path
 
@@ -86,7 +77,7 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     emit(callback, "demo", 0, len(methods) + 2, "iGROG kernel training and gridding")
     gcfg = from_dict(
         GriddingConfig,
-        {**_model_gridding(duration), **overrides.get("gridding", {})},
+        {**model_gridding(methods, duration), **overrides.get("gridding", {})},
         where="gridding",
     )
     # the gridding of the scan reconstruct() will see (> gridding.max_coils channels compressed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from ..config import to_dict
-from ..errors import InputError
+from ..errors import InputError, NotAvailableError
 from ..io import file_sha256
 from ..progress import emit
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_card",
     "load_method_model",
     "model_encoding",
+    "model_gridding",
     "resolve_model",
     "run_model",
     "run_network",
@@ -213,6 +215,36 @@ def load_method_model(
     return LoadedModel(
         p, network, meta, encoding, data_fields(grid if isinstance(grid, dict) else {})
     )
+
+
+def model_gridding(
+    methods: Iterable[str], duration: str, model: str | Path | None = None
+) -> dict[str, Any]:
+    """Return the gridding settings of the first model among ``methods`` (``{}`` if none).
+
+    A run that grids a scan once for several gridded methods (the demo, ``spurig bench``) grids
+    it as the model's training data was gridded, so that the model sees the inputs it learned
+    on; the classical methods share that gridding and stay comparable.  A model that cannot be
+    read gives ``{}`` here: the method that needs it reports the problem when it runs.
+
+    Parameters
+    ----------
+    methods : iterable of str
+        Method names of :data:`~.methods.METHODS`.
+    duration : str
+        The named duration nearest the scan's groups (selects the shipped model).
+    model : path, optional
+        ``--model``; default: the shipped model of the method's family.
+    """
+    from .methods import get_method
+
+    for name in methods:
+        if get_method(name).needs_model:
+            try:
+                return load_method_model(model, method=name, duration=duration).gridding
+            except (InputError, NotAvailableError):
+                return {}
+    return {}
 
 
 def model_encoding(ckpt: str | Path) -> dict[str, Any]:
