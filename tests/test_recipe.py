@@ -18,7 +18,8 @@ from spurig_core.recon.dc import cg_dc, gradient_dc
 from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon, estimate_lipschitz, scaled_init
 from spurig_core.recon.unrolled_io import load_model
 from spurig_core.training.datasets import DCData, Example, save_example
-from spurig_core.training.recipe import RecipeTrainer, load_recipe_config, recipe_loss, run_recipe
+from spurig_core.training.losses import recipe_loss
+from spurig_core.training.recipe import RecipeTrainer, load_recipe_config, run_recipe
 from spurig_core.training.redraw import NOISE_KIND, load_noise, scan_noise
 from test_training import SEQ, N
 from test_unrolled import make_problem, tiny_cfg
@@ -339,7 +340,7 @@ def test_grid_many_is_grid_of_each() -> None:
 
 
 def test_cube_symmetry_is_a_48_element_group_action() -> None:
-    from spurig_core.training.recipe import cube_symmetry
+    from spurig_core.training.augment import cube_symmetry
 
     x = torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).reshape(2, 2, 3, 4)
     y = cube_symmetry(x, (2, 0, 1), (0, 2))

@@ -35,6 +35,7 @@ from spurig_core.operators.igrog import data_fields
 from spurig_core.recon.unrolled_io import truncate_unroll
 from spurig_core.training.recipe import load_recipe_config
 from spurig_core.training.redraw import load_noise
+from spurig_core.training.validation import selection_score
 
 #: Rows of the card's table: label in evaluations.json → what the reader sees.
 ROWS = {
@@ -77,11 +78,21 @@ def _steps_lines(rec: dict[str, Any] | None) -> list[str]:
     if not rec:
         return []
     per = ", ".join(f"{v:.2f}" for v in rec["val_psnr_per_step"])
+    if rec.get("select", "psnr") == "psnr":
+        return [
+            f"- Trained as a {rec['trained']}-step unroll; this file keeps the first "
+            f"{rec['kept']} steps, the number with the best mean validation PSNR (after each "
+            f"step: {per} dB). Later steps lost PSNR: each block's DC steps (step sizes not "
+            "trained in the cached phase) add back noise that the denoiser does not fully "
+            "remove again.",
+        ]
+    t1 = ", ".join(f"{100 * v:.1f}" for v in rec["val_t1_per_step"])
+    t2 = ", ".join(f"{100 * v:.1f}" for v in rec["val_t2_per_step"])
     return [
         f"- Trained as a {rec['trained']}-step unroll; this file keeps the first {rec['kept']} "
-        f"steps, the number with the best mean validation PSNR (after each step: {per} dB). "
-        "Later steps lost PSNR: each block's DC steps (step sizes not trained in the cached "
-        "phase) add back noise that the denoiser does not fully remove again.",
+        f"steps, chosen on the validation subjects by the {rec['select']} rule "
+        f"(`training/validation.py`). After each step: PSNR {per} dB, T1 error {t1} %, "
+        f"T2 error {t2} % (GM+WM).",
     ]
 
 
@@ -155,31 +166,31 @@ def card(
     return "\n".join(lines) + "\n"
 
 
-def select_steps(state: dict[str, Any], data_dir: Path, duration: str) -> list[float]:
-    """Mean validation PSNR c1–c5 of the unroll's output after each step (the run's val split).
+def step_metrics(state: dict[str, Any], cfg: Any) -> list[dict[str, float]]:
+    """Return the validation metrics of the unroll's output after each step (the val split).
 
     The unroll is a fixed iteration, so stopping it after ``K`` steps is a model of ``K`` steps
-    with the same weights; ``K`` is chosen on the validation subjects, as the checkpoint is.
+    with the same weights; ``K`` is chosen on the validation subjects, as the checkpoint is, by
+    the run's ``select`` rule (mean PSNR c1–c5, or with ``val_scans`` also T1/T2 in GM+WM).
     """
     import tempfile
 
-    import numpy as np
     import torch
 
-    from spurig_core.metrics import coefficient_metrics
     from spurig_core.recon.unrolled import estimate_lipschitz
     from spurig_core.recon.unrolled_io import load_model
     from spurig_core.training.datasets import list_subjects, load_example
     from spurig_core.training.steps import amp
+    from spurig_core.training.validation import load_maps_reference, mean_metrics, val_metrics
 
     with tempfile.TemporaryDirectory() as td:  # load_model reads a file; never the data folder
         model, _ = load_model(save_checkpoint(state, Path(td) / "model.pt"))
-    sums = np.zeros(model.cfg.steps)
-    subjects = list_subjects(data_dir, "val")
+    rows: list[list[dict[str, float]]] = [[] for _ in range(model.cfg.steps)]
     with torch.no_grad():
-        for d in subjects:
-            ex = load_example(d, durations=[duration])
-            dc = ex.dc[duration]
+        for d in list_subjects(Path(cfg.data_dir), "val"):
+            ex = load_example(d, durations=[cfg.duration])
+            ref = load_maps_reference(cfg.val_scans, ex.name) if cfg.val_scans else None
+            dc = ex.dc[cfg.duration]
             op = dc.build_operator()
             lip = estimate_lipschitz(op, dc.ahb, iters=model.cfg.power_iters)
             x = dc.x0
@@ -187,10 +198,16 @@ def select_steps(state: dict[str, Any], data_dir: Path, duration: str) -> list[f
                 half = model.dc_half(op, dc.ahb, x, i, lip)
                 with amp(True, half.device):
                     x = model.denoiser(i)(half, i + 1)
-                sums[i] += np.mean(
-                    coefficient_metrics(x.to(torch.complex64), ex.target, ex.tissue)["psnr"]
-                )
-    return [float(v) for v in sums / len(subjects)]
+                rows[i].append(val_metrics(x, ex, ref))
+    return [mean_metrics(r) for r in rows]
+
+
+def _dc_only_metrics(run: Path) -> dict[str, float]:
+    """Return the validation metrics of update 0 (the DC-only state) from the run's history."""
+    first = _history(run)[0]
+    return {
+        k[4:]: float(v) for k, v in first.items() if k in ("val_psnr", "val_t1", "val_t2") and v
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--select-steps",
         action="store_true",
-        help="keep the first K unrolled steps, K of the best mean validation PSNR",
+        help="keep the first K unrolled steps, K of the best validation score (the run's select)",
     )
     args = p.parse_args(argv)
     run, config = args.run.resolve(), args.config.resolve()
@@ -220,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         # prepare_redraw trains the kernel without noise matching whatever the flag said
         state["gridding"]["noise_matched"] = False
     if args.select_steps and not args.card_only:
-        per_step = select_steps(state, Path(cfg.data_dir), cfg.duration)
-        best = max(range(len(per_step)), key=per_step.__getitem__) + 1
-        print("validation PSNR per step: " + ", ".join(f"{v:.2f}" for v in per_step))
-        state = truncate_unroll(state, best, {"val_psnr_per_step": per_step})
+        per_step = step_metrics(state, cfg)
+        base = _dc_only_metrics(run)
+        scores = [selection_score(m, base, cfg.select) for m in per_step]
+        best = max(range(len(per_step)), key=scores.__getitem__) + 1
+        record: dict[str, Any] = {"select": cfg.select}
+        for key in per_step[0]:
+            record[f"val_{key}_per_step"] = [m[key] for m in per_step]
+            print(f"validation {key} per step: " + ", ".join(f"{m[key]:.4g}" for m in per_step))
+        state = truncate_unroll(state, best, record)
     if not args.card_only:
         save_checkpoint(state, MODELS / name)
     _plot(_history(run), MODELS / f"{Path(name).stem}-validation.png")

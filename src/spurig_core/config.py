@@ -151,6 +151,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "finetune_lr": "> 0",
         "tissue_weights": ">= 0",
         "magnitude_weight": ">= 0",
+        "fingerprint_weight": ">= 0",
         "seed": ">= 0",
         "max_train": ">= 0",
         "max_val": ">= 0",

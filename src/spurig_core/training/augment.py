@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["AugmentConfig", "apply_affine", "random_affine", "random_crop", "rotation_matrix"]
+__all__ = [
+    "AugmentConfig",
+    "apply_affine",
+    "cube_symmetry",
+    "random_affine",
+    "random_crop",
+    "rotation_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -124,3 +131,19 @@ def random_crop(
         start = int(rng.integers(0, n - k + 1))
         out.append(slice(start, start + k))
     return out[0], out[1], out[2]
+
+
+def cube_symmetry(x: torch.Tensor, perm: tuple[int, ...], flips: tuple[int, ...]) -> torch.Tensor:
+    """Permute and flip the last three (spatial) axes of ``x``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., x, y, z)
+    perm : tuple of 3 int
+        A permutation of ``(0, 1, 2)``.
+    flips : tuple of int
+        Spatial axes (0–2, after the permutation) to reverse.
+    """
+    lead = x.ndim - 3
+    y = x.permute(*range(lead), *(lead + p for p in perm))
+    return torch.flip(y, [lead + f for f in flips]) if flips else y

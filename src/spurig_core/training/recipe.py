@@ -18,11 +18,14 @@ Phases, one counter of optimiser updates ``u`` (full 48³ volumes, batch 1):
    checkpointing on a fresh draw, loss on the output only; the DC parameters (``μ_i``, ``λ_i``)
    are trained here.
 
-Loss (:func:`recipe_loss`): tissue-weighted L1 of the real and imaginary parts (uniform weights by
-default; the paper's ``1, 1, 10, 10, 1`` is the option ``tissue_weights``) plus
-``magnitude_weight`` times the L1 of the magnitudes, which PSNR/SSIM count.  Every ``val_every``
-updates the whole unroll runs on the validation subjects' own scans; ``model.pt`` is the one
-with the best mean PSNR c1–c5 (SPEC §5 metric), ``last.pt`` resumes the run exactly from there.
+Loss (:func:`~.losses.recipe_loss`): tissue-weighted L1 of the real and imaginary parts (uniform
+weights by default; the paper's ``1, 1, 10, 10, 1`` is the option ``tissue_weights``) plus
+``magnitude_weight`` times the L1 of the magnitudes, which PSNR/SSIM count, and optionally
+``fingerprint_weight`` times the GM/WM coefficient-direction term that the T1/T2 errors count.
+Every ``val_every`` updates the whole unroll runs on the validation subjects' own scans;
+``model.pt`` is the one with the best score (:mod:`.validation`: mean PSNR c1–c5, or with
+``val_scans`` the image, T1 and T2 errors together), ``last.pt`` resumes the run exactly from
+there.
 """
 
 from __future__ import annotations
@@ -38,21 +41,38 @@ import torch
 
 from ..config import from_dict, read_toml, to_dict
 from ..errors import InputError
-from ..metrics import coefficient_metrics
 from ..operators.igrog import data_fields
 from ..recon.classical import norm_matching_scale
 from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon, estimate_lipschitz
 from ..recon.unrolled_io import model_state
+from .augment import cube_symmetry
 from .datasets import Example, list_subjects, load_example
-from .losses import tissue_l1
+from .losses import UNIFORM, recipe_loss
 from .records import rng_state, set_rng_state, write_csv
 from .redraw import NoiseDraws, load_noise
 from .steps import amp
+from .validation import (
+    SELECT_RULES,
+    MapsReference,
+    load_maps_reference,
+    mean_metrics,
+    selection_score,
+    val_metrics,
+)
 
-__all__ = ["RecipeConfig", "RecipeTrainer", "cube_symmetry", "recipe_loss", "run_recipe"]
+__all__ = ["RecipeConfig", "RecipeTrainer", "load_recipe_config", "run_recipe"]
 
-UNIFORM = (1.0, 1.0, 1.0, 1.0, 1.0)
-HISTORY_COLUMNS = ("update", "phase", "train_loss", "val_psnr", "lr", "time_s")
+HISTORY_COLUMNS = (
+    "update",
+    "phase",
+    "train_loss",
+    "val_psnr",
+    "val_t1",
+    "val_t2",
+    "val_score",
+    "lr",
+    "time_s",
+)
 
 
 @dataclass(frozen=True)
@@ -84,12 +104,23 @@ class RecipeConfig:
     lr_min_ratio : float
     val_every : int
         Updates between validations (and checkpoints).
+    val_scans : str
+        Folder of the validation subjects' simulated scans (``<subject>.h5``, relative to the
+        TOML): with it every validation also reports the T1/T2 errors (GM+WM) of the output
+        (:mod:`.validation`); ``""``: PSNR only.
+    select : {"psnr", "error-ratio"}
+        How ``model.pt`` is chosen among the validations (:func:`.validation.selection_score`):
+        best PSNR, or the lowest mean of the image, T1 and T2 errors, each relative to the
+        DC-only state's (needs ``val_scans``).
     lr, finetune_lr : float
         Adam learning rates of phase 1 and 2.
     tissue_weights : tuple of float
         λ per label of the L1 term (uniform; the paper's ``1, 1, 10, 10, 1`` as an option).
     magnitude_weight : float
         Weight of the magnitude L1 term.
+    fingerprint_weight : float
+        Weight of :func:`~.losses.fingerprint_loss` (GM/WM coefficient directions, what the
+        T1/T2 errors measure); ``0`` leaves it out (the v3 models).
     fresh_noise : bool
         Draw a noise realisation per refresh / fine-tuning update (``False``: always the scan's own,
         the shipped models' data).
@@ -117,10 +148,13 @@ class RecipeConfig:
     lr_schedule: str = "constant"
     lr_min_ratio: float = 0.1
     val_every: int = 150
+    val_scans: str = ""
+    select: str = "psnr"
     lr: float = 1e-3
     finetune_lr: float = 1e-4
     tissue_weights: tuple[float, ...] = UNIFORM
     magnitude_weight: float = 1.0
+    fingerprint_weight: float = 0.0
     fresh_noise: bool = True
     symmetries: bool = True
     bf16: bool = True
@@ -134,6 +168,10 @@ class RecipeConfig:
             raise InputError(f"lr_schedule: {self.lr_schedule!r} is not 'constant' or 'cosine'")
         if self.refresh_subjects < 0:
             raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
+        if self.select not in SELECT_RULES:
+            raise InputError(f"select: {self.select!r} is not one of {', '.join(SELECT_RULES)}")
+        if self.select != "psnr" and not self.val_scans:
+            raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
 
     def lr_at(self, update: int) -> float:
         """Learning rate of the cached phase at ``update``."""
@@ -149,48 +187,6 @@ class RecipeConfig:
     def total(self) -> int:
         """All updates of the run."""
         return self.pretrain_updates + self.gleam_updates + self.finetune_updates
-
-
-def cube_symmetry(x: torch.Tensor, perm: tuple[int, ...], flips: tuple[int, ...]) -> torch.Tensor:
-    """Permute and flip the last three (spatial) axes of ``x``.
-
-    Parameters
-    ----------
-    x : Tensor, shape (..., x, y, z)
-    perm : tuple of 3 int
-        A permutation of ``(0, 1, 2)``.
-    flips : tuple of int
-        Spatial axes (0–2, after the permutation) to reverse.
-    """
-    lead = x.ndim - 3
-    y = x.permute(*range(lead), *(lead + p for p in perm))
-    return torch.flip(y, [lead + f for f in flips]) if flips else y
-
-
-def recipe_loss(
-    out: torch.Tensor,
-    target: torch.Tensor,
-    tissue: torch.Tensor,
-    weights: tuple[float, ...] = UNIFORM,
-    magnitude_weight: float = 1.0,
-) -> torch.Tensor:
-    """Tissue-weighted complex L1 plus ``magnitude_weight`` × the L1 of the magnitudes.
-
-    Parameters
-    ----------
-    out, target : Tensor, shape (basis, x, y, z), complex64
-    tissue : Tensor, shape (x, y, z), uint8
-    weights : tuple of float
-    magnitude_weight : float
-
-    Returns
-    -------
-    Tensor, scalar
-    """
-    loss = tissue_l1(out, target, tissue, weights)
-    if magnitude_weight > 0:
-        loss = loss + magnitude_weight * (out.abs() - target.abs()).abs().mean()
-    return loss
 
 
 @dataclass(eq=False)
@@ -242,6 +238,11 @@ class RecipeTrainer:
         for s in self.train:
             s.release()
         self.val = [self._subject(d) for d in va]  # kept: every validation needs them
+        self.val_refs = (
+            [load_maps_reference(cfg.val_scans, s.ex.name) for s in self.val]
+            if cfg.val_scans and self.val
+            else None
+        )
         self.cursor = 0  # the next subject of the rolling refresh
         torch.manual_seed(cfg.seed)
         self.model = UnrolledRecon(cfg.model)
@@ -253,7 +254,9 @@ class RecipeTrainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.update = 0
-        self.best = -math.inf
+        self.best = -math.inf  # selection score of model.pt (cfg.select)
+        self.base: dict[str, float] = {}  # validation metrics of the DC-only state (update 0)
+        self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.ft_opt: torch.optim.Adam | None = None
 
@@ -325,7 +328,9 @@ class RecipeTrainer:
         self.opt.zero_grad(set_to_none=True)
         with amp(cfg.bf16, x.device):
             out = self.model.denoiser(i)(x, i + 1)
-        loss = recipe_loss(out, tgt, tis, cfg.tissue_weights, cfg.magnitude_weight)
+        loss = recipe_loss(
+            out, tgt, tis, cfg.tissue_weights, cfg.magnitude_weight, cfg.fingerprint_weight
+        )
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -340,26 +345,45 @@ class RecipeTrainer:
         with amp(cfg.bf16, x0.device):
             out = self.model(s.op, ahb, x0, lipschitz=s.lip, mode="checkpoint")
         assert isinstance(out, torch.Tensor)
-        loss = recipe_loss(out, s.ex.target, s.ex.tissue, cfg.tissue_weights, cfg.magnitude_weight)
+        loss = recipe_loss(
+            out,
+            s.ex.target,
+            s.ex.tissue,
+            cfg.tissue_weights,
+            cfg.magnitude_weight,
+            cfg.fingerprint_weight,
+        )
         loss.backward()
         self.ft_opt.step()
         s.release()
         return float(loss.detach())
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean PSNR c1–c5 (dB) of the whole unroll on the validation subjects' own scans."""
+    def validate(self) -> dict[str, float]:
+        """Metrics of the whole unroll on the validation subjects' own scans (their means).
+
+        ``{"psnr": dB}`` (mean PSNR c1–c5), plus ``"t1"``/``"t2"`` (GM+WM errors) with
+        ``val_scans`` (:func:`.validation.val_metrics`).
+        """
         subjects = self.val or self.train[:1]
+        refs: list[MapsReference | None] = [None] * len(subjects)
+        if self.val_refs:
+            refs = list(self.val_refs)
         self.model.eval()
-        vals = []
-        for s in subjects:
+        rows = []
+        for s, ref in zip(subjects, refs, strict=True):
             dc = s.ex.dc[self.cfg.duration]
             with amp(self.cfg.bf16, dc.ahb.device):
                 out = self.model(s.op, dc.ahb, dc.x0, lipschitz=s.lip)
             assert isinstance(out, torch.Tensor)
-            vals.append(float(np.mean(coefficient_metrics(out, s.ex.target, s.ex.tissue)["psnr"])))
+            rows.append(val_metrics(out, s.ex, ref))
         self.model.train()
-        return float(np.mean(vals))
+        return mean_metrics(rows)
+
+    @staticmethod
+    def _columns(m: dict[str, float]) -> dict[str, float]:
+        """History columns of a validation's metrics."""
+        return {f"val_{k}": v for k, v in m.items()}
 
     # -- checkpoints --------------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
@@ -383,7 +407,9 @@ class RecipeTrainer:
             "train_config": to_dict(self.cfg),
             "update": self.update,
             "encoding": enc,
-            "best_val_psnr": self.best,
+            "best_val_psnr": self.best_metrics.get("psnr", self.best),
+            "best_val_metrics": dict(self.best_metrics),
+            "select": self.cfg.select,
             "train_subjects": [s.ex.name for s in self.train],
         }
 
@@ -405,6 +431,7 @@ class RecipeTrainer:
             "optimizer": self.opt.state_dict(),
             "ft_optimizer": self.ft_opt.state_dict() if self.ft_opt is not None else None,
             "best": self.best,
+            "val_base": dict(self.base),
             "history": list(self.history),
             "rng": rng_state(self.rng, self.gen),
             "cursor": self.cursor,
@@ -425,6 +452,9 @@ class RecipeTrainer:
         self.update = int(state["update"])
         self.best = float(state["best"])
         self.history = list(state["history"])
+        first = self.history[0] if self.history else {}
+        self.base = dict(state.get("val_base") or {"psnr": float(first.get("val_psnr", 0.0))})
+        self.best_metrics = dict(state.get("best_val_metrics") or {"psnr": self.best})
         set_rng_state(state["rng"], self.rng, self.gen)
         self.cursor = int(state.get("cursor", 0)) % len(self.train)
 
@@ -435,9 +465,17 @@ class RecipeTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         cached_end = cfg.pretrain_updates + cfg.gleam_updates
         if self.update == 0:
-            self.best = self.validate()
-            self.history.append({"update": 0, "phase": "dc-only", "val_psnr": self.best})
-            log(f"update 0: validation PSNR {self.best:.2f} dB (identity denoiser = DC only)")
+            self.base = self.best_metrics = self.validate()
+            self.best = selection_score(self.base, self.base, cfg.select)
+            self.history.append(
+                {
+                    "update": 0,
+                    "phase": "dc-only",
+                    **self._columns(self.base),
+                    "val_score": self.best,
+                }
+            )
+            log(f"update 0: validation {_describe(self.base)} (identity denoiser = DC only)")
             self._save(True)
         losses: list[float] = []
         t0 = time.perf_counter()
@@ -463,20 +501,23 @@ class RecipeTrainer:
             self.update += 1
             if self.update % cfg.val_every == 0 or self.update == cfg.total:
                 v = self.validate()
-                improved = v > self.best
-                self.best = max(self.best, v)
+                score = selection_score(v, self.base, cfg.select)
+                improved = score > self.best
+                if improved:
+                    self.best, self.best_metrics = score, v
                 row = {
                     "update": self.update,
                     "phase": phase,
                     "train_loss": float(np.mean(losses)),
-                    "val_psnr": v,
+                    **self._columns(v),
+                    "val_score": score,
                     "lr": cfg.lr_at(u) if phase != "finetune" else cfg.finetune_lr,
                     "time_s": time.perf_counter() - t0,
                 }
                 self.history.append(row)
                 log(
                     f"update {self.update} ({phase}): loss {row['train_loss']:.4f}, "
-                    f"validation PSNR {v:.2f} dB{' (best)' if improved else ''}, "
+                    f"validation {_describe(v)}{' (best)' if improved else ''}, "
                     f"{row['time_s']:.0f} s"
                 )
                 self._save(improved)
@@ -484,12 +525,20 @@ class RecipeTrainer:
         return self.out / "model.pt"
 
 
+def _describe(m: dict[str, float]) -> str:
+    """``PSNR 27.56 dB`` and, where measured, ``T1 10.5 %, T2 15.7 %``."""
+    text = f"PSNR {m['psnr']:.2f} dB"
+    if "t1" in m:
+        text += f", T1 {100 * m['t1']:.1f} %, T2 {100 * m['t2']:.1f} %"
+    return text
+
+
 def load_recipe_config(path: str | Path) -> RecipeConfig:
     """Read a :class:`RecipeConfig` TOML; relative paths are relative to the file."""
     p = Path(path)
     cfg = from_dict(RecipeConfig, read_toml(p), where=f"config {p}", table="")
     fix: dict[str, Any] = {}
-    for key in ("data_dir", "out_dir", "init"):
+    for key in ("data_dir", "out_dir", "init", "val_scans"):
         v = getattr(cfg, key)
         if v and not Path(v).is_absolute():
             fix[key] = str(p.parent / v)
