@@ -24,9 +24,9 @@ def _load(path: Path) -> Any:
     stage = next((s for s in ("pretrain", "gleam", "finetune") if path.stem.startswith(s)), None)
     if stage is not None:
         return load_stage_config(stage, path)
-    if path.stem.startswith("recipe"):
-        return load_recipe_config(path)
     data = read_toml(path)
+    if path.stem.startswith("recipe") or "gleam_updates" in data:  # recipe runs (e.g. arm-E-2min)
+        return load_recipe_config(path)
     if "redraw" in data:  # tools/prepare_redraw.py
         tables = {**recon_tables(), "redraw": RedrawConfig}
         return check_tables(data, tables, where=f"config {path}")

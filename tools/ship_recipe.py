@@ -53,7 +53,8 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _plot(rows: list[dict[str, str]], dest: Path) -> None:
+def _plot(rows: list[dict[str, str]], dest: Path, start: str = "DC only") -> None:
+    """Draw the validation PSNR per update and, where validated, the T1/T2 errors."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,12 +62,27 @@ def _plot(rows: list[dict[str, str]], dest: Path) -> None:
 
     u = [int(r["update"]) for r in rows]
     v = [float(r["val_psnr"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    ax.plot(u, v, marker="o", ms=3)
-    ax.axhline(v[0], color="grey", ls="--", lw=1, label="DC only (update 0)")
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=110)
+    ax.plot(u, v, marker="o", ms=3, label="PSNR c1–c5")
+    ax.axhline(v[0], color="grey", ls="--", lw=1, label=f"{start} (update 0)")
     ax.set_xlabel("update")
     ax.set_ylabel("validation PSNR c1–c5 (dB)")
-    ax.legend(loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    if all(r.get("val_t1") for r in rows):
+        ax2 = ax.twinx()
+        for key, color in (("val_t1", "tab:red"), ("val_t2", "tab:green")):
+            ax2.plot(
+                u,
+                [100 * float(r[key]) for r in rows],
+                marker="s",
+                ms=3,
+                color=color,
+                label=f"{key[4:].upper()} error (GM+WM)",
+            )
+        ax2.set_ylabel("relative error (%)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="center right", fontsize=7, framealpha=0.9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(dest) as tmp:
@@ -96,6 +112,42 @@ def _steps_lines(rec: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _val_text(row: dict[str, str]) -> str:
+    text = f"PSNR {float(row['val_psnr']):.2f} dB"
+    if row.get("val_t1"):
+        text += f", T1 {100 * float(row['val_t1']):.1f} %, T2 {100 * float(row['val_t2']):.1f} %"
+    return text
+
+
+def _loss_text(cfg: Any) -> str:
+    w = cfg.tissue_weights
+    text = "uniform complex L1" if len(set(w)) == 1 else f"complex L1, tissue weights {list(w)}"
+    text += f" + {cfg.magnitude_weight} × magnitude L1"
+    if cfg.fingerprint_weight > 0:
+        text += f" + {cfg.fingerprint_weight} × GM/WM fingerprint term"
+    return text
+
+
+def _lineage(cfg: Any) -> list[str]:
+    """One line per run this one continued (``init`` chains), back to a shipped file."""
+    lines, init, seen = [], cfg.init, set()
+    while init and init not in seen:
+        seen.add(init)
+        path = Path(init)
+        if path.resolve().parent == MODELS.resolve() or not path.exists():
+            lines.append(f"  - from the shipped `{path.name}` of the previous release (v3)")
+            break
+        tc = load_checkpoint(path).get("train_config") or {}
+        updates = [tc.get(k, 0) for k in ("pretrain_updates", "gleam_updates", "finetune_updates")]
+        lines.append(
+            f"  - from `{path.parent.name}` ({updates[0]} pretraining, {updates[1]} GLEAM, "
+            f"{updates[2]} end-to-end updates; "
+            f"fingerprint weight {tc.get('fingerprint_weight', 0)})"
+        )
+        init = tc.get("init", "")
+    return ["- Continued:", *lines] if lines else []
+
+
 def card(
     name: str, run: Path, config: Path, evals: list[dict[str, Any]], labels: dict[str, str]
 ) -> str:
@@ -105,7 +157,8 @@ def card(
     net = state["config"]["network"]
     dom = state.get("domain") or {}
     hist = _history(run)
-    best = max(hist, key=lambda r: float(r["val_psnr"]))
+    best = next((r for r in hist if int(r["update"]) == int(state.get("update", -1))), None)
+    best = best or max(hist, key=lambda r: float(r["val_psnr"]))
     minutes = sum(float(r.get("time_s") or 0.0) for r in hist) / 60
     rel = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
     lines = [
@@ -141,10 +194,11 @@ def card(
         f"{cfg.pretrain_updates} pretraining updates on the DC-only states, {cfg.gleam_updates} "
         f"GLEAM updates on cached states (rolling refresh of {cfg.refresh_subjects} subjects every "
         f"{cfg.refresh_every}), {cfg.finetune_updates} end-to-end updates; learning rate {cfg.lr} "
-        f"({cfg.lr_schedule}); loss: uniform complex L1 + {cfg.magnitude_weight} × magnitude L1.",
+        f"({cfg.lr_schedule}); loss: {_loss_text(cfg)}; checkpoint chosen by {cfg.select}.",
+        *_lineage(cfg),
         f"- Ran {hist[-1]['update']} updates in {minutes:.0f} minutes (1 CPU thread, shared "
-        f"machine); this file is update {best['update']}: validation PSNR "
-        f"{float(best['val_psnr']):.2f} dB (DC only {float(hist[0]['val_psnr']):.2f} dB).",
+        f"machine); this file is update {best['update']}: validation {_val_text(best)} "
+        f"(update 0, {'the initial model' if cfg.init else 'DC only'}: {_val_text(hist[0])}).",
         "",
         f"![validation PSNR]({Path(name).stem}-validation.png)",
         "",
@@ -202,8 +256,8 @@ def step_metrics(state: dict[str, Any], cfg: Any) -> list[dict[str, float]]:
     return [mean_metrics(r) for r in rows]
 
 
-def _dc_only_metrics(run: Path) -> dict[str, float]:
-    """Return the validation metrics of update 0 (the DC-only state) from the run's history."""
+def _start_metrics(run: Path) -> dict[str, float]:
+    """Return the validation metrics of update 0 (DC only, or the initial model)."""
     first = _history(run)[0]
     return {
         k[4:]: float(v) for k, v in first.items() if k in ("val_psnr", "val_t1", "val_t2") and v
@@ -231,14 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     state = load_checkpoint(run / "model.pt")
     if args.card_only:
         pass
-    elif not state.get("gridding"):
-        subj = sorted((Path(cfg.data_dir) / "train").iterdir())[0]
-        state["gridding"] = data_fields(load_noise(subj, cfg.duration).gridding)
+    else:
+        if not state.get("gridding"):
+            subj = sorted((Path(cfg.data_dir) / "train").iterdir())[0]
+            state["gridding"] = data_fields(load_noise(subj, cfg.duration).gridding)
         # prepare_redraw trains the kernel without noise matching whatever the flag said
         state["gridding"]["noise_matched"] = False
     if args.select_steps and not args.card_only:
         per_step = step_metrics(state, cfg)
-        base = _dc_only_metrics(run)
+        base = _start_metrics(run)
         scores = [selection_score(m, base, cfg.select) for m in per_step]
         best = max(range(len(per_step)), key=scores.__getitem__) + 1
         record: dict[str, Any] = {"select": cfg.select}
@@ -248,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         state = truncate_unroll(state, best, record)
     if not args.card_only:
         save_checkpoint(state, MODELS / name)
-    _plot(_history(run), MODELS / f"{Path(name).stem}-validation.png")
+    start = "initial model" if cfg.init else "DC only"
+    _plot(_history(run), MODELS / f"{Path(name).stem}-validation.png", start)
     evals = json.loads(Path(args.eval).read_text()) if args.eval else []
     labels = json.loads(args.labels) if args.labels else ROWS
     with atomic_path(MODELS / f"{Path(name).stem}.md") as tmp:

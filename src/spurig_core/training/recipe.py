@@ -111,7 +111,7 @@ class RecipeConfig:
     select : {"psnr", "error-ratio"}
         How ``model.pt`` is chosen among the validations (:func:`.validation.selection_score`):
         best PSNR, or the lowest mean of the image, T1 and T2 errors, each relative to the
-        DC-only state's (needs ``val_scans``).
+        state at update 0 (needs ``val_scans``).
     lr, finetune_lr : float
         Adam learning rates of phase 1 and 2.
     tissue_weights : tuple of float
@@ -255,7 +255,7 @@ class RecipeTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.update = 0
         self.best = -math.inf  # selection score of model.pt (cfg.select)
-        self.base: dict[str, float] = {}  # validation metrics of the DC-only state (update 0)
+        self.base: dict[str, float] = {}  # validation metrics at update 0 (DC only or init)
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.ft_opt: torch.optim.Adam | None = None
@@ -398,10 +398,12 @@ class RecipeTrainer:
             domain["coils"] = int(dc.operator["coil_maps"].shape[0])
         if self.train[0].noise.voxel_mm:
             domain["voxel_mm"] = list(self.train[0].noise.voxel_mm)
-        grid = self.train[0].noise.gridding
+        grid = data_fields(self.train[0].noise.gridding or {})
+        if grid:  # prepare_redraw trains the kernel without noise matching, whatever it recorded
+            grid["noise_matched"] = False
         return {
             "domain": domain,
-            **({"gridding": data_fields(grid)} if grid else {}),
+            **({"gridding": grid} if grid else {}),
             "stage": "recipe",
             "duration": self.cfg.duration,
             "train_config": to_dict(self.cfg),
@@ -470,12 +472,13 @@ class RecipeTrainer:
             self.history.append(
                 {
                     "update": 0,
-                    "phase": "dc-only",
+                    "phase": "init" if cfg.init else "dc-only",
                     **self._columns(self.base),
                     "val_score": self.best,
                 }
             )
-            log(f"update 0: validation {_describe(self.base)} (identity denoiser = DC only)")
+            start = "the initial model" if cfg.init else "identity denoiser = DC only"
+            log(f"update 0: validation {_describe(self.base)} ({start})")
             self._save(True)
         losses: list[float] = []
         t0 = time.perf_counter()

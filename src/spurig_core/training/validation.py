@@ -6,10 +6,10 @@ trade the maps for the background: the v3 models were 1.8 dB above LLR in PSNR w
 above LLR's.  Here a validation output is scored on all three:
 
 - ``"psnr"``: the mean PSNR c1–c5 (dB; higher is better) — the v3 rule;
-- ``"error-ratio"``: each error as a fraction of the DC-only state's error on the same
-  validation subjects (update 0), averaged — ``(10^{−ΔPSNR/20} + T1/T1₀ + T2/T2₀) / 3`` — and
-  negated so that higher is better.  An output with the image error and both map errors halved
-  scores −0.5; the DC-only state scores −1.
+- ``"error-ratio"``: each error as a fraction of the error at update 0 on the same validation
+  subjects (the DC-only state, or the initial model of a run with ``init``), averaged —
+  ``(10^{−ΔPSNR/20} + T1/T1₀ + T2/T2₀) / 3`` — and negated so that higher is better.  An output
+  with the image error and both map errors halved scores −0.5; the update-0 state scores −1.
 
 The T1/T2 errors need each validation subject's ground truth and B1 map, read from its simulated
 scan (``val_scans``: ``<subject>.h5``); the output is matched as ``spurig match`` matches a result
@@ -109,7 +109,7 @@ def selection_score(metrics: dict[str, float], base: dict[str, float], rule: str
     Parameters
     ----------
     metrics, base : dict
-        :func:`val_metrics` means of the output and of the DC-only state (update 0).
+        :func:`val_metrics` means of the output and of the state at update 0.
     rule : {"psnr", "error-ratio"}
 
     Raises
