@@ -119,6 +119,13 @@ def test_run_selects_on_the_maps_and_records_them(
         load_recipe_config(_config(cohort, tmp_path / "bad", select="error-ratio"))
     with pytest.raises(InputError, match="select"):
         load_recipe_config(_config(cohort, tmp_path / "bad2", select="ssim"))
+    noval = tmp_path / "noval"
+    noval.mkdir()
+    (noval / "train").symlink_to(cohort / "train")
+    with pytest.raises(InputError, match="validation subjects"):
+        run_recipe(
+            _config(noval, tmp_path / "bad3", val_scans=str(scan16.parent), select="error-ratio")
+        )
     cfg = _config(
         cohort,
         tmp_path / "run",

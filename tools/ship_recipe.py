@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if not state.get("gridding"):
             subj = sorted((Path(cfg.data_dir) / "train").iterdir())[0]
             state["gridding"] = data_fields(load_noise(subj, cfg.duration).gridding)
-        # prepare_redraw trains the kernel without noise matching whatever the flag said
+        # runs that recorded the prepared files' flag as given (load_noise now corrects it):
+        # prepare_redraw trains the kernel without noise matching
         state["gridding"]["noise_matched"] = False
     if args.select_steps and not args.card_only:
         per_step = step_metrics(state, cfg)

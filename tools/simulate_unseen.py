@@ -23,7 +23,7 @@ import numpy as np
 
 from spurig_core.errors import InputError
 from spurig_core.io import atomic_path, write_scan
-from spurig_core.simulation import SimulationConfig, scan_of_subject
+from spurig_core.simulation import SimulationConfig, scan_of_subject, scan_seeds
 from spurig_core.simulation.phantom import brain_subject
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SimulationConfig(
             matrix=args.matrix, coils=args.coils, groups=args.groups, noise=args.noise
         )
-        s_subject = int(np.random.SeedSequence(args.seed).generate_state(3)[0])
+        s_subject = scan_seeds(args.seed)[0]
         subj = brain_subject(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
         subj = dataclasses.replace(
             subj,

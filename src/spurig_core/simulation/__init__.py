@@ -21,7 +21,7 @@ from .coils import CoilConfig
 from .kspace import calibration_data, nufft_forward
 from .phantom import PhantomConfig, Subject
 from .sample import sample_scan_path
-from .scan import acquire_scan, effective_reference, scan_of_subject, simulate_scan
+from .scan import acquire_scan, effective_reference, scan_of_subject, scan_seeds, simulate_scan
 from .scan_config import SimulationConfig
 from .signals import signal_subspace
 from .trajectory import TrajectoryConfig, spi_trajectory
@@ -39,6 +39,7 @@ __all__ = [
     "nufft_forward",
     "sample_scan_path",
     "scan_of_subject",
+    "scan_seeds",
     "signal_subspace",
     "simulate",
     "simulate_cohort",

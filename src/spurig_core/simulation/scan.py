@@ -28,7 +28,23 @@ from .scan_config import SimulationConfig
 from .signals import signal_subspace
 from .trajectory import spi_trajectory
 
-__all__ = ["acquire_scan", "effective_reference", "scan_of_subject", "simulate_scan"]
+__all__ = [
+    "acquire_scan",
+    "effective_reference",
+    "scan_of_subject",
+    "scan_seeds",
+    "simulate_scan",
+]
+
+
+def scan_seeds(seed: int) -> tuple[int, int, int]:
+    """Return the seeds of a scan's subject, coil array and k-space noise, derived from ``seed``.
+
+    Every consumer that must reproduce one of the three streams of ``simulate --seed`` (the
+    unseen-scan tool's subject, the re-drawn training noise) derives it here.
+    """
+    a, b, c = (int(v) for v in np.random.SeedSequence(int(seed)).generate_state(3))
+    return a, b, c
 
 
 def _add_noise(
@@ -120,7 +136,7 @@ def simulate_scan(
     """
     cfg = config or SimulationConfig()
     seq = sequence or FispSequence.default()
-    s_subject = int(np.random.SeedSequence(seed).generate_state(3)[0])
+    s_subject = scan_seeds(seed)[0]
     emit(callback, "subject", 0, 3, f"{cfg.phantom} subject {cfg.matrix}³")
     make = brain_subject if cfg.phantom == "brain" else analytic_subject
     subject = make(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
@@ -147,7 +163,7 @@ def scan_of_subject(
         With ``calibration``, ``coil_maps``, ``b1`` and ``reference`` set.
     """
     cfg, seq = config, sequence or FispSequence.default()
-    s_coils = int(np.random.SeedSequence(seed).generate_state(3)[1])
+    s_coils = scan_seeds(seed)[1]
     emit(callback, "subject", 1, 3, "coil array")
     maps = head_array(
         cfg.matrix,
@@ -216,7 +232,7 @@ def acquire_scan(
     Scan
     """
     cfg, seq, maps = config, sequence, coil_maps
-    s_noise = int(np.random.SeedSequence(seed).generate_state(3)[2])
+    s_noise = scan_seeds(seed)[2]
     traj = spi_trajectory(cfg.matrix, cfg.groups, seq.n_tr, cfg.trajectory_config)
     kspace = nufft_forward(
         images, maps, traj, basis, eps=cfg.nufft_eps, group_chunk=cfg.group_chunk, callback=callback

@@ -237,6 +237,10 @@ class RecipeTrainer:
         self.train = [self._subject(d) for d in tr]
         for s in self.train:
             s.release()
+        if cfg.select != "psnr" and not va:
+            raise InputError(
+                f"select = {cfg.select!r} needs validation subjects in {self.data}/val"
+            )
         self.val = [self._subject(d) for d in va]  # kept: every validation needs them
         self.val_refs = (
             [load_maps_reference(cfg.val_scans, s.ex.name) for s in self.val]
@@ -366,9 +370,8 @@ class RecipeTrainer:
         ``val_scans`` (:func:`.validation.val_metrics`).
         """
         subjects = self.val or self.train[:1]
-        refs: list[MapsReference | None] = [None] * len(subjects)
-        if self.val_refs:
-            refs = list(self.val_refs)
+        none: list[MapsReference | None] = [None] * len(subjects)
+        refs = self.val_refs or none
         self.model.eval()
         rows = []
         for s, ref in zip(subjects, refs, strict=True):
@@ -399,8 +402,6 @@ class RecipeTrainer:
         if self.train[0].noise.voxel_mm:
             domain["voxel_mm"] = list(self.train[0].noise.voxel_mm)
         grid = data_fields(self.train[0].noise.gridding or {})
-        if grid:  # prepare_redraw trains the kernel without noise matching, whatever it recorded
-            grid["noise_matched"] = False
         return {
             "domain": domain,
             **({"gridding": grid} if grid else {}),

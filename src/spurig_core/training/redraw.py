@@ -131,7 +131,9 @@ def scan_noise(kspace: torch.Tensor, seed: int, noise: float) -> tuple[torch.Ten
     sigma : float
         Its standard deviation per complex sample.
     """
-    s_noise = int(np.random.SeedSequence(int(seed)).generate_state(3)[2])
+    from ..simulation.scan import scan_seeds
+
+    s_noise = scan_seeds(seed)[2]
     unit = _unit_draws(tuple(kspace.shape), np.random.default_rng(s_noise))
     y0 = kspace[..., 0].numpy().astype(np.complex128)
     u0 = unit[..., 0].astype(np.complex128)
@@ -426,11 +428,9 @@ def load_noise(subject_dir: str | Path, duration: str) -> NoiseDraws:
         raise InputError(f"{p}: draws {tuple(dr.shape)} do not fit clean {tuple(clean.shape)}")
     vox = s.get("voxel_mm")
     grid = s.get("gridding")
+    # as applied: prepare_redraw_subject trains the kernel without noise matching (files
+    # written before it recorded so carry the flag as it was given)
+    grid = {**grid, "noise_matched": False} if isinstance(grid, dict) else None
     return NoiseDraws(
-        clean,
-        dr,
-        bn,
-        float(s["sigma"]),
-        [float(v) for v in vox] if vox else None,
-        dict(grid) if isinstance(grid, dict) else None,
+        clean, dr, bn, float(s["sigma"]), [float(v) for v in vox] if vox else None, grid
     )
