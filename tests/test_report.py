@@ -384,3 +384,51 @@ def test_variant_figures_for_ablations_and_steps(tmp_path: Path) -> None:
     for p in paths:
         assert Image.open(p).size == (800, 350)
     assert _variant_figures([ev(None, 6, "a", 20.0)], tmp_path / "none") == []
+
+
+def test_steps_sweep_keeps_the_shipped_model_out_of_swept_step_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped model is not pooled with a labelled steps sweep at the same step count.
+
+    It fills in only a step count the sweep lacks (the sweep: one network stopped after K steps).
+    """
+    import spurig_core.figures_charts as charts
+    from spurig_core.report import _variant_figures
+
+    seen: dict[int, float] = {}
+
+    def fake_steps(groups: dict, out: Path, title: str = "") -> Path:
+        seen.update({n: float(e["psnr_slices"][0][0]) for n, e in groups.items()})
+        return out
+
+    monkeypatch.setattr(charts, "steps_figure", fake_steps)
+
+    def ev(label: str | None, steps: int, level: float) -> dict:
+        e = {
+            "method": "spurig",
+            "groups": 16,
+            "duration": "2min",
+            "subject": "a",
+            "unroll_steps": steps,
+            "psnr_slices": [[level]] * 5,
+            "ssim_slices": [[0.5]] * 5,
+        }
+        return {**e, "label": label} if label else e
+
+    _variant_figures(
+        [
+            ev(None, 2, 30.0),
+            ev(None, 3, 31.0),
+            ev("v3, 2 steps", 2, 20.0),
+            ev("v3, 6 steps", 6, 22.0),
+        ],
+        tmp_path,
+    )
+    assert seen == {2: 20.0, 3: 31.0, 6: 22.0}
+    variants: list[str] = []
+    monkeypatch.setattr(
+        charts, "ablation_figure", lambda v, out, title="": variants.extend(v) or out
+    )
+    _variant_figures([ev(None, 2, 30.0), ev("F", 2, 29.0), ev("v3, 6 steps", 6, 22.0)], tmp_path)
+    assert variants == ["Full", "F"]  # the sweep is Figure 5's

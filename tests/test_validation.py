@@ -64,6 +64,27 @@ def test_fingerprint_loss_measures_directions_in_grey_and_white_matter() -> None
     assert float(none.detach()) == 0.0 and x.grad is not None
 
 
+def test_fingerprint_loss_weighs_tissues_as_told() -> None:
+    """Per-label weights: GM only is the mean over GM; (3, 1) the weighted voxel mean."""
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn((5, 4, 4, 4), dtype=torch.complex64, generator=g)
+    x = torch.randn((5, 4, 4, 4), dtype=torch.complex64, generator=g)
+    tis = _labels((4, 4, 4))
+    u = lambda a: a / torch.linalg.vector_norm(a, dim=0, keepdim=True)  # noqa: E731
+    dist = torch.linalg.vector_norm(u(x) - u(t), dim=0)
+    gm, wm = dist[tis == 2], dist[tis == 3]
+    only_gm = fingerprint_loss(x, t, tis, (0.0, 0.0, 1.0))
+    assert float(only_gm) == pytest.approx(float(gm.mean()), rel=1e-5)
+    both = float(fingerprint_loss(x, t, tis, (0.0, 0.0, 3.0, 1.0, 0.0)))
+    expect = (3 * gm.sum() + wm.sum()) / (3 * gm.numel() + wm.numel())
+    assert both == pytest.approx(float(expect), rel=1e-5)
+    assert float(fingerprint_loss(x, t, tis)) == pytest.approx(
+        float(torch.cat([gm, wm]).mean()), rel=1e-5
+    )
+    with pytest.raises(InputError, match="weights"):
+        fingerprint_loss(x, t, tis, (0.0, 0.0, -1.0, 1.0))
+
+
 def test_selection_score_rules() -> None:
     base = {"psnr": 24.0, "t1": 0.2, "t2": 0.3}
     assert selection_score(base, base, "psnr") == 24.0
@@ -119,6 +140,9 @@ def test_run_selects_on_the_maps_and_records_them(
         load_recipe_config(_config(cohort, tmp_path / "bad", select="error-ratio"))
     with pytest.raises(InputError, match="select"):
         load_recipe_config(_config(cohort, tmp_path / "bad2", select="ssim"))
+    for bad in ([0.0, 0.0, -1.0, 1.0, 0.0], [0.0] * 5):
+        with pytest.raises(InputError, match="fingerprint_tissues"):
+            load_recipe_config(_config(cohort, tmp_path / "bad4", fingerprint_tissues=bad))
     noval = tmp_path / "noval"
     noval.mkdir()
     (noval / "train").symlink_to(cohort / "train")

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ship_models import MODELS, ROOT, metric_rows, sha_line
 
+from spurig_core.durations import DURATIONS, groups_for
+from spurig_core.errors import InputError
 from spurig_core.io import atomic_path, load_checkpoint, save_checkpoint
 from spurig_core.operators.igrog import data_fields
 from spurig_core.recon.unrolled_io import truncate_unroll
@@ -149,9 +151,17 @@ def _lineage(cfg: Any) -> list[str]:
 
 
 def card(
-    name: str, run: Path, config: Path, evals: list[dict[str, Any]], labels: dict[str, str]
+    name: str,
+    run: Path,
+    config: Path,
+    evals: list[dict[str, Any]],
+    labels: dict[str, str],
+    note: str = "",
 ) -> str:
-    """Return the Markdown model card of the shipped file ``name``."""
+    """Return the Markdown model card of the shipped file ``name``.
+
+    ``note``: why a network trained at one duration is shipped for another (``--as-duration``).
+    """
     cfg = load_recipe_config(config)
     state = load_checkpoint(MODELS / name)
     net = state["config"]["network"]
@@ -161,8 +171,9 @@ def card(
     best = best or max(hist, key=lambda r: float(r["val_psnr"]))
     minutes = sum(float(r.get("time_s") or 0.0) for r in hist) / 60
     rel = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    duration = str(state.get("duration") or cfg.duration)
     lines = [
-        f"# SPUR-iG model for the {cfg.duration} scan (`{name}`)",
+        f"# SPUR-iG model for the {duration} scan (`{name}`)",
         "",
         f"Written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by `tools/ship_recipe.py` from "
         f"`{rel}` (the v3 recipe of issue #13, `spurig_core.training.recipe`).",
@@ -177,6 +188,11 @@ def card(
         f"- Gridding of its training data, used again when it reconstructs a scan: "
         f"`{json.dumps(state.get('gridding', {}))}`.",
         *_steps_lines(state.get("unroll_steps")),
+        *(
+            [f"- Weights stored in {state['weights_dtype']} (read back into float32)."]
+            if state.get("weights_dtype")
+            else []
+        ),
         "",
         "## Domain",
         f"- Matrix {dom.get('matrix')}, voxel {dom.get('voxel_mm')} mm, durations "
@@ -199,13 +215,18 @@ def card(
         f"- Ran {hist[-1]['update']} updates in {minutes:.0f} minutes (1 CPU thread, shared "
         f"machine); this file is update {best['update']}: validation {_val_text(best)} "
         f"(update 0, {'the initial model' if cfg.init else 'DC only'}: {_val_text(hist[0])}).",
+        *(
+            [f"- Shipped for {duration}, trained on the {cfg.duration} unroll states: {note}"]
+            if note
+            else []
+        ),
         "",
         f"![validation PSNR]({Path(name).stem}-validation.png)",
         "",
         "## Measured on the held-out test subjects (`tools/evaluate_models.py`)",
         "",
     ]
-    rows = metric_rows(evals, cfg.duration, labels)
+    rows = metric_rows(evals, duration, labels)
     lines += rows if len(rows) > 2 else ["Not evaluated yet."]
     lines += [
         "",
@@ -278,10 +299,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the first K unrolled steps, K of the best validation score (the run's select)",
     )
+    p.add_argument(
+        "--as-duration",
+        default="",
+        help="ship the network for another duration (its domain lists both; needs --note)",
+    )
+    p.add_argument("--note", default="", help="why (e.g. its validation figures there)")
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights in float16 (half the file; loaded back into float32)",
+    )
     args = p.parse_args(argv)
     run, config = args.run.resolve(), args.config.resolve()
     cfg = load_recipe_config(config)
-    name = f"spurig-{cfg.duration}.pt"
+    if args.as_duration:
+        groups_for(args.as_duration)  # a named duration, else InputError
+        if not args.note:
+            raise InputError("--as-duration needs --note (why this network serves that duration)")
+    name = f"spurig-{args.as_duration or cfg.duration}.pt"
     state = load_checkpoint(run / "model.pt")
     if args.card_only:
         pass
@@ -302,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
             record[f"val_{key}_per_step"] = [m[key] for m in per_step]
             print(f"validation {key} per step: " + ", ".join(f"{m[key]:.4g}" for m in per_step))
         state = truncate_unroll(state, best, record)
+    if args.as_duration and not args.card_only:
+        dom = dict(state.get("domain") or {})
+        dom["durations"] = sorted({cfg.duration, args.as_duration}, key=lambda d: -DURATIONS[d])
+        state.update(domain=dom, duration=args.as_duration, trained_duration=cfg.duration)
+    if args.half and not args.card_only:
+        w = state["model"]
+        state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in w.items()}
+        state["weights_dtype"] = "float16"
     if not args.card_only:
         save_checkpoint(state, MODELS / name)
     start = "initial model" if cfg.init else "DC only"
@@ -309,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     evals = json.loads(Path(args.eval).read_text()) if args.eval else []
     labels = json.loads(args.labels) if args.labels else ROWS
     with atomic_path(MODELS / f"{Path(name).stem}.md") as tmp:
-        Path(tmp).write_text(card(name, run, config, evals, labels))
+        Path(tmp).write_text(card(name, run, config, evals, labels, args.note))
     print(f"shipped {MODELS / name} ({(MODELS / name).stat().st_size / 1e6:.1f} MB)")
     return 0
 

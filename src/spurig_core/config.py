@@ -152,6 +152,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "tissue_weights": ">= 0",
         "magnitude_weight": ">= 0",
         "fingerprint_weight": ">= 0",
+        "fingerprint_tissues": ">= 0",
         "seed": ">= 0",
         "max_train": ">= 0",
         "max_val": ">= 0",

@@ -8,6 +8,7 @@ Drawn headless like :mod:`spurig_core.figures` (the image-panel Figures 2 and 3)
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def ablation_figure(
         colors = [f"C{i % 10}" for i in range(n)]
         ax.bar(range(n), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3, color=colors)
         ax.set_xticks(range(n))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels(
+            [textwrap.fill(t, 16) for t in labels], rotation=30, ha="right", fontsize=7
+        )
         lo = min(m - s for m, s in stats if math.isfinite(m - s)) if stats else 0
         hi = max(m + s for m, s in stats if math.isfinite(m + s)) if stats else 1
         pad = 0.1 * max(hi - lo, 1e-6)

@@ -186,6 +186,7 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
 
     The figures are drawn when the results hold more than one variant: variants are told apart by
     their ``label`` (the plain ``spurig`` result is "Full"), steps by the model's ``unroll_steps``.
+    A label with "steps" in it belongs to the steps sweep (Figure 5), not to Figure 4.
     """
     from . import figures_charts as charts
 
@@ -195,7 +196,8 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
         here = [e for e in trained if _duration_of(e) == duration]
         by_label: dict[str, list[Mapping[str, Any]]] = {}
         for e in here:
-            by_label.setdefault(str(e.get("label") or "Full"), []).append(e)
+            if "steps" not in str(e.get("label") or ""):
+                by_label.setdefault(str(e.get("label") or "Full"), []).append(e)
         if len(by_label) > 1:
             variants = {lab: _pooled_eval(g) for lab, g in by_label.items()}
             paths.append(
@@ -206,9 +208,15 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
                 )
             )
         by_steps: dict[int, list[Mapping[str, Any]]] = {}
-        for e in here:
-            if "unroll_steps" in e and (not e.get("label") or "steps" in str(e.get("label"))):
-                by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+        swept = [e for e in here if "unroll_steps" in e and "steps" in str(e.get("label") or "")]
+        for e in swept:
+            by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+        for e in here:  # the shipped model joins a sweep only at a step count it lacks
+            if "unroll_steps" in e and not e.get("label"):
+                if not swept or int(e["unroll_steps"]) not in {
+                    int(s["unroll_steps"]) for s in swept
+                }:
+                    by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
         if len(by_steps) > 1:
             paths.append(
                 charts.steps_figure(

@@ -7,12 +7,15 @@ tissue labels ``(x, y, z)`` / ``(batch, x, y, z)`` of SPEC §3 (0 background, 1 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
 
 __all__ = [
+    "FINGERPRINT_WEIGHTS",
     "MS_SSIM_WEIGHTS",
     "QUANT_TISSUES",
     "TISSUE_WEIGHTS",
@@ -100,40 +103,51 @@ def tissue_l1(
 #: Labels whose T1/T2 errors the evaluation reports (GM, WM; SPEC §5).
 QUANT_TISSUES: tuple[int, ...] = (2, 3)
 
+#: Weights of :func:`fingerprint_loss` per label (background, CSF, GM, WM, other): GM and WM alike.
+FINGERPRINT_WEIGHTS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0)
+
 
 def fingerprint_loss(
     estimate: torch.Tensor,
     target: torch.Tensor,
     tissue: torch.Tensor,
-    labels: tuple[int, ...] = QUANT_TISSUES,
+    weights: tuple[float, ...] = FINGERPRINT_WEIGHTS,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Mean distance between the normalised coefficient vectors of the voxels in ``labels``.
+    """Weighted mean distance between the normalised coefficient vectors of GM and WM voxels.
 
     Dictionary matching reads a voxel's T1/T2 from the *direction* of its coefficient vector
     ``α_v`` (its norm is PD), so this term measures what the T1/T2 errors measure:
-    ``mean_v ‖α̂_v/‖α̂_v‖ − α_v/‖α_v‖‖₂`` over the voxels of GM and WM (0–2; 0 = same direction).
-    The L1 terms weigh a voxel by its signal, and GM/WM are a tenth of the head's signal.
+    ``Σ_v w_v ‖α̂_v/‖α̂_v‖ − α_v/‖α_v‖‖₂ / Σ_v w_v`` over the voxels whose label has a weight
+    ``w > 0`` (0–2; 0 = same direction).  The L1 terms weigh a voxel by its signal, and GM/WM are
+    a tenth of the head's signal.
 
     Parameters
     ----------
     estimate, target : Tensor, shape (basis, x, y, z) or (batch, basis, x, y, z), complex
     tissue : Tensor, shape (x, y, z) or (batch, x, y, z), integer
-    labels : tuple of int
+    weights : tuple of float
+        ``w`` for labels 0, 1, 2, … (missing labels: 0); default GM and WM alike
+        (:data:`FINGERPRINT_WEIGHTS`).  A larger GM weight aims the term at the cortex, where
+        the denoiser's T2 error is (``benchmarks/RESULTS-models.md``, session 9).
     eps : float
         Floor of the norms (no voxel of these labels has a zero target).
 
     Returns
     -------
-    Tensor, scalar, float32 (0 when no voxel has one of ``labels``)
+    Tensor, scalar, float32 (0 when no voxel has a weighted label)
     """
     if estimate.shape != target.shape:
         raise InputError(
             f"fingerprint_loss: estimate {tuple(estimate.shape)} and target "
             f"{tuple(target.shape)} differ"
         )
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise InputError(f"fingerprint_loss: weights {tuple(weights)} must be finite and >= 0")
     axis = estimate.ndim - 4  # the basis axis
-    mask = torch.isin(tissue.long(), torch.tensor(labels, device=tissue.device))
+    w = torch.tensor((*weights, 0.0), dtype=torch.float32, device=tissue.device)
+    wv = w[tissue.long().clamp(0, len(weights))]
+    mask = wv > 0
     if not bool(mask.any()):
         return estimate.real.sum() * 0.0
 
@@ -141,7 +155,8 @@ def fingerprint_loss(
         return a / torch.linalg.vector_norm(a, dim=axis, keepdim=True).clamp_min(eps)
 
     dist = torch.linalg.vector_norm(unit(estimate) - unit(target), dim=axis)  # (..., x, y, z)
-    return dist[mask].float().mean()
+    wm = wv[mask]
+    return (dist[mask].float() * wm).sum() / wm.sum()
 
 
 def gleam_weights(steps: int, ratio: float = 10.0) -> torch.Tensor:
@@ -297,6 +312,7 @@ def recipe_loss(
     weights: tuple[float, ...] = UNIFORM,
     magnitude_weight: float = 1.0,
     fingerprint_weight: float = 0.0,
+    fingerprint_tissues: tuple[float, ...] = FINGERPRINT_WEIGHTS,
 ) -> torch.Tensor:
     """Tissue-weighted complex L1 plus the magnitude and GM/WM fingerprint terms.
 
@@ -309,6 +325,8 @@ def recipe_loss(
     tissue : Tensor, shape (x, y, z), uint8
     weights : tuple of float
     magnitude_weight, fingerprint_weight : float
+    fingerprint_tissues : tuple of float
+        Per-label weights inside the fingerprint term (:func:`fingerprint_loss`).
 
     Returns
     -------
@@ -318,5 +336,7 @@ def recipe_loss(
     if magnitude_weight > 0:
         loss = loss + magnitude_weight * (out.abs() - target.abs()).abs().mean()
     if fingerprint_weight > 0:
-        loss = loss + fingerprint_weight * fingerprint_loss(out, target, tissue)
+        loss = loss + fingerprint_weight * fingerprint_loss(
+            out, target, tissue, fingerprint_tissues
+        )
     return loss

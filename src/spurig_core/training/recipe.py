@@ -47,7 +47,7 @@ from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon
 from ..recon.unrolled_io import model_state
 from .augment import cube_symmetry
 from .datasets import Example, list_subjects, load_example
-from .losses import UNIFORM, recipe_loss
+from .losses import FINGERPRINT_WEIGHTS, UNIFORM, recipe_loss
 from .records import rng_state, set_rng_state, write_csv
 from .redraw import NoiseDraws, load_noise
 from .steps import amp
@@ -121,6 +121,9 @@ class RecipeConfig:
     fingerprint_weight : float
         Weight of :func:`~.losses.fingerprint_loss` (GM/WM coefficient directions, what the
         T1/T2 errors measure); ``0`` leaves it out (the v3 models).
+    fingerprint_tissues : tuple of float
+        Weight per label inside that term (background, CSF, GM, WM, other; default GM and WM
+        alike, the v4 models); e.g. ``[0, 0, 3, 1, 0]`` aims it at the cortex.
     fresh_noise : bool
         Draw a noise realisation per refresh / fine-tuning update (``False``: always the scan's own,
         the shipped models' data).
@@ -155,6 +158,7 @@ class RecipeConfig:
     tissue_weights: tuple[float, ...] = UNIFORM
     magnitude_weight: float = 1.0
     fingerprint_weight: float = 0.0
+    fingerprint_tissues: tuple[float, ...] = FINGERPRINT_WEIGHTS
     fresh_noise: bool = True
     symmetries: bool = True
     bf16: bool = True
@@ -170,6 +174,10 @@ class RecipeConfig:
             raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
         if self.select not in SELECT_RULES:
             raise InputError(f"select: {self.select!r} is not one of {', '.join(SELECT_RULES)}")
+        if not all(w >= 0 for w in self.fingerprint_tissues) or not any(self.fingerprint_tissues):
+            raise InputError(
+                f"fingerprint_tissues: {list(self.fingerprint_tissues)}: each >= 0, one > 0"
+            )
         if self.select != "psnr" and not self.val_scans:
             raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
 
@@ -333,7 +341,13 @@ class RecipeTrainer:
         with amp(cfg.bf16, x.device):
             out = self.model.denoiser(i)(x, i + 1)
         loss = recipe_loss(
-            out, tgt, tis, cfg.tissue_weights, cfg.magnitude_weight, cfg.fingerprint_weight
+            out,
+            tgt,
+            tis,
+            cfg.tissue_weights,
+            cfg.magnitude_weight,
+            cfg.fingerprint_weight,
+            cfg.fingerprint_tissues,
         )
         loss.backward()
         self.opt.step()
@@ -356,6 +370,7 @@ class RecipeTrainer:
             cfg.tissue_weights,
             cfg.magnitude_weight,
             cfg.fingerprint_weight,
+            cfg.fingerprint_tissues,
         )
         loss.backward()
         self.ft_opt.step()
@@ -566,7 +581,7 @@ def run_recipe(config: str | Path, *, resume: bool = False, log: Any = print) ->
     last = Path(cfg.out_dir) / "last.pt"
     if resume and last.exists():
         trainer.restore(load_checkpoint(last))
-        log(f"resumed at update {trainer.update} (best validation PSNR {trainer.best:.2f} dB)")
+        log(f"resumed at update {trainer.update} (best {cfg.select}: {trainer.best:.4g})")
     return trainer.fit(log=log)
 
 
