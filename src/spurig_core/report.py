@@ -208,15 +208,13 @@ def _variant_figures(evals: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[
                 )
             )
         by_steps: dict[int, list[Mapping[str, Any]]] = {}
-        swept = [e for e in here if "unroll_steps" in e and "steps" in str(e.get("label") or "")]
-        for e in swept:
-            by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+        for e in here:
+            if "unroll_steps" in e and "steps" in str(e.get("label") or ""):
+                by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+        swept = set(by_steps)
         for e in here:  # the shipped model joins a sweep only at a step count it lacks
-            if "unroll_steps" in e and not e.get("label"):
-                if not swept or int(e["unroll_steps"]) not in {
-                    int(s["unroll_steps"]) for s in swept
-                }:
-                    by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
+            if "unroll_steps" in e and not e.get("label") and int(e["unroll_steps"]) not in swept:
+                by_steps.setdefault(int(e["unroll_steps"]), []).append(e)
         if len(by_steps) > 1:
             paths.append(
                 charts.steps_figure(

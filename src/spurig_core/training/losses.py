@@ -104,7 +104,7 @@ def tissue_l1(
 QUANT_TISSUES: tuple[int, ...] = (2, 3)
 
 #: Weights of :func:`fingerprint_loss` per label (background, CSF, GM, WM, other): GM and WM alike.
-FINGERPRINT_WEIGHTS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0)
+FINGERPRINT_WEIGHTS: tuple[float, ...] = tuple(float(i in QUANT_TISSUES) for i in range(5))
 
 
 def fingerprint_loss(
