@@ -250,6 +250,24 @@ def test_rolling_refresh_takes_subjects_in_turn_and_new_ones_join(tmp_path: Path
     assert "s3" in [s.ex.name for s in tr.rolling()]
 
 
+def test_subjects_prepared_during_end_to_end_training_join(tmp_path: Path) -> None:
+    import test_training  # noqa: F401  (registers the "cartesian-test" operator)
+
+    root = tmp_path / "grow"
+    _subject(root / "train", "s0", 0)
+    _subject(root / "val", "s2", 2)
+    lines: list[str] = []
+
+    def log(line: str) -> None:  # a subject finishes preparing while the run validates
+        lines.append(line)
+        if len(lines) == 1:
+            _subject(root / "train", "s1", 1)
+
+    kw = {"pretrain_updates": 0, "gleam_updates": 0, "finetune_updates": 6, "val_every": 3}
+    run_recipe(_config(root, tmp_path / "run", refresh_every=2, **kw), log=log)
+    assert any(ln.startswith("update 0: 1 new training subjects (2)") for ln in lines), lines
+
+
 def test_cosine_learning_rate_falls_to_its_floor() -> None:
     from spurig_core.training.recipe import RecipeConfig
 
@@ -400,3 +418,33 @@ def test_a_truncated_unroll_is_the_first_steps_of_the_trained_one(shared: bool, 
         torch.testing.assert_close(back(op, ahb, x0, lipschitz=lip), x)
     with pytest.raises(InputError, match="between 1 and the trained 3"):
         truncate_unroll(st, 4)
+
+
+def test_preparing_a_short_duration_grids_only_its_groups(tmp_path: Path) -> None:
+    from spurig_core.benchmark import load_gridded
+    from spurig_core.operators.igrog import GriddingConfig
+    from spurig_core.simulation import simulate
+    from spurig_core.training.datasets import load_dc
+    from spurig_core.training.redraw import prepare_redraw_subject
+
+    path = tmp_path / "s.h5"
+    simulate(path, matrix=16, coils=3, groups=8, seed=5, phantom="analytic")
+    cfg = GriddingConfig(steps=5, hidden=16, train_sets=256, batch=16, check=False)
+    kw = {"seed": 5, "durations": ["30s"], "draws": 2, "gridding": cfg}
+    prepare_redraw_subject(path, tmp_path / "cut", **kw)  # grids the 4 groups of 30 s
+    full = tmp_path / "gridded.pt"
+    prepare_redraw_subject(path, tmp_path / "whole", gridded_out=full, **kw)  # all 8, kept
+    assert load_gridded(full)[0].values.shape[1] == 8
+    cut, whole = load_dc(tmp_path / "cut", "30s"), load_dc(tmp_path / "whole", "30s")
+    torch.testing.assert_close(
+        cut.ahb, whole.ahb, rtol=2e-3, atol=2e-3 * float(whole.ahb.abs().max())
+    )
+    assert cut.b_norm == pytest.approx(whole.b_norm, rel=1e-4)
+    nz = load_noise(tmp_path / "cut", "30s")  # the scan's own noise, cut to the same groups
+    torch.testing.assert_close(nz.ahb(0), cut.ahb, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        nz.clean,
+        load_noise(tmp_path / "whole", "30s").clean,
+        rtol=2e-3,
+        atol=2e-3 * float(nz.clean.abs().max()),
+    )

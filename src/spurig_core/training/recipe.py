@@ -515,6 +515,8 @@ class RecipeTrainer:
                 losses.append(self._cached_update())
                 phase = "pretrain" if u < cfg.pretrain_updates else "gleam"
             else:
+                if u % cfg.refresh_every == 0 and (added := self.discover()):
+                    log(f"update {u}: {len(added)} new training subjects ({len(self.train)})")
                 losses.append(self._finetune_update())
                 phase = "finetune"
             self.update += 1

@@ -274,7 +274,9 @@ def prepare_redraw_subject(
     draws : int
         Noise realisations per duration (the first is the scan's own).
     gridding : GriddingConfig, optional
-        iGROG settings (train the kernel once; every duration takes the first groups).
+        iGROG settings (train the kernel once; every duration takes the first groups).  Without
+        ``gridded_out`` only the groups of the longest duration are gridded (the noise is still
+        regenerated over the whole scan, so it is the scan's own).
     encoding : EncodingConfig, optional
         The DC operator's data term.
     gridded_out : path-like, optional
@@ -326,6 +328,9 @@ def prepare_redraw_subject(
         scan = compress_scan(scan, gcfg.max_coils, matrix=a)
     assert scan.calibration is not None and scan.coil_maps is not None  # compressed, not dropped
     kernel = train_kernel(scan.calibration, scan.trajectory, scan.matrix, config=gcfg)
+    need = max(groups_for(d) for d in durs)  # the kernel has seen the whole trajectory, as always
+    if gridded_out is None and need < scan.n_groups:  # grid only what the durations take
+        scan, n0 = scan.first_groups(need), n0[:, :need]
     t1 = time.perf_counter()
 
     index, vals = grid_many(
