@@ -135,6 +135,19 @@ def test_evaluate_models_tool_writes_results_and_tables(tiny_scan: Path, tmp_pat
     assert "| 30s | A^H b |" in (out / "report" / "table1.md").read_text()
     bad = subprocess.run([*cmd, "--durations", "2min"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr
+    # --shard I/N: alternate scans, so two processes never share a subject folder
+    (test_dir / "subk.h5").symlink_to(tiny_scan)
+    half = tmp_path / "half"
+    part = [sys.executable, str(tool), str(test_dir), str(half), "--methods", "adjoint"]
+    proc = subprocess.run(
+        [*part, "--durations", "30s", "--shard", "1/2", "--no-report"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in half.iterdir()) == ["subk"]
+    bad = subprocess.run([*part, "--shard", "2/2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--shard '2/2'" in bad.stderr
 
 
 def test_prepare_training_reuses_llr_inputs_for_another_data_term(

@@ -18,6 +18,10 @@ Run::
     OMP_NUM_THREADS=2 .venv/bin/python tools/evaluate_models.py data/cohort48/test data/eval48 \
         --methods adjoint,llr,spurig,hybrid --durations 2min,1min,30s
 
+Two processes side by side: ``--shard 0/2 --no-report`` and ``--shard 1/2 --no-report`` take
+alternate scans (each its own subject folders), then one run without ``--shard`` (every store
+already there) writes the report.
+
 ``--model-dir DIR`` takes ``<method>-<duration>.pt`` from ``DIR`` instead of the shipped models
 (missing ones are skipped with a note); ``--model CKPT`` uses one checkpoint for the trained
 method; ``--label NAME`` stores results as ``NAME-<duration>`` and shows them as their own column
@@ -70,11 +74,24 @@ def _gridded(
     return gridded, times
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` → ``(I, N)``: the scans at positions ``I, I + N, …`` of the sorted list."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N") from None
+    if not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N")
+    return i, n
+
+
 def run(args: argparse.Namespace) -> int:
     test_dir, out_dir = Path(args.test_dir), Path(args.out_dir)
+    part, parts = _shard(args.shard)
     scans = sorted(test_dir.glob("*.h5"))[: args.subjects or None]
     if not scans:
         raise InputError(f"{test_dir}: no *.h5 scans")
+    scans = scans[part::parts]
     methods = [m for m in args.methods.split(",") if m]
     durations = [d for d in args.durations.split(",") if d]
     model_dir = Path(args.model_dir) if args.model_dir else MODELS_DIR
@@ -140,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="")
     p.add_argument("--label", default="")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: every N-th scan from the I-th (parallel runs into the same OUT_DIR; "
+        "write the report once at the end)",
+    )
     p.add_argument(
         "--gridding", default="", help="TOML whose [gridding] table grids scans not yet cached"
     )

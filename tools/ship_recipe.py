@@ -49,6 +49,12 @@ ROWS = {
     "adjoint": "A^H b",
 }
 
+#: The preparation config of each prepared-data folder the shipped runs read.
+PREPARED_BY = {
+    "prepared48v2": "configs/cpu48v2/prepare.toml",
+    "prepared48v5": "configs/cpu48v5/prepare-1min.toml",
+}
+
 
 def _history(run: Path) -> list[dict[str, str]]:
     with (run / "history.csv").open() as fh:
@@ -130,6 +136,12 @@ def _loss_text(cfg: Any) -> str:
     return text
 
 
+def _rel(path: Path) -> Path:
+    """``path`` relative to the repository when inside it."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def _lineage(cfg: Any) -> list[str]:
     """One line per run this one continued (``init`` chains), back to a shipped file."""
     lines, init, seen = [], cfg.init, set()
@@ -176,7 +188,8 @@ def card(
         f"# SPUR-iG model for the {duration} scan (`{name}`)",
         "",
         f"Written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by `tools/ship_recipe.py` from "
-        f"`{rel}` (the v3 recipe of issue #13, `spurig_core.training.recipe`).",
+        f"`{rel}` (the training recipe of issue #13, `spurig_core.training.recipe`; "
+        "the runs it continues are listed under Continued).",
         "",
         sha_line(MODELS / name, name),
         "",
@@ -202,8 +215,9 @@ def card(
         "## Data",
         f"- {len(state.get('train_subjects') or [])} training subjects (48³, 10 coils, 16 groups, "
         "`spurig simulate --seed 2000+i`), validation subj018–019, test subj020–023; "
-        "prepared with re-drawable k-space noise by `tools/prepare_redraw.py` "
-        "(`configs/cpu48v2/prepare.toml`).",
+        "prepared with re-drawable k-space noise by `tools/prepare_redraw.py` into "
+        f"`{_rel(Path(cfg.data_dir))}` "
+        f"(`{PREPARED_BY.get(Path(cfg.data_dir).name, 'its config is not recorded')}`).",
         "",
         "## Training",
         f"- `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`: "
