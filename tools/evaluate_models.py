@@ -48,6 +48,9 @@ from spurig_core.operators.igrog import GriddingConfig, grid_scan
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
 from spurig_core.recon.trained import MODELS_DIR
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepare_redraw import parse_shard  # the tools' one I/N parser
+
 
 def _model_for(method: str, duration: str, model_dir: Path) -> Path | None:
     p = model_dir / f"{method}-{duration}.pt"
@@ -74,20 +77,9 @@ def _gridded(
     return gridded, times
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """``I/N`` → ``(I, N)``: the scans at positions ``I, I + N, …`` of the sorted list."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N") from None
-    if not 0 <= i < n:
-        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N")
-    return i, n
-
-
 def run(args: argparse.Namespace) -> int:
     test_dir, out_dir = Path(args.test_dir), Path(args.out_dir)
-    part, parts = _shard(args.shard)
+    part, parts = parse_shard(args.shard)
     scans = sorted(test_dir.glob("*.h5"))[: args.subjects or None]
     if not scans:
         raise InputError(f"{test_dir}: no *.h5 scans")

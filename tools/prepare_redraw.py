@@ -45,7 +45,8 @@ def _todo(
     return found
 
 
-def _shard(text: str) -> tuple[int, int]:
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` → ``(I, N)``, with ``0 <= I < N`` (one-line ``InputError`` otherwise)."""
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     splits = [s for s in args.splits.split(",") if s]
     idle = 0.0
     while True:
-        todo = _todo(cohort, out, splits, _shard(args.shard))
+        todo = _todo(cohort, out, splits, parse_shard(args.shard))
         if not todo:
             if not args.watch or idle > args.watch:
                 return 0

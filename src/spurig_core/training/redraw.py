@@ -331,6 +331,7 @@ def prepare_redraw_subject(
     need = max(groups_for(d) for d in durs)  # the kernel has seen the whole trajectory, as always
     if gridded_out is None and need < scan.n_groups:  # grid only what the durations take
         scan, n0 = scan.first_groups(need), n0[:, :need]
+    assert scan.coil_maps is not None  # first_groups keeps them
     t1 = time.perf_counter()
 
     index, vals = grid_many(
