@@ -148,6 +148,10 @@ def _lineage(cfg: Any) -> list[str]:
     while init and init not in seen:
         seen.add(init)
         path = Path(init)
+        if path.parent.name.startswith("shipped-"):  # a release's file, kept for the chain
+            release = path.parent.name.removeprefix("shipped-")
+            lines.append(f"  - from the shipped `{path.name}` of release {release}")
+            break
         if path.resolve().parent == MODELS.resolve() or not path.exists():
             lines.append(f"  - from the shipped `{path.name}` of the previous release (v3)")
             break

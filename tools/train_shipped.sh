@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Train the shipped SPUR-iG models (issue 13) from one command, in the order of their lineage (each
+# card's "Continued" list); running it again resumes every run from its last.pt, and a finished
+# run returns at once.  Runs go to runs/cpu48v4 and runs/cpu48v5; ship with tools/ship_recipe.py.
+#
+# The chain starts from the v3 files (the 48-subject recipe runs of configs/cpu48v3, cut to their
+# first 2 unrolled steps by tools/ship_recipe.py --select-steps), taken from the git history; to
+# train those too: CONFIGS=configs/cpu48v3 DURATIONS="2min 30s" tools/train_cpu48_v2.sh, then ship.
+# Data first (resumable):
+#   spurig simulate-cohort data/cohort48 --subjects 24 --split 18/2/4 --matrix 48 --groups 16 --seed 2000
+#   for i in $(seq 24 53); do    # 30 more training subjects, numbered and seeded as the cohort's
+#     spurig simulate data/cohort48/train/subj0$i.h5 --matrix 48 --groups 16 --seed $((2000 + i))
+#   done
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v2 --config configs/cpu48v2/prepare.toml
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v5 --config configs/cpu48v5/prepare-1min.toml \
+#       --splits train,val
+# About 40 CPU-minutes per 300-update run on this project's 2-core VM (cards: "Ran … in …").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+V3=runs/cpu48v3/shipped-v3
+V3_COMMIT=0341ea2
+mkdir -p "$V3"
+for d in 2min 30s; do
+  if [ ! -f "$V3/spurig-$d.pt" ]; then
+    git show "$V3_COMMIT:src/spurig_core/models/spurig-$d.pt" > "$V3/spurig-$d.pt.part"
+    mv "$V3/spurig-$d.pt.part" "$V3/spurig-$d.pt"
+  fi
+done
+run() { OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m spurig_core.training.recipe "$1" --resume; }
+for arm in F G E H K; do run "configs/cpu48v4/arm-$arm-2min.toml"; done     # spurig-2min (v5)
+run configs/cpu48v5/arm-L-1min.toml                                         # spurig-1min (v6)
+for arm in F2 E H K; do run "configs/cpu48v4/arm-$arm-30s.toml"; done       # spurig-30s (v5)
