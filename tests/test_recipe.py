@@ -227,6 +227,10 @@ def test_run_selects_by_psnr_and_resumes(cohort: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [int(r["update"]) for r in rows] == [0, 5, 10, 15]
     assert np.isfinite([float(r["val_psnr"]) for r in rows]).all()
+    # resuming a finished run returns its model without training (or loading the subjects)
+    lines.clear()
+    assert run_recipe(cfg_path, resume=True, log=lines.append) == model_path
+    assert lines == [f"finished at update 15 of 15: {model_path}"]
 
 
 def test_rolling_refresh_takes_subjects_in_turn_and_new_ones_join(tmp_path: Path) -> None:

@@ -579,10 +579,15 @@ def run_recipe(config: str | Path, *, resume: bool = False, log: Any = print) ->
     from ..io import load_checkpoint
 
     cfg = load_recipe_config(config)
+    last, model = Path(cfg.out_dir) / "last.pt", Path(cfg.out_dir) / "model.pt"
+    state = load_checkpoint(last) if resume and last.exists() else None
+    if state is not None and int(state["update"]) >= cfg.total and model.exists():
+        # a finished run: nothing to load (a chain of runs resumes each in turn)
+        log(f"finished at update {int(state['update'])} of {cfg.total}: {model}")
+        return model
     trainer = RecipeTrainer(cfg)
-    last = Path(cfg.out_dir) / "last.pt"
-    if resume and last.exists():
-        trainer.restore(load_checkpoint(last))
+    if state is not None:
+        trainer.restore(state)
         log(f"resumed at update {trainer.update} (best {cfg.select}: {trainer.best:.4g})")
     return trainer.fit(log=log)
 
