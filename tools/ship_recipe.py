@@ -186,7 +186,7 @@ def card(
     best = next((r for r in hist if int(r["update"]) == int(state.get("update", -1))), None)
     best = best or max(hist, key=lambda r: float(r["val_psnr"]))
     minutes = sum(float(r.get("time_s") or 0.0) for r in hist) / 60
-    rel = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    rel = _rel(run)
     duration = str(state.get("duration") or cfg.duration)
     lines = [
         f"# SPUR-iG model for the {duration} scan (`{name}`)",
@@ -224,7 +224,7 @@ def card(
         f"(`{PREPARED_BY.get(Path(cfg.data_dir).name, 'its config is not recorded')}`).",
         "",
         "## Training",
-        f"- `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`: "
+        f"- `{_rel(config)}`: "
         f"{cfg.pretrain_updates} pretraining updates on the DC-only states, {cfg.gleam_updates} "
         f"GLEAM updates on cached states (rolling refresh of {cfg.refresh_subjects} subjects every "
         f"{cfg.refresh_every}), {cfg.finetune_updates} end-to-end updates; learning rate {cfg.lr} "

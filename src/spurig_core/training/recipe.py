@@ -501,6 +501,9 @@ class RecipeTrainer:
         stale = True
         while self.update < cfg.total:
             u = self.update
+            # subjects prepared while the run goes on join at the refresh points, in every phase
+            if u % cfg.refresh_every == 0 and (added := self.discover()):
+                log(f"update {u}: {len(added)} new training subjects ({len(self.train)})")
             if u < cached_end:
                 identity = u < cfg.pretrain_updates
                 if stale or u == cfg.pretrain_updates:  # every subject: start, phase change
@@ -508,15 +511,10 @@ class RecipeTrainer:
                     self.refresh(identity)
                     stale = False
                 elif u % cfg.refresh_every == 0:
-                    added = self.discover()
-                    if added:
-                        log(f"update {u}: {len(added)} new training subjects ({len(self.train)})")
                     self.refresh(identity, self.rolling())
                 losses.append(self._cached_update())
                 phase = "pretrain" if u < cfg.pretrain_updates else "gleam"
             else:
-                if u % cfg.refresh_every == 0 and (added := self.discover()):
-                    log(f"update {u}: {len(added)} new training subjects ({len(self.train)})")
                 losses.append(self._finetune_update())
                 phase = "finetune"
             self.update += 1
