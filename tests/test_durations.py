@@ -10,6 +10,7 @@ import pytest
 from spurig_core.durations import (
     DURATIONS,
     MODEL_DURATIONS,
+    SPEC_DURATIONS,
     duration_name,
     groups_for,
     resolve_groups,
@@ -18,7 +19,11 @@ from spurig_core.errors import InputError
 
 
 def test_the_table_and_its_inverse() -> None:
-    assert DURATIONS == {"6min": 48, "2min": 16, "1min": 8, "30s": 4}  # SPEC §2, paper 2.4
+    assert DURATIONS == {"6min": 48, "2min": 16, "1min": 8, "30s": 4, "15s": 2}
+    # SPEC §2 / paper 2.4 name the first four; 15 s (issue 13) adds to them and changes none
+    spec = {"6min": 48, "2min": 16, "1min": 8, "30s": 4}
+    assert {d: DURATIONS[d] for d in SPEC_DURATIONS} == spec
+    assert list(DURATIONS) == sorted(DURATIONS, key=DURATIONS.__getitem__, reverse=True)
     for name, groups in DURATIONS.items():
         assert groups_for(name) == groups
         assert duration_name(groups) == name

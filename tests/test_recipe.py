@@ -326,6 +326,27 @@ def test_shipped_model_warns_for_another_voxel_size() -> None:
     assert "training domain" in loaded.meta["warning"] and "voxel 1.00" in loaded.meta["warning"]
 
 
+def test_a_duration_without_a_shipped_model_takes_the_nearest_and_warns() -> None:
+    """15 s, which the SPEC does not name, takes the nearest shipped model and warns.
+
+    The SPEC's durations keep their own files (hybrid has only 2 min: 30 s stays an error).
+    """
+    from types import SimpleNamespace
+
+    from spurig_core.errors import InputError
+    from spurig_core.pipeline import _domain_warning
+    from spurig_core.recon.trained import MODELS_DIR, load_method_model
+
+    if (MODELS_DIR / "spurig-15s.pt").exists():
+        pytest.skip("a 15-s model is shipped")
+    loaded = load_method_model(None, method="spurig", duration="15s")
+    assert loaded.path.name == "spurig-30s.pt"
+    _domain_warning(loaded, SimpleNamespace(fov_mm=(220.0,) * 3, matrix=(48, 48, 48)), "15s")  # type: ignore[arg-type]
+    assert "duration 15s (trained 30s)" in loaded.meta["warning"]
+    with pytest.raises(InputError, match="no shipped hybrid model for the 30s scan"):
+        load_method_model(None, method="hybrid", duration="30s")
+
+
 def test_recipe_model_records_its_domain(cohort: Path, tmp_path: Path) -> None:
     from spurig_core.io import load_checkpoint
 

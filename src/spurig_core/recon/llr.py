@@ -83,7 +83,13 @@ class LLRConfig:
     # ratio (0.5). The paper's own values, which act as almost no regularisation in this
     # normalisation, stay in PAPER_THRESHOLDS.
     thresholds: dict[str, float] = field(
-        default_factory=lambda: {"6min": 0.015, "2min": 0.03, "1min": 0.03, "30s": 0.042}
+        default_factory=lambda: {
+            "6min": 0.015,
+            "2min": 0.03,
+            "1min": 0.03,
+            "30s": 0.042,
+            "15s": 0.042,  # issue 13's shorter duration, tuned 2026-12-06 (RESULTS-llr-tuning.md)
+        }
     )
     threshold_reference: Literal["max", "absolute"] = "max"
     init: Literal["adjoint", "zeros"] = "adjoint"

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..config import to_dict
+from ..durations import DURATIONS, SPEC_DURATIONS, nearest_duration
 from ..errors import InputError, NotAvailableError
 from ..io import file_sha256
 from ..progress import emit
@@ -91,20 +92,30 @@ def check_card(path: str | Path) -> dict[str, Any]:
 
 
 def _model_path(model: str | Path | None, family: str, duration: str) -> Path:
-    """``model`` when given (it must exist), else the shipped ``<family>-<duration>.pt``."""
+    """``model`` when given (it must exist), else the shipped ``<family>-<duration>.pt``.
+
+    A duration the SPEC does not name (15 s) without a shipped file of its own takes the
+    family's shipped model of the nearest duration (:func:`~spurig_core.durations.nearest_duration`
+    among the shipped ones: what 1–2 groups took before 15 s was named), and the pipeline's domain
+    check warns that the scan is outside that model's durations.  For the SPEC's durations a
+    missing file stays an error.
+    """
     if model is not None:
         p = Path(model)
         if not p.exists():
             raise InputError(f"model {p}: no such file")
         return p
     p = MODELS_DIR / f"{family}-{duration}.pt"
-    if not p.exists():
-        have = ", ".join(m.stem for m in shipped_models()) or "none"
-        raise InputError(
-            f"no shipped {family} model for the {duration} scan (shipped: {have}); "
-            "pass --model CKPT"
-        )
-    return p
+    if p.exists():
+        return p
+    shipped = {m.stem.removeprefix(f"{family}-") for m in shipped_models()}
+    among = [d for d in DURATIONS if d in shipped]
+    if duration in DURATIONS and duration not in SPEC_DURATIONS and among:
+        return MODELS_DIR / f"{family}-{nearest_duration(DURATIONS[duration], among)}.pt"
+    have = ", ".join(m.stem for m in shipped_models()) or "none"
+    raise InputError(
+        f"no shipped {family} model for the {duration} scan (shipped: {have}); pass --model CKPT"
+    )
 
 
 def _family(method: str) -> str:
