@@ -347,6 +347,24 @@ def test_a_duration_without_a_shipped_model_takes_the_nearest_and_warns() -> Non
         load_method_model(None, method="hybrid", duration="30s")
 
 
+def test_model_file_stands_in_only_for_durations_the_spec_does_not_name(tmp_path: Path) -> None:
+    """tools/evaluate_models.py and the pipeline pick a model file by the same rule."""
+    from spurig_core.recon.trained import model_file
+
+    for name in ("spurig-2min.pt", "spurig-30s.pt", "hybrid-2min.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert model_file("spurig", "2min", tmp_path) == tmp_path / "spurig-2min.pt"
+    assert model_file("spurig", "15s", tmp_path) == tmp_path / "spurig-30s.pt"
+    assert model_file("hybrid", "15s", tmp_path) == tmp_path / "hybrid-2min.pt"
+    assert model_file("spurig", "1min", tmp_path) is None  # a SPEC duration: its own file only
+    assert model_file("spurig", "3min", tmp_path) is None
+    (tmp_path / "spurig-15s.pt").write_bytes(b"")
+    assert model_file("spurig", "15s", tmp_path) == tmp_path / "spurig-15s.pt"
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert model_file("spurig", "15s", empty) is None
+
+
 def test_recipe_model_records_its_domain(cohort: Path, tmp_path: Path) -> None:
     from spurig_core.io import load_checkpoint
 

@@ -46,15 +46,10 @@ from spurig_core.operators.coil_maps import virtual_coils
 from spurig_core.operators.grid import GriddedData
 from spurig_core.operators.igrog import GriddingConfig, grid_scan
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
-from spurig_core.recon.trained import MODELS_DIR
+from spurig_core.recon.trained import MODELS_DIR, model_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare_redraw import parse_shard  # the tools' one I/N parser
-
-
-def _model_for(method: str, duration: str, model_dir: Path) -> Path | None:
-    p = model_dir / f"{method}-{duration}.pt"
-    return p if p.exists() else None
 
 
 def _gridded(
@@ -105,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 model = None
                 if m in ("spurig", "hybrid", "dc-only"):  # dc-only: that model's data term
                     fam = "spurig" if m == "dc-only" else m
-                    model = Path(args.model) if args.model else _model_for(fam, d, model_dir)
+                    model = Path(args.model) if args.model else model_file(fam, d, model_dir)
                     if model is None:
                         print(f"skip {m} {d}: no {m}-{d}.pt in {model_dir}", flush=True)
                         continue

@@ -36,6 +36,7 @@ __all__ = [
     "check_card",
     "load_method_model",
     "model_encoding",
+    "model_file",
     "model_gridding",
     "resolve_model",
     "run_model",
@@ -91,31 +92,40 @@ def check_card(path: str | Path) -> dict[str, Any]:
     return {"sha256": sha, "card": card if want else None, "line": line}
 
 
-def _model_path(model: str | Path | None, family: str, duration: str) -> Path:
-    """``model`` when given (it must exist), else the shipped ``<family>-<duration>.pt``.
+def model_file(family: str, duration: str, models_dir: Path = MODELS_DIR) -> Path | None:
+    """Return ``models_dir/<family>-<duration>.pt``, or the file that stands in for it, or None.
 
-    A duration the SPEC does not name (15 s) without a shipped file of its own takes the
-    family's shipped model of the nearest duration (:func:`~spurig_core.durations.nearest_duration`
-    among the shipped ones: what 1–2 groups took before 15 s was named), and the pipeline's domain
-    check warns that the scan is outside that model's durations.  For the SPEC's durations a
-    missing file stays an error.
+    A duration the SPEC does not name (15 s) without a file of its own takes the family's file of
+    the nearest duration (:func:`~spurig_core.durations.nearest_duration` among the durations
+    with a file: what 1–2 groups took before 15 s was named); the pipeline's domain check then
+    warns that the scan is outside that model's durations.  For the SPEC's durations a missing
+    file gives None.
     """
+    p = models_dir / f"{family}-{duration}.pt"
+    if p.exists():
+        return p
+    have = {m.stem.removeprefix(f"{family}-") for m in models_dir.glob(f"{family}-*.pt")}
+    among = [d for d in DURATIONS if d in have]
+    if duration in DURATIONS and duration not in SPEC_DURATIONS and among:
+        return models_dir / f"{family}-{nearest_duration(DURATIONS[duration], among)}.pt"
+    return None
+
+
+def _model_path(model: str | Path | None, family: str, duration: str) -> Path:
+    """``model`` when given (it must exist), else the shipped file (:func:`model_file`)."""
     if model is not None:
         p = Path(model)
         if not p.exists():
             raise InputError(f"model {p}: no such file")
         return p
-    p = MODELS_DIR / f"{family}-{duration}.pt"
-    if p.exists():
-        return p
-    shipped = {m.stem.removeprefix(f"{family}-") for m in shipped_models()}
-    among = [d for d in DURATIONS if d in shipped]
-    if duration in DURATIONS and duration not in SPEC_DURATIONS and among:
-        return MODELS_DIR / f"{family}-{nearest_duration(DURATIONS[duration], among)}.pt"
-    have = ", ".join(m.stem for m in shipped_models()) or "none"
-    raise InputError(
-        f"no shipped {family} model for the {duration} scan (shipped: {have}); pass --model CKPT"
-    )
+    shipped = model_file(family, duration)
+    if shipped is None:
+        have = ", ".join(m.stem for m in shipped_models()) or "none"
+        raise InputError(
+            f"no shipped {family} model for the {duration} scan (shipped: {have}); "
+            "pass --model CKPT"
+        )
+    return shipped
 
 
 def _family(method: str) -> str:
