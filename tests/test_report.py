@@ -164,6 +164,9 @@ def test_runtime_table_ratios():
     assert t.rows[1] == ("30s", "2.00", "–", "–", "–")
     recs = _records(t)
     assert float(recs[0]["speedup_vs_llr_nufft"]) == pytest.approx(25.0)
+    # rows longest first, as Tables 1-2, whatever order the results were read in
+    t = runtime_table({"15s": {"spurig": 1.0}, "1min": {"spurig": 3.0}, "2min": {"spurig": 4.0}})
+    assert [r[0] for r in t.rows] == ["2min", "1min", "15s"]
 
 
 def test_write_report_links_relative(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .durations import DURATIONS
 from .errors import InputError
 from .metrics_stats import wilcoxon_p
 from .recon.methods import METHODS
@@ -340,7 +341,8 @@ def runtime_table(
         *(f"speed-up {METHOD_LABELS.get(m, m)}" for m in methods),
     )
     rows, records = [], []
-    for d, per in times.items():
+    # longest first, as Tables 1-2 (unnamed durations last, in their given order)
+    for d, per in sorted(times.items(), key=lambda kv: -DURATIONS.get(kv[0], 0)):
         base = per.get(baseline)
         secs = [f"{per[m]:.2f}" if m in per else "–" for m in methods]
         ratios = [
