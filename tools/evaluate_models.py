@@ -23,10 +23,11 @@ alternate scans (each its own subject folders), then one run without ``--shard``
 already there) writes the report.
 
 ``--model-dir DIR`` takes ``<method>-<duration>.pt`` from ``DIR`` instead of the shipped models
-(missing ones are skipped with a note); ``--model CKPT`` uses one checkpoint for the trained
-method; ``--label NAME`` stores results as ``NAME-<duration>`` and shows them as their own column
-(ablation variants, e.g. ``--methods spurig --durations 1min --model runs/.../model.pt
---label "GLEAM w/o PT"``).
+(by the pipeline's rule, :func:`spurig_core.recon.trained.model_file`: 15 s without its own file
+takes the nearest duration's; missing ones are skipped with a note); ``--model CKPT`` uses one
+checkpoint for the trained method; ``--label NAME`` stores results as ``NAME-<duration>`` and
+shows them as their own column (ablation variants, e.g. ``--methods spurig --durations 1min
+--model runs/.../model.pt --label "GLEAM w/o PT"``).
 """
 
 from __future__ import annotations
