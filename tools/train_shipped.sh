@@ -36,3 +36,8 @@ for arm in F2 E H K; do run "configs/cpu48v4/arm-$arm-30s.toml"; done       # sp
 # 15 s (issue 13): arm N, the 30-s network trained end to end at 15 s.  Not shipped (the repository's
 # size): spurig recon at 15 s uses spurig-30s.pt; pass --model runs/cpu48v6/arm-N-15s/model.pt.
 if [ "${WITH_15S:-0}" = 1 ]; then run configs/cpu48v6/arm-N-15s.toml; fi
+# Not shipped either (issue 13, session 12; RESULTS-models): a denoiser per unrolled step at every
+# duration, continued from the shipped networks (test +0.14 / +0.19 / +0.32 dB at 2 min / 1 min / 30 s).
+if [ "${WITH_PER_STEP:-0}" = 1 ]; then
+  for d in 2min 1min 30s; do run "configs/cpu48v6/arm-O-$d.toml"; done
+fi
