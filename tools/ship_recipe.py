@@ -53,6 +53,7 @@ ROWS = {
 PREPARED_BY = {
     "prepared48v2": "configs/cpu48v2/prepare.toml",
     "prepared48v5": "configs/cpu48v5/prepare-1min.toml",
+    "prepared48v6": "configs/cpu48v6/prepare-15s.toml",
 }
 
 
