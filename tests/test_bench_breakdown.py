@@ -60,9 +60,10 @@ def test_unrolled_breakdown_counts_and_sums(tiny_scan: Path) -> None:
     assert calls["step_size"] == 1 and calls["scale"] == 1
     from spurig_core.recon.trained import load_method_model
 
-    # per unrolled step: the model's DC steps (2 per block in the v3 models) and one UNet pass
+    # per unrolled step: the model's DC steps (2 per block in the v3 models) and one UNet pass;
+    # the first DC step takes its gram from the scale's (A^H A x0 = s · A^H A A^H b, issue #14)
     dc_steps = load_method_model(None, method="spurig", duration="30s").network.cfg.dc_steps
-    assert calls["dc"] == dc_steps * calls["denoiser"] and calls["denoiser"] >= 1
+    assert calls["dc"] == dc_steps * calls["denoiser"] - 1 and calls["denoiser"] >= 1
     _check_sums(row)
 
 

@@ -172,7 +172,7 @@ STAGES = (
     ("step_size", "spurig_core.recon.unrolled", None, "estimate_lipschitz"),
     ("step_size", "spurig_core.recon.classical", None, "lipschitz_constant"),
     ("step_size", "spurig_core.operators.step_size", None, "gram_norm"),
-    ("scale", "spurig_core.recon.classical", None, "norm_matching_scale"),
+    ("scale", "spurig_core.recon.classical", None, "norm_matching"),
     ("dc", "spurig_core.operators.encoding", "GriddedSubspaceEncoding", "_gram"),
     ("dc", "spurig_core.operators.encoding", "SubspaceNUFFTEncoding", "_gram"),
     ("denoiser", "spurig_core.recon.networks", "Denoiser", "forward"),

@@ -319,7 +319,7 @@ def grid(
         if kernel.freqs.device != dev:  # leave the caller's kernel where it is
             kernel = copy.deepcopy(kernel).to(dev)
         kernel.eval()
-        from .igrog_eval import kernel_predictor  # fast evaluation (issue #14)
+        from .igrog_eval import KernelPredictor, kernel_predictor  # fast evaluation (issue #14)
 
         predict = kernel_predictor(kernel, kernel_eval)
     per = max(1, cfg.grid_batch // ns)
@@ -338,9 +338,12 @@ def grid(
             else:
                 a = a1 - a0
                 gathered = torch.gather(ksp, 2, src.reshape(1, a, -1).expand(coils, -1, -1))
-                gathered = gathered.view(coils, a * ns, n).permute(1, 0, 2)  # (B, coils, n)
-                out = predict(disp.reshape(-1, n, 3), gathered)  # (B, coils)
-                values[:, a0:a1] = out.T.reshape(coils, a, ns)
+                gathered = gathered.view(coils, a * ns, n)  # (coils, B, n)
+                if isinstance(predict, KernelPredictor):  # coil-major: no transposed copies
+                    out = predict.coil_major(disp.reshape(-1, n, 3), gathered)  # (coils, B)
+                else:
+                    out = predict(disp.reshape(-1, n, 3), gathered.permute(1, 0, 2)).T
+                values[:, a0:a1] = out.reshape(coils, a, ns)
             emit(callback, "grid", b + 1, total, f"gridded {a1}/{n_arms} arms")
     mat = (int(matrix[0]), int(matrix[1]), int(matrix[2]))
     return GriddedData(values.view(coils, g_, t_, ns), index.view(g_, t_, ns), shape, mat)

@@ -15,6 +15,18 @@ here computes the same ``y = G s`` without forming ``G``:
   products are rounded to bfloat16, a relative error of about 0.1–0.3 % per predicted value), the
   prior in float32.
 
+Memory traffic, not arithmetic, set the time of that path on a CPU with bf16 matrix units
+(2026-12-06, ``benchmarks/RESULTS-igrog.md``), so the batch loop is arranged around the arrays:
+
+* the Fourier features are built feature-major (every sine and cosine written contiguously,
+  six times faster than into the columns of a row-major buffer) and read through a transpose;
+* the large intermediates live in work buffers reused from batch to batch;
+* the last layer's bias, ``b`` of ``G = W h + b``, is applied to the sources (``b s``, a small
+  product) rather than added to the (batch, 2·coils·coils·n) output, a whole pass over the
+  largest array of the gridding;
+* the gridding's gather is coil-major, and :meth:`KernelPredictor.coil_major` takes and returns
+  that layout (no transposed copies).
+
 Modes: ``"reference"`` (``kernel.predict`` itself), ``"fp32"``, ``"bf16"`` and ``"auto"``
 (``"bf16"`` where the device has native bfloat16 matmuls, else ``"fp32"``).  Times, memory and the
 A^H b accuracy of each mode are in ``benchmarks/RESULTS-igrog.md`` ("Gridding speed (issue #14)").
@@ -27,7 +39,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -72,18 +83,102 @@ class KernelPredictor:
         self.prior_width = float(kernel.prior_width)
         self.dtype = dtype
         self.freqs = kernel.freqs.detach().float()
+        self._freqs_2pi = ((2 * math.pi) * self.freqs).T.contiguous()  # (3n, features)
         layers = [m for m in kernel.mlp if isinstance(m, nn.Linear)]
         self.layers = [(m.weight.detach().to(dtype), m.bias.detach().to(dtype)) for m in layers]
+        # the last layer's bias as the (2·coils, coils·n) matrix it adds to every G: applied to
+        # the sources (one small product) instead of added to the (batch, 2·coils·coils·n) output
+        bias = layers[-1].bias.detach().float()
+        self._last_bias_t = bias.view(2 * self.coils, self.coils * self.n).T.contiguous()
+        self._buffers: dict[str, torch.Tensor] = {}
 
-    def hidden(self, d: torch.Tensor) -> torch.Tensor:
-        """Last-layer output ``[Re G; Im G]``, shape (batch, 2·coils, coils·n), in ``dtype``."""
-        x = d.reshape(d.shape[0], 3 * self.n).float()
-        proj = (2 * math.pi) * x @ self.freqs.T
-        h = torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=1).to(self.dtype)
-        for w, b in self.layers[:-1]:
-            h = torch.relu_(F.linear(h, w, b))
+    def _buf(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """Return a work buffer of exactly ``shape``, kept while batches keep that shape.
+
+        Reusing the large intermediates (features, hidden and output activations: ~100 MB per
+        32 k-sample batch) spares the allocator fresh, page-faulting memory at every batch.
+        """
+        b = self._buffers.get(name)
+        if b is None or b.shape != shape or b.dtype != dtype or b.device != device:
+            b = torch.empty(shape, dtype=dtype, device=device)
+            self._buffers[name] = b
+        return b
+
+    def features(self, d: torch.Tensor) -> torch.Tensor:
+        """MLP input ``[d, sin 2πfd, cos 2πfd]``, shape (batch, 3n + 2·features), in ``dtype``.
+
+        Built feature-major (features × batch) so that every sine and cosine is written to
+        contiguous memory (six times faster than into the columns of a row-major buffer), and
+        returned as its transpose (a view): the first layer reads it as it is.
+        """
+        bsz, m = d.shape[0], 3 * self.n
+        x = d.reshape(bsz, m).float()
+        nf = self._freqs_2pi.shape[1]
+        ft = self._buf("features", (m + 2 * nf, bsz), torch.float32, d.device)
+        ft[:m] = x.T
+        proj = ft[m : m + nf]
+        torch.mm(self._freqs_2pi.T, x.T, out=proj)
+        torch.cos(proj, out=ft[m + nf :])
+        proj.sin_()
+        if self.dtype == torch.float32:
+            return ft.T
+        out = self._buf("features_cast", (m + 2 * nf, bsz), self.dtype, d.device)
+        return out.copy_(ft).T
+
+    def hidden(self, d: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
+        """Last-layer output ``[Re G; Im G]``, shape (batch, 2·coils, coils·n), in ``dtype``.
+
+        ``bias=False`` leaves out the last layer's bias (:meth:`coil_major` applies it to the
+        sources instead: adding it here costs a pass over the largest array of the gridding).
+        """
+        h = self.features(d)
+        bsz = d.shape[0]
+        for i, (w, b) in enumerate(self.layers[:-1]):
+            o = self._buf(f"layer{i}", (bsz, w.shape[0]), self.dtype, d.device)
+            h = torch.addmm(b, h, w.T, out=o).relu_()
         w, b = self.layers[-1]
-        return F.linear(h, w, b).view(d.shape[0], 2 * self.coils, self.coils * self.n)
+        o = self._buf("last", (bsz, w.shape[0]), self.dtype, d.device)
+        g = torch.addmm(b, h, w.T, out=o) if bias else torch.mm(h, w.T, out=o)
+        return g.view(bsz, 2 * self.coils, self.coils * self.n)
+
+    def coil_major(self, d: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Predicted target values from coil-major sources (the layout of the gridding's gather).
+
+        Parameters
+        ----------
+        d : Tensor, shape (batch, n, 3), float32
+            Source minus target positions, cycles/FOV.
+        sources : Tensor, shape (coils, batch, n), complex64
+            Source values (any strides; contiguous is fastest).
+
+        Returns
+        -------
+        Tensor, shape (coils, batch), complex64
+            Equal to ``kernel.predict(d, sources.permute(1, 0, 2)).T`` up to the rounding of
+            ``dtype``.
+        """
+        bsz, c, n = d.shape[0], self.coils, self.n
+        g = self.hidden(d, bias=False)
+        src = torch.view_as_real(sources.to(torch.complex64))  # (coils, batch, n, 2), a view
+        s = self._buf("sources", (bsz, 2, c, n), self.dtype, d.device)
+        s.copy_(src.permute(1, 3, 0, 2))  # [Re s; Im s] rows: one strided read, in dtype
+        s = s.view(bsz, 2, c * n)
+        # (batch, 2c, 2) = [Re G; Im G] · [Re s, Im s] (float32 accumulation), bias separately
+        p = torch.bmm(g, s.transpose(1, 2)).float()
+        bias = torch.mm(s.view(2 * bsz, c * n).float(), self._last_bias_t).view(bsz, 2, 2 * c)
+        p += bias.transpose(1, 2)
+        if self.prior_width > 0:  # each coil from its own sources, Gaussian weights, float32
+            w = torch.softmax(d.float().square().sum(-1).mul_(-1.0 / self.prior_width**2), dim=-1)
+            out = src[:, :, 0] * w[None, :, 0, None]  # (coils, batch, 2)
+            for i in range(1, n):
+                out.addcmul_(src[:, :, i], w[None, :, i, None])
+        else:
+            out = torch.zeros((c, bsz, 2), dtype=torch.float32, device=d.device)
+        out[..., 0] += (p[:, :c, 0] - p[:, c:, 1]).T
+        out[..., 1] += (p[:, :c, 1] + p[:, c:, 0]).T
+        return torch.view_as_complex(out)
 
     def __call__(self, d: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Predicted target values.
@@ -100,18 +195,7 @@ class KernelPredictor:
         Tensor, shape (batch, coils), complex64
             Equal to ``kernel.predict(d, sources)`` up to the rounding of ``dtype``.
         """
-        bsz, c = d.shape[0], self.coils
-        g = self.hidden(d)
-        s = torch.view_as_real(sources.reshape(bsz, c * self.n).to(torch.complex64))
-        # (batch, 2c, 2) = [Re G; Im G] · [Re s, Im s], in dtype (float32 accumulation)
-        p = torch.bmm(g, s.to(self.dtype)).float()
-        re = p[:, :c, 0] - p[:, c:, 1]
-        im = p[:, :c, 1] + p[:, c:, 0]
-        y = torch.complex(re, im)
-        if self.prior_width > 0:  # each coil from its own sources, Gaussian weights
-            w = torch.softmax(-d.float().square().sum(-1) / self.prior_width**2, dim=-1)
-            y = y + (sources.reshape(bsz, c, self.n) * w[:, None, :]).sum(-1)
-        return y
+        return self.coil_major(d, sources.permute(1, 0, 2)).T
 
 
 def kernel_predictor(kernel: IGROGKernel, mode: str = "auto") -> Predictor:

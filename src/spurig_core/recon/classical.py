@@ -48,6 +48,7 @@ __all__ = [
     "TuneResult",
     "adjoint_recon",
     "llr_recon",
+    "norm_matching",
     "norm_matching_scale",
     "run_adjoint",
     "run_llr",
@@ -72,13 +73,30 @@ def norm_matching_scale(op: LinearOperator, ahb: torch.Tensor, b_norm: float) ->
     b_norm : float
         ``‖b‖₂`` of the measured (or gridded) k-space.
     """
+    return norm_matching(op, ahb, b_norm)[0]
+
+
+def norm_matching(
+    op: LinearOperator, ahb: torch.Tensor, b_norm: float
+) -> tuple[float, torch.Tensor]:
+    """:func:`norm_matching_scale` and the gram it applied, ``A^H A A^H b``.
+
+    A method that starts from ``x0 = s · A^H b`` gets its first gradient's gram as
+    ``s · A^H A A^H b`` from here instead of applying the gram again (issue #14).
+
+    Returns
+    -------
+    s : float
+    gram : Tensor, shape (basis, x, y, z), complex64
+        ``A^H A A^H b``.
+    """
     if not (b_norm >= 0.0 and math.isfinite(b_norm)):
         raise InputError(f"adjoint: ‖b‖ must be finite and >= 0, got {b_norm}")
     g = op.gram(ahb)
     energy = float(torch.sum((ahb.conj() * g).real, dtype=torch.float64))
     if energy <= 0.0 or b_norm == 0.0:
         raise InputError(f"{op.name}: A A^H b is zero; the k-space data are empty")
-    return b_norm / math.sqrt(energy)
+    return b_norm / math.sqrt(energy), g
 
 
 def adjoint_recon(

@@ -26,6 +26,8 @@ def gradient_dc(
     alpha: torch.Tensor,
     mu: torch.Tensor | float,
     steps: int = 1,
+    *,
+    gram_alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Take ``steps`` gradient steps on ``½‖Aα − b‖²`` from ``alpha``.
 
@@ -36,14 +38,17 @@ def gradient_dc(
     mu : Tensor (0-d, real) or float
         Step size (``exp(ρ)/L``).
     steps : int
+    gram_alpha : Tensor, shape (basis, x, y, z), complex64, optional
+        ``A^H A alpha`` when already known: the first step uses it instead of ``op.gram``.
 
     Returns
     -------
     Tensor, shape (basis, x, y, z), complex64
     """
     m = mu.to(alpha.real.dtype) if isinstance(mu, torch.Tensor) else mu
-    for _ in range(steps):
-        alpha = alpha - m * (op.gram(alpha) - ahb)
+    for k in range(steps):
+        g = gram_alpha if k == 0 and gram_alpha is not None else op.gram(alpha)
+        alpha = alpha - m * (g - ahb)
     return alpha
 
 
@@ -58,6 +63,8 @@ def cg_dc(
     z: torch.Tensor,
     lam: torch.Tensor | float,
     iters: int,
+    *,
+    gram_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``iters`` CG iterations on ``(A^H A + λ I) α = A^H b + λ z``, started at ``z``.
 
@@ -68,6 +75,8 @@ def cg_dc(
     lam : Tensor (0-d, real, positive) or float
         ``λ`` in the units of ``A^H A`` (``exp(ρ)·L``).
     iters : int
+    gram_z : Tensor, shape (basis, x, y, z), complex64, optional
+        ``A^H A z`` when already known (the initial residual uses it instead of ``op.gram``).
 
     Returns
     -------
@@ -75,7 +84,7 @@ def cg_dc(
     """
     lm = lam.to(z.real.dtype) if isinstance(lam, torch.Tensor) else lam
     x = z
-    r = ahb + lm * z - (op.gram(x) + lm * x)
+    r = ahb + lm * z - ((op.gram(x) if gram_z is None else gram_z) + lm * x)
     p = r
     rr = _dot(r, r)
     for _ in range(iters):

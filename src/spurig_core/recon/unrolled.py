@@ -46,6 +46,7 @@ __all__ = [
     "UnrolledRecon",
     "estimate_lipschitz",
     "scaled_init",
+    "scaled_init_gram",
 ]
 
 #: ``kind`` of a model file written at the end of a training stage.
@@ -161,11 +162,29 @@ def scaled_init(op: LinearOperator, ahb: torch.Tensor, b_norm: float) -> tuple[t
     x0 : Tensor, shape (basis, x, y, z), complex64
     s : float
     """
-    from .classical import norm_matching_scale
+    x0, s, _ = scaled_init_gram(op, ahb, b_norm)
+    return x0, s
+
+
+def scaled_init_gram(
+    op: LinearOperator, ahb: torch.Tensor, b_norm: float
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """:func:`scaled_init` and ``A^H A x0 = s · A^H A A^H b``, from the scale's own gram.
+
+    The first DC step needs the gram of ``x0``; the scale has already applied it to ``A^H b``,
+    so an unroll started here spends one gram fewer (issue #14).
+
+    Returns
+    -------
+    x0 : Tensor, shape (basis, x, y, z), complex64
+    s : float
+    gram_x0 : Tensor, shape (basis, x, y, z), complex64
+    """
+    from .classical import norm_matching
 
     with torch.no_grad():
-        s = norm_matching_scale(op, ahb, b_norm)
-    return ahb * s, s
+        s, g = norm_matching(op, ahb, b_norm)
+    return ahb * s, s, g.mul_(s)
 
 
 class UnrolledRecon(nn.Module):
@@ -203,6 +222,7 @@ class UnrolledRecon(nn.Module):
         alpha: torch.Tensor,
         i: int,
         lipschitz: float,
+        gram_alpha: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One unroll iteration (eq. 2 then eq. 3) with 0-based ``i`` (FiLM index ``i + 1``).
 
@@ -213,21 +233,31 @@ class UnrolledRecon(nn.Module):
         alpha : Tensor, shape (basis, x, y, z), complex64
         i : int
         lipschitz : float
+        gram_alpha : Tensor, shape (basis, x, y, z), complex64, optional
+            ``A^H A alpha`` when already known (constant: no gradient flows through it).
 
         Returns
         -------
         Tensor, shape (basis, x, y, z), complex64
         """
-        return self.denoiser(i)(self.dc_half(op, ahb, alpha, i, lipschitz), i + 1)
+        return self.denoiser(i)(self.dc_half(op, ahb, alpha, i, lipschitz, gram_alpha), i + 1)
 
     def dc_half(
-        self, op: LinearOperator, ahb: torch.Tensor, alpha: torch.Tensor, i: int, lipschitz: float
+        self,
+        op: LinearOperator,
+        ahb: torch.Tensor,
+        alpha: torch.Tensor,
+        i: int,
+        lipschitz: float,
+        gram_alpha: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Take the DC half-step ``α_{i−½}`` of 0-based step ``i`` from ``α_{i−1}`` (``cfg.dc``)."""
         if self.cfg.dc == "cg":
             lam = torch.exp(self.log_lam[i]) * lipschitz
-            return cg_dc(op, ahb, alpha, lam, self.cfg.dc_steps)
-        return gradient_dc(op, ahb, alpha, self.mu(i, lipschitz), self.cfg.dc_steps)
+            return cg_dc(op, ahb, alpha, lam, self.cfg.dc_steps, gram_z=gram_alpha)
+        return gradient_dc(
+            op, ahb, alpha, self.mu(i, lipschitz), self.cfg.dc_steps, gram_alpha=gram_alpha
+        )
 
     # -- the whole reconstruction --------------------------------------------------------------
     def forward(
@@ -241,6 +271,7 @@ class UnrolledRecon(nn.Module):
         steps: int | None = None,
         return_all: bool = False,
         callback: Callback | None = None,
+        gram_x0: torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Unroll from ``x0``.
 
@@ -266,6 +297,9 @@ class UnrolledRecon(nn.Module):
         callback : Callback, optional
             ``emit(callback, "unroll", i, N, data=α_i)`` after each step; may raise
             :class:`~spurig_core.errors.Cancelled`.
+        gram_x0 : Tensor, shape (basis, x, y, z), complex64, optional
+            ``A^H A x0`` when known (:func:`scaled_init_gram`): the first DC step uses it instead
+            of applying the gram (a constant: ``x0`` must not need a gradient).
 
         Returns
         -------
@@ -283,13 +317,18 @@ class UnrolledRecon(nn.Module):
             lipschitz = estimate_lipschitz(op, ahb, iters=self.cfg.power_iters)
         alpha = x0
         out = [x0] if return_all else []
+        if gram_x0 is not None and x0.requires_grad:
+            raise InputError("UnrolledRecon: gram_x0 needs an x0 without gradient")
         for i in range(n):
+            known = gram_x0 if i == 0 else None
             if mode == "gleam":
-                alpha = self.step(op, ahb, alpha.detach(), i, lipschitz)
+                alpha = self.step(op, ahb, alpha.detach(), i, lipschitz, known)
             elif mode == "checkpoint" and torch.is_grad_enabled():
-                alpha = checkpoint(self.step, op, ahb, alpha, i, lipschitz, use_reentrant=False)
+                alpha = checkpoint(
+                    self.step, op, ahb, alpha, i, lipschitz, known, use_reentrant=False
+                )
             else:
-                alpha = self.step(op, ahb, alpha, i, lipschitz)
+                alpha = self.step(op, ahb, alpha, i, lipschitz, known)
             if return_all:
                 out.append(alpha)
             emit(
@@ -334,9 +373,15 @@ class UnrolledRecon(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            x0, _ = scaled_init(op, ahb, b_norm)
+            x0, _, gram_x0 = scaled_init_gram(op, ahb, b_norm)
             res = self.forward(
-                op, ahb, x0, lipschitz=lipschitz, return_all=save_iterations, callback=callback
+                op,
+                ahb,
+                x0,
+                lipschitz=lipschitz,
+                return_all=save_iterations,
+                callback=callback,
+                gram_x0=gram_x0,
             )
         finally:
             self.train(was_training)
