@@ -77,6 +77,23 @@ def test_lanczos_from_coil_start_converges_to_the_norm(setup) -> None:
     assert grams > 4
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_centre_direction_is_the_top_eigenvector_of_the_central_kernels(setup, sparse) -> None:
+    """Oracle: the dense kernel array, summed over the central 5³ grid points."""
+    scan, gd, basis = setup
+    cfg = EncodingConfig(sparse=sparse)
+    op = GriddedSubspaceEncoding(gd, scan.coil_maps, basis, config=cfg)
+    k = op.kernels  # (basis, basis, X, Y, Z), stored sparsely or not
+    c = [n // 2 for n in k.shape[2:]]
+    block = k[:, :, c[0] - 2 : c[0] + 3, c[1] - 2 : c[1] + 3, c[2] - 2 : c[2] + 3]
+    vals, vecs = torch.linalg.eigh(block.sum((-3, -2, -1)).to(torch.complex128))
+    v = op.centre_direction()
+    assert v.shape == (5,) and float(torch.linalg.vector_norm(v)) == pytest.approx(1.0, rel=1e-5)
+    assert abs(complex(torch.vdot(vecs[:, -1].to(torch.complex64), v))) == pytest.approx(1.0, 1e-4)
+    x0 = coil_start(scan.coil_maps, 5, v)
+    torch.testing.assert_close(x0[2], v[2] * scan.coil_maps.conj().sum(0))
+
+
 def test_key_names_groups_density_and_operator(setup) -> None:
     scan, _, basis = setup
     k = step_key(4, 0.5, scan.coil_maps, basis)

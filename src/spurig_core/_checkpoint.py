@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_plain", "non_finite", "refusal_reason"]
+__all__ = ["all_finite", "check_plain", "non_finite", "refusal_reason"]
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 _PLAIN_CONTAINERS = (dict, list, tuple, OrderedDict)
@@ -55,10 +55,25 @@ def check_plain(obj: Any, where: str = "") -> None:
             check_plain(v, f"{where}[{i}]")
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of a floating or complex tensor is finite (no NaN, no Inf).
+
+    A NaN or an Inf anywhere makes the sum NaN or infinite, so a finite sum settles it in one
+    reduction (15× faster than ``isfinite(t).all()`` on a scan's k-space, issue #14); only a
+    sum that overflows or is not finite is checked element by element.
+    """
+    if not t.numel():
+        return True
+    x = torch.view_as_real(t) if t.is_complex() else t
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def non_finite(obj: Any, where: str = "") -> str | None:
     """Dotted path of the first floating or complex tensor in ``obj`` with NaN or Inf, or None."""
     if isinstance(obj, torch.Tensor):
-        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+        if (obj.is_floating_point() or obj.is_complex()) and not all_finite(obj):
             return where
         return None
     items: Iterator[tuple[Any, Any]]

@@ -137,27 +137,41 @@ def _top_ritz(alphas: list[float], betas: list[float]) -> float:
     return float(torch.linalg.eigvalsh(t)[-1])
 
 
-def coil_start(maps: torch.Tensor, n_basis: int) -> torch.Tensor:
-    """Data-free Lanczos start ``x0[k] = Σ_c conj(S_c)`` for every basis component.
+def coil_start(
+    maps: torch.Tensor, n_basis: int, direction: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Data-free Lanczos start ``x0[k] = v_k Σ_c conj(S_c)``.
 
     A smooth, coil-combined image: its k-space sits at the densely sampled centre, where the top
     eigenvectors of ``A^H A`` live (like ``A^H b``'s, without the data).
+
+    Parameters
+    ----------
+    maps : Tensor, shape (coils, x, y, z), complex64
+    n_basis : int
+    direction : Tensor, shape (n_basis,), complex64, optional
+        The basis-space direction ``v`` (default: equal coefficients); the gridded encoding's
+        :meth:`~.encoding.GriddedSubspaceEncoding.centre_direction` saves a gram (issue #14).
 
     Returns
     -------
     Tensor, shape (n_basis, x, y, z), complex64
     """
     c = maps.to(torch.complex64).conj().sum(0)
-    return c.expand(int(n_basis), *c.shape).contiguous()
+    if direction is None:
+        return c.expand(int(n_basis), *c.shape).contiguous()
+    return direction.to(c.device, torch.complex64).reshape(-1, 1, 1, 1) * c
 
 
 def step_size_of(op: Any, maps: torch.Tensor) -> float:
     """Compute the stored kind of ``‖A^H A‖₂`` for a gridded encoding ``op`` with maps ``maps``.
 
-    :func:`gram_norm` from :func:`coil_start`, at most :data:`MAX_GRAMS` grams, tolerance
+    :func:`gram_norm` from :func:`coil_start` in the direction of the operator's
+    ``centre_direction()`` where it has one, at most :data:`MAX_GRAMS` grams, tolerance
     :data:`RTOL` (see the module notes).
     """
-    value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis))
+    direction = op.centre_direction() if hasattr(op, "centre_direction") else None
+    value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis, direction))
     return value
 
 
