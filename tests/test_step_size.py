@@ -86,7 +86,7 @@ def test_centre_direction_is_the_top_eigenvector_of_the_central_kernels(setup, s
     k = op.kernels  # (basis, basis, X, Y, Z), stored sparsely or not
     c = [n // 2 for n in k.shape[2:]]
     block = k[:, :, c[0] - 2 : c[0] + 3, c[1] - 2 : c[1] + 3, c[2] - 2 : c[2] + 3]
-    vals, vecs = torch.linalg.eigh(block.sum((-3, -2, -1)).to(torch.complex128))
+    _, vecs = torch.linalg.eigh(block.sum((-3, -2, -1)).to(torch.complex128))
     v = op.centre_direction()
     assert v.shape == (5,) and float(torch.linalg.vector_norm(v)) == pytest.approx(1.0, rel=1e-5)
     assert abs(complex(torch.vdot(vecs[:, -1].to(torch.complex64), v))) == pytest.approx(1.0, 1e-4)
