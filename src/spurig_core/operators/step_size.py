@@ -53,8 +53,11 @@ _log = logging.getLogger("spurig")
 
 #: Stopping tolerance of the stored value's Lanczos run (relative change of the Ritz value).
 RTOL = 1e-3
-#: At most this many grams for a stored value (today's unroll spent 8 on its power iteration).
-MAX_GRAMS = 10
+#: At most this many grams for a stored value (the unroll once spent 8 on its power iteration).
+#: 7 since 2026-12-06: at 30 s (4 groups, 64³) the top of the spectrum is too flat for the
+#: tolerance, and the grams past the 7th raised the value by 0.4 % for 3 more grams
+#: (``benchmarks/RESULTS.md``, session 13); at 2 min the tolerance stops it at 5–6.
+MAX_GRAMS = 7
 
 
 def gram_norm(
