@@ -8,13 +8,15 @@ iteration (issue #14).
 
 :func:`gram_norm` runs Lanczos on ``A^H A``; the stored value is its top Ritz value after at most
 :data:`MAX_GRAMS` grams (stopping at a relative change below :data:`RTOL`), started from the
-data-free, coil-combined image of :func:`coil_start`.  A Ritz value never exceeds ``λ_max``; the
-top of this spectrum is clustered (many eigenvalues within 1 % of the largest), so Lanczos
-creeps the last per cent: measured 0.8 % (32³, 4 groups), 0.15 % (48³) and 0.1 % (64³, 16
-groups) below the converged norm at γ = 0.5 after 6, 5 and 5 grams, 2.4 %, 0.3 % and 0.2 % at
-the shipped models' γ = 0.75 after 7, 6 and 6 grams (``benchmarks/RESULTS.md``): at or above the
-unroll's former 8 power iterations from ``A^H b`` every time (by 0.2–0.6 %), with which the
-shipped models' steps ``exp(ρ_i)/L`` were learned.
+data-free, coil-combined image of :func:`coil_start` in the basis direction of the central
+per-point kernels (since 2026-12-06: closer to the norm at the same number of grams).  A Ritz
+value never exceeds ``λ_max``; the top of this spectrum is clustered (many eigenvalues within
+1 % of the largest), so Lanczos creeps the last per cent: measured 0.8 % (32³, 4 groups),
+0.15 % (48³) and 0.1 % (64³, 16 groups) below the converged norm at γ = 0.5 after 6, 5 and 5
+grams, 2.4 %, 0.3 % and 0.2 % at the shipped models' γ = 0.75 after 7, 6 and 6 grams, but 11 %
+below a 30-gram value at 64³, 4 groups, γ = 0.75 (``benchmarks/RESULTS.md``, sessions 9 and 13):
+at or above the unroll's former 8 power iterations from ``A^H b`` where both were measured (by
+0.2–0.6 %), with which the shipped models' steps ``exp(ρ_i)/L`` were learned.
 Margins are the consumers': FISTA-LLR uses ``lipschitz_safety · L`` (1.02, as before), the unroll
 and ``dc-only`` use ``L`` itself (a gradient step of ``1/L`` is stable up to ``2/‖A^H A‖``).
 
