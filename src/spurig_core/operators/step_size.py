@@ -57,8 +57,9 @@ _log = logging.getLogger("spurig")
 RTOL = 1e-3
 #: At most this many grams for a stored value (the unroll once spent 8 on its power iteration).
 #: 7 since 2026-12-06: at 30 s (4 groups, 64³) the top of the spectrum is too flat for the
-#: tolerance, and the grams past the 7th raised the value by 0.4 % for 3 more grams
-#: (``benchmarks/RESULTS.md``, session 13); at 2 min the tolerance stops it at 5–6.
+#: tolerance to stop the run from the centre-direction start (the 8th gram still adds 0.5 %), and
+#: running on to 10 cost 2.3 s of the bench (``benchmarks/RESULTS.md``, session 13); at 2 min the
+#: tolerance stops it at 5–6.
 MAX_GRAMS = 7
 
 
@@ -156,7 +157,9 @@ def coil_start(
     n_basis : int
     direction : Tensor, shape (n_basis,), complex64, optional
         The basis-space direction ``v`` (default: equal coefficients); the gridded encoding's
-        :meth:`~.encoding.GriddedSubspaceEncoding.centre_direction` saves a gram (issue #14).
+        :meth:`~.encoding.GriddedSubspaceEncoding.centre_direction` gives Ritz values closer to
+        the norm at the same number of grams (issue #14; it does not save a gram under
+        :data:`RTOL`).
 
     Returns
     -------

@@ -244,7 +244,9 @@ def scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
 
 
 def _b_norm(b: torch.Tensor) -> float:
-    if not bool(torch.isfinite(b).all()):
+    from .._checkpoint import all_finite
+
+    if not all_finite(b):
         raise InputError("k-space: contains NaN or Inf")
     return float(torch.linalg.vector_norm(b.to(torch.complex128)))
 
