@@ -167,6 +167,28 @@ def test_dense_and_sparse_kernels_agree(rng: torch.Generator) -> None:
     assert torch.equal(sparse.kernels, dense.kernels)
 
 
+def test_gram_mixes_several_coils_at_a_time_exactly(
+    rng: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coils mixed one at a time, two at a time (3 coils: a short last group) and all at once."""
+    from spurig_core.operators import encoding
+
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis, config=EncodingConfig(sparse=True, chunk=7))
+    x = random_like_shape((BASIS, *MATRIX), rng)
+    per_coil = BASIS * round(op.sampled_fraction * op.n_grid) * 8  # bytes of one coil
+    results = {}
+    for budget in (per_coil - 1, 2 * per_coil, 1 << 30):
+        monkeypatch.setattr(encoding, "_MIX_BYTES", budget)
+        results[op._coils_per_mix()] = op.gram(x)
+    assert sorted(results) == [1, 2, COILS]
+    assert rel_err(results[2], results[1]) < 1e-6
+    assert rel_err(results[COILS], results[1]) < 1e-6
+    # the zeroed work buffer survives an adjoint in between (it writes the same buffer)
+    op.adjoint(gd.values)
+    assert rel_err(op.gram(x), results[COILS]) < 1e-6
+
+
 def test_buffers_are_not_aliased(rng: torch.Generator) -> None:
     _, gd, maps, basis = _setup(rng)
     op = GriddedSubspaceEncoding(gd, maps, basis, config=PLAIN)

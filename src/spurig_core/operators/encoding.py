@@ -51,8 +51,6 @@ __all__ = [
     "density_weights",
 ]
 
-_DIMS = (-3, -2, -1)
-
 
 def _norm(values: torch.Tensor) -> float:
     """``‖values‖₂`` (complex): float32 norms of 8,192-number blocks, summed in float64."""
@@ -96,6 +94,11 @@ def _count_product(index: torch.Tensor, outer: torch.Tensor, n_grid: int) -> tor
         n = torch.sparse_csr_tensor(crow, uniq - rows * t, counts.float(), (n_grid, t))
         k = n @ torch.view_as_real(outer).reshape(t, 2 * m)
     return torch.view_as_complex(k.reshape(n_grid, m, 2).contiguous())
+
+
+#: Memory for the sampled k-space of several coils mixed together in the gram (CPU, sparse
+#: storage): 4 coils at 64³ (16 groups), one coil (the per-coil path) from about 128³ on.
+_MIX_BYTES = 64 << 20
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,6 +175,13 @@ class GriddedSubspaceEncoding(LinearOperator):
     per-point ``basis × basis`` kernel ``K``, inverse FFT, crop; ``K`` is built once
     (``basis² · X·Y·Z``
     complex64).  The FFT checkerboards cancel in ``gram`` and are folded into the coil maps.
+    The gram's FFTs run one basis coefficient at a time, each result used where the FFT leaves
+    it (gathered at the sampled points, or cropped into the image) rather than copied into a
+    buffer, and on the CPU the sampled k-space of several coils is mixed together, so each block
+    of ``K`` is read once for them (up to :data:`_MIX_BYTES`).  On the 2-core Xeon of 2026-12-06
+    a batched ``fftn`` of ``(5, 96, 96, 96)`` took 19 ms, five single ones into a buffer 8.6 ms
+    and without the buffer about 5 ms; the 64³ gram 0.69 → 0.32 s with the same values
+    (``benchmarks/RESULTS.md``, session 14).
     """
 
     def __init__(
@@ -326,7 +336,11 @@ class GriddedSubspaceEncoding(LinearOperator):
         return b
 
     def release_buffers(self) -> None:
-        """Free the preallocated work buffers (``3 × basis·X·Y·Z`` complex64)."""
+        """Free the preallocated work buffers.
+
+        ``3 × basis·X·Y·Z`` complex64, and the gram's several-coil mixing buffer (at most
+        :data:`_MIX_BYTES`).
+        """
         self._buffers.clear()
 
     def _pad_fft(self, x: torch.Tensor, c: int) -> torch.Tensor:
@@ -334,38 +348,69 @@ class GriddedSubspaceEncoding(LinearOperator):
         bin_ = self._buf("in")  # border stays zero: only the centre is ever written
         torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
         bf = self._buf("f")
-        torch.fft.fftn(bin_, dim=_DIMS, out=bf)
+        for k in range(self.n_basis):  # one coefficient at a time: issue #14, see the notes
+            torch.fft.fftn(bin_[k], out=bf[k])
         return bf
 
+    def _fft_gather(self, x: torch.Tensor, c: int, out: torch.Tensor) -> None:
+        """``out[k] = fft(pre · pad(S_c x))[k]`` at the sampled points (sparse storage).
+
+        Each coefficient's transform is gathered from the FFT's own result, which is freed at
+        once: no copy into a buffer (``fftn(out=)`` computes into a temporary and copies).
+        """
+        assert self._loc is not None
+        bin_ = self._buf("in")
+        torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
+        for k in range(self.n_basis):
+            torch.index_select(torch.fft.fftn(bin_[k]).view(-1), 0, self._loc, out=out[k])
+
     def _ifft_crop_acc(self, z: torch.Tensor, c: int, acc: torch.Tensor) -> None:
-        """``acc += conj(S_c pre) · crop(Σ_p z e^{+...})`` (adjoint of :meth:`_pad_fft`)."""
-        bf = self._buf("f")
-        torch.fft.ifftn(z, dim=_DIMS, norm="forward", out=bf)
-        acc.addcmul_(bf[(slice(None), *self._crop)], self._smod_conj[c])
+        """``acc += conj(S_c pre) · crop(Σ_p z e^{+...})`` (adjoint of :meth:`_pad_fft`).
+
+        One coefficient at a time, each inverse transform used straight from the FFT's result.
+        """
+        smod = self._smod_conj[c]
+        for k in range(self.n_basis):
+            acc[k].addcmul_(torch.fft.ifftn(z[k], norm="forward")[self._crop], smod)
 
     def _mix(self, y: torch.Tensor) -> torch.Tensor:
         """``z[k'] = Σ_k K[k',k] y[k]`` per grid point, into the ``z`` buffer."""
         nb = self.n_basis
         z = self._buf("z")
         yv, zv = y.reshape(nb, -1), z.reshape(nb, -1)
-        if self._loc is not None:
-            ys = yv.index_select(1, self._loc)
-            zs = torch.empty_like(ys)
-        else:
-            ys, zs = yv, zv
-        n = ys.shape[1]
+        if self._loc is None:
+            self._mix_points(yv.unsqueeze(0), zv.unsqueeze(0))
+            return z
+        ys = yv.index_select(1, self._loc).unsqueeze(0)
+        self._mix_points(ys, ys)
+        zv.index_copy_(1, self._loc, ys[0])
+        return z
+
+    def _mix_points(self, ys: torch.Tensor, zs: torch.Tensor) -> None:
+        """``zs[c, k', p] = Σ_k K[k', k, p] ys[c, k, p]`` for the stored points, blockwise.
+
+        ``ys`` and ``zs`` have shape (coils, basis, points); they may be the same tensor (then
+        each block is mixed into a block-sized buffer and copied back).  Several coils per block
+        read each block of ``K`` once (issue #14: 4–5 coils at a time made the 64³ gram 16–19 %
+        faster).
+        """
+        nb = self.n_basis
+        n = ys.shape[2]
         step = self._chunk or n
         kern = self._kernel
+        same = ys.data_ptr() == zs.data_ptr()
+        shape = (ys.shape[0], nb, min(step, n) if same else 0)
+        tmp = torch.empty(shape, dtype=ys.dtype, device=ys.device)
         for s in range(0, n, step):
             e = min(n, s + step)
-            yc, zc, kc = ys[:, s:e], zs[:, s:e], kern[:, :, s:e]
+            yc, kc = ys[:, :, s:e], kern[:, :, s:e]
+            zc = tmp[:, :, : e - s] if same else zs[:, :, s:e]
             for a in range(nb):
-                torch.mul(kc[a, 0], yc[0], out=zc[a])
+                torch.mul(kc[a, 0], yc[:, 0], out=zc[:, a])
                 for b in range(1, nb):
-                    zc[a].addcmul_(kc[a, b], yc[b])
-        if self._loc is not None:
-            zv.index_copy_(1, self._loc, zs)
-        return z
+                    zc[:, a].addcmul_(kc[a, b], yc[:, b])
+            if same:
+                zs[:, :, s:e].copy_(zc)
 
     # -- raw maps (no autograd) ------------------------------------------------------------------
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
@@ -387,6 +432,7 @@ class GriddedSubspaceEncoding(LinearOperator):
             bc = bc * self._sqrtw
         out.zero_()
         ov = out.reshape(self.n_basis, -1)
+
         for k in range(self.n_basis):
             w = (bc * self._phi_t[k].conj()).reshape(-1)
             ov[k].index_add_(0, self._index, w)
@@ -406,11 +452,37 @@ class GriddedSubspaceEncoding(LinearOperator):
     def _gram(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.complex64)
         acc = torch.zeros_like(x)
-        for c in range(self.n_coils):
-            y = self._pad_fft(x, c)
-            z = self._mix(y)
-            self._ifft_crop_acc(z, c, acc)
+        per = self._coils_per_mix()
+        if per == 1:
+            for c in range(self.n_coils):
+                y = self._pad_fft(x, c)
+                z = self._mix(y)
+                self._ifft_crop_acc(z, c, acc)
+            return acc
+        assert self._loc is not None
+        nb, loc = self.n_basis, self._loc
+        ys = self._buffers.get("mix")
+        if ys is None or ys.shape[0] != per:  # kept, like the other buffers (fresh memory faults)
+            ys = torch.empty((per, nb, loc.numel()), dtype=torch.complex64, device=self.device)
+            self._buffers["mix"] = ys
+        z = self._buf("z")  # zero off the sampled points
+        zv = z.view(nb, -1)
+        for c0 in range(0, self.n_coils, per):
+            m = min(self.n_coils, c0 + per) - c0
+            for j in range(m):
+                self._fft_gather(x, c0 + j, ys[j])
+            self._mix_points(ys[:m], ys[:m])
+            for j in range(m):
+                zv.index_copy_(1, loc, ys[j])
+                self._ifft_crop_acc(z, c0 + j, acc)
         return acc
+
+    def _coils_per_mix(self) -> int:
+        """Coils mixed together in the gram (within :data:`_MIX_BYTES`; CPU, sparse storage)."""
+        if self._loc is None or not self._chunk:
+            return 1
+        per_coil = self.n_basis * self._loc.numel() * 8
+        return max(1, min(self.n_coils, _MIX_BYTES // max(per_coil, 1)))
 
     # forward, adjoint and gram (FFT and the per-point kernels, exact for gridded data) come from
     # LinearOperator: shape check, kernel without autograd, the adjoint kernel as its vjp

@@ -116,16 +116,14 @@ class KernelPredictor:
         bsz, m = d.shape[0], 3 * self.n
         x = d.reshape(bsz, m).float()
         nf = self._freqs_2pi.shape[1]
-        ft = self._buf("features", (m + 2 * nf, bsz), torch.float32, d.device)
-        ft[:m] = x.T
-        proj = ft[m : m + nf]
+        proj = self._buf("phases", (nf, bsz), torch.float32, d.device)  # float32 phases
         torch.mm(self._freqs_2pi.T, x.T, out=proj)
+        # the sines and cosines written in dtype straight away (no cast of the whole features)
+        ft = self._buf("features", (m + 2 * nf, bsz), self.dtype, d.device)
+        ft[:m] = x.T
+        torch.sin(proj, out=ft[m : m + nf])
         torch.cos(proj, out=ft[m + nf :])
-        proj.sin_()
-        if self.dtype == torch.float32:
-            return ft.T
-        out = self._buf("features_cast", (m + 2 * nf, bsz), self.dtype, d.device)
-        return out.copy_(ft).T
+        return ft.T
 
     def hidden(self, d: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
         """Last-layer output ``[Re G; Im G]``, shape (batch, 2·coils, coils·n), in ``dtype``.
