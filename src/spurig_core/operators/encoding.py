@@ -432,7 +432,6 @@ class GriddedSubspaceEncoding(LinearOperator):
             bc = bc * self._sqrtw
         out.zero_()
         ov = out.reshape(self.n_basis, -1)
-
         for k in range(self.n_basis):
             w = (bc * self._phi_t[k].conj()).reshape(-1)
             ov[k].index_add_(0, self._index, w)
