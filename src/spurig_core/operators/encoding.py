@@ -97,7 +97,8 @@ def _count_product(index: torch.Tensor, outer: torch.Tensor, n_grid: int) -> tor
 
 
 #: Memory for the sampled k-space of several coils mixed together in the gram (CPU, sparse
-#: storage): 4 coils at 64³ (16 groups), one coil (the per-coil path) from about 128³ on.
+#: storage): 4 coils at 64³ (16 groups), 7 at 64³ (4 groups); one coil (the per-coil path) at
+#: 96³ (16 groups: 55 MB a coil).
 _MIX_BYTES = 64 << 20
 
 
