@@ -170,7 +170,7 @@ def test_dense_and_sparse_kernels_agree(rng: torch.Generator) -> None:
 def test_gram_mixes_several_coils_at_a_time_exactly(
     rng: torch.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Coils mixed one at a time, two at a time (3 coils: a short last group) and all at once."""
+    """Coils mixed one, two (3 coils: a short last group) and all at a time = coil by coil."""
     from spurig_core.operators import encoding
 
     _, gd, maps, basis = _setup(rng)
@@ -178,12 +178,18 @@ def test_gram_mixes_several_coils_at_a_time_exactly(
     x = random_like_shape((BASIS, *MATRIX), rng)
     per_coil = BASIS * round(op.sampled_fraction * op.n_grid) * 8  # bytes of one coil
     results = {}
+    monkeypatch.setattr(encoding, "_MIX_GRID_BUFFERS", 0)  # the budget is _MIX_BYTES alone
     for budget in (per_coil - 1, 2 * per_coil, 1 << 30):
         monkeypatch.setattr(encoding, "_MIX_BYTES", budget)
         results[op._coils_per_mix()] = op.gram(x)
     assert sorted(results) == [1, 2, COILS]
     assert rel_err(results[2], results[1]) < 1e-6
     assert rel_err(results[COILS], results[1]) < 1e-6
+    # the coil-by-coil path of one block (chunk 0, as on CUDA) gives the same gram
+    one_block = GriddedSubspaceEncoding(
+        gd, maps, basis, config=EncodingConfig(sparse=True, chunk=0)
+    )
+    assert rel_err(one_block.gram(x), results[1]) < 1e-6
     # the zeroed work buffer survives an adjoint in between (it writes the same buffer)
     op.adjoint(gd.values)
     assert rel_err(op.gram(x), results[COILS]) < 1e-6
