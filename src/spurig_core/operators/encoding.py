@@ -182,10 +182,10 @@ class GriddedSubspaceEncoding(LinearOperator):
     The gram's FFTs run one basis coefficient at a time, each result used where the FFT leaves
     it (gathered at the sampled points, or cropped into the image) rather than copied into a
     buffer, and on the CPU the sampled k-space of several coils is mixed together, so each block
-    of ``K`` is read once for them (within the budget of :meth:`_coils_per_mix`).  On the 2-core Xeon of 2026-12-06
-    a batched ``fftn`` of ``(5, 96, 96, 96)`` took 19 ms, five single ones into a buffer 8.6 ms
-    and without the buffer about 5 ms; the 64³ gram 0.69 → 0.32 s with the same values
-    (``benchmarks/RESULTS.md``, session 14).
+    of ``K`` is read once for them (within the budget of :meth:`_coils_per_mix`).  On the 2-core
+    Xeon of 2026-12-06 a batched ``fftn`` of ``(5, 96, 96, 96)`` took 19 ms, five single ones
+    into a buffer 8.6 ms and without the buffer about 5 ms; the 64³ gram 0.69 → 0.32 s with the
+    same values (``benchmarks/RESULTS.md``, session 14).
     """
 
     def __init__(
