@@ -342,15 +342,20 @@ class GriddedSubspaceEncoding(LinearOperator):
     def release_buffers(self) -> None:
         """Free the preallocated work buffers.
 
-        ``3 × basis·X·Y·Z`` complex64, and the gram's several-coil mixing buffer (at most
-        :data:`_MIX_BYTES`).
+        ``3 × basis·X·Y·Z`` complex64, and the gram's several-coil mixing buffer (within the
+        budget of :meth:`_coils_per_mix`).
         """
         self._buffers.clear()
 
+    def _padded(self, x: torch.Tensor, c: int) -> torch.Tensor:
+        """``pre · pad(S_c x)`` in the ``in`` buffer (whose border stays zero)."""
+        bin_ = self._buf("in")
+        torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
+        return bin_
+
     def _pad_fft(self, x: torch.Tensor, c: int) -> torch.Tensor:
         """``fft(pre · pad(S_c x))`` into the ``f`` buffer (no post-modulation)."""
-        bin_ = self._buf("in")  # border stays zero: only the centre is ever written
-        torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
+        bin_ = self._padded(x, c)
         bf = self._buf("f")
         for k in range(self.n_basis):  # one coefficient at a time: issue #14, see the notes
             torch.fft.fftn(bin_[k], out=bf[k])
@@ -363,8 +368,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         once: no copy into a buffer (``fftn(out=)`` computes into a temporary and copies).
         """
         assert self._loc is not None
-        bin_ = self._buf("in")
-        torch.mul(x, self._smod[c], out=bin_[(slice(None), *self._crop)])
+        bin_ = self._padded(x, c)
         for k in range(self.n_basis):
             torch.index_select(torch.fft.fftn(bin_[k]).view(-1), 0, self._loc, out=out[k])
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._checkpoint import all_finite
 from ..config import from_dict, to_dict
 from ..data import Result, Scan
 from ..errors import InputError
@@ -244,8 +245,6 @@ def scan_basis(scan: Scan, device: torch.device) -> torch.Tensor:
 
 
 def _b_norm(b: torch.Tensor) -> float:
-    from .._checkpoint import all_finite
-
     if not all_finite(b):
         raise InputError("k-space: contains NaN or Inf")
     return float(torch.linalg.vector_norm(b.to(torch.complex128)))
