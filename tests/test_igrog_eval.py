@@ -146,3 +146,45 @@ def test_cuda_predictor_matches_cpu_reference(data: dict) -> None:
         for mode, tol in (("fp32", 1e-4), ("bf16", 5e-3)):
             got = kernel_predictor(gpu, mode)(d.cuda(), src.cuda()).cpu()
             assert _nrmse(got, ref) < tol, mode
+
+
+def test_grid_evaluates_each_distinct_prediction_once_with_the_same_values(data: dict) -> None:
+    """Issue #14: consecutive samples with the same target and sources are predicted once.
+
+    Oracle: the reference prediction of every sample from its own sources (no sharing).
+    """
+    from spurig_core.operators.grid import grid_shape
+    from spurig_core.operators.igrog import _distinct_predictions
+    from spurig_core.operators.igrog_sources import find_sources
+
+    kernel, traj, ksp = data["kernel"], data["traj"], data["kspace"]
+    window = int(kernel.config.get("search_window", CFG.search_window))
+    spacing = float(kernel.config.get("source_spacing", 0.0))
+    arms = traj.reshape(-1, traj.shape[-2], 3)
+    idx, src, disp = find_sources(
+        arms,
+        MATRIX,
+        grid_shape(MATRIX, CFG.grid_oversampling),
+        n_sources=kernel.n_sources,
+        search_window=window,
+        source_spacing=spacing,
+    )
+    keep, run = _distinct_predictions(idx, src)
+    n_distinct = int(run.max()) + 1
+    assert n_distinct < idx.numel()  # the centre of each arm shares targets and sources
+    assert keep.numel() % 2048 == 0 and keep.numel() - n_distinct < 2048  # padded, not more
+    flat_src = src.reshape(-1, kernel.n_sources)
+    # every sample's (target, sources) is that of the sample it copies, and copies go backwards
+    assert torch.equal(idx.reshape(-1), idx.reshape(-1)[keep[run]])
+    assert torch.equal(flat_src, flat_src[keep[run]])
+    assert bool((keep[run] <= torch.arange(idx.numel())).all())
+    # the gridded values equal the per-sample reference prediction
+    coils, ns = ksp.shape[0], arms.shape[1]
+    k = ksp.reshape(coils, -1, ns)
+    gathered = torch.gather(k, 2, src.reshape(1, arms.shape[0], -1).expand(coils, -1, -1))
+    gathered = gathered.view(coils, -1, kernel.n_sources).permute(1, 0, 2)
+    with torch.no_grad():
+        want = kernel.predict(disp.reshape(-1, kernel.n_sources, 3), gathered).T
+    got = grid(ksp, traj, MATRIX, kernel=kernel, config=CFG, kernel_eval="reference")
+    assert torch.equal(got.index.reshape(-1), idx.reshape(-1))
+    assert _nrmse(got.values.reshape(coils, -1), want) < 1e-5

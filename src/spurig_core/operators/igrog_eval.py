@@ -95,16 +95,19 @@ class KernelPredictor:
     def _buf(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """Return a work buffer of exactly ``shape``, kept while batches keep that shape.
+        """Return a contiguous work buffer of ``shape``, a view of storage kept between batches.
 
         Reusing the large intermediates (features, hidden and output activations: ~100 MB per
-        32 k-sample batch) spares the allocator fresh, page-faulting memory at every batch.
+        32 k-sample batch) spares the allocator fresh, page-faulting memory at every batch; the
+        storage only grows, so batches of varying size (the distinct predictions of
+        :func:`~spurig_core.operators.igrog.grid`) reuse it too.
         """
+        size = math.prod(shape)
         b = self._buffers.get(name)
-        if b is None or b.shape != shape or b.dtype != dtype or b.device != device:
-            b = torch.empty(shape, dtype=dtype, device=device)
+        if b is None or b.numel() < size or b.dtype != dtype or b.device != device:
+            b = torch.empty(size, dtype=dtype, device=device)
             self._buffers[name] = b
-        return b
+        return b[:size].view(shape)
 
     def features(self, d: torch.Tensor) -> torch.Tensor:
         """MLP input ``[d, sin 2πfd, cos 2πfd]``, shape (batch, 3n + 2·features), in ``dtype``.
@@ -118,11 +121,15 @@ class KernelPredictor:
         nf = self._freqs_2pi.shape[1]
         proj = self._buf("phases", (nf, bsz), torch.float32, d.device)  # float32 phases
         torch.mm(self._freqs_2pi.T, x.T, out=proj)
-        # the sines and cosines written in dtype straight away (no cast of the whole features)
         ft = self._buf("features", (m + 2 * nf, bsz), self.dtype, d.device)
         ft[:m] = x.T
-        torch.sin(proj, out=ft[m : m + nf])
-        torch.cos(proj, out=ft[m + nf :])
+        if self.dtype == torch.float32:
+            torch.sin(proj, out=ft[m : m + nf])
+            torch.cos(proj, out=ft[m + nf :])
+        else:  # in float32, then cast: sin/cos with a bf16 ``out`` take 1.8× as long (2026-12-06)
+            trig = self._buf("trig", (nf, bsz), torch.float32, d.device)
+            ft[m : m + nf].copy_(torch.sin(proj, out=trig))
+            ft[m + nf :].copy_(torch.cos(proj, out=trig))
         return ft.T
 
     def hidden(self, d: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
