@@ -74,24 +74,29 @@ def test_predictor_matches_reference_prediction(data: dict, prior: bool) -> None
     assert 0 < _nrmse(bf16, ref) < 5e-3  # bfloat16 rounding, and not silently float32
 
 
-def test_coil_major_and_reused_buffers_give_the_same_predictions(data: dict) -> None:
-    """The gridding's coil-major entry equals the batch-major one, whatever the batch order.
+def test_batch_major_and_reused_buffers_give_the_same_predictions(data: dict) -> None:
+    """The gridding's entry (sources as gathered rows) equals the reference, whatever the batch.
 
     The predictor keeps its work buffers between calls; a call of another size in between (the
-    last, shorter batch of a gridding) must not leave stale rows behind.
+    last, shorter batch of a gridding) must not leave stale rows behind.  ``hidden`` in the
+    source-major order is the same ``G`` with its columns permuted.
     """
     kernel = data["kernel"]
+    c, n = kernel.n_coils, kernel.n_sources
     d, src = _displacements(kernel, 3000)
     pred = KernelPredictor(kernel, torch.float32)
     with torch.inference_mode():
         ref = kernel.predict(d, src)
-        first = pred(d, src).clone()
-        part = pred.coil_major(d[:700], src[:700].permute(1, 0, 2).contiguous()).clone()
+        first = pred.batch_major(d, src.transpose(1, 2)).clone()
+        part = pred.batch_major(d[:700], src[:700].transpose(1, 2).contiguous()).clone()
         again = pred(d, src)
-    assert part.shape == (kernel.n_coils, 700)
+        g = pred.hidden(d[:50]).clone().view(50, 2 * c, c, n)
+        g_sm = pred.hidden(d[:50], source_major=True).view(50, 2 * c, n, c)
+    assert part.shape == (700, c)
     assert _nrmse(first, ref) < 1e-5
-    torch.testing.assert_close(part, first[:700].T)
+    torch.testing.assert_close(part, first[:700])
     torch.testing.assert_close(again, first)
+    torch.testing.assert_close(g_sm, g.transpose(2, 3))
 
 
 def test_grid_modes_keep_the_adjoint_accuracy(data: dict) -> None:

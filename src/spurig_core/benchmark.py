@@ -124,7 +124,9 @@ def _grid_worker(
 
     The step sizes ``‖A^H A‖₂`` that the gridded ``methods`` (default: all) will read — the
     models' encodings and LLR's (:func:`~.operators.step_size.step_plan`) — are computed here too
-    and saved with the gridding; their seconds are ``step_size_s``.
+    and saved with the gridding; their seconds are ``step_size_s`` (the Lanczos runs: each
+    method's process builds the operator again for its data term, as ``spurig recon`` builds it
+    once for both) and ``step_size_wall_s`` (with the operators' construction here).
     """
     from .config import from_dict, to_dict
     from .durations import nearest_duration
@@ -157,7 +159,7 @@ def _grid_worker(
     out = {
         "kernel_training_s": float(times.get("kernel_training_s", 0.0)),
         "gridding_s": float(times.get("gridding_s", 0.0)),
-        **{k: float(v) for k, v in times.items() if k.startswith("step_size_s")},
+        **{k: float(v) for k, v in times.items() if k.startswith("step_size")},
         "peak_rss_mb": peak_rss_mb(),
         "scan_rss_mb": base_rss,
         "gridding_config": to_dict(gcfg),
@@ -573,8 +575,11 @@ def format_table(report: dict[str, Any]) -> str:
             "",
             f"iGROG, once for all gridded methods: kernel training {gr['kernel_training_s']:.1f} s "
             f"(excluded from the runtimes), gridding {gr['gridding_s']:.2f} s (included), "
-            f"step size ‖AᴴA‖ {gr.get('step_size_s', 0.0):.2f} s (included, in the step size "
-            f"column of the methods that used it), peak RSS {mem} MB.",
+            f"step size ‖AᴴA‖ {gr.get('step_size_s', 0.0):.2f} s of Lanczos grams (included, in "
+            f"the step size column of the methods that used it; "
+            f"{gr.get('step_size_wall_s', gr.get('step_size_s', 0.0)):.2f} s with building the "
+            f"operators, which each method's process builds again for its data term), "
+            f"peak RSS {mem} MB.",
         ]
     elif gr:
         lines += ["", f"shared gridding failed: {gr['error']}"]

@@ -68,13 +68,13 @@ class SamplePairs:
 
     Attributes
     ----------
-    perm : Tensor, shape (samples,), int64
+    perm : Tensor, shape (samples,), int32 (int64 beyond 2³¹ samples)
         Flat sample indices sorted by ``(point, tr)``.
-    pair_start : Tensor, shape (pairs + 1,), int64
+    pair_start : Tensor, shape (pairs + 1,), int32 or int64
         Pair ``u`` holds the samples ``perm[pair_start[u]:pair_start[u + 1]]``.
-    pair_tr : Tensor, shape (pairs,), int64
+    pair_tr : Tensor, shape (pairs,), int32 or int64
         Repetition of each pair.
-    point_start : Tensor, shape (points + 1,), int64
+    point_start : Tensor, shape (points + 1,), int32 or int64
         Point ``q`` holds the pairs ``point_start[q]:point_start[q + 1]``.
     points : Tensor, shape (points,), int64
         The sampled grid points, ascending.
@@ -101,22 +101,29 @@ def sample_pairs(index: torch.Tensor) -> SamplePairs:
     """Group the samples of ``index`` (groups, tr, samples) by grid point and repetition.
 
     One sort of the ``point · tr + t`` keys; 41 % of a 64³ scan's samples share their (point,
-    repetition) with another one (the centre of every arm is denser than the grid).
+    repetition) with another one (the centre of every arm is denser than the grid).  The kept
+    index arrays are int32 when the samples allow (half the memory; the sparse products take
+    them as they are).
     """
     g, t, s = index.shape
     dev = index.device
-    tr = torch.arange(t, device=dev).view(1, t, 1).expand(g, t, s).reshape(-1)
-    keys, perm = torch.sort(index.reshape(-1).to(torch.int64) * t + tr)
-    del tr
+    keys = index.reshape(-1).to(torch.int64, copy=True).mul_(t)
+    keys.view(g, t, s).add_(torch.arange(t, device=dev).view(1, t, 1))
+    keys, perm = torch.sort(keys)
     uniq, counts = torch.unique_consecutive(keys, return_counts=True)
     del keys
+    small = max(int(index.numel()), t) < 2**31 - 1
+    itype = torch.int32 if small else torch.int64
     at = torch.div(uniq, t, rounding_mode="floor")
+    pair_tr = (uniq - at * t).to(itype)
+    del uniq
     points, per_point = torch.unique_consecutive(at, return_counts=True)
-    pair_start = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=dev)
-    pair_start[1:] = counts.cumsum(0)
-    point_start = torch.zeros(points.numel() + 1, dtype=torch.int64, device=dev)
-    point_start[1:] = per_point.cumsum(0)
-    return SamplePairs(perm, pair_start, uniq - at * t, point_start, points, t)
+    del at
+    pair_start = torch.zeros(counts.numel() + 1, dtype=itype, device=dev)
+    torch.cumsum(counts, 0, out=pair_start[1:])
+    point_start = torch.zeros(points.numel() + 1, dtype=itype, device=dev)
+    torch.cumsum(per_point, 0, out=point_start[1:])
+    return SamplePairs(perm.to(itype), pair_start, pair_tr, point_start, points, t)
 
 
 def _count_product(pairs: SamplePairs, outer: torch.Tensor) -> torch.Tensor:

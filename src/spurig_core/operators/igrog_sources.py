@@ -75,10 +75,12 @@ def find_sources(
             )
         start = torch.clamp(s - search_window, 0, ns - width)
         # coordinate-major (3, arms, samples, width) windows: three contiguous passes instead of
-        # a reduction over a trailing axis of 3 (issue #14: gridding speed); same float64 sums
-        tc = trajectory.double().permute(2, 0, 1)  # (3, arms, samples)
+        # a reduction over a trailing axis of 3 (issue #14: gridding speed).  The ranking runs in
+        # float32 (the trajectory's own precision): on the 64³ bench scan it picks the same
+        # sources as float64 for all 3,072,000 samples, at 40 % less time (RESULTS-igrog.md)
+        tc = trajectory.float().permute(2, 0, 1)  # (3, arms, samples)
         windows = tc.unfold(2, width, 1).index_select(2, start)  # (3, arms, samples, width)
-        diff = windows - k_target.permute(2, 0, 1)[..., None]
+        diff = windows - k_target.float().permute(2, 0, 1)[..., None]
         dist = diff[0].square()
         dist.addcmul_(diff[1], diff[1]).addcmul_(diff[2], diff[2])
         near = torch.topk(dist, n_sources, dim=-1, largest=False).indices
