@@ -383,7 +383,7 @@ def _distinct_predictions(
     -------
     keep : Tensor, shape (U,), int64
         Flat (arm-major) positions of the samples to evaluate (padded with repeats of the first
-        to a multiple of :data:`_ROWS_MULTIPLE`).
+        to a multiple of :data:`_ROWS_MULTIPLE`, or to the number of samples if that is less).
     run : Tensor, shape (arms · samples,), int64
         For every sample, its position in ``keep``.
     """
@@ -394,7 +394,9 @@ def _distinct_predictions(
     new[1:] = (flat[1:] != flat[:-1]) | (src[1:] != src[:-1]).any(dim=1)
     new.view(arms, ns)[:, 0] = True  # an arm never copies the previous one
     keep = new.nonzero().squeeze(1)
-    pad = -keep.numel() % _ROWS_MULTIPLE  # repeats of the first, never read back
+    # repeats of the first, never read back; never more rows than the batch has samples (the
+    # batch size bounds the gridding's memory)
+    pad = min(-keep.numel() % _ROWS_MULTIPLE, arms * ns - keep.numel())
     if pad:
         keep = torch.cat([keep, keep[:1].expand(pad)])
     return keep, new.cumsum(0).sub_(1)
