@@ -15,6 +15,7 @@ import torch
 
 from helper import assert_adjoint, assert_gradient_is_adjoint, assert_gram, random_like_shape
 from spurig_core.errors import InputError
+from spurig_core.operators.band_limited import band_limited
 from spurig_core.operators.base import DiagonalOperator, IdentityOperator, LinearOperator
 from spurig_core.operators.coil_maps import CoilOperator
 from spurig_core.operators.encoding import (
@@ -66,6 +67,23 @@ def _gridded_encoding(
     )
 
 
+def _weighted_encoding(g: torch.Generator) -> GriddedSubspaceEncoding:
+    gd = _gridded(g)
+    w = torch.rand(gd.index.shape, generator=g)
+    w[..., ::5] = 0.0  # zero weights (the band-limited block's empty slots)
+    return GriddedSubspaceEncoding(gd, _c((3, 8, 8, 8), g), _c((4, 5), g), weights=w)
+
+
+def _band_limited(g: torch.Generator) -> GriddedSubspaceEncoding:
+    gd = _gridded(g)
+    maps = _c((3, 8, 8, 8), g)
+    cfg = EncodingConfig(density_compensation=0.5)
+    op = GriddedSubspaceEncoding(gd, maps, _c((4, 5), g), config=cfg)
+    band = band_limited(op, maps, size=4)
+    assert band is not None
+    return band[0]
+
+
 # -- the registry (one line per operator) ----------------------------------------------------
 OPERATORS: list[Case] = [
     Case("identity", lambda g: IdentityOperator((2, 3, 4))),
@@ -102,6 +120,8 @@ OPERATORS: list[Case] = [
     Case("gridded-encoding", lambda g: _gridded_encoding(g, sparse=False)),
     Case("gridded-encoding-sparse", lambda g: _gridded_encoding(g, sparse=True)),
     Case("gridded-encoding-dcf", lambda g: _gridded_encoding(g, sparse=True, density=0.5)),
+    Case("gridded-encoding-weights", _weighted_encoding),
+    Case("gridded-encoding-band", _band_limited),
 ]
 
 _PARAMS = [pytest.param(case, id=case.name) for case in OPERATORS]

@@ -42,6 +42,7 @@ from .base import LinearOperator
 from .encoding_nufft import SubspaceNUFFTEncoding, _check_maps_basis, _mix_basis, density_weights
 from .fourier import centre_offset, modulation
 from .grid import GriddedData
+from .pairs import SamplePairs, pair_product, pair_sums, sample_pairs
 
 __all__ = [
     "EncodingConfig",
@@ -60,94 +61,6 @@ def _norm(values: torch.Tensor) -> float:
     if head < v.numel():
         parts.append(torch.linalg.vector_norm(v[head:], dtype=torch.float64).square())
     return float(torch.stack(parts).sum().sqrt())
-
-
-@dataclass(frozen=True, eq=False)
-class SamplePairs:
-    """The samples grouped by (grid point, repetition), points ascending (built once, issue #14).
-
-    Attributes
-    ----------
-    perm : Tensor, shape (samples,), int32 (int64 beyond 2³¹ samples)
-        Flat sample indices sorted by ``(point, tr)``.
-    pair_start : Tensor, shape (pairs + 1,), int32 or int64
-        Pair ``u`` holds the samples ``perm[pair_start[u]:pair_start[u + 1]]``.
-    pair_tr : Tensor, shape (pairs,), int32 or int64
-        Repetition of each pair.
-    point_start : Tensor, shape (points + 1,), int32 or int64
-        Point ``q`` holds the pairs ``point_start[q]:point_start[q + 1]``.
-    points : Tensor, shape (points,), int64
-        The sampled grid points, ascending.
-    n_tr : int
-        Repetitions (columns of the point × repetition matrices).
-    """
-
-    perm: torch.Tensor
-    pair_start: torch.Tensor
-    pair_tr: torch.Tensor
-    point_start: torch.Tensor
-    points: torch.Tensor
-    n_tr: int
-
-    def per_point(self, values: torch.Tensor) -> torch.Tensor:
-        """Return the (points × tr) CSR matrix with one value per pair (float32)."""
-        shape = (self.points.numel(), self.n_tr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR tensor support is in beta"
-            return torch.sparse_csr_tensor(self.point_start, self.pair_tr, values, shape)
-
-
-def sample_pairs(index: torch.Tensor) -> SamplePairs:
-    """Group the samples of ``index`` (groups, tr, samples) by grid point and repetition.
-
-    One sort of the ``point · tr + t`` keys; 41 % of a 64³ scan's samples share their (point,
-    repetition) with another one (the centre of every arm is denser than the grid).  The kept
-    index arrays are int32 when the samples allow (half the memory; the sparse products take
-    them as they are).
-    """
-    g, t, s = index.shape
-    dev = index.device
-    keys = index.reshape(-1).to(torch.int64, copy=True).mul_(t)
-    keys.view(g, t, s).add_(torch.arange(t, device=dev).view(1, t, 1))
-    keys, perm = torch.sort(keys)
-    uniq, counts = torch.unique_consecutive(keys, return_counts=True)
-    del keys
-    small = max(int(index.numel()), t) < 2**31 - 1
-    itype = torch.int32 if small else torch.int64
-    at = torch.div(uniq, t, rounding_mode="floor")
-    pair_tr = (uniq - at * t).to(itype)
-    del uniq
-    points, per_point = torch.unique_consecutive(at, return_counts=True)
-    del at
-    pair_start = torch.zeros(counts.numel() + 1, dtype=itype, device=dev)
-    torch.cumsum(counts, 0, out=pair_start[1:])
-    point_start = torch.zeros(points.numel() + 1, dtype=itype, device=dev)
-    torch.cumsum(per_point, 0, out=point_start[1:])
-    return SamplePairs(perm.to(itype), pair_start, pair_tr, point_start, points, t)
-
-
-def _count_product(pairs: SamplePairs, outer: torch.Tensor) -> torch.Tensor:
-    """``K[q] = Σ_t n(q, t) · outer[t]`` at the sampled points ``q`` of ``pairs``.
-
-    ``n(q, t)`` is the number of samples of repetition ``t`` at point ``q``: one sparse
-    (points × tr) count matrix times ``outer`` (issue #14: 6–7× faster than adding ``outer[t]``
-    once per sample, and without the per-sample copy of ``outer``).
-
-    Parameters
-    ----------
-    pairs : SamplePairs
-        From :func:`sample_pairs`.
-    outer : Tensor, shape (tr, m), complex64
-        Per-repetition rows.
-
-    Returns
-    -------
-    Tensor, shape (points, m), complex64
-    """
-    t, m = outer.shape
-    counts = pairs.pair_start.diff().to(torch.float32)
-    k = pairs.per_point(counts) @ torch.view_as_real(outer).reshape(t, 2 * m)
-    return torch.view_as_complex(k.reshape(-1, m, 2).contiguous())
 
 
 #: Least memory for the sampled k-space of several coils mixed together in the gram (CPU,
@@ -224,6 +137,10 @@ class GriddedSubspaceEncoding(LinearOperator):
     basis : Tensor, shape (tr, basis), complex64
         Temporal (balanced) basis ``Φ̃``.
     config : EncodingConfig, optional
+    weights : Tensor, shape (groups, tr, samples), float, optional
+        Per-sample data weights ``w ≥ 0`` used as given instead of the density weights of
+        ``config.density_compensation`` (e.g. the central block of another encoding's samples,
+        :func:`~spurig_core.operators.step_size.band_limited`).
 
     Notes
     -----
@@ -249,6 +166,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         basis: torch.Tensor,
         *,
         config: EncodingConfig | None = None,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.config = config or EncodingConfig()
         idx = gridded.index
@@ -299,7 +217,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         self._index = idx.to(dev, torch.int64).reshape(-1)
         self._pairs = sample_pairs(self._index.reshape(g, t, s))
         self._projector: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._weights(g, t, s)
+        self._weights(g, t, s, weights)
         self._chunk = self.config.chunk if dev.type == "cpu" and self.config.chunk > 0 else 0
         self._build_kernels()
         self._buffers: dict[str, torch.Tensor] = {}
@@ -308,23 +226,37 @@ class GriddedSubspaceEncoding(LinearOperator):
         self._own_finite = False  # the gridded values passed the NaN/Inf check
 
     # -- density weights ---------------------------------------------------------------------------
-    def _weights(self, g: int, t: int, s: int) -> None:
-        """Grid weights ``w(p)`` (``None`` without compensation) and per-sample ``√w``."""
-        gamma = float(self.config.density_compensation)
-        self._wgrid: torch.Tensor | None = None
-        self._sqrtw: torch.Tensor | None = None
-        w = density_weights(self._index.reshape(g, t, s), self.n_grid, gamma)
-        if w is None:
-            return
-        wgrid = torch.zeros(self.n_grid, dtype=torch.float32, device=self.device)
-        wgrid[self._index] = w.reshape(-1)  # w depends only on the grid point
-        self._wgrid = wgrid
-        self._sqrtw = w.sqrt()
+    def _weights(self, g: int, t: int, s: int, given: torch.Tensor | None) -> None:
+        """Per-sample ``√w``: of the given weights, else of the density weights (or ``None``)."""
+        if given is None:
+            gamma = float(self.config.density_compensation)
+            w = density_weights(self._index.reshape(g, t, s), self.n_grid, gamma)
+        elif tuple(given.shape) != (g, t, s) or not bool(
+            torch.isfinite(given).all() and (given >= 0).all()
+        ):
+            raise InputError(
+                f"GriddedSubspaceEncoding: weights must be finite, >= 0 and of shape "
+                f"{(g, t, s)}, got {tuple(given.shape)}"
+            )
+        else:
+            w = given.to(self.device, torch.float32)
+        self._sqrtw: torch.Tensor | None = None if w is None else w.sqrt()
+        self._weights_given = given is not None
 
     @property
     def weights(self) -> torch.Tensor | None:
         """Per-sample data weights ``w`` (shape (groups, tr, samples), float32), or ``None``."""
         return None if self._sqrtw is None else self._sqrtw.square()
+
+    @property
+    def pairs(self) -> SamplePairs:
+        """The samples grouped by (grid point, repetition) (:func:`~.pairs.sample_pairs`)."""
+        return self._pairs
+
+    @property
+    def pair_weights(self) -> torch.Tensor:
+        """Summed data weights of each (point, repetition) pair, shape (pairs,), float32."""
+        return self._pair_weights
 
     # -- kernels -----------------------------------------------------------------------------------
     def _build_kernels(self) -> None:
@@ -332,9 +264,14 @@ class GriddedSubspaceEncoding(LinearOperator):
         # outer[t, k', k] = conj(Φ̃[t,k']) Φ̃[t,k]
         outer = (self.basis.conj()[:, :, None] * self.basis[:, None, :]).reshape(-1, nb * nb)
         sampled = self._pairs.points
-        kern = _count_product(self._pairs, outer)  # (sampled points, nb²)
-        if self._wgrid is not None:
-            kern.mul_(self._wgrid[sampled, None])
+        p = self._pairs
+        w = self.weights
+        if w is None or self._weights_given:
+            self._pair_weights = pair_sums(p, w)
+        else:  # density weights depend on the point only: count × the first sample's weight
+            first = p.perm[p.pair_start[:-1].long()].long()
+            self._pair_weights = pair_sums(p).mul_(w.reshape(-1)[first])
+        kern = pair_product(self._pairs, outer, self._pair_weights)  # (sampled points, nb²)
         frac = sampled.numel() / self.n_grid
         sparse = (
             self.config.sparse

@@ -7,9 +7,14 @@ caches of :func:`spurig_core.benchmark.save_gridded`), so that no reconstruction
 iteration (issue #14).
 
 :func:`gram_norm` runs Lanczos on ``A^H A``; the stored value is its top Ritz value after at most
-:data:`MAX_GRAMS` grams (stopping at a relative change below :data:`RTOL`), started from the
-data-free, coil-combined image of :func:`coil_start` in the basis direction of the central
-per-point kernels (since 2026-12-06: closer to the norm at the same number of grams).  A Ritz
+:data:`MAX_GRAMS` grams (stopping at a relative change below :data:`RTOL`).  Since session 16
+(issue #14) it starts from the top eigenvector of the band-limited problem
+(:mod:`~spurig_core.operators.band_limited`: the same kernels on the central 24³ grid points of a
+64³ scan, a 16³ image, 30 cheap grams), resampled to the image: at 64³ three full grams instead of
+five reach 0.99995 / 1.0002 of a 40-gram value at 2 min (γ = 0.75 / 0.5; before: 0.9982 /
+0.9991), and at 30 s 0.948 / 1.0016 in three instead of seven (before: 0.889 / 0.974).  Where no
+block pays (images below 32³) it starts, as before, from the data-free, coil-combined image of
+:func:`coil_start` in the basis direction of the central per-point kernels.  A Ritz
 value never exceeds ``λ_max``; the top of this spectrum is clustered (many eigenvalues within
 1 % of the largest), so Lanczos creeps the last per cent: measured 0.8 % (32³, 4 groups),
 0.15 % (48³) and 0.1 % (64³, 16 groups) below the converged norm at γ = 0.5 after 6, 5 and 5
@@ -39,6 +44,7 @@ from ..errors import InputError
 from .base import LinearOperator
 
 __all__ = [
+    "BAND_GRAMS",
     "MAX_GRAMS",
     "RTOL",
     "attach_for_scan",
@@ -49,6 +55,7 @@ __all__ = [
     "step_plan",
     "step_size_of",
     "stored_step_size",
+    "top_ritz_pair",
 ]
 
 _log = logging.getLogger("spurig")
@@ -64,6 +71,8 @@ RTOL = 3e-3
 #: running on to 10 cost 2.3 s of the bench (``benchmarks/RESULTS.md``, session 13); at 2 min the
 #: tolerance stops it at 5–6.
 MAX_GRAMS = 7
+#: At most this many grams of the band-limited block (:func:`step_size_of`; 24³ FFTs at 64³).
+BAND_GRAMS = 30
 
 
 def gram_norm(
@@ -177,13 +186,79 @@ def coil_start(
 def step_size_of(op: Any, maps: torch.Tensor) -> float:
     """Compute the stored kind of ``‖A^H A‖₂`` for a gridded encoding ``op`` with maps ``maps``.
 
-    :func:`gram_norm` from :func:`coil_start` in the direction of the operator's
-    ``centre_direction()`` where it has one, at most :data:`MAX_GRAMS` grams, tolerance
-    :data:`RTOL` (see the module notes).
+    Two stages where :func:`~.band_limited.band_limited` finds a central block: Lanczos on the
+    block's encoding (:data:`BAND_GRAMS` grams at most, a 24³ FFT each at 64³) gives the top
+    eigenvector of the band-limited problem; resampled to the image, it starts :func:`gram_norm`
+    on ``op`` (tolerance :data:`RTOL` from the second gram, at most :data:`MAX_GRAMS`).
+    Otherwise one stage from :func:`coil_start` in the direction of the operator's
+    ``centre_direction()``.  The value is always a Ritz value of ``op`` itself, so never above
+    ``λ_max`` (see the module notes).
     """
+    from .band_limited import band_limited, resample
+    from .encoding import GriddedSubspaceEncoding
+
     direction = op.centre_direction() if hasattr(op, "centre_direction") else None
-    value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis, direction))
+    band = band_limited(op, maps) if isinstance(op, GriddedSubspaceEncoding) else None
+    if band is None:
+        value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis, direction))
+        return value
+    lo, lo_maps, _ = band
+    _, lo_vector = top_ritz_pair(lo, coil_start(lo_maps, op.n_basis, direction), BAND_GRAMS)
+    value, _ = gram_norm(op, max_iters=MAX_GRAMS, min_iters=2, x0=resample(lo_vector, op.matrix))
     return value
+
+
+def top_ritz_pair(
+    op: LinearOperator, x0: torch.Tensor, max_iters: int, rtol: float = 1e-4
+) -> tuple[float, torch.Tensor]:
+    """Top Ritz value and vector of ``A^H A`` by Lanczos with full reorthogonalisation.
+
+    For small operators (the band-limited block of :func:`step_size_of`): every Lanczos vector
+    is kept.  Stops after ``max_iters`` grams or when the value changes by less than ``rtol``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+    x0 : Tensor, shape in_shape, complex64
+        Start vector.
+    max_iters : int
+    rtol : float
+
+    Returns
+    -------
+    value : float
+    vector : Tensor, shape in_shape, complex64
+        Unit norm.
+    """
+    v = x0.to(torch.complex64) / torch.linalg.vector_norm(x0)
+    basis: list[torch.Tensor] = []
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta = 0.0
+    with torch.no_grad():
+        for j in range(max_iters):
+            basis.append(v)
+            w = op.gram(v)
+            alphas.append(float(torch.vdot(v.reshape(-1), w.reshape(-1)).real))
+            for u in basis:  # full reorthogonalisation (the vectors are small)
+                w.sub_(u * torch.vdot(u.reshape(-1), w.reshape(-1)))
+            new = _top_ritz(alphas, betas)
+            b = float(torch.linalg.vector_norm(w))
+            if (j >= 3 and abs(new - theta) <= rtol * abs(new)) or b <= 1e-7 * abs(new):
+                theta = new
+                break
+            theta = new
+            betas.append(b)
+            v = w.div_(b)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if len(alphas) > 1:
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    y = torch.linalg.eigh(t).eigenvectors[:, -1].to(torch.complex64)
+    vec = torch.zeros_like(basis[0])
+    for yi, u in zip(y, basis, strict=False):
+        vec.add_(u * yi)
+    return theta, vec / torch.linalg.vector_norm(vec)
 
 
 def step_key(groups: int, gamma: float, maps: torch.Tensor, basis: torch.Tensor) -> str:
