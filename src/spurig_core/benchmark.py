@@ -173,6 +173,7 @@ def _grid_worker(
 STAGES = (
     ("step_size", "spurig_core.recon.unrolled", None, "estimate_lipschitz"),
     ("step_size", "spurig_core.recon.classical", None, "lipschitz_constant"),
+    ("step_size", "spurig_core.operators.step_size", None, "step_size_of"),
     ("step_size", "spurig_core.operators.step_size", None, "gram_norm"),
     ("scale", "spurig_core.recon.classical", None, "norm_matching"),
     ("dc", "spurig_core.operators.encoding", "GriddedSubspaceEncoding", "_gram"),

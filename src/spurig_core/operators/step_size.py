@@ -145,14 +145,19 @@ def gram_norm(
     return theta, max_iters
 
 
-def _top_ritz(alphas: list[float], betas: list[float]) -> float:
-    """Largest eigenvalue of the Lanczos tridiagonal matrix (float64)."""
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    """Return the Lanczos tridiagonal matrix (float64) of the first ``len(alphas)`` steps."""
     n = len(alphas)
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if n > 1:
         off = torch.tensor(betas[: n - 1], dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
-    return float(torch.linalg.eigvalsh(t)[-1])
+    return t
+
+
+def _top_ritz(alphas: list[float], betas: list[float]) -> float:
+    """Largest eigenvalue of the Lanczos tridiagonal matrix."""
+    return float(torch.linalg.eigvalsh(_tridiagonal(alphas, betas))[-1])
 
 
 def coil_start(
@@ -250,11 +255,7 @@ def top_ritz_pair(
             theta = new
             betas.append(b)
             v = w.div_(b)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if len(alphas) > 1:
-        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
-        t += torch.diag(off, 1) + torch.diag(off, -1)
-    y = torch.linalg.eigh(t).eigenvectors[:, -1].to(torch.complex64)
+    y = torch.linalg.eigh(_tridiagonal(alphas, betas)).eigenvectors[:, -1].to(torch.complex64)
     vec = torch.zeros_like(basis[0])
     for yi, u in zip(y, basis, strict=False):
         vec.add_(u * yi)
