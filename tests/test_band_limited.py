@@ -69,6 +69,8 @@ def test_resample_keeps_constants_and_inverts_on_band_limited_images() -> None:
     x = random_like_shape((3, 8, 6, 8), g)
     up = bl.resample(x, (16, 16, 16))
     assert rel_err(bl.resample(up, (8, 6, 8)), x) < 1e-5
+    with pytest.raises(InputError, match="mixes up and down"):
+        bl.resample(x, (16, 4, 8))
     # upsampling keeps the energy per voxel: ‖U x‖² = (N/m)³ ‖x‖² (zero-padded spectrum)
     ratio = float(up.abs().square().sum() / x.abs().square().sum())
     assert ratio == pytest.approx(16 * 16 * 16 / (8 * 6 * 8), rel=1e-4)

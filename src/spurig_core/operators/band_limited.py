@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import InputError
 from .encoding import GriddedSubspaceEncoding
 from .fourier import crop3, fft3c, ifft3c, pad3
 from .grid import GriddedData
@@ -56,8 +57,8 @@ def band_matrix(
 def resample(x: torch.Tensor, matrix: Sequence[int]) -> torch.Tensor:
     """Band-limited resampling of the last three axes to ``matrix`` (values kept).
 
-    The centred k-space is cropped (or zero-padded) to ``matrix``; a constant image stays the
-    same constant.
+    The centred k-space is zero-padded (every axis up) or cropped (every axis down) to
+    ``matrix``; a constant image stays the same constant.
 
     Parameters
     ----------
@@ -69,9 +70,12 @@ def resample(x: torch.Tensor, matrix: Sequence[int]) -> torch.Tensor:
     Tensor, shape (..., *matrix), complex64
     """
     n_in = math.prod(x.shape[-3:])
+    pairs = list(zip(x.shape[-3:], matrix, strict=True))
+    up = all(int(a) <= int(b) for a, b in pairs)
+    if not up and not all(int(a) >= int(b) for a, b in pairs):
+        raise InputError(f"resample: {tuple(x.shape[-3:])} → {tuple(matrix)} mixes up and down")
     k = fft3c(x.to(torch.complex64))
-    same = all(int(a) <= int(b) for a, b in zip(x.shape[-3:], matrix, strict=True))
-    k = pad3(k, matrix) if same else crop3(k, matrix)
+    k = pad3(k, matrix) if up else crop3(k, matrix)
     return ifft3c(k, norm="forward").div_(n_in)
 
 
@@ -104,13 +108,13 @@ def band_limited(
     # the sampled points inside the block, and their index on the block's grid
     rest, inside = pairs.points, torch.ones_like(pairs.points, dtype=torch.bool)
     lo_point = torch.zeros_like(pairs.points)
-    scale = 1
+    stride = 1
     for x, gi in zip(reversed(op.grid), reversed(g), strict=True):
         q = rest % x - (x // 2 - gi // 2)
         rest = torch.div(rest, x, rounding_mode="floor")
         inside &= (q >= 0) & (q < gi)
-        lo_point += q * scale
-        scale *= gi
+        lo_point += q * stride
+        stride *= gi
     # their (point, repetition) pairs: the ranges point_start[q]:point_start[q + 1]
     n_in = pairs.point_start.diff()[inside].long()
     first = pairs.point_start[:-1][inside].long()

@@ -140,7 +140,7 @@ class GriddedSubspaceEncoding(LinearOperator):
     weights : Tensor, shape (groups, tr, samples), float, optional
         Per-sample data weights ``w ≥ 0`` used as given instead of the density weights of
         ``config.density_compensation`` (e.g. the central block of another encoding's samples,
-        :func:`~spurig_core.operators.step_size.band_limited`).
+        :func:`~spurig_core.operators.band_limited.band_limited`).
 
     Notes
     -----
@@ -263,15 +263,15 @@ class GriddedSubspaceEncoding(LinearOperator):
         nb = self.n_basis
         # outer[t, k', k] = conj(Φ̃[t,k']) Φ̃[t,k]
         outer = (self.basis.conj()[:, :, None] * self.basis[:, None, :]).reshape(-1, nb * nb)
-        sampled = self._pairs.points
         p = self._pairs
+        sampled = p.points
         w = self.weights
         if w is None or self._weights_given:
             self._pair_weights = pair_sums(p, w)
         else:  # density weights depend on the point only: count × the first sample's weight
             first = p.perm[p.pair_start[:-1].long()].long()
             self._pair_weights = pair_sums(p).mul_(w.reshape(-1)[first])
-        kern = pair_product(self._pairs, outer, self._pair_weights)  # (sampled points, nb²)
+        kern = pair_product(p, outer, self._pair_weights)  # (sampled points, nb²)
         frac = sampled.numel() / self.n_grid
         sparse = (
             self.config.sparse
