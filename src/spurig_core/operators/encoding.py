@@ -265,12 +265,11 @@ class GriddedSubspaceEncoding(LinearOperator):
         outer = (self.basis.conj()[:, :, None] * self.basis[:, None, :]).reshape(-1, nb * nb)
         p = self._pairs
         sampled = p.points
-        w = self.weights
-        if w is None or self._weights_given:
-            self._pair_weights = pair_sums(p, w)
+        if self._sqrtw is None or self._weights_given:
+            self._pair_weights = pair_sums(p, self.weights)
         else:  # density weights depend on the point only: count × the first sample's weight
             first = p.perm[p.pair_start[:-1].long()].long()
-            self._pair_weights = pair_sums(p).mul_(w.reshape(-1)[first])
+            self._pair_weights = pair_sums(p).mul_(self._sqrtw.reshape(-1)[first].square())
         kern = pair_product(p, outer, self._pair_weights)  # (sampled points, nb²)
         frac = sampled.numel() / self.n_grid
         sparse = (
