@@ -150,6 +150,37 @@ def test_evaluate_models_tool_writes_results_and_tables(tiny_scan: Path, tmp_pat
     assert bad.returncode == 2 and "--shard '2/2'" in bad.stderr
 
 
+def test_evaluate_models_config_overrides_llr_under_its_own_label(
+    tiny_scan: Path, tmp_path: Path
+) -> None:
+    """``--config`` hands its [llr] table to every reconstruction; [gridding] is refused early."""
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    (test_dir / "subj.h5").symlink_to(tiny_scan)
+    out = tmp_path / "eval"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "evaluate_models.py"
+    cfg = tmp_path / "llr.toml"
+    cfg.write_text('[llr]\niterations = 3\nthresholds = { "30s" = 0.5 }\n')
+    grid = tmp_path / "grid.toml"  # a small kernel: the test is about the overrides
+    grid.write_text("[gridding]\nsteps = 150\ntrain_sets = 256\n")
+    cmd = [sys.executable, str(tool), str(test_dir), str(out), "--durations", "30s", "--no-report"]
+    cmd += ["--gridding", str(grid)]
+    proc = subprocess.run(
+        [*cmd, "--methods", "llr", "--label", "LLR tau 0.5", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = load_result(out / "subj" / "LLR_tau_0.5-30s.zarr")
+    assert res.config["label"] == "LLR tau 0.5"
+    assert res.config["llr"]["iterations"] == 3 and res.config["llr"]["threshold_used"] == 0.5
+    bad = subprocess.run(
+        [*cmd, "--methods", "llr", "--config", str(grid)], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "[gridding] not allowed" in bad.stderr
+    assert not (out / "subj" / "llr-30s.zarr").exists()
+
+
 def test_prepare_training_reuses_llr_inputs_for_another_data_term(
     tiny_scan: Path, tmp_path: Path
 ) -> None:

@@ -491,3 +491,42 @@ def test_preparing_a_short_duration_grids_only_its_groups(tmp_path: Path) -> Non
         rtol=2e-3,
         atol=2e-3 * float(nz.clean.abs().max()),
     )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_longer_unroll_continues_a_shorter_ones_file(shared: bool, tmp_path: Path) -> None:
+    """A 4-step run started from a 2-step file continues it.
+
+    Its first 2 steps are the file's model; the later ones repeat the file's last denoiser and
+    step size (not the untrained defaults).
+    """
+    from types import SimpleNamespace
+
+    from spurig_core.recon.unrolled_io import model_state
+    from spurig_core.training.stages import Trainer
+
+    torch.manual_seed(5)
+    short = UnrolledRecon(tiny_cfg(steps=2, share_weights=shared)).eval()
+    with torch.no_grad():
+        for d in short.denoisers:
+            d.unet.out.weight.normal_(0, 0.05)
+        short.log_mu.copy_(torch.tensor([0.25, -0.4]))
+    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=0)
+    st = model_state(short, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"})
+    path = save_checkpoint(st, tmp_path / "short.pt")
+    long = UnrolledRecon(tiny_cfg(steps=4, share_weights=False)).eval()
+    Trainer._init_from(SimpleNamespace(model=long), path)  # type: ignore[arg-type]
+    torch.testing.assert_close(long.log_mu.detach(), torch.tensor([0.25, -0.4, -0.4, -0.4]))
+    last = short.denoisers[-1].state_dict()
+    for i, d in enumerate(long.denoisers):
+        want = short.denoiser(min(i, 1)).state_dict() if not shared else last
+        for k, v in d.state_dict().items():
+            assert torch.equal(v, want[k]), (i, k)
+    ahb = op.adjoint(b)
+    x0, _ = scaled_init(op, ahb, float(b.abs().norm()))
+    lip = estimate_lipschitz(op, ahb, iters=20)
+    with torch.no_grad():
+        x = x0
+        for i in range(2):
+            x = long.denoiser(i)(long.dc_half(op, ahb, x, i, lip), i + 1)
+        torch.testing.assert_close(x, short(op, ahb, x0, lipschitz=lip))

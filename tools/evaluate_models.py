@@ -27,7 +27,9 @@ already there) writes the report.
 takes the nearest duration's; missing ones are skipped with a note); ``--model CKPT`` uses one
 checkpoint for the trained method; ``--label NAME`` stores results as ``NAME-<duration>`` and
 shows them as their own column (ablation variants, e.g. ``--methods spurig --durations 1min
---model runs/.../model.pt --label "GLEAM w/o PT"``).
+--model runs/.../model.pt --label "GLEAM w/o PT"``).  ``--config TOML`` passes the TOML's ``llr``
+and ``encoding`` tables to every reconstruction (``spurig recon --config``), e.g. another LLR
+threshold per duration under its own ``--label``; the gridding stays the cached one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from spurig_core.benchmark import load_gridded, save_gridded
 from spurig_core.config import from_dict, read_toml
@@ -46,6 +49,7 @@ from spurig_core.io import load_result, load_scan
 from spurig_core.operators.coil_maps import virtual_coils
 from spurig_core.operators.grid import GriddedData
 from spurig_core.operators.igrog import GriddingConfig, grid_scan
+from spurig_core.overrides import read_overrides
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
 from spurig_core.recon.trained import MODELS_DIR, model_file
 
@@ -73,6 +77,19 @@ def _gridded(
     return gridded, times
 
 
+def _overrides(path: str) -> dict[str, Any] | None:
+    """Read the ``llr`` and ``encoding`` tables of ``--config``, checked before any work.
+
+    A ``gridding`` table is refused: the gridding is cached per subject and set by ``--gridding``.
+    """
+    if not path:
+        return None
+    tables = read_overrides(path)
+    if "gridding" in tables:
+        raise InputError(f"--config {path}: [gridding] not allowed here (use --gridding)")
+    return tables
+
+
 def run(args: argparse.Namespace) -> int:
     test_dir, out_dir = Path(args.test_dir), Path(args.out_dir)
     part, parts = parse_shard(args.shard)
@@ -88,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         gcfg = from_dict(
             GriddingConfig, read_toml(args.gridding).get("gridding", {}), where="gridding"
         )
+    overrides = _overrides(args.config)
     for scan_path in scans:
         scan = load_scan(scan_path)
         todo = []
@@ -116,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         for d, m, label, model, store in todo:
-            res = reconstruct(scan, method=m, duration=d, model=model, gridded=gridded)
+            res = reconstruct(
+                scan, method=m, duration=d, model=model, gridded=gridded, config=overrides
+            )
             res = match(res, scan)
             if args.label:
                 res = dataclasses.replace(res, config={**(res.config or {}), "label": label})
@@ -144,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", default="")
     p.add_argument("--model", default="")
     p.add_argument("--label", default="")
+    p.add_argument(
+        "--config", default="", help="TOML with [llr]/[encoding] overrides for every method"
+    )
     p.add_argument("--no-report", action="store_true")
     p.add_argument(
         "--shard",

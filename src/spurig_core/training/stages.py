@@ -133,7 +133,11 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------
     def _init_from(self, path: Path) -> None:
-        """Start from another stage's weights (shared → per-step copies when not sharing)."""
+        """Start from another stage's weights (shared → per-step copies when not sharing).
+
+        A longer unroll than the file's continues it: its later steps take the file's last
+        denoiser and last step size (``log_mu``), so that its first steps are the file's model.
+        """
         from ..recon.unrolled_io import load_model
 
         src, meta = load_model(path)
@@ -145,7 +149,7 @@ class Trainer:
         for key in own:
             if key.startswith("denoisers."):
                 _, idx, rest = key.split(".", 2)
-                cand = f"denoisers.{int(idx) if int(idx) < n_src else 0}.{rest}"
+                cand = f"denoisers.{min(int(idx), n_src - 1)}.{rest}"
                 if cand not in state or state[cand].shape != own[key].shape:
                     raise InputError(
                         f"{path}: its network does not match this stage's config ({key})"
@@ -153,8 +157,13 @@ class Trainer:
                 new[key] = state[cand]
             elif key in ("log_mu", "log_lam"):  # log_lam: CG-DC models only
                 m = state.get(key)
-                ok = m is not None and m.numel() >= own[key].numel()
-                new[key] = m[: own[key].numel()] if m is not None and ok else own[key]
+                n = own[key].numel()
+                if m is None or m.numel() == 0:
+                    new[key] = own[key]
+                elif m.numel() >= n:
+                    new[key] = m[:n]
+                else:  # more steps than the file: repeat its last step's value
+                    new[key] = torch.cat([m, m[-1:].expand(n - m.numel())])
         self.model.load_state_dict(new)
 
     def _operator(self, ex: Example) -> tuple[LinearOperator, float]:
