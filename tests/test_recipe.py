@@ -530,3 +530,40 @@ def test_a_longer_unroll_continues_a_shorter_ones_file(shared: bool, tmp_path: P
         for i in range(2):
             x = long.denoiser(i)(long.dc_half(op, ahb, x, i, lip), i + 1)
         torch.testing.assert_close(x, short(op, ahb, x0, lipschitz=lip))
+
+
+def test_training_takes_the_step_size_inference_reads(tmp_path: Path) -> None:
+    """The L of a training subject equals the value stored with the same gridding for inference.
+
+    Training rebuilds the operator from the prepared payload (placeholder values, int32 index);
+    inference builds it from the gridding and stores ``step_size_of``'s value
+    (``attach_step_sizes``).  Both must give the same ``L``, or the learned steps ``exp(ρ_i)/L``
+    change meaning between training and use; the unroll's former 8 power iterations do not.
+    """
+    from spurig_core.benchmark import load_gridded
+    from spurig_core.config import from_dict
+    from spurig_core.operators.encoding import EncodingConfig
+    from spurig_core.operators.igrog import GriddingConfig
+    from spurig_core.operators.step_size import attach_step_sizes, step_key
+    from spurig_core.simulation import simulate
+    from spurig_core.training.datasets import load_dc
+    from spurig_core.training.redraw import prepare_redraw_subject
+
+    path = tmp_path / "s.h5"
+    simulate(path, matrix=16, coils=3, groups=4, seed=7, phantom="analytic")
+    cfg = GriddingConfig(steps=5, hidden=16, train_sets=256, batch=16, check=False)
+    full = tmp_path / "gridded.pt"
+    prepare_redraw_subject(
+        path, tmp_path / "ex", seed=7, durations=["30s"], draws=1, gridding=cfg, gridded_out=full
+    )
+    dc = load_dc(tmp_path / "ex", "30s")
+    trained = dc.step_size(dc.build_operator(), power_iters=8)
+    gridded, _ = load_gridded(full)
+    gridded.lipschitz.clear()
+    maps, basis = dc.operator["coil_maps"], dc.operator["basis"]
+    enc = from_dict(EncodingConfig, dc.operator["encoding"], where="encoding")
+    attach_step_sizes(gridded, maps, basis, groups=[4], config=enc)
+    stored = gridded.lipschitz[step_key(4, enc.density_compensation, maps, basis)]
+    assert trained == pytest.approx(stored, rel=1e-5)
+    power = estimate_lipschitz(dc.build_operator(), dc.ahb, iters=8)
+    assert power < stored * (1 - 1e-3)  # what training used before: below the stored value

@@ -43,7 +43,7 @@ from ..config import from_dict, read_toml, to_dict
 from ..errors import InputError
 from ..operators.igrog import data_fields
 from ..recon.classical import norm_matching_scale
-from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon, estimate_lipschitz
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon
 from ..recon.unrolled_io import model_state
 from .augment import cube_symmetry
 from .datasets import Example, list_subjects, load_example
@@ -274,9 +274,9 @@ class RecipeTrainer:
 
     def _subject(self, d: Path) -> _Subject:
         ex = load_example(d, durations=[self.cfg.duration])
-        op = ex.dc[self.cfg.duration].build_operator()
-        ahb = ex.dc[self.cfg.duration].ahb
-        lip = estimate_lipschitz(op, ahb, iters=self.cfg.model.power_iters)
+        dc = ex.dc[self.cfg.duration]
+        op = dc.build_operator()
+        lip = dc.step_size(op, self.cfg.model.power_iters)  # as inference has it
         return _Subject(ex, load_noise(d, self.cfg.duration), self.cfg.duration, lip, _op=op)
 
     # -- data ---------------------------------------------------------------------------------

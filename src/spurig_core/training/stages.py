@@ -33,7 +33,7 @@ from ..config import from_dict, to_dict
 from ..errors import InputError
 from ..operators.base import LinearOperator
 from ..progress import Callback, emit
-from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon, estimate_lipschitz
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon
 from ..recon.unrolled_io import model_state
 from .augment import apply_affine, random_affine, random_crop
 from .configs import (
@@ -169,15 +169,14 @@ class Trainer:
     def _operator(self, ex: Example) -> tuple[LinearOperator, float]:
         """Return the subject's DC operator and ``L``, built once.
 
-        ``L`` is estimated exactly as at inference (:func:`estimate_lipschitz` from ``A^H b`` with
-        the model's ``power_iters``), so that the learned steps ``μ_i = exp(ρ_i)/L`` mean the same
-        thing in training and in use.
+        ``L`` is computed exactly as at inference (:meth:`DCData.step_size`), so that the learned
+        steps ``μ_i = exp(ρ_i)/L`` mean the same thing in training and in use.
         """
         key = str(ex.path or ex.name)
         if key not in self._ops:
             dc = ex.dc[self.cfg.duration]
             op = dc.build_operator(self.device)
-            lip = estimate_lipschitz(op, dc.ahb.to(self.device), iters=self.cfg.model.power_iters)
+            lip = dc.step_size(op, self.cfg.model.power_iters, self.device)
             self._ops[key] = (op, lip)
         return self._ops[key]
 
