@@ -567,3 +567,43 @@ def test_training_takes_the_step_size_inference_reads(tmp_path: Path) -> None:
     assert trained == pytest.approx(stored, rel=1e-5)
     power = estimate_lipschitz(dc.build_operator(), dc.ahb, iters=8)
     assert power < stored * (1 - 1e-3)  # what training used before: below the stored value
+
+
+def test_new_steps_can_start_as_identity_denoisers(tmp_path: Path) -> None:
+    """``new_steps = "identity"``: the added steps' denoisers pass their input through.
+
+    So the longer unroll is the file's model followed by DC half-steps with the file's last
+    step size.
+    """
+    from types import SimpleNamespace
+
+    from spurig_core.recon.unrolled_io import model_state
+    from spurig_core.training.recipe import RecipeConfig
+    from spurig_core.training.stages import Trainer
+
+    torch.manual_seed(6)
+    short = UnrolledRecon(tiny_cfg(steps=2, share_weights=True)).eval()
+    with torch.no_grad():
+        short.denoisers[0].unet.out.weight.normal_(0, 0.05)
+        short.log_mu.copy_(torch.tensor([0.1, -0.3]))
+    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=1)
+    path = save_checkpoint(
+        model_state(short, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"}),
+        tmp_path / "short.pt",
+    )
+    long = UnrolledRecon(tiny_cfg(steps=4, share_weights=False)).eval()
+    Trainer._init_from(SimpleNamespace(model=long), path, "identity")  # type: ignore[arg-type]
+    ahb = op.adjoint(b)
+    x0, _ = scaled_init(op, ahb, float(b.abs().norm()))
+    lip = estimate_lipschitz(op, ahb, iters=20)
+    with torch.no_grad():
+        want = short(op, ahb, x0, lipschitz=lip)
+        for i in (2, 3):
+            want = long.dc_half(op, ahb, want, i, lip)
+        torch.testing.assert_close(long(op, ahb, x0, lipschitz=lip), want)
+    assert float(long.denoisers[3].unet.out.weight.abs().sum()) == 0.0
+    assert float(long.denoisers[1].unet.out.weight.abs().sum()) > 0.0
+    with pytest.raises(InputError, match="new_steps"):
+        RecipeConfig(data_dir="d", out_dir="o", new_steps="zero")
+    with pytest.raises(InputError, match="a denoiser per step"):
+        RecipeConfig(data_dir="d", out_dir="o", new_steps="identity")

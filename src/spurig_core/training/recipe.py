@@ -87,6 +87,10 @@ class RecipeConfig:
     model : UnrollConfig
     init : str
         Model file to start from (``""``: a fresh, identity-initialised network).
+    new_steps : {"repeat", "identity"}
+        Unrolled steps beyond ``init``'s: its last denoiser and step size, or (a denoiser per
+        step only) that denoiser with a zeroed output layer, so each new step starts as the
+        identity (:meth:`~spurig_core.training.stages.Trainer._init_from`).
     pretrain_updates, gleam_updates, finetune_updates : int
         Updates of each phase (module notes).
     refresh_every : int
@@ -143,6 +147,7 @@ class RecipeConfig:
     duration: str = "2min"
     model: UnrollConfig = field(default_factory=UnrollConfig)
     init: str = ""
+    new_steps: str = "repeat"
     pretrain_updates: int = 300
     gleam_updates: int = 900
     finetune_updates: int = 60
@@ -170,6 +175,10 @@ class RecipeConfig:
         """Raise InputError for an unknown ``lr_schedule`` or a negative count."""
         if self.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"lr_schedule: {self.lr_schedule!r} is not 'constant' or 'cosine'")
+        if self.new_steps not in ("repeat", "identity"):
+            raise InputError(f"new_steps: {self.new_steps!r} is not 'repeat' or 'identity'")
+        if self.new_steps == "identity" and self.model.share_weights:
+            raise InputError("new_steps = 'identity' needs a denoiser per step (share_weights)")
         if self.refresh_subjects < 0:
             raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
         if self.select not in SELECT_RULES:
@@ -261,7 +270,7 @@ class RecipeTrainer:
         if cfg.init:
             from .stages import Trainer
 
-            Trainer._init_from(self, Path(cfg.init))  # type: ignore[arg-type]
+            Trainer._init_from(self, Path(cfg.init), cfg.new_steps)  # type: ignore[arg-type]
         self.opt = torch.optim.Adam(self.model.denoisers.parameters(), lr=cfg.lr)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -132,11 +132,13 @@ class Trainer:
         self._ops: dict[str, tuple[LinearOperator, float]] = {}
 
     # -- set-up --------------------------------------------------------------------------------
-    def _init_from(self, path: Path) -> None:
+    def _init_from(self, path: Path, new_steps: str = "repeat") -> None:
         """Start from another stage's weights (shared → per-step copies when not sharing).
 
-        A longer unroll than the file's continues it: its later steps take the file's last
-        denoiser and last step size (``log_mu``), so that its first steps are the file's model.
+        A longer unroll than the file's continues it, so that its first steps are the file's
+        model: its later steps take the file's last step size (``log_mu``) and last denoiser
+        (``new_steps = "repeat"``), or that denoiser with its output layer zeroed, i.e. starting
+        as the identity (``"identity"``; a denoiser per step only).
         """
         from ..recon.unrolled_io import load_model
 
@@ -154,7 +156,11 @@ class Trainer:
                     raise InputError(
                         f"{path}: its network does not match this stage's config ({key})"
                     )
-                new[key] = state[cand]
+                fresh = int(idx) >= src.cfg.steps and meta["stage"] != "pretrain"
+                if fresh and new_steps == "identity" and rest.startswith("unet.out."):
+                    new[key] = torch.zeros_like(state[cand])  # the identity (residual UNet)
+                else:
+                    new[key] = state[cand]
             elif key in ("log_mu", "log_lam"):  # log_lam: CG-DC models only
                 m = state.get(key)
                 n = own[key].numel()
