@@ -178,7 +178,9 @@ class RecipeConfig:
         if self.new_steps not in ("repeat", "identity"):
             raise InputError(f"new_steps: {self.new_steps!r} is not 'repeat' or 'identity'")
         if self.new_steps == "identity" and self.model.share_weights:
-            raise InputError("new_steps = 'identity' needs a denoiser per step (share_weights)")
+            raise InputError(
+                "new_steps = 'identity' needs a denoiser per step: [model] share_weights = false"
+            )
         if self.refresh_subjects < 0:
             raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
         if self.select not in SELECT_RULES:
