@@ -156,7 +156,7 @@ class DCData:
         from ..operators.step_size import step_size_of
         from ..recon.unrolled import estimate_lipschitz
 
-        if isinstance(op, GriddedSubspaceEncoding) and "coil_maps" in self.operator:
+        if isinstance(op, GriddedSubspaceEncoding):  # its payload's builder read "coil_maps"
             return float(step_size_of(op, self.operator["coil_maps"].to(device)))
         return estimate_lipschitz(op, self.ahb.to(device), iters=power_iters)
 
