@@ -81,17 +81,21 @@ def test_two_workers_give_the_serial_results_and_reruns_skip(
     assert [p.relative_to(tmp_path / "par") for p in par] == [
         p.relative_to(tmp_path / "serial") for p in serial
     ]
-    # one task per subject × method (+ one gridding per subject for the gridded method)
+    # one task per subject × method (+ one gridding per subject for the gridded method, on
+    # LLR's own 2x grid: gridded-os2.pt)
     assert sorted(e.message for e in events) == sorted(
         [
-            "subj0 gridding",
+            "subj0 gridding-os2",
             "subj0 llr",
             "subj0 adjoint",
-            "subj1 gridding",
+            "subj1 gridding-os2",
             "subj1 llr",
             "subj1 adjoint",
         ]
     )
+    assert sorted(p.name for p in (tmp_path / "par" / "subj0").glob("gridded*")) == [
+        "gridded-os2.pt"
+    ]
     for a, b in zip(serial, par, strict=True):  # bit for bit
         ra, rb = load_result(a), load_result(b)
         for name in MAPS:

@@ -216,3 +216,40 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_llr_grids_on_its_own_finer_grid(scan_path: Path, gridded: object, caplog) -> None:
+    """LLR's 2x grid (Method.grid_oversampling) unless the user says otherwise; no shared grid."""
+    import logging
+
+    from spurig_core.memory import recon_estimates
+    from spurig_core.operators.grid import grid_shape
+    from spurig_core.recon.trained import gridding_groups
+
+    scan = load_scan(scan_path)
+    fine, coarse = list(grid_shape((16, 16, 16), 2.0)), list(grid_shape((16, 16, 16), 1.5))
+    assert fine != coarse and METHODS["llr"].grid_oversampling == 2.0
+    llr = pipeline.reconstruct(scan, method="llr", groups=GROUPS, config=FAST)
+    assert llr.config["grid"] == fine and llr.config["gridding"]["grid_oversampling"] == 2.0
+    dc = pipeline.reconstruct(scan, method="dc-only", groups=GROUPS, config=FAST)
+    assert dc.config["grid"] == coarse  # the model's training data's grid
+    user = {**FAST, "gridding": {**NO_KERNEL, "grid_oversampling": 1.5}}
+    assert pipeline.reconstruct(scan, method="llr", config=user).config["grid"] == coarse
+    # the callers that grid once (demo, bench, recon-cohort) grid once per group
+    groups = gridding_groups(["spurig", "dc-only", "llr", "adjoint"], "30s", overrides=FAST)
+    assert [(g["grid_oversampling"], names) for g, names in groups] == [
+        (1.5, ("spurig", "dc-only")),
+        (2.0, ("llr",)),
+    ]
+    assert all(g["n_sources"] == 1 for g, _ in groups)  # the user's settings in every group
+    (one,) = gridding_groups(["spurig", "llr"], "30s", overrides=user)
+    assert one[1] == ("spurig", "llr")
+    # a gridding reused on another grid than the method's settings ask for is said, not hidden
+    with caplog.at_level(logging.WARNING, logger="spurig"):
+        reused = pipeline.reconstruct(scan, method="llr", config=FAST, gridded=gridded)
+    assert reused.config["grid"] == coarse
+    assert f"llr: the gridded data are on a {'x'.join(map(str, coarse))} grid" in caplog.text
+    # the memory check counts the method's own grid
+    sizes = {"matrix": (64, 64, 64), "coils": 10, "groups": 16, "tr": 500, "samples": 300}
+    need = {m: max(b for _, b in recon_estimates(method=m, **sizes)) for m in ("llr", "spurig")}
+    assert need["llr"] > need["spurig"]

@@ -74,6 +74,22 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
     assert f"| {rows['llr']['psnr']:.2f} |" in table
 
 
+def test_bench_grids_once_per_grid(tiny_scan: Path) -> None:
+    """The model's methods share the model's gridding; LLR gets its own on its 2x grid."""
+    report = bench(scan=tiny_scan, groups=4, methods=("dc-only", "llr"), config=NO_KERNEL)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert all("error" not in r for r in rows.values()), rows
+    griddings = {tuple(g["methods"]): g for g in report["griddings"]}
+    assert set(griddings) == {("dc-only",), ("llr",)}
+    for name, g in griddings.items():
+        assert "error" not in g and rows[name[0]]["gridding_s"] == g["gridding_s"]
+    assert griddings[("llr",)]["gridding_config"]["grid_oversampling"] == 2.0
+    assert griddings[("dc-only",)]["gridding_config"]["grid_oversampling"] == 1.5
+    table = format_table(report)
+    assert "iGROG, for llr (grid ×2):" in table and "iGROG, for dc-only (grid ×1.5):" in table
+    assert "One gram application" in table  # on the model's gridding
+
+
 def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:
     # only a 2-min hybrid model ships: the 4-group (30 s) scan has none
     report = bench(scan=tiny_scan, groups=4, methods=("hybrid",), gram=False, config=FAST)
@@ -104,7 +120,9 @@ def test_reconstruct_reuses_gridded_data(tiny_scan: Path) -> None:
     from spurig_core.pipeline import reconstruct
 
     scan = load_scan(tiny_scan)
-    gridded, _ = grid_scan(scan, config=from_dict(GriddingConfig, FAST["gridding"]))
+    # on LLR's own grid (Method.grid_oversampling), as a fresh gridding for LLR is
+    settings = {**FAST["gridding"], "grid_oversampling": 2.0}
+    gridded, _ = grid_scan(scan, config=from_dict(GriddingConfig, settings))
     fresh = reconstruct(scan, method="llr", groups=4, config=FAST)
     reused = reconstruct(scan, method="llr", groups=4, config=FAST, gridded=gridded)
     torch.testing.assert_close(reused.coefficients, fresh.coefficients, rtol=1e-4, atol=1e-5)
@@ -153,7 +171,7 @@ def test_evaluate_models_tool_writes_results_and_tables(tiny_scan: Path, tmp_pat
 def test_evaluate_models_config_overrides_llr_under_its_own_label(
     tiny_scan: Path, tmp_path: Path
 ) -> None:
-    """``--config`` hands its [llr] table to every reconstruction; [gridding] is refused early."""
+    """``--config`` hands its [llr] table to every reconstruction; [gridding] only its grid."""
     test_dir = tmp_path / "test"
     test_dir.mkdir()
     (test_dir / "subj.h5").symlink_to(tiny_scan)
@@ -174,10 +192,26 @@ def test_evaluate_models_config_overrides_llr_under_its_own_label(
     res = load_result(out / "subj" / "LLR_tau_0.5-30s.zarr")
     assert res.config["label"] == "LLR tau 0.5"
     assert res.config["llr"]["iterations"] == 3 and res.config["llr"]["threshold_used"] == 0.5
+    # LLR on its own 2x grid, cached apart; the kernel settings are --gridding's
+    assert res.config["gridding"]["grid_oversampling"] == 2.0
+    assert res.config["gridding"]["steps"] == 150 and res.config["grid"] == [32, 32, 32]
+    assert sorted(p.name for p in (out / "subj").glob("gridded*.pt")) == ["gridded-os2.pt"]
+    # [gridding] may set the grid (LLR on the models' 1.5x grid, under a label), nothing else
+    coarse = tmp_path / "coarse.toml"
+    coarse.write_text("[gridding]\ngrid_oversampling = 1.5\n")
+    proc = subprocess.run(
+        [*cmd, "--methods", "llr", "--label", "LLR 1.5x", "--config", str(coarse)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = load_result(out / "subj" / "LLR_1.5x-30s.zarr")
+    assert res.config["grid"] == [24, 24, 24] and res.config["gridding"]["steps"] == 150
+    assert (out / "subj" / "gridded.pt").is_file()
     bad = subprocess.run(
         [*cmd, "--methods", "llr", "--config", str(grid)], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "[gridding] not allowed" in bad.stderr
+    assert bad.returncode == 2 and "[gridding] steps, train_sets not allowed" in bad.stderr
     assert not (out / "subj" / "llr-30s.zarr").exists()
 
 

@@ -28,7 +28,7 @@ from spurig_core.operators.step_size import (
 from spurig_core.pipeline import reconstruct
 from spurig_core.recon import data_term
 from spurig_core.recon.data_term import scan_basis
-from spurig_core.recon.trained import model_gridding
+from spurig_core.recon.trained import gridding_groups, model_gridding
 from spurig_core.simulation import simulate
 
 NN = GriddingConfig(n_sources=1, learned_kernel=False, check=False)
@@ -147,27 +147,41 @@ def test_cache_keeps_the_step_sizes_and_old_caches_load(
 
 
 def test_bench_counts_the_shared_step_size_once_per_method(scan_path: Path, tmp_path: Path):
-    cache = str(tmp_path / "gridded.pt")
-    grid_row = benchmark._grid_worker(str(scan_path), 4, "cpu", cache, config=FAST)
-    # gridded as the shipped model's training data was, the user's overrides on top
+    # one gridding per grid: the models' methods on theirs, LLR on its 2x grid
+    groups = gridding_groups(benchmark.GRIDDED_METHODS, "30s", overrides=FAST)
+    assert [names for _, names in groups] == [("spurig", "hybrid", "dc-only"), ("llr",)]
+    (models, _), (llr, _) = groups
+    # gridded as the shipped model's training data was, the method's grid and the user's on top
     shipped = model_gridding(benchmark.GRIDDED_METHODS, "30s")
     assert shipped["hidden"] != GriddingConfig().hidden  # the test tells the two apart
-    used = grid_row["gridding_config"]
-    assert (used["hidden"], used["steps"]) == (shipped["hidden"], shipped["steps"])
-    assert (used["learned_kernel"], used["n_sources"]) == (False, 1)
-    # LLR's encoding (γ = 0.5) and the shipped model's (the dc-only term), timed apart
-    assert len(load_gridded(cache)[0].lipschitz) == 2
-    parts = {k: v for k, v in grid_row.items() if k.startswith("step_size_s:")}
-    assert len(parts) == 2 and sum(parts.values()) == pytest.approx(grid_row["step_size_s"])
-    # the Lanczos runs are charged; building the operators (again in each method) is not
-    assert 0 < grid_row["step_size_s"] < grid_row["step_size_wall_s"]
+    assert (llr["hidden"], llr["grid_oversampling"]) == (shipped["hidden"], 2.0)
+    assert models["grid_oversampling"] == shipped.get("grid_oversampling", 1.5)
+    caches, rows = {}, {}
+    for method, settings in (("dc-only", models), ("llr", llr)):
+        caches[method] = str(tmp_path / f"gridded-{method}.pt")
+        rows[method] = benchmark._grid_worker(
+            str(scan_path),
+            4,
+            "cpu",
+            caches[method],
+            config=FAST,
+            methods=[method],
+            gridding=settings,
+        )
+        used = rows[method]["gridding_config"]
+        assert (used["hidden"], used["steps"]) == (shipped["hidden"], shipped["steps"])
+        assert (used["learned_kernel"], used["n_sources"]) == (False, 1)
+        assert used["grid_oversampling"] == settings["grid_oversampling"]
+        # the step size of the method's encoding (LLR: γ = 0.5; dc-only: the model's), timed
+        assert len(load_gridded(caches[method])[0].lipschitz) == 1
+        # the Lanczos runs are charged; building the operators (again in each method) is not
+        assert 0 < rows[method]["step_size_s"] < rows[method]["step_size_wall_s"]
     for method in ("llr", "dc-only"):
-        row = benchmark._worker(str(scan_path), method, 4, "cpu", None, config=FAST, gridded=cache)
+        row = benchmark._worker(
+            str(scan_path), method, 4, "cpu", None, config=FAST, gridded=caches[method]
+        )
         # no power iteration in the method: the shared step size of its encoding, in its runtime
         assert row["stage_calls"]["step_size"] == 0
-        if method == "llr":
-            assert row["step_size_s"] == pytest.approx(parts["step_size_s:0.5"])
-        else:
-            assert row["step_size_s"] in [pytest.approx(v) for v in parts.values()]
+        assert row["step_size_s"] == pytest.approx(rows[method]["step_size_s"])
         stages = sum(row[k] for k in ("step_size_s", "scale_s", "dc_s", "denoiser_s"))
         assert row["runtime_s"] >= row["gridding_s"] + stages

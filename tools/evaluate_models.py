@@ -1,15 +1,16 @@
 r"""Reconstruct held-out test subjects with every method and duration; make Tables 1–2 (issue 5).
 
 For each simulated scan ``TEST_DIR/*.h5`` the iGROG kernel is trained and the whole scan gridded
-once (:func:`spurig_core.operators.igrog.grid_scan`, default settings or ``--gridding TOML``);
-every duration takes the first groups of that gridded data
-(:func:`spurig_core.pipeline.reconstruct` with ``gridded=``), so the methods see exactly the same
-data.  Each result is matched (B1-corrected) and saved as
-``OUT_DIR/<subject>/<method>-<duration>.zarr``; existing stores are kept, so an interrupted run
-resumes, and the gridded data are cached as ``OUT_DIR/<subject>/gridded.pt`` for later runs (e.g.
-the trained methods after the baselines).  Finally :func:`spurig_core.pipeline.evaluate_cohort`
-writes ``OUT_DIR/report/`` (Table 1 and 2 as Markdown and CSV with Wilcoxon p-values, figures,
-``evaluations.json``).
+once per grid (:func:`spurig_core.operators.igrog.grid_scan`, default settings or ``--gridding
+TOML``): the models' methods on the TOML's grid, LLR on its own 2× grid with the same kernel
+settings (:func:`spurig_core.recon.trained.gridding_groups`).  Every duration takes the first
+groups of that gridded data (:func:`spurig_core.pipeline.reconstruct` with ``gridded=``), so the
+methods of one grid see exactly the same data.  Each result is matched (B1-corrected) and saved
+as ``OUT_DIR/<subject>/<method>-<duration>.zarr``; existing stores are kept, so an interrupted
+run resumes, and the gridded data are cached as ``OUT_DIR/<subject>/gridded.pt`` (LLR's:
+``gridded-os2.pt``) for later runs (e.g. the trained methods after the baselines).  Finally
+:func:`spurig_core.pipeline.evaluate_cohort` writes ``OUT_DIR/report/`` (Table 1 and 2 as Markdown
+and CSV with Wilcoxon p-values, figures, ``evaluations.json``).
 
 Runtimes in these stores exclude gridding (it is shared); ``spurig bench`` measures runtimes.
 
@@ -29,7 +30,8 @@ checkpoint for the trained method; ``--label NAME`` stores results as ``NAME-<du
 shows them as their own column (ablation variants, e.g. ``--methods spurig --durations 1min
 --model runs/.../model.pt --label "GLEAM w/o PT"``).  ``--config TOML`` passes the TOML's ``llr``
 and ``encoding`` tables to every reconstruction (``spurig recon --config``), e.g. another LLR
-threshold per duration under its own ``--label``; the gridding stays the cached one.
+threshold per duration under its own ``--label``; its ``[gridding]`` may set ``grid_oversampling``
+only (e.g. LLR on the 1.5× grid under a label), the kernel settings stay ``--gridding``'s.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from spurig_core.benchmark import load_gridded, save_gridded
+from spurig_core.cohort_jobs import gridded_name
 from spurig_core.config import from_dict, read_toml
 from spurig_core.data import Scan
 from spurig_core.errors import InputError
@@ -51,7 +54,7 @@ from spurig_core.operators.grid import GriddedData
 from spurig_core.operators.igrog import GriddingConfig, grid_scan
 from spurig_core.overrides import read_overrides
 from spurig_core.pipeline import evaluate_cohort, match, reconstruct
-from spurig_core.recon.trained import MODELS_DIR, model_file
+from spurig_core.recon.trained import MODELS_DIR, gridding_groups, model_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare_redraw import parse_shard  # the tools' one I/N parser
@@ -80,13 +83,19 @@ def _gridded(
 def _overrides(path: str) -> dict[str, Any] | None:
     """Read the ``llr`` and ``encoding`` tables of ``--config``, checked before any work.
 
-    A ``gridding`` table is refused: the gridding is cached per subject and set by ``--gridding``.
+    A ``gridding`` table may set ``grid_oversampling`` only (the grid of every method, e.g. LLR
+    on the models' 1.5× grid under its own ``--label``): the kernel settings are cached per subject
+    and set by ``--gridding``.
     """
     if not path:
         return None
     tables = read_overrides(path)
-    if "gridding" in tables:
-        raise InputError(f"--config {path}: [gridding] not allowed here (use --gridding)")
+    other = sorted(set(tables.get("gridding") or {}) - {"grid_oversampling"})
+    if other:
+        raise InputError(
+            f"--config {path}: [gridding] {', '.join(other)} not allowed here (use --gridding; "
+            "[gridding] may set grid_oversampling only)"
+        )
     return tables
 
 
@@ -100,11 +109,10 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     durations = [d for d in args.durations.split(",") if d]
     model_dir = Path(args.model_dir) if args.model_dir else MODELS_DIR
-    gcfg = None
+    base: dict[str, Any] = {}
     if args.gridding:  # the [gridding] table of a TOML (e.g. the training data's prepare.toml)
-        gcfg = from_dict(
-            GriddingConfig, read_toml(args.gridding).get("gridding", {}), where="gridding"
-        )
+        base = dict(read_toml(args.gridding).get("gridding", {}))
+        from_dict(GriddingConfig, base, where="gridding")  # checked before any work
     overrides = _overrides(args.config)
     for scan_path in scans:
         scan = load_scan(scan_path)
@@ -127,13 +135,21 @@ def run(args: argparse.Namespace) -> int:
         if not todo:
             continue
         t0 = time.perf_counter()
-        gridded, times = _gridded(scan, out_dir / scan_path.stem / "gridded.pt", gcfg)
-        print(
-            f"{scan_path.stem}: kernel {times['kernel_training_s']:.1f} s, "
-            f"gridding {times['gridding_s']:.1f} s",
-            flush=True,
-        )
+        griddings: dict[str, tuple[GriddedData, dict[str, float]]] = {}
         for d, m, label, model, store in todo:
+            gridded = None
+            for settings, _ in gridding_groups([m], d, base=base, overrides=overrides):
+                name = gridded_name(settings)  # one per grid: LLR's 2× grid is its own
+                if name not in griddings:
+                    gcfg = from_dict(GriddingConfig, settings, where="gridding")
+                    griddings[name] = _gridded(scan, out_dir / scan_path.stem / name, gcfg)
+                    times = griddings[name][1]
+                    print(
+                        f"{scan_path.stem} {name}: kernel {times['kernel_training_s']:.1f} s, "
+                        f"gridding {times['gridding_s']:.1f} s",
+                        flush=True,
+                    )
+                gridded = griddings[name][0]
             res = reconstruct(
                 scan, method=m, duration=d, model=model, gridded=gridded, config=overrides
             )

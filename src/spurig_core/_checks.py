@@ -252,7 +252,9 @@ def _recon_memory(
     llr = (config or {}).get("llr") or {}
     iters = int(llr.get("iterations", 40)) if "llr" in METHODS[method].tables else 8
     gridding = (config or {}).get("gridding") or {}
-    oversampling = float(gridding.get("grid_oversampling", GriddingConfig.grid_oversampling))
+    own = METHODS[method].grid_oversampling
+    default = GriddingConfig.grid_oversampling if own is None else own
+    oversampling = float(gridding.get("grid_oversampling", default))
     steps = recon_estimates(
         method=method,
         matrix=scan.matrix,

@@ -9,10 +9,12 @@ size, norm-matching scale, DC grams, denoiser, the rest, and the dictionary matc
 timed part; issue #14).  A micro-benchmark of one gram application
 (NUFFT vs iGROG-gridded FFT) is included, as issue #4 asks.
 
-The iGROG kernel is trained and the scan gridded once, in a worker of its own, and the gridded
-methods (``llr``, ``spurig``, ``hybrid``) and the gram micro-benchmark take that gridded data:
-their reconstruction seconds are the algorithm's plus the measured gridding seconds, and the
-gridding's own peak memory is reported on its own line.  (Training the kernel once instead of per
+The iGROG kernel is trained and the scan gridded once per grid, in a worker of its own: the
+models' methods (``spurig``, ``hybrid``, ``dc-only``) and the gram micro-benchmark take the
+models' gridding, LLR its own 2× grid with the same kernel settings
+(:func:`~spurig_core.recon.trained.gridding_groups`).  Their reconstruction seconds are the
+algorithm's plus their gridding's measured seconds, and each gridding's own peak memory is
+reported on its own line.  (Training the kernel once instead of per
 method saves most of a 64³ benchmark's wall time; kernel training is excluded from the runtimes in
 either case.)
 """
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,8 @@ def save_gridded(path: str | Path, gridded: Any, times: dict[str, float]) -> Pat
         "times": {str(k): float(v) for k, v in times.items()},
         # step sizes ‖A^H A‖₂ by operators.step_size.step_key (issue #14; absent in older files)
         "lipschitz": {str(k): float(v) for k, v in getattr(gridded, "lipschitz", {}).items()},
+        # the settings that made it (absent in older files)
+        "settings": dict(getattr(gridded, "settings", None) or {}),
     }
     return save_checkpoint(state, path)
 
@@ -106,7 +111,12 @@ def load_gridded(path: str | Path) -> tuple[Any, dict[str, float]]:
         raise InputError(f"{path}: a {st.get('kind')!r} file, not a cached gridding")
     lip = {str(k): float(v) for k, v in dict(st.get("lipschitz") or {}).items()}
     g = GriddedData(
-        st["values"], st["index"], tuple(st["grid"]), tuple(st["matrix"]), lipschitz=lip
+        st["values"],
+        st["index"],
+        tuple(st["grid"]),
+        tuple(st["matrix"]),
+        lipschitz=lip,
+        settings=dict(st.get("settings") or {}) or None,
     )
     return g, {str(k): float(v) for k, v in dict(st["times"]).items()}
 
@@ -119,14 +129,18 @@ def _grid_worker(
     config: dict[str, Any] | None = None,
     methods: list[str] | None = None,
     model: str | None = None,
+    gridding: dict[str, Any] | None = None,
 ) -> dict:
     """Train the iGROG kernel and grid the scan's first ``groups`` groups; save to ``out_path``.
 
-    The step sizes ``‖A^H A‖₂`` that the gridded ``methods`` (default: all) will read — the
-    models' encodings and LLR's (:func:`~.operators.step_size.step_plan`) — are computed here too
-    and saved with the gridding; their seconds are ``step_size_s`` (the Lanczos runs: each
-    method's process builds the operator again for its data term, as ``spurig recon`` builds it
-    once for both) and ``step_size_wall_s`` (with the operators' construction here).
+    The gridding is ``gridding`` when given (one group of
+    :func:`~.recon.trained.gridding_groups`, the user's overrides included), else the first
+    group's of the gridded ``methods`` (default: all).  The step sizes ``‖A^H A‖₂`` that
+    ``methods`` will read on it — the models' encodings and LLR's
+    (:func:`~.operators.step_size.step_plan`) — are computed here too and saved with the
+    gridding; their seconds are ``step_size_s`` (the Lanczos runs: each method's process builds
+    the operator again for its data term, as ``spurig recon`` builds it once for both) and
+    ``step_size_wall_s`` (with the operators' construction here).
     """
     from .config import from_dict, to_dict
     from .durations import nearest_duration
@@ -134,26 +148,21 @@ def _grid_worker(
     from .operators.coil_maps import virtual_coils
     from .operators.igrog import GriddingConfig, grid_scan
     from .operators.step_size import attach_for_scan, step_plan
-    from .recon.trained import model_gridding
+    from .recon.trained import gridding_groups
 
     scan = load_scan(scan_path).first_groups(groups)
     base_rss = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    # gridded as the model's training data was (where a method has one), for every method
-    named = nearest_duration(groups)
-    gcfg = from_dict(
-        GriddingConfig,
-        {
-            "device": device,
-            **model_gridding(methods or GRIDDED_METHODS, named, model),
-            **((config or {}).get("gridding") or {}),
-        },
-        where="gridding",
-    )
+    # gridded as the model's training data was (where a method has one), on the method's grid
+    names: tuple[str, ...] = tuple(methods or GRIDDED_METHODS)
+    if gridding is None:
+        found = gridding_groups(names, nearest_duration(groups), model, overrides=config)
+        gridding, names = found[0] if found else ((config or {}).get("gridding") or {}, ())
+    gcfg = from_dict(GriddingConfig, {"device": device, **gridding}, where="gridding")
     scan = virtual_coils(scan, gcfg.max_coils)  # as reconstruct() will (issue #20)
     gridded, times = grid_scan(scan, config=gcfg)
-    plan = step_plan(methods or GRIDDED_METHODS, (groups,), overrides=config, model=model)
+    plan = step_plan(names, (groups,), overrides=config, model=model)
     times.update(attach_for_scan(gridded, scan, plan, device=device))
     save_gridded(out_path, gridded, times)
     out = {
@@ -163,6 +172,7 @@ def _grid_worker(
         "peak_rss_mb": peak_rss_mb(),
         "scan_rss_mb": base_rss,
         "gridding_config": to_dict(gcfg),
+        "methods": list(names),
     }
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -438,14 +448,16 @@ def bench(
     config : dict, optional
         Overrides passed to every reconstruction (``{"gridding": {...}, "llr": {...}}``).
     share_gridding : bool
-        Train the kernel and grid once for all gridded methods (see the module notes); ``False``
-        grids inside every method's worker.
+        Train the kernel and grid once for the gridded methods of each grid (see the module
+        notes); ``False`` grids inside every method's worker.
 
     Returns
     -------
     dict
-        ``{"machine": ..., "scan": ..., "rows": [...], "gram": {...}}``, plus ``"gridding"``
-        (kernel training and gridding seconds, peak memory) when the gridding is shared.
+        ``{"machine": ..., "scan": ..., "rows": [...], "gram": {...}}``, plus ``"griddings"``
+        (per shared gridding: its methods, kernel training and gridding seconds, peak memory;
+        methods on different grids, such as LLR's 2× grid, do not share one) and ``"gridding"``
+        (the first of them) when the gridding is shared.
     """
     for m in methods:
         if m not in METHODS:
@@ -472,22 +484,25 @@ def bench(
             "rows": [],
         }
         total = len(methods) + (1 if gram else 0)
-        gridded_file: str | None = None
-        if share_gridding and (gram or any(m in GRIDDED_METHODS for m in methods)):
-            emit(callback, "bench", 0, total, "iGROG kernel training and gridding (shared)")
-            gridded_file = str(work / "gridded.pt")
-            job = {
+        files: dict[str, str | None] = {}  # method -> its shared gridding's file
+        if share_gridding:
+            base = {
                 "scan_path": str(scan),
                 "groups": groups,
                 "device": device,
-                "out_path": gridded_file,
                 "config": config,
-                "methods": list(methods),
                 "model": None if model is None else str(model),
             }
-            report["gridding"] = _run_worker(["grid", json.dumps(job)])
-            if "error" in report["gridding"]:
-                gridded_file = None  # each method grids for itself (and reports the error)
+            report["griddings"] = _shared_griddings(
+                base,
+                methods,
+                gram,
+                work,
+                files,
+                lambda what: emit(callback, "bench", 0, total, what),
+            )
+            if report["griddings"]:
+                report["gridding"] = report["griddings"][0]
         for i, m in enumerate(methods):
             emit(callback, "bench", i, total, f"running {m}")
             job = {
@@ -497,7 +512,7 @@ def bench(
                 "device": device,
                 "model": None if model is None else str(model),
                 "config": config,
-                "gridded": gridded_file,
+                "gridded": files.get(m),
             }
             row = _run_worker(["worker", json.dumps(job)])
             row.setdefault("method", m)
@@ -509,13 +524,51 @@ def bench(
                 "groups": groups,
                 "device": device,
                 "config": config,
-                "gridded": gridded_file,
+                "gridded": files.get("gram"),
             }
             report["gram"] = _run_worker(["gram", json.dumps(job)])
         emit(callback, "bench", total, total)
     finally:
         tmp.cleanup()
     return report
+
+
+def _shared_griddings(
+    base: dict[str, Any],
+    methods: tuple[str, ...],
+    gram: bool,
+    work: Path,
+    files: dict[str, str | None],
+    emit_step: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Grid the scan once per distinct gridding of the gridded ``methods``, each in a worker.
+
+    ``base`` holds the workers' common job fields (``scan_path``, ``groups``, ``device``,
+    ``config``, ``model``).  Fills ``files`` (per method name, and ``"gram"`` for the gram
+    micro-benchmark: the models' gridding, else the first) and returns the workers' rows, each
+    with its ``methods``.
+    """
+    from .durations import nearest_duration
+    from .recon.trained import gridding_groups
+
+    config = base["config"]
+    named = nearest_duration(base["groups"])
+    found = gridding_groups(methods, named, base["model"], overrides=config)
+    if gram and not found:
+        found = [(dict((config or {}).get("gridding") or {}), ())]
+    rows = []
+    for i, (settings, names) in enumerate(found):
+        emit_step(f"iGROG kernel training and gridding ({', '.join(names) or 'the gram'})")
+        path = str(work / f"gridded-{i}.pt")
+        job = {**base, "out_path": path, "methods": list(names), "gridding": settings}
+        row = _run_worker(["grid", json.dumps(job)])
+        row["methods"] = list(names)
+        rows.append(row)
+        ok = None if "error" in row else path  # else each method grids for itself
+        files.update({name: ok for name in names})
+        if "gram" not in files or "spurig" in names:
+            files["gram"] = ok
+    return rows
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -567,14 +620,24 @@ def format_table(report: dict[str, Any]) -> str:
         )
     if len(breakdown) > 5:  # at least one row
         lines += breakdown
-    gr = report.get("gridding")
-    if gr and "error" not in gr:
+    griddings = report.get("griddings", [report["gridding"]] if "gridding" in report else [])
+    for gr in griddings:
+        over = (gr.get("gridding_config") or {}).get("grid_oversampling")
+        who = (
+            "once for all gridded methods"
+            if len(griddings) == 1
+            else f"for {', '.join(gr.get('methods') or ['the gram'])}"
+            + (f" (grid ×{over:g})" if over is not None else "")
+        )
+        if "error" in gr:
+            lines += ["", f"shared gridding ({who}) failed: {gr['error']}"]
+            continue
         mem = f"{gr['peak_rss_mb']:.0f}"
         if "peak_cuda_mb" in gr:
             mem += f" (GPU {gr['peak_cuda_mb']:.0f})"
         lines += [
             "",
-            f"iGROG, once for all gridded methods: kernel training {gr['kernel_training_s']:.1f} s "
+            f"iGROG, {who}: kernel training {gr['kernel_training_s']:.1f} s "
             f"(excluded from the runtimes), gridding {gr['gridding_s']:.2f} s (included), "
             f"step size ‖AᴴA‖ {gr.get('step_size_s', 0.0):.2f} s of Lanczos grams (included, in "
             f"the step size column of the methods that used it; "
@@ -582,8 +645,6 @@ def format_table(report: dict[str, Any]) -> str:
             f"operators, which each method's process builds again for its data term), "
             f"peak RSS {mem} MB.",
         ]
-    elif gr:
-        lines += ["", f"shared gridding failed: {gr['error']}"]
     g = report.get("gram")
     if g and "error" not in g:
         lines += [

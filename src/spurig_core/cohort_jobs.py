@@ -9,8 +9,9 @@ not exist yet (reruns skip finished work), and returns the outputs.  ``evaluate-
 -----------------------
 Every ``*.h5`` scan under ``DIR`` (any depth, sorted) is one subject, named by its file stem.  For
 each subject: ``OUT/<subject>/gridded.pt`` (the whole scan gridded once with iGROG, one task,
-shared by the gridded methods ``llr``, ``spurig``, ``hybrid``; a shorter duration takes its first
-groups, as in ``tools/evaluate_models.py``) and one task per method writing
+shared by the gridded methods on the default grid, ``spurig``, ``hybrid``, ``dc-only``; LLR's 2×
+grid is ``gridded-os2.pt``; a shorter duration takes its first groups, as in
+``tools/evaluate_models.py``) and one task per method writing
 ``OUT/<subject>/<method>-<duration>.zarr`` for every duration, matched (T1, T2, PD) unless
 ``match=False``.  Runtimes in these stores exclude the shared gridding (``timings`` says so);
 ``spurig bench`` measures runtimes.  ``spurig evaluate-cohort OUT`` makes Tables 1–2 from them.
@@ -25,12 +26,9 @@ from .cohort import Task, run_tasks
 from .durations import DURATIONS, groups_for
 from .errors import InputError
 from .progress import Callback
-from .recon.methods import METHODS, gridded_names
+from .recon.methods import METHODS
 
-__all__ = ["prepare_cohort", "recon_cohort", "scan_memory", "simulate_cohort"]
-
-#: Methods that reconstruct from the iGROG-gridded scan (they share ``gridded.pt``).
-GRIDDED = gridded_names()
+__all__ = ["gridded_name", "prepare_cohort", "recon_cohort", "scan_memory", "simulate_cohort"]
 
 
 def scan_memory(path: Path, method: str, groups: int) -> float:
@@ -204,6 +202,14 @@ def _grid_one(
     return save_gridded(cache, gridded, times)
 
 
+def gridded_name(settings: dict[str, Any]) -> str:
+    """``gridded.pt`` for the default grid, ``gridded-os2.pt`` for a 2× grid, and so on."""
+    from .operators.grid import GRID_OVERSAMPLING
+
+    over = float(settings.get("grid_oversampling", GRID_OVERSAMPLING))
+    return "gridded.pt" if over == GRID_OVERSAMPLING else f"gridded-os{over:g}.pt"
+
+
 def _recon_one(
     cache: Path | None,
     scan_path: Path,
@@ -292,10 +298,12 @@ def recon_cohort(
     longest = max(groups_for(d) for d in durations)
     stores: list[Path] = []
     tasks: list[Task] = []
+    from .recon.trained import gridding_groups
+
+    # one gridding per distinct grid (LLR's is finer than the models'), default kernel settings
+    groups = gridding_groups(methods, durations[0], overrides=overrides, base={})
     for scan_path in _find_scans(Path(cohort_dir), out):
         subject = scan_path.stem
-        cache = out / subject / "gridded.pt"
-        grid_key = f"{subject} gridding"
         for m in methods:
             todo = [(d, out / subject / f"{m}-{d}.zarr") for d in durations]
             stores += [s for _, s in todo]
@@ -304,19 +312,20 @@ def recon_cohort(
                 continue
             needs: tuple[str, ...] = ()
             first: tuple[Any, ...] = (None,)
-            if m in GRIDDED and not cache.exists():
-                if not any(t.key == grid_key for t in tasks):
-                    grid = (
-                        scan_path,
-                        cache,
-                        dict(overrides.get("gridding") or {}),
-                        (tuple(methods), tuple(durations), overrides),
-                    )
-                    mem = scan_memory(scan_path, "llr", longest)
-                    tasks.append(Task(grid_key, _grid_one, grid, memory=mem))
-                needs, first = (grid_key,), ()
-            elif m in GRIDDED:
-                first = (cache,)
+            group = next(((g, names) for g, names in groups if m in names), None)
+            if group is not None:
+                settings, names = group
+                cache = out / subject / gridded_name(settings)
+                grid_key = f"{subject} {cache.stem.replace('gridded', 'gridding')}"
+                if not cache.exists():
+                    if not any(t.key == grid_key for t in tasks):
+                        steps = (names, tuple(durations), overrides)
+                        grid = (scan_path, cache, settings, steps)
+                        mem = scan_memory(scan_path, "llr", longest)
+                        tasks.append(Task(grid_key, _grid_one, grid, memory=mem))
+                    needs, first = (grid_key,), ()
+                else:
+                    first = (cache,)
             args = (*first, scan_path, m, todo, overrides, match)
             mem = scan_memory(scan_path, m, longest)
             tasks.append(Task(f"{subject} {m}", _recon_one, args, needs=needs, memory=mem))

@@ -50,7 +50,7 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     from .operators.igrog import GriddingConfig, grid_scan
     from .pipeline import match, reconstruct
     from .recon.methods import METHODS
-    from .recon.trained import model_gridding
+    from .recon.trained import gridding_groups
     from .report import Section, export_result, runtime_table, table1, table2, write_report
     from .simulation import sample_scan_path
 
@@ -70,37 +70,30 @@ def run_demo(out_dir: str | Path, *, tiny: bool = False, callback: Callback | No
     methods = ["spurig", "dc-only", "llr", "adjoint"]
     results = {}
     notes: list[str] = []
-    # Grid once (iGROG kernel training + gridding) for both gridded methods; each result's
-    # runtime still includes the gridding time, as in the paper (kernel training excluded).
-    # The gridding is the SPUR-iG model's (its training data's settings, where it records
-    # them), so that the model sees its inputs and LLR the very same data.
+    # Grid once per distinct gridding (iGROG kernel training + gridding): SPUR-iG and DC only
+    # share the model's (its training data's settings), LLR takes the same kernel settings on its
+    # own finer grid (recon.methods); each result's runtime includes its gridding time, as in the
+    # paper (kernel training excluded).
     emit(callback, "demo", 0, len(methods) + 2, "iGROG kernel training and gridding")
-    gcfg = from_dict(
-        GriddingConfig,
-        {**model_gridding(methods, duration), **overrides.get("gridding", {})},
-        where="gridding",
-    )
-    # the gridding of the scan reconstruct() will see (> gridding.max_coils channels compressed)
-    gridded, grid_times = grid_scan(
-        virtual_coils(scan, gcfg.max_coils), config=gcfg, callback=callback
-    )
+    shared: dict[str, tuple[Any, dict[str, float]]] = {}
+    for settings, names in gridding_groups(methods, duration, overrides=overrides):
+        gcfg = from_dict(GriddingConfig, settings, where="gridding")
+        # the gridding of the scan reconstruct() will see (> gridding.max_coils compressed)
+        done = grid_scan(virtual_coils(scan, gcfg.max_coils), config=gcfg, callback=callback)
+        shared.update({name: done for name in names})
     for i, method in enumerate(methods):
         emit(callback, "demo", i, len(methods) + 2, f"reconstructing with {method}")
-        uses_grid = METHODS[method].gridded
+        gridded, grid_times = shared.get(method, (None, {}))
         try:
             res = reconstruct(
-                scan,
-                method=method,
-                callback=callback,
-                config=overrides,
-                gridded=gridded if uses_grid else None,
+                scan, method=method, callback=callback, config=overrides, gridded=gridded
             )
         except (InputError, NotAvailableError) as exc:
             if not METHODS[method].needs_model:
                 raise
             notes.append(f"{METHODS[method].short} skipped: {exc}")
             continue
-        if uses_grid:
+        if gridded is not None:
             res = dataclasses.replace(
                 res,
                 runtime_s=res.runtime_s + grid_times["gridding_s"],

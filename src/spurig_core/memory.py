@@ -17,8 +17,9 @@ step               arrays counted
 reading            the declared dataset (``prod(shape) · itemsize``)
 ESPIRiT            maps ``coils·x·y·z`` and the kernel autocorrelation ``coils²·(2w−1)·y·z``
 gridding           k-space in and out, ``2·coils·groups·tr·samples``, and one int64 index per sample
-gridded DC / LLR   gram kernel ``basis²·X·Y·Z`` (X = 1.5× grid), coil maps, two padded grids per
-                   coil batch ``2·basis·X·Y·Z``, six FISTA iterates ``basis·x·y·z``, saved iterates
+gridded DC / LLR   gram kernel ``basis²·X·Y·Z`` (X: the method's grid, 1.5× or LLR's 2×), coil
+                   maps, two padded grids per coil batch ``2·basis·X·Y·Z``, six FISTA iterates
+                   ``basis·x·y·z``, saved iterates
 NUFFT              coil maps, the 2× upsampled fine grids ``2·basis·8·x·y·z``, k-space
 =================  ==============================================================================
 """
@@ -138,7 +139,8 @@ def recon_estimates(
     Parameters
     ----------
     oversampling : float, optional
-        Grid oversampling of the gridded methods; ``None``: the default
+        Grid oversampling of the gridded methods; ``None``: the method's own
+        (:attr:`~spurig_core.recon.methods.Method.grid_oversampling`), else the default
         :data:`~spurig_core.operators.grid.GRID_OVERSAMPLING`.
 
     Returns
@@ -146,10 +148,13 @@ def recon_estimates(
     list of (str, float)
         ``(step description, bytes)`` in the order the steps run.
     """
-    if oversampling is None:
+    from .recon.methods import METHODS
+
+    if oversampling is None:  # the method's own grid (LLR's 2×), else the default
         from .operators.grid import GRID_OVERSAMPLING
 
-        oversampling = GRID_OVERSAMPLING
+        own = METHODS[method].grid_oversampling if method in METHODS else None
+        oversampling = GRID_OVERSAMPLING if own is None else own
     x, y, z = (int(v) for v in matrix)
     n = x * y * z
     shape = f"{x}×{y}×{z}"
@@ -161,8 +166,6 @@ def recon_estimates(
         steps.append((f"ESPIRiT coil maps ({coils} coils, {shape})", need))
     maps = _COMPLEX * coils * n
     iterates = _COMPLEX * basis * n * (6 + saved_iterates)
-    from .recon.methods import METHODS
-
     if method in METHODS and METHODS[method].data_term == "nufft":
         fine = 2 * basis * _COMPLEX * 8 * n
         steps.append(

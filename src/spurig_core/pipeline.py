@@ -206,7 +206,7 @@ def reconstruct(
         iGROG kernel training (paper 3.5).
     """
     from .recon.data_term import RunContext, build_data_term, virtual_coils_for
-    from .recon.methods import get_method
+    from .recon.methods import get_method, method_gridding
     from .recon.trained import load_method_model
 
     scan = _checks.reconstruct_args(  # every argument's type and value, and the memory needed
@@ -244,7 +244,8 @@ def reconstruct(
         basis,
         overrides=config,
         encoding=None if loaded is None else loaded.encoding,
-        gridding=None if loaded is None else loaded.gridding,
+        # the method's own grid, then the model's training data's settings (the user's on top)
+        gridding={**method_gridding(entry.name), **((loaded and loaded.gridding) or {})},
         gridded=gridded,
         method=entry.name,
         on_bad_gridding=on_bad_gridding,

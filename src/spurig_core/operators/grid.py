@@ -99,6 +99,10 @@ class GriddedData:
         Step sizes ``‖A^H A‖₂`` of the gridded encoding, by
         :func:`~spurig_core.operators.step_size.step_key` (groups, density exponent, maps and
         basis checksum); shared by :meth:`first_groups` and :meth:`to` (issue #14).
+    settings : dict, optional
+        The gridding settings that made the data (``GriddingConfig`` as a dict;
+        :func:`~spurig_core.operators.igrog.grid_scan` sets it), so that a reconstruction that
+        reuses the data records what it ran on; ``None`` where unknown.
     """
 
     values: torch.Tensor
@@ -107,6 +111,7 @@ class GriddedData:
     matrix: tuple[int, int, int]
     check: dict[str, Any] | None = None
     lipschitz: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None
 
     def first_groups(self, groups: int) -> GriddedData:
         """Return the first ``groups`` groups (a shorter scan; the same ``lipschitz`` table)."""
@@ -117,6 +122,7 @@ class GriddedData:
             self.matrix,
             self.check,
             self.lipschitz,
+            self.settings,
         )
 
     def to(self, device: torch.device | str) -> GriddedData:
@@ -128,4 +134,5 @@ class GriddedData:
             self.matrix,
             self.check,
             self.lipschitz,
+            self.settings,
         )

@@ -534,4 +534,6 @@ def grid_scan(
         check["source_noise_rel"] = float(kernel.metrics.get("source_noise_rel", 0.0))
         gridded = dataclasses.replace(gridded, check=check)
         emit(callback, "igrog-check", 1, 1, "passed" if check["passed"] else "failed")
-    return gridded, times
+    from ..config import to_dict
+
+    return dataclasses.replace(gridded, settings=to_dict(cfg)), times

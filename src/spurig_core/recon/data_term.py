@@ -21,6 +21,7 @@ model, updated by the ``[encoding]`` overrides.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,6 +313,21 @@ def _reuse(gridded: Any, sub: Scan) -> tuple[Any, dict[str, float]]:
     }
 
 
+def _warn_other_grid(gridded: Any, gcfg: Any, method: str) -> None:
+    """Log a warning when a reused gridding is not on the grid ``gcfg`` asks for."""
+    from ..operators.grid import grid_shape
+
+    want = grid_shape(tuple(gridded.matrix), gcfg.grid_oversampling)
+    if tuple(gridded.grid) != tuple(want):
+        logging.getLogger("spurig").warning(
+            "%s: the gridded data are on a %s grid; its settings (grid_oversampling %g) give %s",
+            method or "method",
+            "x".join(map(str, gridded.grid)),
+            gcfg.grid_oversampling,
+            "x".join(map(str, want)),
+        )
+
+
 def _step_size(
     gridded: Any, op: Any, maps: torch.Tensor, basis: torch.Tensor, timings: dict[str, float]
 ) -> tuple[float, dict[str, float]]:
@@ -400,10 +416,13 @@ def build_data_term(
             gridded, timings = grid_scan(sub, config=gcfg, callback=callback)
         else:
             gridded, timings = _reuse(gridded, sub)
+            _warn_other_grid(gridded, gcfg, method)
         # the runtime includes gridding but not kernel training (paper 3.5)
         started = time.perf_counter() - timings.get("gridding_s", 0.0)
         bad = apply_gridding_check(gridded, method, on_bad_gridding, record, callback)
-        record["gridding"] = to_dict(gcfg)
+        # what the data were gridded with (a reused gridding's own settings where it has them)
+        record["gridding"] = dict(gridded.settings or to_dict(gcfg))
+        record["grid"] = [int(n) for n in gridded.grid]
         if not bad:
             gop = GriddedSubspaceEncoding(gridded.to(dev), maps, basis, config=ecfg)
             record["encoding"] = to_dict(ecfg)

@@ -31,6 +31,7 @@ __all__ = [
     "Method",
     "get_method",
     "gridded_names",
+    "method_gridding",
     "model_names",
 ]
 
@@ -68,6 +69,13 @@ class Method:
         run on the NUFFT data term).
     summary : str
         One line for ``--help`` and the docs.
+    grid_oversampling : float or None
+        The oversampling of the Cartesian grid the method's data are gridded on when neither the
+        user (``[gridding]``) nor a model says otherwise (``None``: the gridding default,
+        ``GriddingConfig.grid_oversampling``).  A gridded method may need a finer grid than the
+        others: LLR loses 0.5–0.8 dB to LLR-NUFFT on the 1.5× grid and 0.03 on the 2× grid
+        (``benchmarks/RESULTS-igrog.md``, sessions 16–17), while the shipped models were trained
+        on 1.5× data.  Methods with different grids do not share one gridding.
     """
 
     name: str
@@ -80,6 +88,7 @@ class Method:
     tables: tuple[str, ...] = ()
     fallback: str | None = None
     summary: str = ""
+    grid_oversampling: float | None = None
 
     @property
     def gridded(self) -> bool:
@@ -143,7 +152,8 @@ METHODS: dict[str, Method] = {
             run=f"{_R}.classical:run_llr",
             tables=("llr",),
             fallback="llr-nufft",
-            summary="FISTA with the locally-low-rank prior on the iGROG-gridded data",
+            summary="FISTA with the locally-low-rank prior on the iGROG-gridded data (2× grid)",
+            grid_oversampling=2.0,
         ),
         Method(
             name="llr-nufft",
@@ -187,8 +197,17 @@ def get_method(name: Any, *, what: str = "method") -> Method:
 
 
 def gridded_names() -> tuple[str, ...]:
-    """Return the methods that grid with iGROG (they can share one gridding of the scan)."""
+    """Return the methods that grid with iGROG (those with the same grid can share a gridding)."""
     return tuple(n for n, m in METHODS.items() if m.gridded)
+
+
+def method_gridding(name: str) -> dict[str, Any]:
+    """Return the gridding settings the method ``name`` sets itself (``{}`` if none).
+
+    They sit between the gridding defaults and a model's or the user's settings.
+    """
+    grid = get_method(name).grid_oversampling
+    return {} if grid is None else {"grid_oversampling": grid}
 
 
 def model_names() -> tuple[str, ...]:

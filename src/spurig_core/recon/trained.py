@@ -34,6 +34,7 @@ __all__ = [
     "LoadedModel",
     "card_sha256",
     "check_card",
+    "gridding_groups",
     "load_method_model",
     "model_encoding",
     "model_file",
@@ -266,6 +267,48 @@ def model_gridding(
             except (InputError, NotAvailableError):
                 return {}
     return {}
+
+
+def gridding_groups(
+    methods: Iterable[str],
+    duration: str,
+    model: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Group the gridded ``methods`` by the gridding their data need: one gridding per group.
+
+    A method's settings are ``base`` (default: :func:`model_gridding` of ``methods``, so that the
+    classical methods share the model's kernel settings), then the method's own
+    (:func:`~.methods.method_gridding`, e.g. LLR's 2× grid), then ``overrides["gridding"]``.
+
+    Parameters
+    ----------
+    methods : iterable of str
+        Method names; those that do not grid are left out.
+    duration, model
+        As :func:`model_gridding`.
+    overrides : dict, optional
+        Checked ``{"gridding": {...}}`` overrides (the user's word wins).
+    base : dict, optional
+        Settings to start from instead of the model's (e.g. a training data's ``[gridding]``).
+
+    Returns
+    -------
+    list of (dict, tuple of str)
+        ``(gridding settings, methods)`` in the order the methods first appear.
+    """
+    from .methods import get_method, method_gridding
+
+    names = [m for m in methods if get_method(m).gridded]
+    start = model_gridding(names, duration, model) if base is None else dict(base)
+    user = (overrides or {}).get("gridding") or {}
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for name in names:
+        settings = {**start, **method_gridding(name), **user}
+        key = repr(sorted(settings.items()))
+        groups.setdefault(key, (settings, []))[1].append(name)
+    return [(settings, tuple(found)) for settings, found in groups.values()]
 
 
 def model_encoding(ckpt: str | Path) -> dict[str, Any]:
