@@ -182,12 +182,12 @@ def test_evaluate_models_config_overrides_llr_under_its_own_label(
     grid = tmp_path / "grid.toml"  # a small kernel: the test is about the overrides
     grid.write_text("[gridding]\nsteps = 150\ntrain_sets = 256\n")
     cmd = [sys.executable, str(tool), str(test_dir), str(out), "--durations", "30s", "--no-report"]
-    cmd += ["--gridding", str(grid)]
-    proc = subprocess.run(
-        [*cmd, "--methods", "llr", "--label", "LLR tau 0.5", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-    )
+    cmd += ["--gridding", str(grid), "--methods", "llr"]
+
+    def llr(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True)
+
+    proc = llr("--label", "LLR tau 0.5", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     res = load_result(out / "subj" / "LLR_tau_0.5-30s.zarr")
     assert res.config["label"] == "LLR tau 0.5"
@@ -199,18 +199,12 @@ def test_evaluate_models_config_overrides_llr_under_its_own_label(
     # [gridding] may set the grid (LLR on the models' 1.5x grid, under a label), nothing else
     coarse = tmp_path / "coarse.toml"
     coarse.write_text("[gridding]\ngrid_oversampling = 1.5\n")
-    proc = subprocess.run(
-        [*cmd, "--methods", "llr", "--label", "LLR 1.5x", "--config", str(coarse)],
-        capture_output=True,
-        text=True,
-    )
+    proc = llr("--label", "LLR 1.5x", "--config", str(coarse))
     assert proc.returncode == 0, proc.stderr
     res = load_result(out / "subj" / "LLR_1.5x-30s.zarr")
     assert res.config["grid"] == [24, 24, 24] and res.config["gridding"]["steps"] == 150
     assert (out / "subj" / "gridded.pt").is_file()
-    bad = subprocess.run(
-        [*cmd, "--methods", "llr", "--config", str(grid)], capture_output=True, text=True
-    )
+    bad = llr("--config", str(grid))
     assert bad.returncode == 2 and "[gridding] steps, train_sets not allowed" in bad.stderr
     assert not (out / "subj" / "llr-30s.zarr").exists()
 
