@@ -218,7 +218,9 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
-def test_llr_grids_on_its_own_finer_grid(scan_path: Path, gridded: object, caplog) -> None:
+def test_llr_grids_on_its_own_finer_grid(
+    scan_path: Path, gridded: object, results: dict, caplog
+) -> None:
     """LLR's 2x grid (Method.grid_oversampling) unless the user says otherwise; no shared grid."""
     import logging
 
@@ -231,6 +233,9 @@ def test_llr_grids_on_its_own_finer_grid(scan_path: Path, gridded: object, caplo
     assert fine != coarse and METHODS["llr"].grid_oversampling == 2.0
     llr = pipeline.reconstruct(scan, method="llr", groups=GROUPS, config=FAST)
     assert llr.config["grid"] == fine and llr.config["gridding"]["grid_oversampling"] == 2.0
+    # LLR-NUFFT counts its density weights on the same grid (the same problem), the adjoint not
+    assert results["llr-nufft"].config["density_grid_oversampling"] == 2.0
+    assert results["adjoint"].config["density_grid_oversampling"] == 1.5
     dc = pipeline.reconstruct(scan, method="dc-only", groups=GROUPS, config=FAST)
     assert dc.config["grid"] == coarse  # the model's training data's grid
     user = {**FAST, "gridding": {**NO_KERNEL, "grid_oversampling": 1.5}}

@@ -441,4 +441,6 @@ def build_data_term(
         grid_oversampling=gcfg.grid_oversampling,
     )
     record["encoding"] = to_dict(ecfg)
+    if ecfg.density_compensation > 0:  # the grid the density weights were counted on
+        record["density_grid_oversampling"] = float(gcfg.grid_oversampling)
     return DataTerm(op, ahb, b_norm, "nufft", started, timings, record)
