@@ -16,6 +16,7 @@ from spurig_core.io import load_scan, write_scan
 from spurig_core.operators.coil_maps import compress_scan, compression_matrix, virtual_coils
 from spurig_core.operators.igrog import GriddingConfig, grid_scan
 from spurig_core.pipeline import reconstruct
+from spurig_core.recon.methods import method_gridding
 from spurig_core.simulation import SimulationConfig, simulate_scan
 
 
@@ -133,8 +134,9 @@ def test_every_method_reconstructs_the_compressed_scan_and_records_it(many_coils
     ref = reconstruct(small, method="llr-nufft", config=FAST)
     assert "coil_compression" not in ref.config
     assert _rel(ref.coefficients, results["llr-nufft"].coefficients) < 1e-2
-    # a gridding of the compressed scan is reused; one of another channel count is refused
-    gcfg = GriddingConfig(**FAST["gridding"])
+    # a gridding of the compressed scan (on LLR's own grid) is reused; one of another channel
+    # count is refused
+    gcfg = GriddingConfig(**{**FAST["gridding"], **method_gridding("llr")})
     gridded, _ = grid_scan(virtual_coils(load_scan(path), 16), config=gcfg)
     again = reconstruct(path, method="llr", config=FAST, gridded=gridded)
     assert _rel(again.coefficients, results["llr"].coefficients) < 2e-2

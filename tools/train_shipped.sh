@@ -41,3 +41,11 @@ if [ "${WITH_15S:-0}" = 1 ]; then run configs/cpu48v6/arm-N-15s.toml; fi
 if [ "${WITH_PER_STEP:-0}" = 1 ]; then
   for d in 2min 1min 30s; do run "configs/cpu48v6/arm-O-$d.toml"; done
 fi
+# Not shipped (issue 13, sessions 17-18; RESULTS-models): the 4-step networks with a denoiser per
+# step (arm Q2), continued from the shipped files with the added steps starting as identities.  They
+# lead the LLR on its 2x grid by >= 1.5 dB at every duration on the test subjects (2.23 / 1.93 /
+# 1.79 dB at 2 min / 1 min / 30 s), the shipped files do not (1.42 / 1.43 / 1.22); each file is 4x a
+# shipped one.  Use with --model runs/cpu48v7/arm-Q2-<duration>/model.pt.
+if [ "${WITH_Q2:-0}" = 1 ]; then
+  for d in 2min 1min 30s; do run "configs/cpu48v7/arm-Q2-$d.toml"; done
+fi
