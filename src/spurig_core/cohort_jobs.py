@@ -292,14 +292,14 @@ def recon_cohort(
     list of Path
         Every result store of the cohort (finished before or now).
     """
+    from .recon.trained import gridding_groups
+
     _check_methods(methods, durations)
     overrides = dict(overrides or {})
     out = Path(out_dir)
     longest = max(groups_for(d) for d in durations)
     stores: list[Path] = []
     tasks: list[Task] = []
-    from .recon.trained import gridding_groups
-
     # one gridding per distinct grid (LLR's is finer than the models'), default kernel settings
     groups = gridding_groups(methods, durations[0], overrides=overrides, base={})
     for scan_path in _find_scans(Path(cohort_dir), out):
