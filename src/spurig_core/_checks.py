@@ -246,15 +246,13 @@ def _recon_memory(
     from .memory import recon_estimates, require_bytes
 
     g = scan.n_groups if not isinstance(groups, int) else max(1, min(groups, scan.n_groups))
-    from .operators.igrog import GriddingConfig
     from .recon.methods import METHODS
 
     llr = (config or {}).get("llr") or {}
     iters = int(llr.get("iterations", 40)) if "llr" in METHODS[method].tables else 8
-    gridding = (config or {}).get("gridding") or {}
-    own = METHODS[method].grid_oversampling
-    default = GriddingConfig.grid_oversampling if own is None else own
-    oversampling = float(gridding.get("grid_oversampling", default))
+    # the user's grid; without one, recon_estimates takes the method's own, else the default
+    user = ((config or {}).get("gridding") or {}).get("grid_oversampling")
+    oversampling = None if user is None else float(user)
     steps = recon_estimates(
         method=method,
         matrix=scan.matrix,

@@ -148,13 +148,13 @@ def recon_estimates(
     list of (str, float)
         ``(step description, bytes)`` in the order the steps run.
     """
-    from .recon.methods import METHODS
+    from .recon.methods import METHODS, method_gridding
 
     if oversampling is None:  # the method's own grid (LLR's 2×), else the default
         from .operators.grid import GRID_OVERSAMPLING
 
-        own = METHODS[method].grid_oversampling if method in METHODS else None
-        oversampling = GRID_OVERSAMPLING if own is None else own
+        own = method_gridding(method) if method in METHODS else {}
+        oversampling = float(own.get("grid_oversampling", GRID_OVERSAMPLING))
     x, y, z = (int(v) for v in matrix)
     n = x * y * z
     shape = f"{x}×{y}×{z}"
