@@ -22,6 +22,7 @@ import argparse
 import csv
 import datetime as _dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ from ship_models import MODELS, ROOT, metric_rows, sha_line
 
 from spurig_core.durations import DURATIONS, groups_for
 from spurig_core.errors import InputError
-from spurig_core.io import atomic_path, load_checkpoint, save_checkpoint
+from spurig_core.io import atomic_path, file_sha256, load_checkpoint, save_checkpoint
 from spurig_core.operators.igrog import data_fields
 from spurig_core.recon.unrolled_io import truncate_unroll
+from spurig_core.recon.weight_packing import pack_weights
 from spurig_core.training.recipe import load_recipe_config
 from spurig_core.training.redraw import load_noise
 from spurig_core.training.validation import selection_score
@@ -138,8 +140,8 @@ def _loss_text(cfg: Any) -> str:
 
 
 def _rel(path: Path) -> Path:
-    """``path`` relative to the repository when inside it."""
-    path = path.resolve()
+    """``path`` relative to the repository when inside it (``data/``, ``runs/`` may be links)."""
+    path = Path(os.path.normpath(path.absolute()))
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
@@ -154,7 +156,7 @@ def _lineage(cfg: Any) -> list[str]:
             lines.append(f"  - from the shipped `{path.name}` of release {release}")
             break
         if path.resolve().parent == MODELS.resolve() or not path.exists():
-            lines.append(f"  - from the shipped `{path.name}` of the previous release (v3)")
+            lines.append(f"  - from the shipped `{path.name}` of the release before this file's")
             break
         tc = load_checkpoint(path).get("train_config") or {}
         updates = [tc.get(k, 0) for k in ("pretrain_updates", "gleam_updates", "finetune_updates")]
@@ -182,6 +184,7 @@ def card(
     cfg = load_recipe_config(config)
     state = load_checkpoint(MODELS / name)
     net = state["config"]["network"]
+    dc_steps = state["config"].get("dc_steps", 1)
     dom = state.get("domain") or {}
     hist = _history(run)
     best = next((r for r in hist if int(r["update"]) == int(state.get("update", -1))), None)
@@ -200,8 +203,9 @@ def card(
         "",
         "## Network and data consistency",
         f"- 3D FiLM-conditioned SE-ResUNet, base width {net.get('base_width')}, "
-        f"{state['config'].get('steps')} unrolled blocks of {state['config'].get('dc_steps', 1)} "
-        f"gradient DC steps, shared weights: {state['config'].get('share_weights')}.",
+        f"{state['config'].get('steps')} unrolled blocks of {dc_steps} gradient DC "
+        f"step{'s' if dc_steps != 1 else ''}, shared weights: "
+        f"{state['config'].get('share_weights')}.",
         f"- Data term: iGROG-gridded subspace encoding {json.dumps(state.get('encoding', {}))}.",
         f"- Gridding of its training data, used again when it reconstructs a scan: "
         f"`{json.dumps(state.get('gridding', {}))}`.",
@@ -304,6 +308,29 @@ def _start_metrics(run: Path) -> dict[str, float]:
     }
 
 
+def _pack(state: dict[str, Any], base_file: Path | None) -> None:
+    """Store ``state``'s per-step denoisers as 4-bit differences (``--pack``), in place."""
+    bases = None
+    if base_file is not None:
+        base = load_checkpoint(base_file)
+        if not base.get("config", {}).get("share_weights", False) or base.get("packed"):
+            raise InputError(f"{base_file}: --pack-base needs a file with one shared denoiser")
+        bases = {
+            "denoisers.*." + k.split(".", 2)[2]: v
+            for k, v in base["model"].items()
+            if k.startswith("denoisers.0.")
+        }
+    plain, packed = pack_weights(state["model"], bases=bases)
+    state.update(
+        model=plain,
+        packed=packed,
+        weights_dtype="4-bit differences from a float16 base per weight (int4-delta/1, "
+        f"{len(packed['tensors'])} tensors), the rest float16",
+    )
+    if base_file is not None:
+        state["packed_base_sha256"] = file_sha256(base_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -329,8 +356,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="store the weights in float16 (half the file; loaded back into float32)",
     )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="store the per-step denoisers as 4-bit differences from a shared float16 base "
+        "(spurig_core.recon.weight_packing; the rest float16)",
+    )
+    p.add_argument(
+        "--pack-base",
+        type=Path,
+        default=None,
+        help="with --pack: a model file with one shared denoiser (the lineage's start) whose "
+        "tensors are the bases (default: the mean over the steps)",
+    )
     args = p.parse_args(argv)
-    run, config = args.run.resolve(), args.config.resolve()
+    run, config = Path(os.path.normpath(args.run.absolute())), args.config.resolve()
     cfg = load_recipe_config(config)
     if args.as_duration:
         groups_for(args.as_duration)  # a named duration, else InputError
@@ -365,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         w = state["model"]
         state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in w.items()}
         state["weights_dtype"] = "float16"
+    if args.pack and not args.card_only:
+        _pack(state, args.pack_base)
     if not args.card_only:
         save_checkpoint(state, MODELS / name)
     start = "initial model" if cfg.init else "DC only"

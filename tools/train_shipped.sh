@@ -41,11 +41,19 @@ if [ "${WITH_15S:-0}" = 1 ]; then run configs/cpu48v6/arm-N-15s.toml; fi
 if [ "${WITH_PER_STEP:-0}" = 1 ]; then
   for d in 2min 1min 30s; do run "configs/cpu48v6/arm-O-$d.toml"; done
 fi
-# Not shipped (issue 13, sessions 17-18; RESULTS-models): the 4-step networks with a denoiser per
-# step (arm Q2), continued from the shipped files with the added steps starting as identities.  They
-# lead the LLR on its 2x grid by >= 1.5 dB at every duration on the test subjects (2.23 / 1.93 /
-# 1.79 dB at 2 min / 1 min / 30 s), the shipped files do not (1.42 / 1.43 / 1.22); each file is 4x a
-# shipped one.  Use with --model runs/cpu48v7/arm-Q2-<duration>/model.pt.
-if [ "${WITH_Q2:-0}" = 1 ]; then
-  for d in 2min 1min 30s; do run "configs/cpu48v7/arm-Q2-$d.toml"; done
-fi
+# The shipped files since session 19 (issue 13; RESULTS-models): 4 unrolled steps with a denoiser per
+# step.  Arm Q2 continues each file above to 4 steps of 2 DC gradient steps (the added steps start as
+# identity denoisers); arm R fine-tunes Q2 with one DC step per unrolled step, so that a 4-step
+# reconstruction costs the 3 grams of the 2-step files (issue 14).  Ship with
+#   python tools/ship_recipe.py runs/cpu48v8/arm-R-<d> configs/cpu48v8/arm-R-<d>.toml --pack \
+#       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-<d>.pt
+V6=runs/cpu48v7/shipped-349fd2e     # the files above as shipped until session 19
+mkdir -p "$V6"
+for d in 2min 1min 30s; do
+  if [ ! -f "$V6/spurig-$d.pt" ]; then
+    git show "349fd2e:src/spurig_core/models/spurig-$d.pt" > "$V6/spurig-$d.pt.part"
+    mv "$V6/spurig-$d.pt.part" "$V6/spurig-$d.pt"
+  fi
+done
+for d in 2min 1min 30s; do run "configs/cpu48v7/arm-Q2-$d.toml"; done
+for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done

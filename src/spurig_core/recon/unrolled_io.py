@@ -18,6 +18,7 @@ from ..data import FispSequence
 from ..errors import InputError
 from .domain import SHIPPED_DOMAIN
 from .unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon
+from .weight_packing import unpack_weights
 
 __all__ = ["check_model_fits", "load_model", "model_state", "truncate_unroll"]
 
@@ -252,7 +253,7 @@ def load_model(
     cfg = _check_architecture(state, p, method)
     seq, mbasis = _sequence_and_basis(state, p, cfg)
     model = UnrolledRecon(cfg)
-    _load_weights(model, state["model"], p)
+    _load_weights(model, unpack_weights(state, str(p)), p)
     model.to(device).eval()
     meta: dict[str, Any] = {
         "kind": kind,
@@ -291,6 +292,8 @@ def truncate_unroll(
     InputError
         When ``steps`` is not between 1 and the trained number of steps.
     """
+    if state.get("packed"):
+        raise InputError("truncate_unroll: the file's weights are packed; truncate before packing")
     cfg = dict(state["config"])
     trained = int(cfg["steps"])
     if not 1 <= steps <= trained:
