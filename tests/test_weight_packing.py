@@ -181,3 +181,16 @@ def test_truncation_needs_unpacked_weights() -> None:
     state = {"config": {"steps": 3, "share_weights": False}, **_packed_state()}
     with pytest.raises(InputError, match="truncate before packing"):
         truncate_unroll(state, 2)
+
+
+def test_nan_in_a_packed_scale_or_base_is_refused_naming_it(tmp_path: Path) -> None:
+    model = _per_step_model()
+    seq = _sequence()
+    basis = torch.linalg.qr(torch.randn(seq.n_tr, 5, dtype=torch.complex64))[0]
+    state = model_state(model, sequence=seq, basis=basis)
+    plain, packed = pack_weights(state["model"])
+    name, entry = next(iter(packed["tensors"].items()))
+    entry["scale"].view(-1)[0] = float("nan")
+    save_checkpoint({**state, "model": plain, "packed": packed}, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match=rf"tensor 'packed\.tensors\.{name}\.scale'"):
+        load_model(tmp_path / "nan.pt")
