@@ -7,6 +7,7 @@ a file written with packed weights loads through ``load_model`` into the same ne
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from spurig_core.io import save_checkpoint
 from spurig_core.recon.networks import UNetConfig
 from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon
 from spurig_core.recon.unrolled_io import load_model, model_state, truncate_unroll
-from spurig_core.recon.weight_packing import FORMAT, pack_weights, unpack_weights
+from spurig_core.recon.weight_packing import FORMAT, pack_weights, shared_bases, unpack_weights
 
 
 def _per_step_model(seed: int = 0, spread: float = 0.08) -> UnrolledRecon:
@@ -40,8 +41,11 @@ def _per_step_model(seed: int = 0, spread: float = 0.08) -> UnrolledRecon:
     return model.eval()
 
 
-def _sequence() -> FispSequence:
-    return FispSequence(np.linspace(5, 60, 40).astype(np.float32))
+def _file_state(model: UnrolledRecon) -> dict:
+    """Return the model file entries (``model_state``) of ``model``, on a 40-TR sequence."""
+    seq = FispSequence(np.linspace(5, 60, 40).astype(np.float32))
+    basis = torch.linalg.qr(torch.randn(seq.n_tr, 5, dtype=torch.complex64))[0]
+    return model_state(model, sequence=seq, basis=basis)
 
 
 def _output(model: UnrolledRecon, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +85,7 @@ def test_packed_weights_round_trip_within_half_a_step() -> None:
 
 def test_a_packed_file_loads_into_the_same_network(tmp_path: Path) -> None:
     model = _per_step_model()
-    seq = _sequence()
-    basis = torch.linalg.qr(torch.randn(seq.n_tr, 5, dtype=torch.complex64))[0]
-    state = model_state(model, sequence=seq, basis=basis)
+    state = _file_state(model)
     plain_file = tmp_path / "half.pt"
     save_checkpoint(
         {**state, "model": {k: v.half() for k, v in state["model"].items()}}, plain_file
@@ -105,10 +107,9 @@ def test_a_packed_file_loads_into_the_same_network(tmp_path: Path) -> None:
 def test_bases_may_be_given_and_a_shared_model_packs_nothing() -> None:
     model = _per_step_model()
     weights = model.state_dict()
-    bases = {
-        "denoisers.*." + k.split(".", 2)[2]: v
-        for k, v in weights.items()
-        if k.startswith("denoisers.0.")
+    bases = shared_bases(weights)
+    assert set(bases) == {
+        "denoisers.*." + k[len("denoisers.0.") :] for k in weights if k.startswith("denoisers.0.")
     }
     plain, packed = pack_weights(weights, bases=bases)
     out = unpack_weights({"model": plain, "packed": packed}, "x")
@@ -166,9 +167,7 @@ def test_a_malformed_packed_entry_is_one_line(spoil, needle: str) -> None:
 
 def test_a_packed_file_with_a_broken_entry_is_refused_by_load_model(tmp_path: Path) -> None:
     model = _per_step_model()
-    seq = _sequence()
-    basis = torch.linalg.qr(torch.randn(seq.n_tr, 5, dtype=torch.complex64))[0]
-    state = model_state(model, sequence=seq, basis=basis)
+    state = _file_state(model)
     plain, packed = pack_weights(state["model"])
     next(iter(packed["tensors"].values()))["q"][:] = 0
     path = tmp_path / "bad.pt"
@@ -185,12 +184,16 @@ def test_truncation_needs_unpacked_weights() -> None:
 
 def test_nan_in_a_packed_scale_or_base_is_refused_naming_it(tmp_path: Path) -> None:
     model = _per_step_model()
-    seq = _sequence()
-    basis = torch.linalg.qr(torch.randn(seq.n_tr, 5, dtype=torch.complex64))[0]
-    state = model_state(model, sequence=seq, basis=basis)
+    state = _file_state(model)
     plain, packed = pack_weights(state["model"])
     name, entry = next(iter(packed["tensors"].items()))
     entry["scale"].view(-1)[0] = float("nan")
     save_checkpoint({**state, "model": plain, "packed": packed}, tmp_path / "nan.pt")
     with pytest.raises(InputError, match=rf"tensor 'packed\.tensors\.{name}\.scale'"):
         load_model(tmp_path / "nan.pt")
+    entry["scale"].view(-1)[0] = 1.0
+    base = entry["base"]
+    packed["bases"][base].view(-1)[0] = float("inf")
+    save_checkpoint({**state, "model": plain, "packed": packed}, tmp_path / "inf.pt")
+    with pytest.raises(InputError, match=rf"tensor 'packed\.bases\.{re.escape(base)}'"):
+        load_model(tmp_path / "inf.pt")

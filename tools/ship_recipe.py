@@ -36,7 +36,7 @@ from spurig_core.errors import InputError
 from spurig_core.io import atomic_path, file_sha256, load_checkpoint, save_checkpoint
 from spurig_core.operators.igrog import data_fields
 from spurig_core.recon.unrolled_io import truncate_unroll
-from spurig_core.recon.weight_packing import pack_weights
+from spurig_core.recon.weight_packing import pack_weights, shared_bases
 from spurig_core.training.recipe import load_recipe_config
 from spurig_core.training.redraw import load_noise
 from spurig_core.training.validation import selection_score
@@ -139,9 +139,14 @@ def _loss_text(cfg: Any) -> str:
     return text
 
 
+def _abs(path: Path) -> Path:
+    """``path`` made absolute without following links (``data/``, ``runs/`` may be links)."""
+    return Path(os.path.normpath(path.absolute()))
+
+
 def _rel(path: Path) -> Path:
-    """``path`` relative to the repository when inside it (``data/``, ``runs/`` may be links)."""
-    path = Path(os.path.normpath(path.absolute()))
+    """``path`` relative to the repository when inside it."""
+    path = _abs(path)
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
@@ -315,11 +320,7 @@ def _pack(state: dict[str, Any], base_file: Path | None) -> None:
         base = load_checkpoint(base_file)
         if not base.get("config", {}).get("share_weights", False) or base.get("packed"):
             raise InputError(f"{base_file}: --pack-base needs a file with one shared denoiser")
-        bases = {
-            "denoisers.*." + k.split(".", 2)[2]: v
-            for k, v in base["model"].items()
-            if k.startswith("denoisers.0.")
-        }
+        bases = shared_bases(base["model"])
     plain, packed = pack_weights(state["model"], bases=bases)
     state.update(
         model=plain,
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "tensors are the bases (default: the mean over the steps)",
     )
     args = p.parse_args(argv)
-    run, config = Path(os.path.normpath(args.run.absolute())), args.config.resolve()
+    run, config = _abs(args.run), args.config.resolve()
     cfg = load_recipe_config(config)
     if args.as_duration:
         groups_for(args.as_duration)  # a named duration, else InputError

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["FORMAT", "pack_weights", "unpack_weights"]
+__all__ = ["FORMAT", "pack_weights", "shared_bases", "unpack_weights"]
 
 FORMAT = "int4-delta/1"
 #: Largest code magnitude of a 4-bit symmetric difference.
@@ -52,6 +52,23 @@ def _base_name(name: str) -> str | None:
 def _groups(row: int, group: int) -> int:
     """Return the groups of a row: ``row / group`` where it divides, else one group per row."""
     return row // group if row % group == 0 else 1
+
+
+def shared_bases(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return the bases of :func:`pack_weights` from a model with one shared denoiser.
+
+    Parameters
+    ----------
+    weights : dict of str to Tensor
+        The ``state_dict`` (or a file's ``model`` entry) of a model with ``share_weights``: its
+        ``denoisers.0.<rest>`` tensors become the bases ``denoisers.*.<rest>``.
+    """
+    bases = {}
+    for name, w in weights.items():
+        key = _base_name(name)
+        if key is not None and name.startswith("denoisers.0."):
+            bases[key] = w
+    return bases
 
 
 def pack_weights(
@@ -82,12 +99,12 @@ def pack_weights(
     """
     if group < 1:
         raise ValueError(f"group: {group} is not a positive integer")
-    by_base: dict[str, list[torch.Tensor]] = {}
-    for name, w in weights.items():
-        key = _base_name(name)
-        if key is not None and w.is_floating_point():
-            by_base.setdefault(key, []).append(w.float())
-    if bases is None:
+    if bases is None:  # the mean over the steps that have the tensor
+        by_base: dict[str, list[torch.Tensor]] = {}
+        for name, w in weights.items():
+            key = _base_name(name)
+            if key is not None and w.is_floating_point():
+                by_base.setdefault(key, []).append(w.float())
         bases = {k: torch.stack(ws).mean(0) for k, ws in by_base.items() if len(ws) > 1}
     bases = {k: v.detach().cpu().half() for k, v in bases.items()}
     plain: dict[str, torch.Tensor] = {}
@@ -96,11 +113,11 @@ def pack_weights(
     for name, w in weights.items():
         key = _base_name(name)
         base = bases.get(key) if key is not None else None
-        w32 = w.detach().cpu().float()
         small = w.numel() < _MIN_NUMEL or w.ndim < 2 or not w.is_floating_point()
         if small or base is None or tuple(base.shape) != tuple(w.shape):
             plain[name] = w.detach().cpu().half() if w.is_floating_point() else w.detach().cpu()
             continue
+        w32 = w.detach().cpu().float()
         delta = w32 - base.float()
         if float(delta.norm()) >= _MAX_REL_DELTA * float(w32.norm()):
             plain[name] = w.detach().cpu().half()
