@@ -226,11 +226,7 @@ def load_method_model(
     p = _model_path(model, family, duration)
     network, meta = load_model(p, method=family)
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
-    if "encoding" in meta:  # load_model reports it: the file was read once
-        enc = meta["encoding"]
-        encoding = dict(enc) if isinstance(enc, dict) else {}
-    else:
-        encoding = model_encoding(p)
+    encoding = dict(meta["encoding"])  # load_model reports it: the file is read once
     from ..operators.igrog import data_fields
 
     grid = meta.get("gridding")

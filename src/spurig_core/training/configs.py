@@ -42,7 +42,8 @@ class _Common:
     tissue_weights : tuple of float
         λ per label (eq. 4).
     bf16 : bool
-        bfloat16 autocast inside the UNets (whitening, DC and losses stay float32).
+        bfloat16 autocast inside the UNets (whitening, DC and losses stay float32), where the
+        device has native bfloat16 products; float32 elsewhere (:func:`~.steps.amp`).
     seed : int
     device : str
     max_train : int

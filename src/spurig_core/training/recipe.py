@@ -137,6 +137,7 @@ class RecipeConfig:
         template, the network otherwise memorises the anatomy (measured: +4.9 dB on a training
         subject, −1.5 dB on a held-out one after 150 updates on 3 subjects).
     bf16 : bool
+        bfloat16 autocast inside the UNets where native, else float32 (:func:`~.steps.amp`).
     seed : int
     max_train, max_val : int
         At most this many subjects (0: all).

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,10 +24,38 @@ __all__ = ["amp", "gleam_backward", "pretrain_backward", "unrolled_backward"]
 
 
 def amp(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on ``device`` when ``enabled`` (whitening stays in float32)."""
-    return (
-        torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-    )
+    """bfloat16 autocast on ``device`` when ``enabled`` and native there (whitening stays float32).
+
+    On a device without native bfloat16 products (e.g. an AVX2-only CPU) the autocast is left out
+    and the step runs in float32, as inference does (:mod:`spurig_core.recon.inference`): there
+    oneDNN emulates bfloat16, and one 48³ UNet forward and backward took 59 s instead of 2.7 s in
+    float32 (2026-12-06, AMD EPYC, 1 thread; ``benchmarks/RESULTS-training.md``).  The first such
+    fallback on a device logs one line.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    if not _bf16_native(device):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+_NATIVE: dict[str, bool] = {}
+
+
+def _bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` has native bfloat16 products (cached; logs the first fallback)."""
+    key = str(device)
+    if key not in _NATIVE:
+        from ..operators.igrog_eval import bf16_supported
+
+        _NATIVE[key] = bf16_supported(torch.device(device))
+        if not _NATIVE[key]:
+            logging.getLogger("spurig").warning(
+                "bf16 = true, but %s has no native bfloat16 products: training in float32 "
+                "(emulated bfloat16 is ~20x slower)",
+                key,
+            )
+    return _NATIVE[key]
 
 
 def pretrain_backward(
