@@ -57,3 +57,15 @@ for d in 2min 1min 30s; do
 done
 for d in 2min 1min 30s; do run "configs/cpu48v7/arm-Q2-$d.toml"; done
 for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done
+# The 1-min file since session 20 (issue 13; RESULTS-models): arm R3, the 4-step file of session 19
+# continued on the 30 training subjects subj000-017 and subj024-035 prepared at 1 min (data/prepared48v5;
+# the session stopped it at update 100 of 250 and shipped that; run again to continue).  Ship with
+#   python tools/ship_recipe.py runs/cpu48v9/arm-R3-1min configs/cpu48v9/arm-R3-1min.toml --pack \
+#       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-1min.pt
+V8=runs/cpu48v8/shipped-74cefc8     # the 4-step files as shipped in session 19
+mkdir -p "$V8"
+if [ ! -f "$V8/spurig-1min.pt" ]; then
+  git show "74cefc8:src/spurig_core/models/spurig-1min.pt" > "$V8/spurig-1min.pt.part"
+  mv "$V8/spurig-1min.pt.part" "$V8/spurig-1min.pt"
+fi
+run configs/cpu48v9/arm-R3-1min.toml
