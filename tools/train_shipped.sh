@@ -20,15 +20,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-V3=runs/cpu48v3/shipped-v3
-V3_COMMIT=0341ea2
-mkdir -p "$V3"
-for d in 2min 30s; do
-  if [ ! -f "$V3/spurig-$d.pt" ]; then
-    git show "$V3_COMMIT:src/spurig_core/models/spurig-$d.pt" > "$V3/spurig-$d.pt.part"
-    mv "$V3/spurig-$d.pt.part" "$V3/spurig-$d.pt"
-  fi
-done
+# shipped COMMIT DIR DURATION...: the shipped spurig-<duration>.pt of COMMIT into DIR (once)
+shipped() {
+  local commit=$1 dir=$2 d
+  shift 2
+  mkdir -p "$dir"
+  for d in "$@"; do
+    if [ ! -f "$dir/spurig-$d.pt" ]; then
+      git show "$commit:src/spurig_core/models/spurig-$d.pt" > "$dir/spurig-$d.pt.part"
+      mv "$dir/spurig-$d.pt.part" "$dir/spurig-$d.pt"
+    fi
+  done
+}
+shipped 0341ea2 runs/cpu48v3/shipped-v3 2min 30s
 run() { OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m spurig_core.training.recipe "$1" --resume; }
 for arm in F G E H K; do run "configs/cpu48v4/arm-$arm-2min.toml"; done     # spurig-2min (v5)
 run configs/cpu48v5/arm-L-1min.toml                                         # spurig-1min (v6)
@@ -47,14 +51,7 @@ fi
 # reconstruction costs the 3 grams of the 2-step files (issue 14).  Ship with
 #   python tools/ship_recipe.py runs/cpu48v8/arm-R-<d> configs/cpu48v8/arm-R-<d>.toml --pack \
 #       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-<d>.pt
-V6=runs/cpu48v7/shipped-349fd2e     # the files above as shipped until session 19
-mkdir -p "$V6"
-for d in 2min 1min 30s; do
-  if [ ! -f "$V6/spurig-$d.pt" ]; then
-    git show "349fd2e:src/spurig_core/models/spurig-$d.pt" > "$V6/spurig-$d.pt.part"
-    mv "$V6/spurig-$d.pt.part" "$V6/spurig-$d.pt"
-  fi
-done
+shipped 349fd2e runs/cpu48v7/shipped-349fd2e 2min 1min 30s   # the files above, shipped until session 19
 for d in 2min 1min 30s; do run "configs/cpu48v7/arm-Q2-$d.toml"; done
 for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done
 # The 1-min file since session 20 (issue 13; RESULTS-models): arm R3, the 4-step file of session 19
@@ -62,10 +59,5 @@ for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done
 # the session stopped it at update 100 of 250 and shipped that; run again to continue).  Ship with
 #   python tools/ship_recipe.py runs/cpu48v9/arm-R3-1min configs/cpu48v9/arm-R3-1min.toml --pack \
 #       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-1min.pt
-V8=runs/cpu48v8/shipped-74cefc8     # the 4-step files as shipped in session 19
-mkdir -p "$V8"
-if [ ! -f "$V8/spurig-1min.pt" ]; then
-  git show "74cefc8:src/spurig_core/models/spurig-1min.pt" > "$V8/spurig-1min.pt.part"
-  mv "$V8/spurig-1min.pt.part" "$V8/spurig-1min.pt"
-fi
+shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 1min   # the 4-step file as shipped in session 19
 run configs/cpu48v9/arm-R3-1min.toml

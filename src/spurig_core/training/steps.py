@@ -32,9 +32,7 @@ def amp(enabled: bool, device: torch.device) -> contextlib.AbstractContextManage
     float32 (2026-12-06, AMD EPYC, 1 thread; ``benchmarks/RESULTS-training.md``).  The first such
     fallback on a device logs one line.
     """
-    if not enabled:
-        return contextlib.nullcontext()
-    if not _bf16_native(device):
+    if not enabled or not _bf16_native(device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
