@@ -310,6 +310,21 @@ def test_domain_warning_names_what_is_outside() -> None:
     assert check_domain({"domain": None}, matrix=(8, 8, 8), voxel_mm=(9.0,) * 3) is None
 
 
+def test_the_domain_check_counts_groups_not_the_nearest_name() -> None:
+    """1 group is nearest to 15 s (2 groups) but is not 15 s: a 15-s model warns, naming it."""
+    from spurig_core.recon.domain import SHIPPED_DOMAIN, check_domain
+
+    meta = {"domain": {**SHIPPED_DOMAIN, "durations": ["15s"]}}
+    vox, m = (220 / 48,) * 3, (48, 48, 48)
+    assert check_domain(meta, matrix=m, voxel_mm=vox, duration="15s", groups=2) is None
+    line = check_domain(meta, matrix=m, voxel_mm=vox, duration="15s", groups=1)
+    assert line is not None and "duration 1 group (trained 15s)" in line
+    line = check_domain(meta, matrix=m, voxel_mm=vox, duration="30s", groups=4)
+    assert line is not None and "duration 30s (trained 15s)" in line
+    line = check_domain(meta, matrix=m, voxel_mm=vox, duration="1min", groups=6)
+    assert line is not None and "duration 6 groups (trained 15s)" in line
+
+
 def test_shipped_model_warns_for_another_voxel_size() -> None:
     from types import SimpleNamespace
 

@@ -235,7 +235,7 @@ def reconstruct(
         loaded = load_method_model(
             model, method=entry.name, duration=named, basis=basis, sequence=scan.sequence
         )
-        _domain_warning(loaded, scan, named)
+        _domain_warning(loaded, scan, named, n_groups)
     maps = coil_maps(scan, dev, callback)
     term = build_data_term(
         entry.data_term,
@@ -265,13 +265,18 @@ def reconstruct(
     )
 
 
-def _domain_warning(loaded: Any, scan: Scan, duration: str) -> None:
+def _domain_warning(loaded: Any, scan: Scan, duration: str, groups: int | None = None) -> None:
     """Add one line to the model's warning when the scan is outside its training domain."""
     from .recon.domain import check_domain
 
     vox = tuple(float(f) / int(m) for f, m in zip(scan.fov_mm, scan.matrix, strict=True))
     line = check_domain(
-        loaded.meta, matrix=scan.matrix, voxel_mm=vox, duration=duration, where=str(loaded.path)
+        loaded.meta,
+        matrix=scan.matrix,
+        voxel_mm=vox,
+        duration=duration,
+        where=str(loaded.path),
+        groups=groups,
     )
     if line:
         old = loaded.meta.get("warning")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..durations import MODEL_DURATIONS
+from ..durations import DURATIONS, MODEL_DURATIONS
 
 __all__ = ["SHIPPED_DOMAIN", "check_domain"]
 
@@ -33,6 +33,7 @@ def check_domain(
     voxel_mm: tuple[float, ...],
     duration: str | None = None,
     where: str = "model",
+    groups: int | None = None,
 ) -> str | None:
     """One line when a scan lies outside the model's training domain (``meta["domain"]``).
 
@@ -48,6 +49,9 @@ def check_domain(
         The named duration nearest its groups.
     where : str
         The model file, for the message.
+    groups : int, optional
+        Its number of groups.  Compared with the trained durations' group counts, so that a scan
+        between or beyond the named durations (e.g. 1 group, nearest 15 s) is named by its groups.
 
     Returns
     -------
@@ -65,7 +69,12 @@ def check_domain(
         got = "×".join(f"{float(v):.2f}" for v in voxel_mm)
         issues.append(f"voxel {got} mm (trained {'×'.join(f'{v:.2f}' for v in trained)} mm)")
     durs = dom.get("durations")
-    if duration is not None and isinstance(durs, list) and duration not in durs:
+    if isinstance(durs, list) and groups is not None:
+        if groups not in {DURATIONS.get(d) for d in durs}:
+            name = duration if duration and DURATIONS.get(duration) == groups else None
+            what = name or f"{groups} group{'s' if groups != 1 else ''}"
+            issues.append(f"duration {what} (trained {', '.join(durs)})")
+    elif duration is not None and isinstance(durs, list) and duration not in durs:
         issues.append(f"duration {duration} (trained {', '.join(durs)})")
     if not issues:
         return None
