@@ -61,3 +61,15 @@ for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done
 #       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-1min.pt
 shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 1min   # the 4-step file as shipped in session 19
 run configs/cpu48v9/arm-R3-1min.toml
+# Not shipped (issue 13, session 21; RESULTS-models): the 4-step 30-s file trained end to end at 15 s
+# (arm R-15s; spurig recon at 15 s uses spurig-30s.pt, pass --model runs/cpu48v10/arm-R-15s/model.pt),
+# and two tries at the 30-s T1 (arm R3-30s: fingerprint weight 10; arm S: 6 unrolled steps).  Data:
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v6 --config configs/cpu48v6/prepare-15s.toml --splits val,train
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v10 --config configs/cpu48v10/prepare-30s.toml --splits val,train
+if [ "${WITH_15S:-0}" = 1 ] || [ "${WITH_S21:-0}" = 1 ]; then
+  shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 30s
+  run configs/cpu48v10/arm-R-15s.toml
+fi
+if [ "${WITH_S21:-0}" = 1 ]; then
+  for arm in R3-30s S-30s; do run "configs/cpu48v10/arm-$arm.toml"; done
+fi
