@@ -19,8 +19,8 @@ from spurig_core.errors import InputError
 
 
 def test_the_table_and_its_inverse() -> None:
-    assert DURATIONS == {"6min": 48, "2min": 16, "1min": 8, "30s": 4, "15s": 2}
-    # SPEC §2 / paper 2.4 name the first four; 15 s (issue 13) adds to them and changes none
+    assert DURATIONS == {"6min": 48, "2min": 16, "1min": 8, "30s": 4, "15s": 2, "7.5s": 1}
+    # SPEC §2 / paper 2.4 name the first four; 15 s and 7.5 s (issue 13) add to them, change none
     spec = {"6min": 48, "2min": 16, "1min": 8, "30s": 4}
     assert {d: DURATIONS[d] for d in SPEC_DURATIONS} == spec
     assert list(DURATIONS) == sorted(DURATIONS, key=DURATIONS.__getitem__, reverse=True)

@@ -188,7 +188,7 @@ def test_one_duration_rule() -> None:
         assert nearest_duration(groups) == name
     assert nearest_duration(12) == "2min" and nearest_duration(6) == "1min"  # ties: longer
     assert nearest_duration(30) == "2min" and nearest_duration(33) == "6min"
-    assert nearest_duration(1) == "15s" and nearest_duration(3) == "30s"  # tie: longer
+    assert nearest_duration(1) == "7.5s" and nearest_duration(3) == "30s"  # tie: longer
     assert nearest_duration(1, among=("2min", "1min", "30s")) == "30s"
     assert nearest_duration(500) == "6min"
     assert nearest_duration(30, among=("30s", "1min")) == "1min"

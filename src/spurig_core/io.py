@@ -27,7 +27,7 @@ from .io_probe import (
     scan_maps,
     scan_voxel_size,
 )
-from .outputs import atomic_path
+from .outputs import atomic_path, deferred_signals
 
 __all__ = [
     "RAW_SCHEMA",
@@ -107,7 +107,11 @@ def write_scan(scan: Scan, path: PathLike, *, compression: str | None = None) ->
 
     final = Path(path)
     with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["schema"] = RAW_SCHEMA
+        # h5py's string conversion runs in a Cython callback that prints an interrupt raised in
+        # it and goes on (a SIGTERM just after the file appeared: a traceback on stderr), so the
+        # signal is held for it and acted on right after
+        with deferred_signals():
+            f.attrs["schema"] = RAW_SCHEMA
         f.attrs["matrix"] = np.asarray(scan.matrix, dtype=np.int64)
         f.attrs["fov_mm"] = np.asarray(scan.fov_mm, dtype=np.float64)
         f.create_dataset("kspace", data=arr(scan.kspace, np.complex64), compression=compression)
