@@ -70,9 +70,8 @@ if [ "${WITH_15S:-0}" = 1 ] || [ "${WITH_S21:-0}" = 1 ]; then
   shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 30s
   run configs/cpu48v10/arm-R-15s.toml
 fi
-if [ "${WITH_S21:-0}" = 1 ]; then
-  for arm in R3-30s S-30s; do run "configs/cpu48v10/arm-$arm.toml"; done
-fi
-# 7.5 s = 1 group (issue 13, session 21): arm R-15s continued at 1 group (not shipped).  Data:
+# 7.5 s = 1 group (session 21): arm T, arm R-15s continued at 1 group (not shipped).  Data:
 #   python tools/prepare_redraw.py data/cohort48 data/prepared1g --config configs/cpu48v10/prepare-7.5s.toml --splits val,train
-if [ "${WITH_S21:-0}" = 1 ]; then run configs/cpu48v10/arm-T-7.5s.toml; fi
+if [ "${WITH_S21:-0}" = 1 ]; then
+  for arm in R3-30s S-30s T-7.5s; do run "configs/cpu48v10/arm-$arm.toml"; done
+fi

@@ -69,13 +69,16 @@ def check_domain(
         got = "×".join(f"{float(v):.2f}" for v in voxel_mm)
         issues.append(f"voxel {got} mm (trained {'×'.join(f'{v:.2f}' for v in trained)} mm)")
     durs = dom.get("durations")
-    if isinstance(durs, list) and groups is not None:
-        if groups not in {DURATIONS.get(d) for d in durs}:
-            name = duration if duration and DURATIONS.get(duration) == groups else None
-            what = name or f"{groups} group{'s' if groups != 1 else ''}"
-            issues.append(f"duration {what} (trained {', '.join(durs)})")
-    elif duration is not None and isinstance(durs, list) and duration not in durs:
-        issues.append(f"duration {duration} (trained {', '.join(durs)})")
+    if groups is None and duration is not None:
+        groups = DURATIONS.get(duration)
+    if (
+        isinstance(durs, list)
+        and groups is not None
+        and groups not in {DURATIONS.get(d) for d in durs}
+    ):
+        name = duration if duration and DURATIONS.get(duration) == groups else None
+        what = name or f"{groups} group{'s' if groups != 1 else ''}"
+        issues.append(f"duration {what} (trained {', '.join(durs)})")
     if not issues:
         return None
     return f"{where}: scan outside the model's training domain: {'; '.join(issues)}"

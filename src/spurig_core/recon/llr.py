@@ -89,7 +89,7 @@ class LLRConfig:
             "1min": 0.03,
             "30s": 0.042,
             "15s": 0.042,  # issue 13's shorter duration, tuned 2026-12-06 (RESULTS-llr-tuning.md)
-            "7.5s": 0.042,  # 1 group (session 21): the 15-s value, not tuned at 1 group
+            "7.5s": 0.042,  # 1 group, named in session 21, tuned 2026-12-07 (RESULTS-llr-tuning.md)
         }
     )
     threshold_reference: Literal["max", "absolute"] = "max"
