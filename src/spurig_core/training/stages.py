@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -138,11 +139,14 @@ class Trainer:
         A longer unroll than the file's continues it, so that its first steps are the file's
         model: its later steps take the file's last step size (``log_mu``) and last denoiser
         (``new_steps = "repeat"``), or that denoiser with its output layer zeroed, i.e. starting
-        as the identity (``"identity"``; a denoiser per step only).
+        as the identity (``"identity"``; a denoiser per step only).  A file of a narrower
+        network (this config's ``base_width`` a multiple of its own) is widened first, computing
+        the same function (:func:`~spurig_core.recon.widen.widen_unet`).
         """
         from ..recon.unrolled_io import load_model
 
         src, meta = load_model(path)
+        _widen_to(src, self.model.cfg.network.base_width, path)
         state = src.state_dict()
         # a pretrained model trained only its first (shared) denoiser
         n_src = 1 if meta["stage"] == "pretrain" else len(src.denoisers)
@@ -535,3 +539,26 @@ def run_stage(
         if resume:
             run[0].restore(load_checkpoint(last))
         return run[0].fit()
+
+
+def _widen_to(model: UnrolledRecon, width: int, path: Path) -> None:
+    """Widen ``model``'s denoisers in place to ``base_width = width`` (no-op when equal).
+
+    Raises InputError unless ``width`` is a multiple (≥ 2) of the file's width.
+    """
+    from ..recon.networks import Denoiser
+    from ..recon.widen import widen_unet
+
+    have = model.cfg.network.base_width
+    if width == have:
+        return
+    if width % have or width < have:
+        raise InputError(
+            f"{path}: its network has base_width {have}; this config's {width} must equal it "
+            f"or be a multiple of it (a wider network starts as the file's, widened)"
+        )
+    for i, module in enumerate(model.denoisers):
+        den = cast(Denoiser, module)
+        den.unet = widen_unet(den.unet, width // have, seed=i)
+        den.cfg = den.unet.cfg
+    model.cfg = replace(model.cfg, network=cast(Denoiser, model.denoisers[0]).cfg)
