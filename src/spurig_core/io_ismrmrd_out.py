@@ -16,7 +16,7 @@ from .data import Scan
 from .errors import InputError
 from .io import write_scan
 from .io_ismrmrd import HEADER_ATTR
-from .outputs import atomic_path
+from .outputs import atomic_path, deferred_signals
 
 __all__ = ["scan_header_xml", "subject_info", "write_imported_scan", "write_ismrmrd"]
 
@@ -107,7 +107,7 @@ def write_imported_scan(scan: Scan, path: PathLike, header_xml: str) -> Path:
     final = Path(path)
     with atomic_path(final) as tmp:
         write_scan(scan, tmp)
-        with h5py.File(tmp, "a") as f:
+        with h5py.File(tmp, "a") as f, deferred_signals():  # a string attribute: see write_scan
             f.attrs[HEADER_ATTR] = header_xml
     return final
 
@@ -267,6 +267,7 @@ def write_ismrmrd(scan: Scan, path: PathLike, *, header_xml: str | None = None) 
         f = ismrmrd.File(str(tmp), "w")
         with f:
             cont = f["dataset"]
-            cont.header = header
+            with deferred_signals():  # the header is an h5py string, as in write_imported_scan
+                cont.header = header
             cont.acquisitions = acqs
     return final
