@@ -86,7 +86,9 @@ class RecipeConfig:
     duration : str
     model : UnrollConfig
     init : str
-        Model file to start from (``""``: a fresh, identity-initialised network).
+        Model file to start from (``""``: a fresh, identity-initialised network).  When
+        ``model.network.base_width`` is a multiple of the file's, the file's denoisers are
+        widened first, computing the same function (:func:`~spurig_core.recon.widen.widen_unet`).
     new_steps : {"repeat", "identity"}
         Unrolled steps beyond ``init``'s: its last denoiser and step size, or (a denoiser per
         step only) that denoiser with a zeroed output layer, so each new step starts as the
