@@ -11,9 +11,8 @@ GroupNorm keeps its statistics because each group of the wide layer holds exactl
 one group of the narrow layer (the group count must stay the same: ``norm_groups`` divides both
 widths).  The split ratios are random per weight (``spread``), which breaks the copies' symmetry
 without changing the function: copies receive the same input, so any split with unit sum adds up
-to the original weight, but their outgoing weights, and so their gradients, differ.  ``noise``
-optionally perturbs the copies' incoming weights as well (Net2Net's recommendation; it changes
-the function slightly).
+to the original weight, but their outgoing weights, and so their gradients, differ (Net2Net
+adds noise instead, which changes the function).
 """
 
 from __future__ import annotations
@@ -56,10 +55,9 @@ def copy_map(channels: int, groups: int, factor: int) -> torch.Tensor:
 class _Widener:
     """Fills a wide UNet's weights from a narrow one's, tensor by tensor."""
 
-    def __init__(self, factor: int, spread: float, noise: float, gen: torch.Generator) -> None:
+    def __init__(self, factor: int, spread: float, gen: torch.Generator) -> None:
         self.f = factor
         self.spread = spread
-        self.noise = noise
         self.gen = gen
 
     def take(self, w: torch.Tensor, dim: int, src: torch.Tensor | None) -> torch.Tensor:
@@ -76,21 +74,6 @@ class _Widener:
         total = torch.zeros_like(w).index_add_(dim, src, raw)
         return wide * raw / total.index_select(dim, src)
 
-    def perturb(self, w: torch.Tensor, dim: int, src: torch.Tensor | None) -> torch.Tensor:
-        """Add ``noise · std(w)`` to the copies (not the originals) along output ``dim``."""
-        if src is None or self.noise <= 0 or w.numel() < 2:
-            return w
-        copy = torch.zeros(src.numel(), dtype=torch.bool)
-        seen: set[int] = set()
-        for j, s in enumerate(src.tolist()):
-            copy[j] = s in seen
-            seen.add(s)
-        shape = [1] * w.ndim
-        shape[dim] = -1
-        mask = copy.reshape(shape).to(w.dtype)
-        eps = torch.randn(w.shape, generator=self.gen, dtype=w.dtype) * float(w.std())
-        return w + self.noise * eps * mask
-
     def conv(
         self,
         new: nn.Module,
@@ -104,7 +87,7 @@ class _Widener:
         n, o = cast(_Layer, new), cast(_Layer, old)
         dim_out, dim_in = (1, 0) if transposed else (0, 1)
         w = self.split(self.take(o.weight.detach(), dim_out, src_out), dim_in, src_in)
-        n.weight.data.copy_(self.perturb(w, dim_out, src_out))
+        n.weight.data.copy_(w)
         if o.bias is not None and n.bias is not None:
             n.bias.data.copy_(self.take(o.bias.detach(), 0, src_out))
 
@@ -150,7 +133,6 @@ def widen_unet(
     factor: int = 2,
     *,
     spread: float = 0.5,
-    noise: float = 0.0,
     seed: int = 0,
 ) -> UNet:
     """Return a UNet of ``factor`` times ``old``'s width computing the same function.
@@ -164,10 +146,8 @@ def widen_unet(
     spread : float
         Split ratios of the copies' outgoing weights are drawn in ``1 ± spread`` before
         normalising to unit sum (``0``: equal splits, copies stay symmetric under training).
-    noise : float
-        Relative noise added to the copies' incoming weights (``0``: the exact function).
     seed : int
-        Seed of the split ratios and noise.
+        Seed of the split ratios.
 
     Returns
     -------
@@ -193,7 +173,7 @@ def widen_unet(
                 f"are multiples of norm_groups = {cfg.norm_groups}"
             )
     new = UNet(wide_cfg).to(next(old.parameters()).dtype)
-    wd = _Widener(factor, spread, noise, torch.Generator().manual_seed(seed))
+    wd = _Widener(factor, spread, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         if old.embed is not None and new.embed is not None:
             new.embed.load_state_dict(old.embed.state_dict())
