@@ -149,6 +149,10 @@ def test_base_inputs_pass_the_same_commands(
     argv = ["recon", scan, tmp_path / "llr.zarr", "--method", "llr", "--config", cfg]
     assert cli.main(["-q", *map(str, argv)]) == 0, capsys.readouterr().err
     assert pipeline.reconstruct(str(scan), method="adjoint", groups=1).groups == 1
+    capsys.readouterr()
+    argv = ["recon", scan, tmp_path / "one.zarr", "--method", "adjoint", "--duration", "7.5s"]
+    assert cli.main(["-q", *map(str, argv)]) == 0, capsys.readouterr().err
+    assert "(adjoint, 1 group, " in capsys.readouterr().out
     assert load_result(result).t1_ms is not None
 
 

@@ -372,9 +372,8 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
             on_bad_gridding=args.on_bad_gridding,
         )
         progress.close()
-        print(
-            f"wrote {args.out} ({result.method}, {result.groups} groups, {result.runtime_s:.2f} s)"
-        )
+        groups = f"{result.groups} group{'' if result.groups == 1 else 's'}"
+        print(f"wrote {args.out} ({result.method}, {groups}, {result.runtime_s:.2f} s)")
         if result.model:  # which model file ran, by content (issue #15)
             print(f"model {result.model['file']} sha256 {result.model['sha256']}")
     elif args.command == "match":
