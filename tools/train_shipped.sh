@@ -76,7 +76,9 @@ if [ "${WITH_S21:-0}" = 1 ]; then
   for arm in R3-30s S-30s T-7.5s; do run "configs/cpu48v10/arm-$arm.toml"; done
 fi
 # Session 22 (not shipped): the 30-s file widened to base_width 32 (arms W, W2) and its width-16
-# control (arm N); arm R-15s and arm T trained longer (R2-15s; T2-, T3-, T4-7.5s).  Needs WITH_S21's runs.
+# control (arm N); arm R-15s and arm T trained longer (R2-15s; T2-, T3-, T4-7.5s); the control on
+# gamma = 0.85 states (arm G).  Needs WITH_S21's runs, and for arm G:
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48g085 --config configs/cpu48v10/prepare-30s-g085.toml --splits val,train
 if [ "${WITH_S22:-0}" = 1 ]; then
-  for arm in W-30s W2-30s N-30s R2-15s T2-7.5s T3-7.5s T4-7.5s; do run "configs/cpu48v10/arm-$arm.toml"; done
+  for arm in W-30s W2-30s N-30s R2-15s T2-7.5s T3-7.5s T4-7.5s G-30s; do run "configs/cpu48v10/arm-$arm.toml"; done
 fi
