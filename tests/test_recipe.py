@@ -14,6 +14,7 @@ import torch
 from spurig_core.config import to_dict
 from spurig_core.errors import InputError
 from spurig_core.io import save_checkpoint
+from spurig_core.operators.base import LinearOperator
 from spurig_core.recon.dc import cg_dc, gradient_dc
 from spurig_core.recon.unrolled import UnrollConfig, UnrolledRecon, estimate_lipschitz, scaled_init
 from spurig_core.recon.unrolled_io import load_model
@@ -508,6 +509,31 @@ def test_preparing_a_short_duration_grids_only_its_groups(tmp_path: Path) -> Non
     )
 
 
+def saved_two_step(
+    tmp_path: Path,
+    *,
+    shared: bool,
+    seed: int,
+    log_mu: tuple[float, float],
+    problem_seed: int = 0,
+) -> tuple[UnrolledRecon, Path, LinearOperator, torch.Tensor]:
+    """Save a 2-step model with random output heads and the given ``log_mu``, as a recipe file.
+
+    Returns the model, its file, and the problem ``(A, b)`` whose basis the file records.
+    """
+    from spurig_core.recon.unrolled_io import model_state
+
+    torch.manual_seed(seed)
+    model = UnrolledRecon(tiny_cfg(steps=2, share_weights=shared)).eval()
+    with torch.no_grad():
+        for d in model.denoisers:
+            d.unet.out.weight.normal_(0, 0.05)
+        model.log_mu.copy_(torch.tensor(log_mu))
+    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=problem_seed)
+    st = model_state(model, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"})
+    return model, save_checkpoint(st, tmp_path / "short.pt"), op, b
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_a_longer_unroll_continues_a_shorter_ones_file(shared: bool, tmp_path: Path) -> None:
     """A 4-step run started from a 2-step file continues it.
@@ -517,18 +543,9 @@ def test_a_longer_unroll_continues_a_shorter_ones_file(shared: bool, tmp_path: P
     """
     from types import SimpleNamespace
 
-    from spurig_core.recon.unrolled_io import model_state
     from spurig_core.training.stages import Trainer
 
-    torch.manual_seed(5)
-    short = UnrolledRecon(tiny_cfg(steps=2, share_weights=shared)).eval()
-    with torch.no_grad():
-        for d in short.denoisers:
-            d.unet.out.weight.normal_(0, 0.05)
-        short.log_mu.copy_(torch.tensor([0.25, -0.4]))
-    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=0)
-    st = model_state(short, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"})
-    path = save_checkpoint(st, tmp_path / "short.pt")
+    short, path, op, b = saved_two_step(tmp_path, shared=shared, seed=5, log_mu=(0.25, -0.4))
     long = UnrolledRecon(tiny_cfg(steps=4, share_weights=False)).eval()
     Trainer._init_from(SimpleNamespace(model=long), path)  # type: ignore[arg-type]
     torch.testing.assert_close(long.log_mu.detach(), torch.tensor([0.25, -0.4, -0.4, -0.4]))
@@ -592,19 +609,11 @@ def test_new_steps_can_start_as_identity_denoisers(tmp_path: Path) -> None:
     """
     from types import SimpleNamespace
 
-    from spurig_core.recon.unrolled_io import model_state
     from spurig_core.training.recipe import RecipeConfig
     from spurig_core.training.stages import Trainer
 
-    torch.manual_seed(6)
-    short = UnrolledRecon(tiny_cfg(steps=2, share_weights=True)).eval()
-    with torch.no_grad():
-        short.denoisers[0].unet.out.weight.normal_(0, 0.05)
-        short.log_mu.copy_(torch.tensor([0.1, -0.3]))
-    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=1)
-    path = save_checkpoint(
-        model_state(short, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"}),
-        tmp_path / "short.pt",
+    short, path, op, b = saved_two_step(
+        tmp_path, shared=True, seed=6, log_mu=(0.1, -0.3), problem_seed=1
     )
     long = UnrolledRecon(tiny_cfg(steps=4, share_weights=False)).eval()
     Trainer._init_from(SimpleNamespace(model=long), path, "identity")  # type: ignore[arg-type]

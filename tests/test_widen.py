@@ -13,13 +13,11 @@ import pytest
 import torch
 
 from spurig_core.errors import InputError
-from spurig_core.io import save_checkpoint
 from spurig_core.recon.networks import UNet, UNetConfig
 from spurig_core.recon.unrolled import UnrolledRecon, estimate_lipschitz, scaled_init
-from spurig_core.recon.unrolled_io import model_state
 from spurig_core.recon.widen import copy_map, widen_unet
-from test_training import SEQ, N
-from test_unrolled import make_problem, tiny_cfg
+from test_recipe import saved_two_step
+from test_unrolled import tiny_cfg
 
 
 def trained_like(cfg: UNetConfig, seed: int) -> UNet:
@@ -99,17 +97,7 @@ def test_a_wider_run_starts_from_a_narrow_file_with_the_same_reconstruction(
     """``init`` of a narrower file: the run's model is the file's, widened (recipe and stages)."""
     from spurig_core.training.stages import Trainer
 
-    torch.manual_seed(4)
-    narrow = UnrolledRecon(tiny_cfg(steps=2, share_weights=False)).eval()
-    with torch.no_grad():
-        for d in narrow.denoisers:
-            d.unet.out.weight.normal_(0, 0.05)
-        narrow.log_mu.copy_(torch.tensor([0.2, -0.3]))
-    op, _truth, b = make_problem(n=N, tr=SEQ.n_tr, seed=0)
-    path = save_checkpoint(
-        model_state(narrow, sequence=SEQ, basis=op.phi, extra={"stage": "recipe"}),
-        tmp_path / "narrow.pt",
-    )
+    narrow, path, op, b = saved_two_step(tmp_path, shared=False, seed=4, log_mu=(0.2, -0.3))
     cfg = tiny_cfg(steps=2, share_weights=False)
     wide_cfg = type(cfg)(**{**cfg.__dict__, "network": UNetConfig(base_width=16)})
     wide = UnrolledRecon(wide_cfg).eval()
