@@ -137,7 +137,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "ssim_slices": ">= 1",
     },
     "FinetuneConfig": {"accumulation": ">= 1", "ssim_weight": ">= 0", "ssim_slices": ">= 1"},
-    "RecipeConfig": {  # training/recipe.py (issue 13)
+    "RecipeConfig": {  # training/configs.py (issue 13)
         "duration": _DURATIONS,
         "pretrain_updates": ">= 0",
         "gleam_updates": ">= 0",
@@ -153,6 +153,9 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "magnitude_weight": ">= 0",
         "fingerprint_weight": ">= 0",
         "fingerprint_tissues": ">= 0",
+        "maps_weights": ">= 0",
+        "maps_sharpness": "(0, 1)",
+        "maps_atoms": ">= 2",
         "seed": ">= 0",
         "max_train": ">= 0",
         "max_val": ">= 0",

@@ -1,11 +1,13 @@
-"""Frozen configs of the three training stages (paper 2.3.2, appendix A.2–A.4) and their TOML.
+"""Frozen configs of the training stages and the recipe, and their TOML.
 
-:mod:`.stages` runs them; a checkpoint records the stage's config as a plain dict
-(:func:`spurig_core.config.to_dict`) so that ``--resume`` can refuse another config.
+The three stages are paper 2.3.2 and appendix A.2–A.4; :class:`RecipeConfig` is the v2 recipe's
+(:mod:`.recipe`).  :mod:`.stages` runs the stages; a checkpoint records the stage's config as a
+plain dict (:func:`spurig_core.config.to_dict`) so that ``--resume`` can refuse another config.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +15,17 @@ from ..config import from_dict, load_toml
 from ..errors import InputError
 from ..recon.unrolled import UnrollConfig
 from .augment import AugmentConfig
-from .losses import TISSUE_WEIGHTS
+from .losses import FINGERPRINT_WEIGHTS, TISSUE_WEIGHTS, UNIFORM
+from .validation import SELECT_RULES
 
-__all__ = ["STAGES", "FinetuneConfig", "GleamConfig", "PretrainConfig", "load_stage_config"]
+__all__ = [
+    "STAGES",
+    "FinetuneConfig",
+    "GleamConfig",
+    "PretrainConfig",
+    "RecipeConfig",
+    "load_stage_config",
+]
 
 
 @dataclass(frozen=True)
@@ -173,3 +183,165 @@ def load_stage_config(stage: str, path: str | Path) -> _Common:
         return load_toml(STAGES[stage], p, table=stage)
     top = {k: v for k, v in data.items() if k != "distributed"}
     return from_dict(STAGES[stage], top, where=f"config {p}", table="")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Settings of :func:`run_recipe` (a TOML file, fields at top level).
+
+    Attributes
+    ----------
+    data_dir, out_dir : str
+        Prepared cohort (``tools/prepare_redraw.py``) and run directory (relative to the TOML).
+    duration : str
+    model : UnrollConfig
+    init : str
+        Model file to start from (``""``: a fresh, identity-initialised network).  When
+        ``model.network.base_width`` is a multiple of the file's, the file's denoisers are
+        widened first, computing the same function (:func:`~spurig_core.recon.widen.widen_unet`).
+    new_steps : {"repeat", "identity"}
+        Unrolled steps beyond ``init``'s: its last denoiser and step size, or (a denoiser per
+        step only) that denoiser with a zeroed output layer, so each new step starts as the
+        identity (:meth:`~spurig_core.training.stages.Trainer._init_from`).
+    pretrain_updates, gleam_updates, finetune_updates : int
+        Updates of each phase (module notes).
+    refresh_every : int
+        Updates between recomputations of the cached states.
+    refresh_subjects : int
+        Subjects whose states each refresh recomputes, in turn (``0``: all).  With 48 subjects
+        a full refresh (12 grams and 6 denoiser passes each) costs minutes, far more than the
+        updates between refreshes; a rolling refresh keeps the cache fresh at a fixed cost.
+        Subjects prepared while the run goes on (``tools/prepare_redraw.py`` writing into
+        ``data_dir``) join at the next refresh.
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: the learning rate of the cached phase falls from ``lr`` to
+        ``lr_min_ratio × lr`` along a half cosine over ``pretrain_updates + gleam_updates``
+        (v2's constant 1e-3 made the validation PSNR swing by ±1 dB between checkpoints).
+    lr_min_ratio : float
+    val_every : int
+        Updates between validations (and checkpoints).
+    val_scans : str
+        Folder of the validation subjects' simulated scans (``<subject>.h5``, relative to the
+        TOML): with it every validation also reports the T1/T2 errors (GM+WM) of the output
+        (:mod:`.validation`); ``""``: PSNR only.
+    select : {"psnr", "error-ratio"}
+        How ``model.pt`` is chosen among the validations (:func:`.validation.selection_score`):
+        best PSNR, or the lowest mean of the image, T1 and T2 errors, each relative to the
+        state at update 0 (needs ``val_scans``).
+    lr, finetune_lr : float
+        Adam learning rates of phase 1 and 2.
+    tissue_weights : tuple of float
+        λ per label of the L1 term (uniform; the paper's ``1, 1, 10, 10, 1`` as an option).
+    magnitude_weight : float
+        Weight of the magnitude L1 term.
+    fingerprint_weight : float
+        Weight of :func:`~.losses.fingerprint_loss` (GM/WM coefficient directions, what the
+        T1/T2 errors measure); ``0`` leaves it out (the v3 models).
+    fingerprint_tissues : tuple of float
+        Weight per label inside that term (background, CSF, GM, WM, other; default GM and WM
+        alike, the v4 models); e.g. ``[0, 0, 3, 1, 0]`` aims it at the cortex.
+    maps_weights : tuple of float
+        Weights of the soft-matched T1 and T2 errors (:class:`~.maps_loss.MatchedMapsLoss`:
+        mean ``|log T̂ − log T_ref|`` over GM and WM, what the evaluation's T1/T2 errors count);
+        ``(0, 0)`` leaves the term out.
+    maps_sharpness : float
+        ``σ`` of the soft matching as a fraction of the median GM/WM target norm, in (0, 1)
+        (0.01: ≈ 6 atoms share the weight of a 30-s output's voxel).
+    maps_atoms : int
+        Atoms per voxel in the soft matching (the hard match and its nearest grid neighbours).
+    train_scans : str
+        Folder of the training subjects' simulated scans (``<subject>.h5``, relative to the
+        TOML), whose ground-truth T1/T2 and B1 the maps term needs.
+    fresh_noise : bool
+        Draw a noise realisation per refresh / fine-tuning update (``False``: always the scan's own,
+        the shipped models' data).
+    symmetries : bool
+        Train the denoiser on a random one of the 48 axis permutations and flips of each cached
+        state and its target (:func:`cube_symmetry`): with few subjects, all warps of one
+        template, the network otherwise memorises the anatomy (measured: +4.9 dB on a training
+        subject, −1.5 dB on a held-out one after 150 updates on 3 subjects).
+    bf16 : bool
+        bfloat16 autocast inside the UNets where native, else float32 (:func:`~.steps.amp`).
+    seed : int
+    max_train, max_val : int
+        At most this many subjects (0: all).
+    """
+
+    data_dir: str
+    out_dir: str
+    duration: str = "2min"
+    model: UnrollConfig = field(default_factory=UnrollConfig)
+    init: str = ""
+    new_steps: str = "repeat"
+    pretrain_updates: int = 300
+    gleam_updates: int = 900
+    finetune_updates: int = 60
+    refresh_every: int = 300
+    refresh_subjects: int = 0
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.1
+    val_every: int = 150
+    val_scans: str = ""
+    select: str = "psnr"
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    tissue_weights: tuple[float, ...] = UNIFORM
+    magnitude_weight: float = 1.0
+    fingerprint_weight: float = 0.0
+    fingerprint_tissues: tuple[float, ...] = FINGERPRINT_WEIGHTS
+    maps_weights: tuple[float, float] = (0.0, 0.0)
+    maps_sharpness: float = 0.01
+    maps_atoms: int = 32
+    train_scans: str = ""
+    fresh_noise: bool = True
+    symmetries: bool = True
+    bf16: bool = True
+    seed: int = 0
+    max_train: int = 0
+    max_val: int = 0
+
+    def __post_init__(self) -> None:
+        """Raise InputError for an unknown ``lr_schedule`` or a negative count."""
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not 'constant' or 'cosine'")
+        if self.new_steps not in ("repeat", "identity"):
+            raise InputError(f"new_steps: {self.new_steps!r} is not 'repeat' or 'identity'")
+        if self.new_steps == "identity" and self.model.share_weights:
+            raise InputError(
+                "new_steps = 'identity' needs a denoiser per step: [model] share_weights = false"
+            )
+        if self.refresh_subjects < 0:
+            raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
+        if self.select not in SELECT_RULES:
+            raise InputError(f"select: {self.select!r} is not one of {', '.join(SELECT_RULES)}")
+        if not all(w >= 0 for w in self.fingerprint_tissues) or not any(self.fingerprint_tissues):
+            raise InputError(
+                f"fingerprint_tissues: {list(self.fingerprint_tissues)}: each >= 0, one > 0"
+            )
+        if len(self.maps_weights) != 2 or not all(
+            math.isfinite(w) and w >= 0 for w in self.maps_weights
+        ):
+            raise InputError(f"maps_weights: {list(self.maps_weights)}: two weights (T1, T2) >= 0")
+        if any(self.maps_weights) and not self.train_scans:
+            raise InputError("maps_weights > 0 needs train_scans (the training subjects' T1/T2)")
+        if not 0.0 < self.maps_sharpness < 1.0:
+            raise InputError(f"maps_sharpness: {self.maps_sharpness} is not in (0, 1)")
+        if self.maps_atoms < 2:
+            raise InputError(f"maps_atoms: {self.maps_atoms} is below 2")
+        if self.select != "psnr" and not self.val_scans:
+            raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
+
+    def lr_at(self, update: int) -> float:
+        """Learning rate of the cached phase at ``update``."""
+        end = self.pretrain_updates + self.gleam_updates
+        if self.lr_schedule == "constant" or end <= 0:
+            return self.lr
+        t = min(update, end) / end
+        return self.lr * (
+            self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        )
+
+    @property
+    def total(self) -> int:
+        """All updates of the run."""
+        return self.pretrain_updates + self.gleam_updates + self.finetune_updates

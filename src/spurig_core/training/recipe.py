@@ -43,16 +43,17 @@ from ..config import from_dict, read_toml, to_dict
 from ..errors import InputError
 from ..operators.igrog import data_fields
 from ..recon.classical import norm_matching_scale
-from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrollConfig, UnrolledRecon
+from ..recon.unrolled import MODEL_KIND, TRAIN_KIND, UnrolledRecon
 from ..recon.unrolled_io import model_state
 from .augment import cube_symmetry
+from .configs import RecipeConfig
 from .datasets import Example, list_subjects, load_example
-from .losses import FINGERPRINT_WEIGHTS, UNIFORM, recipe_loss
+from .losses import recipe_loss
+from .maps_loss import MapsTargets, MatchedMapsLoss
 from .records import rng_state, set_rng_state, write_csv
 from .redraw import NoiseDraws, load_noise
 from .steps import amp
 from .validation import (
-    SELECT_RULES,
     MapsReference,
     load_maps_reference,
     mean_metrics,
@@ -75,142 +76,6 @@ HISTORY_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class RecipeConfig:
-    """Settings of :func:`run_recipe` (a TOML file, fields at top level).
-
-    Attributes
-    ----------
-    data_dir, out_dir : str
-        Prepared cohort (``tools/prepare_redraw.py``) and run directory (relative to the TOML).
-    duration : str
-    model : UnrollConfig
-    init : str
-        Model file to start from (``""``: a fresh, identity-initialised network).  When
-        ``model.network.base_width`` is a multiple of the file's, the file's denoisers are
-        widened first, computing the same function (:func:`~spurig_core.recon.widen.widen_unet`).
-    new_steps : {"repeat", "identity"}
-        Unrolled steps beyond ``init``'s: its last denoiser and step size, or (a denoiser per
-        step only) that denoiser with a zeroed output layer, so each new step starts as the
-        identity (:meth:`~spurig_core.training.stages.Trainer._init_from`).
-    pretrain_updates, gleam_updates, finetune_updates : int
-        Updates of each phase (module notes).
-    refresh_every : int
-        Updates between recomputations of the cached states.
-    refresh_subjects : int
-        Subjects whose states each refresh recomputes, in turn (``0``: all).  With 48 subjects
-        a full refresh (12 grams and 6 denoiser passes each) costs minutes, far more than the
-        updates between refreshes; a rolling refresh keeps the cache fresh at a fixed cost.
-        Subjects prepared while the run goes on (``tools/prepare_redraw.py`` writing into
-        ``data_dir``) join at the next refresh.
-    lr_schedule : {"constant", "cosine"}
-        ``"cosine"``: the learning rate of the cached phase falls from ``lr`` to
-        ``lr_min_ratio × lr`` along a half cosine over ``pretrain_updates + gleam_updates``
-        (v2's constant 1e-3 made the validation PSNR swing by ±1 dB between checkpoints).
-    lr_min_ratio : float
-    val_every : int
-        Updates between validations (and checkpoints).
-    val_scans : str
-        Folder of the validation subjects' simulated scans (``<subject>.h5``, relative to the
-        TOML): with it every validation also reports the T1/T2 errors (GM+WM) of the output
-        (:mod:`.validation`); ``""``: PSNR only.
-    select : {"psnr", "error-ratio"}
-        How ``model.pt`` is chosen among the validations (:func:`.validation.selection_score`):
-        best PSNR, or the lowest mean of the image, T1 and T2 errors, each relative to the
-        state at update 0 (needs ``val_scans``).
-    lr, finetune_lr : float
-        Adam learning rates of phase 1 and 2.
-    tissue_weights : tuple of float
-        λ per label of the L1 term (uniform; the paper's ``1, 1, 10, 10, 1`` as an option).
-    magnitude_weight : float
-        Weight of the magnitude L1 term.
-    fingerprint_weight : float
-        Weight of :func:`~.losses.fingerprint_loss` (GM/WM coefficient directions, what the
-        T1/T2 errors measure); ``0`` leaves it out (the v3 models).
-    fingerprint_tissues : tuple of float
-        Weight per label inside that term (background, CSF, GM, WM, other; default GM and WM
-        alike, the v4 models); e.g. ``[0, 0, 3, 1, 0]`` aims it at the cortex.
-    fresh_noise : bool
-        Draw a noise realisation per refresh / fine-tuning update (``False``: always the scan's own,
-        the shipped models' data).
-    symmetries : bool
-        Train the denoiser on a random one of the 48 axis permutations and flips of each cached
-        state and its target (:func:`cube_symmetry`): with few subjects, all warps of one
-        template, the network otherwise memorises the anatomy (measured: +4.9 dB on a training
-        subject, −1.5 dB on a held-out one after 150 updates on 3 subjects).
-    bf16 : bool
-        bfloat16 autocast inside the UNets where native, else float32 (:func:`~.steps.amp`).
-    seed : int
-    max_train, max_val : int
-        At most this many subjects (0: all).
-    """
-
-    data_dir: str
-    out_dir: str
-    duration: str = "2min"
-    model: UnrollConfig = field(default_factory=UnrollConfig)
-    init: str = ""
-    new_steps: str = "repeat"
-    pretrain_updates: int = 300
-    gleam_updates: int = 900
-    finetune_updates: int = 60
-    refresh_every: int = 300
-    refresh_subjects: int = 0
-    lr_schedule: str = "constant"
-    lr_min_ratio: float = 0.1
-    val_every: int = 150
-    val_scans: str = ""
-    select: str = "psnr"
-    lr: float = 1e-3
-    finetune_lr: float = 1e-4
-    tissue_weights: tuple[float, ...] = UNIFORM
-    magnitude_weight: float = 1.0
-    fingerprint_weight: float = 0.0
-    fingerprint_tissues: tuple[float, ...] = FINGERPRINT_WEIGHTS
-    fresh_noise: bool = True
-    symmetries: bool = True
-    bf16: bool = True
-    seed: int = 0
-    max_train: int = 0
-    max_val: int = 0
-
-    def __post_init__(self) -> None:
-        """Raise InputError for an unknown ``lr_schedule`` or a negative count."""
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not 'constant' or 'cosine'")
-        if self.new_steps not in ("repeat", "identity"):
-            raise InputError(f"new_steps: {self.new_steps!r} is not 'repeat' or 'identity'")
-        if self.new_steps == "identity" and self.model.share_weights:
-            raise InputError(
-                "new_steps = 'identity' needs a denoiser per step: [model] share_weights = false"
-            )
-        if self.refresh_subjects < 0:
-            raise InputError(f"refresh_subjects: {self.refresh_subjects} is below 0")
-        if self.select not in SELECT_RULES:
-            raise InputError(f"select: {self.select!r} is not one of {', '.join(SELECT_RULES)}")
-        if not all(w >= 0 for w in self.fingerprint_tissues) or not any(self.fingerprint_tissues):
-            raise InputError(
-                f"fingerprint_tissues: {list(self.fingerprint_tissues)}: each >= 0, one > 0"
-            )
-        if self.select != "psnr" and not self.val_scans:
-            raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
-
-    def lr_at(self, update: int) -> float:
-        """Learning rate of the cached phase at ``update``."""
-        end = self.pretrain_updates + self.gleam_updates
-        if self.lr_schedule == "constant" or end <= 0:
-            return self.lr
-        t = min(update, end) / end
-        return self.lr * (
-            self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-        )
-
-    @property
-    def total(self) -> int:
-        """All updates of the run."""
-        return self.pretrain_updates + self.gleam_updates + self.finetune_updates
-
-
 @dataclass(eq=False)
 class _Subject:
     """One subject's data; its operator is built when needed and released after a refresh.
@@ -224,6 +89,7 @@ class _Subject:
     noise: NoiseDraws
     duration: str
     lip: float
+    maps: MapsTargets | None = None
     states: list[torch.Tensor] = field(default_factory=list)
     _op: Any = None
 
@@ -252,6 +118,7 @@ class RecipeTrainer:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.data = Path(cfg.data_dir)
+        self.maps_loss: MatchedMapsLoss | None = None  # built with the first subject
         tr = list_subjects(self.data, "train")[: cfg.max_train or None]
         va = list_subjects(self.data, "val")[: cfg.max_val or None]
         if not tr:
@@ -263,7 +130,8 @@ class RecipeTrainer:
             raise InputError(
                 f"select = {cfg.select!r} needs validation subjects in {self.data}/val"
             )
-        self.val = [self._subject(d) for d in va]  # kept: every validation needs them
+        # kept: every validation needs them
+        self.val = [self._subject(d, training=False) for d in va]
         self.val_refs = (
             [load_maps_reference(cfg.val_scans, s.ex.name) for s in self.val]
             if cfg.val_scans and self.val
@@ -286,12 +154,46 @@ class RecipeTrainer:
         self.history: list[dict[str, Any]] = []
         self.ft_opt: torch.optim.Adam | None = None
 
-    def _subject(self, d: Path) -> _Subject:
+    def _subject(self, d: Path, *, training: bool = True) -> _Subject:
         ex = load_example(d, durations=[self.cfg.duration])
         dc = ex.dc[self.cfg.duration]
         op = dc.build_operator()
         lip = dc.step_size(op, self.cfg.model.power_iters)  # as inference has it
-        return _Subject(ex, load_noise(d, self.cfg.duration), self.cfg.duration, lip, _op=op)
+        noise = load_noise(d, self.cfg.duration)
+        maps = self._maps_targets(ex) if training else None
+        return _Subject(ex, noise, self.cfg.duration, lip, maps, _op=op)
+
+    def _maps_targets(self, ex: Example) -> MapsTargets | None:
+        """Return a training subject's reference maps for the maps term (``None``: no term)."""
+        cfg = self.cfg
+        if not any(cfg.maps_weights):
+            return None
+        if self.maps_loss is None:
+            self.maps_loss = MatchedMapsLoss(
+                ex.basis, ex.sequence, atoms=cfg.maps_atoms, sharpness=cfg.maps_sharpness
+            )
+        ref = load_maps_reference(cfg.train_scans, ex.name)
+        r = ref.reference
+        return self.maps_loss.targets(ex.target, ex.tissue, r.t1_ms, r.t2_ms, ref.b1)
+
+    def _loss(
+        self, out: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, maps: Any
+    ) -> torch.Tensor:
+        """:func:`~.losses.recipe_loss` plus the weighted soft-matched T1/T2 errors."""
+        cfg = self.cfg
+        loss = recipe_loss(
+            out,
+            target,
+            tissue,
+            cfg.tissue_weights,
+            cfg.magnitude_weight,
+            cfg.fingerprint_weight,
+            cfg.fingerprint_tissues,
+        )
+        if self.maps_loss is not None and maps is not None:
+            e1, e2 = self.maps_loss(out, maps)
+            loss = loss + cfg.maps_weights[0] * e1 + cfg.maps_weights[1] * e2
+        return loss
 
     # -- data ---------------------------------------------------------------------------------
     def _draw(self, s: _Subject) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,25 +246,19 @@ class RecipeTrainer:
         cfg = self.cfg
         s = self.train[int(self.rng.integers(len(self.train)))]
         i = int(self.rng.integers(cfg.model.steps))
-        x, tgt, tis = s.states[i], s.ex.target, s.ex.tissue
+        x, tgt, tis, maps = s.states[i], s.ex.target, s.ex.tissue, s.maps
         if cfg.symmetries:
             perm = tuple(int(v) for v in self.rng.permutation(3))
             flips = tuple(int(a) for a in np.flatnonzero(self.rng.integers(0, 2, 3)))
             x, tgt, tis = (cube_symmetry(t, perm, flips) for t in (x, tgt, tis))
+            if maps is not None:
+                maps = maps.transformed(lambda t: cube_symmetry(t, perm, flips))
         for group in self.opt.param_groups:
             group["lr"] = cfg.lr_at(self.update)
         self.opt.zero_grad(set_to_none=True)
         with amp(cfg.bf16, x.device):
             out = self.model.denoiser(i)(x, i + 1)
-        loss = recipe_loss(
-            out,
-            tgt,
-            tis,
-            cfg.tissue_weights,
-            cfg.magnitude_weight,
-            cfg.fingerprint_weight,
-            cfg.fingerprint_tissues,
-        )
+        loss = self._loss(out, tgt, tis, maps)
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -377,15 +273,7 @@ class RecipeTrainer:
         with amp(cfg.bf16, x0.device):
             out = self.model(s.op, ahb, x0, lipschitz=s.lip, mode="checkpoint")
         assert isinstance(out, torch.Tensor)
-        loss = recipe_loss(
-            out,
-            s.ex.target,
-            s.ex.tissue,
-            cfg.tissue_weights,
-            cfg.magnitude_weight,
-            cfg.fingerprint_weight,
-            cfg.fingerprint_tissues,
-        )
+        loss = self._loss(out, s.ex.target, s.ex.tissue, s.maps)
         loss.backward()
         self.ft_opt.step()
         s.release()
@@ -571,7 +459,7 @@ def load_recipe_config(path: str | Path) -> RecipeConfig:
     p = Path(path)
     cfg = from_dict(RecipeConfig, read_toml(p), where=f"config {p}", table="")
     fix: dict[str, Any] = {}
-    for key in ("data_dir", "out_dir", "init", "val_scans"):
+    for key in ("data_dir", "out_dir", "init", "val_scans", "train_scans"):
         v = getattr(cfg, key)
         if v and not Path(v).is_absolute():
             fix[key] = str(p.parent / v)
