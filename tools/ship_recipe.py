@@ -56,6 +56,7 @@ PREPARED_BY = {
     "prepared48v2": "configs/cpu48v2/prepare.toml",
     "prepared48v5": "configs/cpu48v5/prepare-1min.toml",
     "prepared48v6": "configs/cpu48v6/prepare-15s.toml",
+    "prepared48v10": "configs/cpu48v10/prepare-30s.toml",
 }
 
 
@@ -136,6 +137,12 @@ def _loss_text(cfg: Any) -> str:
     text += f" + {cfg.magnitude_weight} × magnitude L1"
     if cfg.fingerprint_weight > 0:
         text += f" + {cfg.fingerprint_weight} × GM/WM fingerprint term"
+    if any(cfg.maps_weights):
+        w1, w2 = cfg.maps_weights
+        text += (
+            f" + {w1} × soft-matched T1 error + {w2} × soft-matched T2 error (GM/WM, "
+            f"`training/maps_loss.py`, sharpness {cfg.maps_sharpness})"
+        )
     return text
 
 
@@ -165,10 +172,12 @@ def _lineage(cfg: Any) -> list[str]:
             break
         tc = load_checkpoint(path).get("train_config") or {}
         updates = [tc.get(k, 0) for k in ("pretrain_updates", "gleam_updates", "finetune_updates")]
+        maps = tc.get("maps_weights") or [0.0, 0.0]
         lines.append(
             f"  - from `{path.parent.name}` ({updates[0]} pretraining, {updates[1]} GLEAM, "
             f"{updates[2]} end-to-end updates; "
-            f"fingerprint weight {tc.get('fingerprint_weight', 0)})"
+            f"fingerprint weight {tc.get('fingerprint_weight', 0)}"
+            + (f"; maps weights {list(maps)})" if any(maps) else ")")
         )
         init = tc.get("init", "")
     return ["- Continued:", *lines] if lines else []
@@ -261,12 +270,34 @@ def card(
         "PSNR/SSIM: magnitudes of the balanced coefficients over the axial brain slices (SPEC §5); "
         "T1/T2: B1-corrected dictionary matching, mean relative error over GM and WM.",
         "",
-        "## Config",
-        "```toml",
-        config.read_text().rstrip(),
-        "```",
+        *_config_lines(config, cfg),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _config_lines(config: Path, cfg: Any) -> list[str]:
+    """Return the config as written and, when it names a ``base``, as the run resolved it."""
+    import re
+
+    import tomli_w
+
+    from spurig_core.config import to_dict
+
+    text = config.read_text().rstrip()
+    lines = ["## Config", "```toml", text, "```"]
+    if re.search(r"^base\s*=", text, re.M):
+        d = to_dict(cfg)
+        for key in ("data_dir", "out_dir", "init", "val_scans", "train_scans"):
+            if d.get(key):
+                d[key] = str(_rel(Path(d[key])))
+        lines += [
+            "",
+            "Resolved (its `base` chain merged; paths relative to the repository):",
+            "```toml",
+            tomli_w.dumps(d).rstrip(),
+            "```",
+        ]
+    return lines
 
 
 def step_metrics(state: dict[str, Any], cfg: Any) -> list[dict[str, float]]:

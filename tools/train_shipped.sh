@@ -82,3 +82,18 @@ fi
 if [ "${WITH_S22:-0}" = 1 ]; then
   for arm in W-30s W2-30s N-30s R2-15s T2-7.5s T3-7.5s T4-7.5s G-30s; do run "configs/cpu48v10/arm-$arm.toml"; done
 fi
+# spurig-30s since session 23 (issue 13; RESULTS-models): the 30-s file of session 19 continued with
+# the soft-matched T1/T2 term (maps_weights; training/maps_loss.py): arms X2, X4, X7 on the 30-s
+# states (X7 ran while subj036-053 were simulated, as in the header, and prepared, and took them in
+# as they came; run again with all 48 present it trains on 48 from its start), then X9 on all 48.
+# Data (the 30-s states of the validation subjects and all 48 training subjects):
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v10 --config configs/cpu48v10/prepare-30s.toml --splits val,train
+# Ship with
+#   python tools/ship_recipe.py runs/cpu48v11/arm-X9-30s configs/cpu48v11/arm-X9-30s.toml --pack \
+#       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-30s.pt
+# Side arms (not shipped): X1 (weights 3 / 1), X3 (30 / 10), X10 (X9 continued).
+shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 30s
+for arm in X2 X4 X7 X9; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
+if [ "${WITH_S23:-0}" = 1 ]; then
+  for arm in X1 X3 X10; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
+fi
