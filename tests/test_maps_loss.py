@@ -56,15 +56,15 @@ def test_soft_matching_of_the_truth_recovers_the_reference(setup) -> None:  # ty
 def test_the_loss_tracks_the_evaluations_hard_matched_errors(setup) -> None:  # type: ignore[no-untyped-def]
     """Oracle: for noisy coefficients the soft ``|log T − log T_ref|`` is the evaluation's error."""
     loss, tg, target, scan = setup
-    for level in (0.01, 0.03):
+    for level in (0.02, 0.05):  # errors of 2-7 %; near 1 % the 5 % grid's steps dominate
         x = _noisy(target, level)
         e1, e2 = loss(x, tg)
         basis = scan_basis(scan, torch.device("cpu"))
         maps = match_maps(x, basis, b1=scan.b1, sequence=scan.sequence, mask=tg.mask)
         q = quantitative_errors(maps.t1_ms, maps.t2_ms, scan.reference, per_voxel=False)
-        assert float(e1) == pytest.approx(float(q["t1_rel_error"]), rel=0.25)
-        assert float(e2) == pytest.approx(float(q["t2_rel_error"]), rel=0.25)
-    assert float(loss(_noisy(target, 0.03), tg)[0]) > float(loss(_noisy(target, 0.01), tg)[0])
+        assert float(e1) == pytest.approx(float(q["t1_rel_error"]), rel=0.1)
+        assert float(e2) == pytest.approx(float(q["t2_rel_error"]), rel=0.1)
+    assert float(loss(_noisy(target, 0.05), tg)[0]) > float(loss(_noisy(target, 0.02), tg)[0])
 
 
 def test_gradient_agrees_with_finite_differences_and_descends(setup) -> None:  # type: ignore[no-untyped-def]

@@ -9,8 +9,10 @@ coefficient: atom ``k`` (unit norm) explains ``x`` with the least-squares PD at 
 
     ``log T̂1 = Σ_k w_k log T1_k``,  ``log T̂2 = Σ_k w_k log T2_k``,
 
-over the ``atoms`` best atoms of the voxel's B1 slice (found without a graph; the rest carry
-negligible weight).  The loss is the mean of ``|log T̂ − log T_ref|`` (≈ the relative error) over
+over the voxel's hard match at its B1 and that atom's nearest neighbours on the (log T1, log T2)
+grid, ``atoms`` in all (found without a graph, by the matching's feature product; the atoms
+further away carry negligible weight, and a softmax over all 120 k would cost more than the
+update).  The loss is the mean of ``|log T̂ − log T_ref|`` (≈ the relative error) over
 the GM and WM voxels.  ``σ = sharpness × `` the median norm of the target's GM/WM coefficients: the
 smaller, the closer ``T̂`` is to the hard match (and the fewer atoms carry gradient).
 
@@ -92,7 +94,7 @@ class MatchedMapsLoss:
         *,
         dictionary: Dictionary | None = None,
         atoms: int = 32,
-        sharpness: float = 0.02,
+        sharpness: float = 0.01,
     ) -> None:
         if atoms < 2:
             raise InputError(f"maps_atoms: {atoms} is below 2")
