@@ -129,6 +129,21 @@ def test_matching_the_reference_coefficients_recovers_the_maps(scan16: Path) -> 
     assert set(val_metrics(target, ex)) == {"psnr"}  # without a reference: PSNR only
     with pytest.raises(InputError, match="does not exist"):
         load_maps_reference(scan16.parent, "nobody")
+    # the maps and B1 are those load_scan reads; a scan without ground truth is refused
+    assert torch.equal(ref.reference.t1_ms, scan.reference.t1_ms)
+    assert torch.equal(ref.reference.tissue, scan.reference.tissue)
+    assert ref.b1 is not None and scan.b1 is not None and torch.equal(ref.b1, scan.b1)
+    import shutil
+
+    import h5py
+
+    bare = scan16.parent / "bare" / "s2.h5"
+    bare.parent.mkdir(exist_ok=True)
+    shutil.copy(scan16, bare)
+    with h5py.File(bare, "a") as f:
+        del f["reference"]
+    with pytest.raises(InputError, match="no reference"):
+        load_maps_reference(bare.parent, "s2")
 
 
 def test_run_selects_on_the_maps_and_records_them(

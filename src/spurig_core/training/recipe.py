@@ -177,7 +177,11 @@ class RecipeTrainer:
         return self.maps_loss.targets(ex.target, ex.tissue, r.t1_ms, r.t2_ms, ref.b1)
 
     def _loss(
-        self, out: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, maps: Any
+        self,
+        out: torch.Tensor,
+        target: torch.Tensor,
+        tissue: torch.Tensor,
+        maps: MapsTargets | None,
     ) -> torch.Tensor:
         """:func:`~.losses.recipe_loss` plus the weighted soft-matched T1/T2 errors."""
         cfg = self.cfg

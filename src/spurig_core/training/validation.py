@@ -58,22 +58,30 @@ class MapsReference:
 
 
 def load_maps_reference(folder: str | Path, name: str) -> MapsReference:
-    """Read ``folder/<name>.h5`` (a simulated scan with ``reference/``).
+    """Read the ground truth and B1 of ``folder/<name>.h5`` (a simulated scan with ``reference/``).
+
+    Only the image-space arrays are read (:func:`spurig_core.io_probe.scan_maps`, with
+    :func:`~spurig_core.io.load_scan`'s checks of what it reads), not the k-space: a 48³ training
+    scan is ≈ 220 MB, and a run with the maps term reads one per training subject at start-up.
 
     Raises
     ------
     InputError
         When the scan is missing or has no reference.
     """
-    from ..io import load_scan
+    from ..data import Reference
+    from ..io_probe import scan_maps
 
     path = Path(folder) / f"{name}.h5"
     if not path.exists():
         raise InputError(f"val_scans: {path} does not exist (the validation subject's scan)")
-    scan = load_scan(path)
-    if scan.reference is None:
+    _, maps = scan_maps(path)
+    parts = ("t1_ms", "t2_ms", "pd", "tissue")
+    if not all(f"reference/{k}" in maps for k in parts):
         raise InputError(f"val_scans: {path} has no reference/ (ground truth)")
-    return MapsReference(scan.reference, scan.b1)
+    reference = Reference(**{k: torch.from_numpy(maps[f"reference/{k}"]) for k in parts})
+    b1 = maps.get("b1")
+    return MapsReference(reference, None if b1 is None else torch.from_numpy(b1))
 
 
 @torch.no_grad()
