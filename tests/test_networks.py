@@ -8,6 +8,7 @@ import torch
 
 from spurig_core.errors import InputError
 from spurig_core.recon.networks import (
+    AXIS_FLIPS,
     Denoiser,
     UNet,
     UNetConfig,
@@ -184,3 +185,41 @@ def test_bf16_autocast_runs_and_stays_close() -> None:
     assert low.dtype == torch.complex64
     rel = float((low - ref).abs().norm() / ref.abs().norm())
     assert rel < 0.05
+
+
+def test_flip_mean_is_exactly_equivariant_to_every_axis_flip() -> None:
+    """8 flips: the mean over the group of axis flips commutes with each of them.
+
+    An odd-sized volume, so that the UNet's end padding breaks the plain network's equivariance.
+    """
+    torch.manual_seed(5)
+    plain = Denoiser(UNetConfig(base_width=8))
+    _randomise_film(plain)
+    ens = Denoiser(UNetConfig(base_width=8, flips=8))
+    ens.load_state_dict(plain.state_dict())  # the same weights: flips adds no parameters
+    a = _alpha((5, 12, 10, 9), seed=9)
+    with torch.no_grad():
+        for axes in AXIS_FLIPS[1:]:
+            ref = ens(a, 2).flip(axes)
+            torch.testing.assert_close(ens(a.flip(axes), 2), ref, rtol=1e-4, atol=1e-4)
+        assert float((plain(a.flip((-3,)), 2) - plain(a, 2).flip((-3,))).abs().max()) > 1e-3
+
+
+def test_flip_mean_is_the_mean_of_the_flipped_passes() -> None:
+    """Oracle: 2 flips = mean of the network on the volume and on its xyz flip, flipped back."""
+    torch.manual_seed(6)
+    plain = Denoiser(UNetConfig(base_width=8))
+    _randomise_film(plain)
+    two = Denoiser(UNetConfig(base_width=8, flips=2))
+    two.load_state_dict(plain.state_dict())
+    a = _alpha((2, 5, 8, 12, 8), seed=10)  # a batch
+    with torch.no_grad():
+        ref = 0.5 * (plain(a, 3) + plain(a.flip((-3, -2, -1)), 3).flip((-3, -2, -1)))
+        torch.testing.assert_close(two(a, 3), ref, rtol=1e-4, atol=1e-4)
+        assert float((two(a, 3) - plain(a, 3)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(("dim", "flips"), [(3, 3), (3, 0), (3, 16), (2, 2)])
+def test_bad_flips_are_refused(dim: int, flips: int) -> None:
+    with pytest.raises(InputError, match="flips"):
+        UNetConfig(dim=dim, flips=flips)  # type: ignore[arg-type]

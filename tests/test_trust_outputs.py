@@ -309,15 +309,13 @@ def test_every_numeric_config_field_has_a_range() -> None:
     import typing
 
     from spurig_core.config import RANGES
-    from spurig_core.operators.encoding import EncodingConfig
-    from spurig_core.operators.igrog import GriddingConfig
-    from spurig_core.recon.llr import LLRConfig
+    from spurig_core.overrides import recon_tables
     from spurig_core.training.recipe import RecipeConfig
     from spurig_core.training.redraw import RedrawConfig
     from spurig_core.training.stages import STAGES
 
     seen: dict[str, type] = {}
-    todo: list[type] = [GriddingConfig, EncodingConfig, LLRConfig, *STAGES.values()]
+    todo: list[type] = [*recon_tables().values(), *STAGES.values()]
     todo += [RecipeConfig, RedrawConfig]
     missing = []
     while todo:

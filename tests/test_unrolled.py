@@ -75,8 +75,9 @@ def _zero_denoiser(model: UnrolledRecon) -> None:
 
 
 def tiny_cfg(**kw: object) -> UnrollConfig:
-    net = UNetConfig(base_width=8, **{k: v for k, v in kw.items() if k in ("dim", "conditioned")})
-    rest = {k: v for k, v in kw.items() if k not in ("dim", "conditioned")}
+    net_keys = ("dim", "conditioned", "flips")
+    net = UNetConfig(base_width=8, **{k: v for k, v in kw.items() if k in net_keys})
+    rest = {k: v for k, v in kw.items() if k not in net_keys}
     return UnrollConfig(network=net, **rest)  # type: ignore[arg-type]
 
 
@@ -270,6 +271,39 @@ def test_load_model_round_trip(tmp_path) -> None:
         torch.testing.assert_close(
             loaded(op, ahb, ahb, lipschitz=1.0), model(op, ahb, ahb, lipschitz=1.0)
         )
+
+
+def test_flip_averaging_travels_with_the_model_file(tmp_path) -> None:
+    """A file saved with ``flips = 2`` reconstructs with it.
+
+    One without the key (the files before session 24) loads as the plain network; an unknown
+    count is refused by name.
+    """
+    torch.manual_seed(1)
+    seq = FispSequence(np.linspace(5, 60, 6).astype(np.float32))
+    basis = torch.randn(6, 5, dtype=torch.complex64)
+    model = UnrolledRecon(tiny_cfg(steps=2, share_weights=False, flips=2))
+    for d in model.denoisers:  # a trained-like head, so that the flips change the output
+        torch.nn.init.normal_(d.unet.out.weight, std=0.2)
+    path = _save(tmp_path, model, seq, basis)
+    loaded, meta = load_model(path, basis=basis, sequence=seq)
+    assert meta["config"].network.flips == 2
+    op, _, b = make_problem(n=8)
+    ahb = op.adjoint(b)
+    with torch.no_grad():
+        out = loaded(op, ahb, ahb, lipschitz=1.0)
+        torch.testing.assert_close(out, model(op, ahb, ahb, lipschitz=1.0))
+    state = torch.load(path, weights_only=True)
+    del state["config"]["network"]["flips"]
+    torch.save(state, tmp_path / "old.pt")
+    old, old_meta = load_model(tmp_path / "old.pt", basis=basis, sequence=seq)
+    assert old_meta["config"].network.flips == 1
+    with torch.no_grad():
+        assert float((old(op, ahb, ahb, lipschitz=1.0) - out).abs().max()) > 1e-4
+    state["config"]["network"]["flips"] = 3
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="flips"):
+        load_model(tmp_path / "bad.pt", basis=basis, sequence=seq)
 
 
 def test_load_model_rejects_what_does_not_fit(tmp_path) -> None:

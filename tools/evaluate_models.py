@@ -81,7 +81,7 @@ def _gridded(
 
 
 def _overrides(path: str) -> dict[str, Any] | None:
-    """Read the ``llr`` and ``encoding`` tables of ``--config``, checked before any work.
+    """Read the ``llr``, ``encoding`` and ``denoiser`` tables of ``--config``, checked first.
 
     A ``gridding`` table may set ``grid_oversampling`` only (the grid of every method, e.g. LLR
     on the models' 1.5× grid under its own ``--label``): the kernel settings are cached per subject

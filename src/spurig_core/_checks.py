@@ -185,18 +185,14 @@ def _opt_int(value: Any, name: str, *, none: bool = True) -> None:
 
 def _recon_config(config: Any) -> None:
     from .config import check_tables
-    from .operators.encoding import EncodingConfig
-    from .operators.igrog import GriddingConfig
-    from .recon.llr import LLRConfig
+    from .overrides import recon_tables
 
     if config is None:
         return
+    tables = recon_tables()
     if not isinstance(config, dict):
-        raise InputError(
-            "config: expected a dict of tables ('gridding', 'encoding', 'llr'), got "
-            f"{_type(config)}"
-        )
-    tables = {"gridding": GriddingConfig, "encoding": EncodingConfig, "llr": LLRConfig}
+        names = ", ".join(repr(t) for t in tables)
+        raise InputError(f"config: expected a dict of tables ({names}), got {_type(config)}")
     check_tables(config, tables, where="config")
 
 

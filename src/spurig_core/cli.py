@@ -79,6 +79,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"spurig: error: {message}\n")
 
 
+_RECON_CONFIG_HELP = "TOML with [gridding], [encoding], [llr] and [denoiser] tables"
+
+
 def _add_overwrite(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--overwrite",
@@ -158,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=None, metavar="CKPT")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     s.add_argument("--save-iterations", action="store_true")
-    s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
+    s.add_argument("--config", type=Path, default=None, help=_RECON_CONFIG_HELP)
     s.add_argument(
         "--on-bad-gridding",
         choices=("warn", "fallback", "error"),
@@ -196,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", type=Path, metavar="OUT")
     s.add_argument("--methods", default="spurig,dc-only,llr,adjoint")
     s.add_argument("--durations", default=",".join(MODEL_DURATIONS))
-    s.add_argument("--config", type=Path, default=None, help="TOML with [gridding]/[llr] tables")
+    s.add_argument("--config", type=Path, default=None, help=_RECON_CONFIG_HELP)
     s.add_argument("--no-match", action="store_true", help="skip dictionary matching (T1/T2/PD)")
     _add_overwrite(s)
     _add_cluster(s)

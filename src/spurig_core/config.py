@@ -97,6 +97,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "dc_steps": ">= 1",
         "lambda_init": "> 0",
     },
+    "DenoiserOverrides": {"flips": (0, 1, 2, 4, 8)},
     "UNetConfig": {
         "basis": ">= 1",
         "base_width": ">= 1",
@@ -105,6 +106,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "se_reduction": ">= 1",
         "embed_dim": ">= 2",
         "slice_chunk": ">= 1",
+        "flips": (1, 2, 4, 8),
     },
     "AugmentConfig": {
         "max_rotation_deg": "[0, 180]",
@@ -156,6 +158,7 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "maps_weights": ">= 0",
         "maps_sharpness": "(0, 1)",
         "maps_atoms": ">= 2",
+        "maps_boundary_weight": "[1, 100]",
         "seed": ">= 0",
         "max_train": ">= 0",
         "max_val": ">= 0",

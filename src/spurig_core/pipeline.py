@@ -233,7 +233,12 @@ def reconstruct(
     loaded = None  # the model is read once, and checked before any gridding work
     if entry.needs_model:
         loaded = load_method_model(
-            model, method=entry.name, duration=named, basis=basis, sequence=scan.sequence
+            model,
+            method=entry.name,
+            duration=named,
+            basis=basis,
+            sequence=scan.sequence,
+            flips=int(config.get("denoiser", {}).get("flips", 0)),
         )
         _domain_warning(loaded, scan, named, n_groups)
     maps = coil_maps(scan, dev, callback)

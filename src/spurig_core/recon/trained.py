@@ -42,6 +42,7 @@ __all__ = [
     "resolve_model",
     "run_model",
     "run_network",
+    "set_flips",
     "shipped_models",
 ]
 
@@ -199,6 +200,7 @@ def load_method_model(
     duration: str,
     basis: torch.Tensor | None = None,
     sequence: Any = None,
+    flips: int = 0,
 ) -> LoadedModel:
     """Read the model of ``method`` once, before any gridding work, and check it fits the scan.
 
@@ -214,17 +216,24 @@ def load_method_model(
         The scan's basis (a model of another basis shape is refused).
     sequence : Sequence, optional
         The scan's sequence (another one sets ``meta["warning"]``).
+    flips : int
+        Run the denoisers averaged over this many axis flips (``[denoiser] flips``,
+        :func:`set_flips`); ``0``: the file's own setting.
 
     Raises
     ------
     InputError
-        As :func:`resolve_model`, and for a basis of another shape.
+        As :func:`resolve_model`, for a basis of another shape, and for ``flips`` that the
+        network cannot take (not 1, 2, 4 or 8; anything but 1 for a 2D model).
     """
     from .unrolled_io import check_model_fits, load_model
 
     family = _family(method)
     p = _model_path(model, family, duration)
     network, meta = load_model(p, method=family)
+    if flips:
+        set_flips(network, flips)
+        meta["config"] = network.cfg
     meta["warning"] = check_model_fits(meta, basis=basis, sequence=sequence, where=str(p))
     encoding = dict(meta["encoding"])  # load_model reports it: the file is read once
     from ..operators.igrog import data_fields
@@ -374,3 +383,29 @@ def run_model(term: Any, ctx: Any) -> Any:
     MethodOutput
     """
     return run_network(ctx.model.network, term, ctx, ctx.model)
+
+
+def set_flips(network: Any, flips: int) -> None:
+    """Make every denoiser of ``network`` average its output over ``flips`` axis flips.
+
+    Parameters
+    ----------
+    network : UnrolledRecon
+        Changed in place (its ``cfg`` and each denoiser's; no weights change).
+    flips : int
+        1, 2, 4 or 8 (:attr:`~.networks.UNetConfig.flips`); 1 for a 2D (hybrid) model.
+
+    Raises
+    ------
+    InputError
+        For a count the network cannot take, naming the allowed ones.
+    """
+    from dataclasses import replace
+
+    try:
+        net_cfg = replace(network.cfg.network, flips=flips)
+    except InputError as exc:
+        raise InputError(f"[denoiser] {exc}") from None
+    network.cfg = replace(network.cfg, network=net_cfg)
+    for d in network.denoisers:
+        d.cfg = net_cfg
