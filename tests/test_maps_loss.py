@@ -116,6 +116,42 @@ def test_refusals(setup) -> None:  # type: ignore[no-untyped-def]
         loss.targets(target, torch.zeros_like(r.tissue), r.t1_ms, r.t2_ms, None)
 
 
+def test_boundary_weight_reweights_the_mean_over_the_tissue_boundaries(setup) -> None:  # type: ignore[no-untyped-def]
+    """Oracle: the weighted mean of the plain loss's per-voxel errors.
+
+    The boundary voxels are those with a 6-neighbour of another label (numpy, edges replicated).
+    """
+    import numpy as np
+
+    loss, tg, target, scan = setup
+    basis = scan_basis(scan, torch.device("cpu"))
+    heavy = MatchedMapsLoss(basis, scan.sequence, atoms=16, boundary_weight=4.0)
+    r = scan.reference
+    tw = heavy.targets(target, r.tissue, r.t1_ms, r.t2_ms, scan.b1)
+    assert tg.weight is None and tw.weight is not None
+    tis = r.tissue.numpy()
+    pad = np.pad(tis, 1, mode="edge")
+    edge = np.zeros(tis.shape, bool)
+    for ax in range(3):
+        for sh in (-1, 1):
+            edge |= np.roll(pad, sh, axis=ax)[1:-1, 1:-1, 1:-1] != tis
+    edge &= tg.mask.numpy()
+    assert 0 < edge.sum() < tg.mask.sum()
+    np.testing.assert_array_equal(tw.weight.numpy(), np.where(edge, 4.0, 1.0))
+    x = _noisy(target, 0.03, seed=4)
+    lt1, _ = loss.soft_maps(x, tg)
+    d1 = (lt1 - tg.log_t1[tg.mask]).abs().numpy()
+    w = np.where(edge[tg.mask.numpy()], 4.0, 1.0)
+    e1, _ = heavy(x, tw)
+    assert float(e1) == pytest.approx(float((w * d1).sum() / w.sum()), rel=1e-5)
+    assert float(e1) != pytest.approx(float(loss(x, tg)[0]), rel=1e-3)
+    moved = tw.transformed(lambda t: cube_symmetry(t, (1, 2, 0), (1,)))
+    assert float(heavy(cube_symmetry(x, (1, 2, 0), (1,)), moved)[0]) == pytest.approx(float(e1))
+    for bad in (0.5, 101.0, math.nan):
+        with pytest.raises(InputError, match="maps_boundary_weight"):
+            MatchedMapsLoss(basis, scan.sequence, boundary_weight=bad)
+
+
 def test_recipe_adds_the_maps_term_and_records_it(
     cohort: Path,  # noqa: F811
     scan16: Path,  # noqa: F811

@@ -247,6 +247,9 @@ class RecipeConfig:
     maps_sharpness : float
         ``σ`` of the soft matching as a fraction of the median GM/WM target norm, in (0, 1)
         (0.01: ≈ 6 atoms share the weight of a 30-s output's voxel).
+    maps_boundary_weight : float
+        Weight of the tissue-boundary voxels (a 6-neighbour of another label) in the maps term,
+        relative to the others (1: the evaluation's plain mean over GM and WM).
     maps_atoms : int
         Atoms per voxel in the soft matching (the hard match and its nearest grid neighbours).
     train_scans : str
@@ -292,6 +295,7 @@ class RecipeConfig:
     maps_weights: tuple[float, float] = (0.0, 0.0)
     maps_sharpness: float = 0.01
     maps_atoms: int = 32
+    maps_boundary_weight: float = 1.0
     train_scans: str = ""
     fresh_noise: bool = True
     symmetries: bool = True
@@ -328,6 +332,10 @@ class RecipeConfig:
             raise InputError(f"maps_sharpness: {self.maps_sharpness} is not in (0, 1)")
         if self.maps_atoms < 2:
             raise InputError(f"maps_atoms: {self.maps_atoms} is below 2")
+        if not 1.0 <= self.maps_boundary_weight <= 100.0:
+            raise InputError(
+                f"maps_boundary_weight: {self.maps_boundary_weight} is not in [1, 100]"
+            )
         if self.select != "psnr" and not self.val_scans:
             raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
 

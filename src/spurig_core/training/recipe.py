@@ -170,7 +170,11 @@ class RecipeTrainer:
             return None
         if self.maps_loss is None:
             self.maps_loss = MatchedMapsLoss(
-                ex.basis, ex.sequence, atoms=cfg.maps_atoms, sharpness=cfg.maps_sharpness
+                ex.basis,
+                ex.sequence,
+                atoms=cfg.maps_atoms,
+                sharpness=cfg.maps_sharpness,
+                boundary_weight=cfg.maps_boundary_weight,
             )
         ref = load_maps_reference(cfg.train_scans, ex.name)
         r = ref.reference
