@@ -1,0 +1,36 @@
+"""tools/t1_by_boundary.py: the boundary classes of the T1 analysis (issue 13, session 24)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+_spec = importlib.util.spec_from_file_location(
+    "t1_by_boundary", Path(__file__).resolve().parents[1] / "tools" / "t1_by_boundary.py"
+)
+assert _spec is not None and _spec.loader is not None
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+
+def test_classes_partition_gm_and_wm_by_their_neighbours() -> None:
+    """Oracle by hand: GM in x < 4, WM in x ≥ 4, one CSF voxel inside the GM, scalp at z = 0."""
+    tis = np.full((8, 6, 6), 2, dtype=np.int64)
+    tis[4:] = 3
+    tis[1, 3, 3] = 1
+    tis[:, :, 0] = 4
+    t1 = np.where(np.isin(tis, (2, 3)), 1000.0, 0.0)
+    m = tool.boundary_classes(tis, t1)
+    assert set(m) == set(tool.CLASSES)
+    stack = np.stack([m[c] for c in tool.CLASSES])
+    assert (stack.sum(0) == np.isin(tis, (2, 3))).all()  # every GM/WM voxel exactly once
+    assert m["GM next to CSF"][0, 3, 3] and m["GM next to CSF"][1, 3, 4]
+    assert m["GM next to CSF"].sum() == 6  # the CSF voxel's six neighbours
+    assert m["GM next to other"][2, 2, 1] and m["WM next to other"][6, 2, 1]
+    assert m["GM next to WM"][3, 2, 2] and m["WM next to GM"][4, 2, 2]
+    assert not m["GM next to WM"][2, 2, 2] and m["GM interior"][2, 2, 2]
+    assert m["WM interior"][6, 2, 2] and not m["WM interior"][4, 2, 2]
+    # replicated edges: the volume's border is not a boundary
+    assert m["WM interior"][7, 5, 5]
