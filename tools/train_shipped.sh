@@ -8,7 +8,7 @@
 # train those too: CONFIGS=configs/cpu48v3 DURATIONS="2min 30s" tools/train_cpu48_v2.sh, then ship.
 # Data first (resumable):
 #   spurig simulate-cohort data/cohort48 --subjects 24 --split 18/2/4 --matrix 48 --groups 16 --seed 2000
-#   for i in $(seq 24 53); do    # 30 more training subjects, numbered and seeded as the cohort's
+#   for i in $(seq 24 77); do    # 54 more training subjects, numbered and seeded as the cohort's
 #     spurig simulate data/cohort48/train/subj0$i.h5 --matrix 48 --groups 16 --seed $((2000 + i))
 #   done
 #   python tools/prepare_redraw.py data/cohort48 data/prepared48v2 --config configs/cpu48v2/prepare.toml
@@ -96,4 +96,16 @@ shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 30s
 for arm in X2 X4 X7 X9; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
 if [ "${WITH_S23:-0}" = 1 ]; then
   for arm in X1 X3 X10; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
+fi
+# spurig-30s since session 24 (issue 13; RESULTS-models): X9 continued on 72 training subjects
+# (subj054-077 as in the header; X11 ran while they were prepared into data/prepared48v10 and took
+# them in as they came), then X12 and X13 on all 72.  Ship with
+#   python tools/ship_recipe.py runs/cpu48v11/arm-X13-30s configs/cpu48v11/arm-X13-30s.toml --pack \
+#       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-30s.pt
+for arm in X11 X12 X13; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
+# Side arms of session 24 (not shipped): X14 (X13 continued), X14e (boundary voxels x3 in the maps
+# term), X14f (trained through 2 flips), X13f (2 flips, no updates), Z0 (two DC-only steps), Y-15s
+# (the 15-s network with the maps term; data/prepared48v6 with all 48 of subj000-017, subj024-053).
+if [ "${WITH_S24:-0}" = 1 ]; then
+  for arm in X14-30s X14e-30s X14f-30s X13f-30s Z0-30s Y-15s; do run "configs/cpu48v11/arm-$arm.toml"; done
 fi
