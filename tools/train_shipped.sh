@@ -104,8 +104,9 @@ fi
 #       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-30s.pt
 for arm in X11 X12 X13; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
 # Side arms of session 24 (not shipped): X14 (X13 continued), X14e (boundary voxels x3 in the maps
-# term), X14f (trained through 2 flips), X13f (2 flips, no updates), Z0 (two DC-only steps), Y-15s
+# term), X14f (trained through 2 flips), X13f (2 flips, no updates), Z0 (two DC-only steps), S2 (two
+# more learned steps), Y-15s
 # (the 15-s network with the maps term; data/prepared48v6 with all 48 of subj000-017, subj024-053).
 if [ "${WITH_S24:-0}" = 1 ]; then
-  for arm in X14-30s X14e-30s X14f-30s X13f-30s Z0-30s Y-15s; do run "configs/cpu48v11/arm-$arm.toml"; done
+  for arm in X14-30s X14e-30s X14f-30s X13f-30s Z0-30s S2-30s Y-15s; do run "configs/cpu48v11/arm-$arm.toml"; done
 fi
