@@ -229,8 +229,7 @@ def card(
         *(
             [
                 f"- Each denoiser's output is averaged over {net['flips']} axis flips of its input "
-                f"(`UNetConfig.flips`: {net['flips']} UNet passes a step; 2 flips: +0.37 dB at "
-                "every duration on the test subjects, session 24)."
+                f"(`UNetConfig.flips`: {net['flips']} UNet passes a step)."
             ]
             if int(net.get("flips", 1)) > 1
             else []

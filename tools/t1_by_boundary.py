@@ -24,6 +24,7 @@ import torch
 from spurig_core.errors import InputError
 from spurig_core.io import load_result, load_scan
 from spurig_core.matching import match_maps
+from spurig_core.metrics import neighbour_labels
 
 GM, WM, CSF = 2, 3, 1
 CLASSES = ("GM interior", "GM next to WM", "GM next to CSF", "GM next to other")
@@ -32,13 +33,9 @@ CLASSES += ("WM interior", "WM next to GM", "WM next to CSF", "WM next to other"
 
 def boundary_classes(tissue: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray]:
     """Return a boolean mask (x, y, z) per class of :data:`CLASSES` (edges replicated)."""
-    pad = np.pad(tissue, 1, mode="edge")
-    near = {lab: np.zeros(tissue.shape, bool) for lab in range(5)}
-    for ax in range(3):
-        for sh in (-1, 1):
-            r = np.roll(pad, sh, axis=ax)[1:-1, 1:-1, 1:-1]
-            for lab in near:
-                near[lab] |= r == lab
+    found = neighbour_labels(torch.from_numpy(tissue))
+    none = np.zeros(tissue.shape, bool)
+    near = {lab: found[lab].numpy() if lab in found else none for lab in range(5)}
     out = {}
     for lab, name, other in ((GM, "GM", WM), (WM, "WM", GM)):
         base = (tissue == lab) & (t1 > 0)

@@ -49,6 +49,7 @@ __all__ = [
     "coefficient_metrics",
     "evaluate",
     "format_metrics",
+    "neighbour_labels",
     "psnr",
     "quantitative_errors",
     "reference_coefficients",
@@ -87,6 +88,29 @@ def brain_slices(tissue: Any, *, labels: Sequence[int] = BRAIN_LABELS) -> np.nda
         raise InputError(f"tissue: expected shape (x, y, z), got {t.shape}")
     has = np.isin(t, np.asarray(labels)).any(axis=(0, 1))
     return np.flatnonzero(has).astype(np.int64)
+
+
+def neighbour_labels(tissue: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Return, per label of ``tissue``, the voxels with a 6-neighbour of that label.
+
+    Parameters
+    ----------
+    tissue : Tensor, shape (x, y, z), integer labels (SPEC §3)
+        The volume's edges are replicated, so its border is no boundary.
+
+    Returns
+    -------
+    dict of int to Tensor, shape (x, y, z), bool
+        One entry per label present.
+    """
+    t = tissue.long()
+    idx = [torch.arange(-1, n + 1).clamp(0, n - 1) for n in t.shape]
+    p = t[idx[0]][:, idx[1]][:, :, idx[2]]  # padded by one voxel, edges replicated
+    nx, ny, nz = t.shape
+    shifted = [p[lo : lo + nx, 1 : 1 + ny, 1 : 1 + nz] for lo in (0, 2)]
+    shifted += [p[1 : 1 + nx, lo : lo + ny, 1 : 1 + nz] for lo in (0, 2)]
+    shifted += [p[1 : 1 + nx, 1 : 1 + ny, lo : lo + nz] for lo in (0, 2)]
+    return {int(lab): torch.stack([s == lab for s in shifted]).any(0) for lab in torch.unique(t)}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

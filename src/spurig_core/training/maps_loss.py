@@ -31,6 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..matching import _best_atoms, _dictionary_for, _hermitian_features
+from ..metrics import neighbour_labels
 from ..physics import Dictionary, DictionaryGrid
 from .losses import QUANT_TISSUES
 
@@ -168,7 +169,9 @@ class MatchedMapsLoss:
         norm = torch.linalg.vector_norm(target, dim=0)[mask]
         weight = None
         if self.boundary_weight != 1.0:
-            weight = 1.0 + (self.boundary_weight - 1.0) * (mask & _borders(tissue)).float()
+            near = neighbour_labels(tissue)
+            border = torch.stack([v & (tissue.long() != lab) for lab, v in near.items()]).any(0)
+            weight = 1.0 + (self.boundary_weight - 1.0) * (mask & border).float()
         return MapsTargets(
             mask=mask,
             log_t1=torch.where(mask, t1.clamp_min(1e-6).log(), 0.0),
@@ -240,18 +243,3 @@ class MatchedMapsLoss:
             return d1.mean(), d2.mean()
         w = targets.weight[targets.mask]
         return (w * d1).sum() / w.sum(), (w * d2).sum() / w.sum()
-
-
-def _borders(tissue: torch.Tensor) -> torch.Tensor:
-    """Voxels of ``tissue`` (x, y, z) with a 6-neighbour of another label (edges replicated)."""
-    t = tissue.long()
-    pad = torch.nn.functional.pad(t[None, None].float(), (1, 1, 1, 1, 1, 1), mode="replicate")
-    p = pad[0, 0].long()
-    n = t.shape
-    out = torch.zeros(n, dtype=torch.bool)
-    for ax in range(3):
-        for lo in (0, 2):
-            sl = [slice(1, 1 + n[0]), slice(1, 1 + n[1]), slice(1, 1 + n[2])]
-            sl[ax] = slice(lo, lo + n[ax])
-            out |= p[tuple(sl)] != t
-    return out
