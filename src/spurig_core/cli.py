@@ -541,6 +541,14 @@ def _interrupted(exc: KeyboardInterrupt, progress: _Progress) -> int:
 _ALLOCATION_FAILED = re.compile(r"can't allocate memory|out of memory|not enough memory", re.I)
 
 
+def _leave_now(status: int) -> None:
+    """Flush the standard streams and end the process without Python's or C++'s exit handlers."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spurig`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -554,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"spurig: error: {msg}", file=sys.stderr)
+        if exc.abandon_process:
+            _leave_now(2)
         return 2
     except MemoryError:
         progress.close()

@@ -12,7 +12,19 @@ __all__ = ["Cancelled", "InputError", "NotAvailableError", "SpurigError"]
 
 
 class SpurigError(Exception):
-    """Base class of every error spurig raises on purpose."""
+    """Base class of every error spurig raises on purpose.
+
+    Attributes
+    ----------
+    abandon_process : bool
+        True where the process cannot shut down cleanly after the error (a distributed run whose
+        peers are gone: the collective library's threads abort the interpreter's exit with a
+        second message).  The command line then leaves without running exit handlers, once its
+        one line is printed and its streams flushed; outputs are already complete or absent
+        (every write is atomic).
+    """
+
+    abandon_process = False
 
 
 class InputError(SpurigError, ValueError):

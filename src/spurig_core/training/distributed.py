@@ -70,7 +70,14 @@ _LOST = re.compile(
 
 
 class TrainingStopped(SpurigError):
-    """A distributed run stopped because a process failed or ``torchrun`` ended it."""
+    """A distributed run stopped because a process failed or ``torchrun`` ended it.
+
+    The process group's transport threads may still hold a dead peer's connection; their
+    destructors then call ``std::terminate`` at exit ("terminate called without an active
+    exception"), so the command line leaves at once after its one line.
+    """
+
+    abandon_process = True
 
 
 class _Terminated(BaseException):
