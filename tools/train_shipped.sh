@@ -110,3 +110,9 @@ for arm in X11 X12 X13; do run "configs/cpu48v11/arm-$arm-30s.toml"; done
 if [ "${WITH_S24:-0}" = 1 ]; then
   for arm in X14-30s X14e-30s X14f-30s X13f-30s Z0-30s S2-30s Y-15s; do run "configs/cpu48v11/arm-$arm.toml"; done
 fi
+# Session 25 (not shipped): arm G2, the shipped 30-s file (X13) continued on the 72 training subjects
+# gridded on LLR's 2x grid.  Data (about 48 s a subject on one core):
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v12 --config configs/cpu48v12/prepare-30s-os2.toml --splits val,train
+# Eight more held-out test subjects for the evaluation (RESULTS-models, session 25; no config reads them):
+#   for i in $(seq 78 85); do spurig simulate data/test48b/subj0$i.h5 --matrix 48 --groups 16 --seed $((2000 + i)); done
+if [ "${WITH_S25:-0}" = 1 ]; then run configs/cpu48v12/arm-G2-30s.toml; fi
