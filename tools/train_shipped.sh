@@ -61,6 +61,12 @@ for d in 2min 1min 30s; do run "configs/cpu48v8/arm-R-$d.toml"; done
 #       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-1min.pt
 shipped 74cefc8 runs/cpu48v8/shipped-74cefc8 1min   # the 4-step file as shipped in session 19
 run configs/cpu48v9/arm-R3-1min.toml
+# The 1-min file since session 25 (issue 13; RESULTS-models): arm M2, the file of session 20 (arm R3)
+# continued with the 30-s file's loss (soft-matched T1/T2 term).  Ship with
+#   python tools/ship_recipe.py runs/cpu48v12/arm-M2-1min configs/cpu48v12/arm-M2-1min.toml --pack \
+#       --pack-base runs/cpu48v7/shipped-349fd2e/spurig-1min.pt
+shipped 47418ad runs/cpu48v9/shipped-47418ad 1min   # arm R3 as shipped in sessions 20-24
+run configs/cpu48v12/arm-M2-1min.toml
 # Not shipped (issue 13, session 21; RESULTS-models): the 4-step 30-s file trained end to end at 15 s
 # (arm R-15s; spurig recon at 15 s uses spurig-30s.pt, pass --model runs/cpu48v10/arm-R-15s/model.pt),
 # and two tries at the 30-s T1 (arm R3-30s: fingerprint weight 10; arm S: 6 unrolled steps).  Data:
