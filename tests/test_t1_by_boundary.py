@@ -34,3 +34,28 @@ def test_classes_partition_gm_and_wm_by_their_neighbours() -> None:
     assert m["WM interior"][6, 2, 2] and not m["WM interior"][4, 2, 2]
     # replicated edges: the volume's border is not a boundary
     assert m["WM interior"][7, 5, 5]
+
+
+def test_noise_free_row_is_near_zero_and_a_wrong_seed_is_refused(tmp_path, capsys) -> None:
+    """Round trip: a scan's own seed reproduces its reference, so the noise-free row is near zero.
+
+    The scan's reference is the dictionary fit of each mixed voxel's noise-free signal, so the
+    row's T1 error is only the dictionary grid's; another seed, or a seed count that is not one per
+    scan, exits 2 with one line.
+    """
+    from spurig_core.io import write_scan
+    from spurig_core.simulation import SimulationConfig, simulate_scan
+
+    cfg = SimulationConfig(matrix=16, coils=2, groups=1)
+    write_scan(simulate_scan(cfg, seed=3), tmp_path / "s.h5")
+    assert tool.main([str(tmp_path), str(tmp_path), "--seeds", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = [ln for ln in out if ln.startswith(f"| {tool.NOISE_FREE}")]
+    assert len(row) == 1
+    assert float(row[0].rstrip(" |").split("|")[-1]) < 2.0  # % T1 over GM and WM
+    assert tool.main([str(tmp_path), str(tmp_path), "--seeds", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed 4 does not reproduce" in err[0]
+    assert tool.main([str(tmp_path), str(tmp_path), "--seeds", "3,4"]) == 2
+    assert "one per scan" in capsys.readouterr().err
+    assert tool.main([str(tmp_path), str(tmp_path)]) == 2

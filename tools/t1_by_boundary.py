@@ -10,6 +10,15 @@ interior (every 6-neighbour of the same label), next to CSF, next to background 
 in that order of precedence (CSF, then other, then GM/WM).  Prints a markdown table with each
 class's share of the voxels; the last column is the error over all of them (pooled over the
 scans, so within ≈ 0.01 point of the evaluation's mean of per-scan errors).
+
+``--seeds S1,S2,…`` (one per scan, in the sorted order of TEST_DIR, as ``spurig simulate --seed``)
+adds the row "noise-free partial-volume coefficients": each scan's subject re-simulated from its
+seed (default :class:`~spurig_core.simulation.SimulationConfig` at the scan's matrix, as the
+cohort's scans), its true time series projected on the subspace, no noise, no undersampling —
+what a data-faithful reconstruction tends to as the data grow.  Its error is the floor that the
+partial volume leaves at the interfaces against the scans' reference (the dictionary fit of each
+mixed voxel's noise-free signal, ``simulation.scan.effective_reference``).  A seed whose subject
+does not reproduce the scan's tissue labels is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +35,14 @@ from spurig_core.errors import InputError
 from spurig_core.io import load_result, load_scan
 from spurig_core.matching import match_maps
 from spurig_core.metrics import neighbour_labels
+from spurig_core.physics import default_basis
+from spurig_core.simulation import SimulationConfig
+from spurig_core.simulation.phantom import brain_subject
+from spurig_core.simulation.scan import scan_seeds
+from spurig_core.simulation.signals import signal_subspace
+
+#: Row name of the re-simulated, noise-free coefficients (``--seeds``).
+NOISE_FREE = "noise-free partial-volume coefficients"
 
 GM, WM, CSF = 2, 3, 1
 CLASSES = ("GM interior", "GM next to WM", "GM next to CSF", "GM next to other")
@@ -49,11 +67,46 @@ def boundary_classes(tissue: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
+def noise_free_t1(scan: Any, seed: int) -> np.ndarray:
+    """Return the matched T1 (ms, (x, y, z)) of the noise-free coefficients of a scan's subject.
+
+    Raises
+    ------
+    InputError
+        When the subject of ``seed`` does not have the scan's tissue labels.
+    """
+    ref = scan.reference
+    cfg = SimulationConfig(matrix=int(ref.tissue.shape[0]))
+    subject = brain_subject(cfg.matrix, seed=scan_seeds(seed)[0], config=cfg.phantom_config)
+    if not np.array_equal(subject.tissue, ref.tissue.numpy()):
+        raise InputError(
+            f"{scan.path}: seed {seed} does not reproduce its subject (other tissue labels); "
+            "give the seeds of the scans in TEST_DIR's sorted order"
+        )
+    images, basis, _ = signal_subspace(subject, scan.sequence, cfg)
+    phi = default_basis(scan.sequence)
+    coef = torch.einsum("tk,tj,jxyz->kxyz", phi.conj(), basis.to(phi.dtype), images.to(phi.dtype))
+    m = match_maps(coef.to(torch.complex64), phi, b1=scan.b1, sequence=scan.sequence)
+    return m.t1_ms.numpy()
+
+
+def _seeds(text: str, scans: int) -> list[int]:
+    """Parse ``--seeds`` (comma-separated integers, one per scan)."""
+    try:
+        seeds = [int(v) for v in text.split(",")] if text else []
+    except ValueError:
+        raise InputError(f"--seeds: expected integers like 2020,2021, got {text!r}") from None
+    if seeds and len(seeds) != scans:
+        raise InputError(f"--seeds: {len(seeds)} seeds for {scans} scans; give one per scan")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("test_dir", type=Path)
     p.add_argument("eval_dir", type=Path)
-    p.add_argument("stores", nargs="+")
+    p.add_argument("stores", nargs="*")
+    p.add_argument("--seeds", default="", help="the scans' simulation seeds (a noise-free row)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     names = [s.removesuffix(".zarr") for s in args.stores]
@@ -61,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not scans:
             raise InputError(f"{args.test_dir}: no *.h5 scans")
+        seeds = _seeds(args.seeds, len(scans))
+        if not names and not seeds:
+            raise InputError("give store names, --seeds, or both")
+        if seeds:
+            names.append(NOISE_FREE)
         err: dict[str, dict[str, list[np.ndarray]]] = {n: {c: [] for c in CLASSES} for n in names}
         count = dict.fromkeys(CLASSES, 0)
         for path in scans:
@@ -73,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             for c in CLASSES:
                 count[c] += int(masks[c].sum())
             for n in names:
-                r = load_result(args.eval_dir / path.stem / f"{n}.zarr")
-                m = match_maps(r.coefficients, r.basis, b1=scan.b1, sequence=scan.sequence)
-                e = np.abs(m.t1_ms.numpy() - t1) / np.where(t1 > 0, t1, 1.0)
+                if n == NOISE_FREE:
+                    t1_n = noise_free_t1(scan, seeds[scans.index(path)])
+                else:
+                    r = load_result(args.eval_dir / path.stem / f"{n}.zarr")
+                    m = match_maps(r.coefficients, r.basis, b1=scan.b1, sequence=scan.sequence)
+                    t1_n = m.t1_ms.numpy()
+                e = np.abs(t1_n - t1) / np.where(t1 > 0, t1, 1.0)
                 for c in CLASSES:
                     err[n][c].append(e[masks[c]])
     except InputError as exc:
