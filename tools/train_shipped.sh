@@ -123,7 +123,8 @@ fi
 #   for i in $(seq 78 85); do spurig simulate data/test48b/subj0$i.h5 --matrix 48 --groups 16 --seed $((2000 + i)); done
 if [ "${WITH_S25:-0}" = 1 ]; then run configs/cpu48v12/arm-G2-30s.toml; fi
 # Session 26 (not shipped): arms C1 and C2, the shipped 30-s file (X13) continued with the MoDL data
-# term (dc = "cg": 2 or 3 conjugate-gradient iterations per unrolled step, lambda from 0.5 L).
+# term (dc = "cg": 2 or 3 conjugate-gradient iterations per unrolled step, lambda from 0.5 L), and
+# C3, X13 continued with a sharper soft matching in the maps term (maps_sharpness 0.003).
 if [ "${WITH_S26:-0}" = 1 ]; then
-  for arm in C1 C2; do run "configs/cpu48v13/arm-$arm-30s.toml"; done
+  for arm in C1 C2 C3; do run "configs/cpu48v13/arm-$arm-30s.toml"; done
 fi

@@ -23,7 +23,10 @@ times ``exp(iφ)`` with a smooth phase ``φ``.  B1+ is a smooth, centre-bright f
 
 Reference maps (``reference/`` of SPEC §3): ``tissue`` is the label of the largest compartment where
 the compartments fill at least half the voxel (0 elsewhere); ``t1_ms``/``t2_ms`` are that dominant
-compartment's values (0 where ``tissue == 0``); ``pd = Σ_j f_j PD_j · exp(iφ)`` everywhere.
+compartment's values (0 where ``tissue == 0``); ``pd = Σ_j f_j PD_j · exp(iφ)`` everywhere.  A
+simulated scan stores :func:`~spurig_core.simulation.scan.effective_reference` instead, which keeps
+these values where the dominant compartment fills ≥ ``SimulationConfig.purity`` (0.95) of the
+voxel and gives every other (mixed) voxel the dictionary fit of its noise-free signal.
 """
 
 from __future__ import annotations
