@@ -59,3 +59,12 @@ def test_noise_free_row_is_near_zero_and_a_wrong_seed_is_refused(tmp_path, capsy
     assert tool.main([str(tmp_path), str(tmp_path), "--seeds", "3,4"]) == 2
     assert "one per scan" in capsys.readouterr().err
     assert tool.main([str(tmp_path), str(tmp_path)]) == 2
+
+
+def test_signed_cells_show_the_bias_and_the_mean_absolute_error() -> None:
+    """Oracle by hand: errors +10 % and −30 % give bias −10 % and mean absolute 20 %."""
+    e = np.array([0.1, -0.3])
+    assert tool._cell(e, signed=False) == "20.0"
+    assert tool._cell(e, signed=True) == "-10.0 / 20.0"
+    assert tool._cell(e, signed=True, digits=2) == "-10.00 / 20.00"
+    assert tool._cell(np.array([]), signed=True) == "–"

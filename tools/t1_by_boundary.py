@@ -9,7 +9,9 @@ interior (every 6-neighbour of the same label), next to CSF, next to background 
 (scalp, dura), next to the other of GM/WM.  A voxel with several kinds of neighbour counts once,
 in that order of precedence (CSF, then other, then GM/WM).  Prints a markdown table with each
 class's share of the voxels; the last column is the error over all of them (pooled over the
-scans, so within ≈ 0.01 point of the evaluation's mean of per-scan errors).
+scans, so within ≈ 0.01 point of the evaluation's mean of per-scan errors).  ``--signed`` prints
+each cell as "bias / mean abs": the mean of the signed error ``(T̂1 − T1)/T1`` too, whose sign
+says which way the voxels are pulled (e.g. GM toward WM's shorter T1 at their interface).
 
 ``--seeds S1,S2,…`` (one per scan, in the sorted order of TEST_DIR, as ``spurig simulate --seed``)
 adds the row "noise-free partial-volume coefficients": each scan's subject re-simulated from its
@@ -101,12 +103,23 @@ def _seeds(text: str, scans: int) -> list[int]:
     return seeds
 
 
+def _cell(err: np.ndarray, signed: bool, digits: int = 1) -> str:
+    """``mean |e|`` in % (``"bias / mean |e|"`` when ``signed``); ``–`` for no voxels."""
+    if not err.size:
+        return "–"
+    size = f"{100 * np.abs(err).mean():.{digits}f}"
+    return f"{100 * err.mean():+.{digits}f} / {size}" if signed else size
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("test_dir", type=Path)
     p.add_argument("eval_dir", type=Path)
     p.add_argument("stores", nargs="*")
     p.add_argument("--seeds", default="", help="the scans' simulation seeds (a noise-free row)")
+    p.add_argument(
+        "--signed", action="store_true", help="cells 'bias / mean abs': the signed error's mean too"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     names = [s.removesuffix(".zarr") for s in args.stores]
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = load_result(args.eval_dir / path.stem / f"{n}.zarr")
                     m = match_maps(r.coefficients, r.basis, b1=scan.b1, sequence=scan.sequence)
                     t1_n = m.t1_ms.numpy()
-                e = np.abs(t1_n - t1) / np.where(t1 > 0, t1, 1.0)
+                e = (t1_n - t1) / np.where(t1 > 0, t1, 1.0)
                 for c in CLASSES:
                     err[n][c].append(e[masks[c]])
     except InputError as exc:
@@ -152,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(CLASSES) + 2) + "|")
     for n in names:
         per = [np.concatenate(err[n][c]) for c in CLASSES]
-        cells = [f"{100 * v.mean():.1f}" if v.size else "–" for v in per]
-        print(f"| {n} | " + " | ".join(cells) + f" | {100 * np.concatenate(per).mean():.2f} |")
+        cells = [_cell(v, args.signed) for v in per]
+        allv = np.concatenate(per)
+        print(f"| {n} | " + " | ".join(cells) + f" | {_cell(allv, args.signed, 2)} |")
     return 0
 
 
