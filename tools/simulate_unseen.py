@@ -23,8 +23,8 @@ import numpy as np
 
 from spurig_core.errors import InputError
 from spurig_core.io import atomic_path, write_scan
-from spurig_core.simulation import SimulationConfig, scan_of_subject, scan_seeds
-from spurig_core.simulation.phantom import brain_subject
+from spurig_core.simulation import SimulationConfig, scan_of_subject
+from spurig_core.simulation.scan import subject_of_seed
 
 
 def _scales(text: str, name: str) -> np.ndarray:
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SimulationConfig(
             matrix=args.matrix, coils=args.coils, groups=args.groups, noise=args.noise
         )
-        s_subject = scan_seeds(args.seed)[0]
-        subj = brain_subject(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
+        subj = subject_of_seed(cfg, args.seed)
         subj = dataclasses.replace(
             subj,
             t1_ms=subj.t1_ms * t1s[:, None, None, None],

@@ -39,8 +39,7 @@ from spurig_core.matching import match_maps
 from spurig_core.metrics import neighbour_labels
 from spurig_core.physics import default_basis
 from spurig_core.simulation import SimulationConfig
-from spurig_core.simulation.phantom import brain_subject
-from spurig_core.simulation.scan import scan_seeds
+from spurig_core.simulation.scan import subject_of_seed, true_coefficients
 from spurig_core.simulation.signals import signal_subspace
 
 #: Row name of the re-simulated, noise-free coefficients (``--seeds``).
@@ -79,7 +78,7 @@ def noise_free_t1(scan: Any, seed: int) -> np.ndarray:
     """
     ref = scan.reference
     cfg = SimulationConfig(matrix=int(ref.tissue.shape[0]))
-    subject = brain_subject(cfg.matrix, seed=scan_seeds(seed)[0], config=cfg.phantom_config)
+    subject = subject_of_seed(cfg, seed)
     if not np.array_equal(subject.tissue, ref.tissue.numpy()):
         raise InputError(
             f"{scan.path}: seed {seed} does not reproduce its subject (other tissue labels); "
@@ -87,8 +86,8 @@ def noise_free_t1(scan: Any, seed: int) -> np.ndarray:
         )
     images, basis, _ = signal_subspace(subject, scan.sequence, cfg)
     phi = default_basis(scan.sequence)
-    coef = torch.einsum("tk,tj,jxyz->kxyz", phi.conj(), basis.to(phi.dtype), images.to(phi.dtype))
-    m = match_maps(coef.to(torch.complex64), phi, b1=scan.b1, sequence=scan.sequence)
+    coef = true_coefficients(images, basis, phi).to(torch.complex64)
+    m = match_maps(coef, phi, b1=scan.b1, sequence=scan.sequence)
     return m.t1_ms.numpy()
 
 
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             names.append(NOISE_FREE)
         err: dict[str, dict[str, list[np.ndarray]]] = {n: {c: [] for c in CLASSES} for n in names}
         count = dict.fromkeys(CLASSES, 0)
-        for path in scans:
+        for i, path in enumerate(scans):
             scan = load_scan(path)
             ref = scan.reference
             if ref is None:
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 count[c] += int(masks[c].sum())
             for n in names:
                 if n == NOISE_FREE:
-                    t1_n = noise_free_t1(scan, seeds[scans.index(path)])
+                    t1_n = noise_free_t1(scan, seeds[i])
                 else:
                     r = load_result(args.eval_dir / path.stem / f"{n}.zarr")
                     m = match_maps(r.coefficients, r.basis, b1=scan.b1, sequence=scan.sequence)

@@ -34,6 +34,8 @@ __all__ = [
     "scan_of_subject",
     "scan_seeds",
     "simulate_scan",
+    "subject_of_seed",
+    "true_coefficients",
 ]
 
 
@@ -59,6 +61,33 @@ def _add_noise(
         n = min(chunk, flat.size - i)
         noise = rng.standard_normal((2, n), dtype=np.float32) * s
         flat[i : i + n] += noise[0] + 1j * noise[1]
+
+
+def subject_of_seed(config: SimulationConfig, seed: int) -> Subject:
+    """Return the subject that :func:`simulate_scan` scans for ``config`` and ``seed``.
+
+    Only ``config.phantom``, ``matrix`` and ``phantom_config`` decide it (not coils, groups or
+    noise), so a tool can re-create a simulated scan's anatomy from its seed.
+    """
+    make = brain_subject if config.phantom == "brain" else analytic_subject
+    return make(config.matrix, seed=scan_seeds(seed)[0], config=config.phantom_config)
+
+
+def true_coefficients(images: torch.Tensor, basis: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Project a true time series on a subspace: ``Φ̃ᴴ m_t``, no noise, no undersampling.
+
+    Parameters
+    ----------
+    images, basis : Tensor
+        :func:`~.signals.signal_subspace`'s factors, shapes (rank, x, y, z) and (tr, rank).
+    phi : Tensor, shape (tr, k), complex
+        The subspace (e.g. :func:`~spurig_core.physics.default_basis`).
+
+    Returns
+    -------
+    Tensor, shape (k, x, y, z), ``phi``'s dtype
+    """
+    return torch.einsum("tk,tj,jxyz->kxyz", phi.conj(), basis.to(phi.dtype), images.to(phi.dtype))
 
 
 def effective_reference(
@@ -98,7 +127,7 @@ def effective_reference(
     if not mixed.any():
         return ref
     phi = default_basis(sequence)
-    coeffs = torch.einsum("tk,tj,jxyz->kxyz", phi.conj(), basis.to(phi.dtype), images.to(phi.dtype))
+    coeffs = true_coefficients(images, basis, phi)
     mask = torch.from_numpy(mixed)
     fit = match_maps(coeffs, phi, b1=torch.from_numpy(subject.b1), mask=mask, sequence=sequence)
     phase = torch.from_numpy(np.exp(1j * subject.phase).astype(np.complex64))
@@ -136,10 +165,8 @@ def simulate_scan(
     """
     cfg = config or SimulationConfig()
     seq = sequence or FispSequence.default()
-    s_subject = scan_seeds(seed)[0]
     emit(callback, "subject", 0, 3, f"{cfg.phantom} subject {cfg.matrix}³")
-    make = brain_subject if cfg.phantom == "brain" else analytic_subject
-    subject = make(cfg.matrix, seed=s_subject, config=cfg.phantom_config)
+    subject = subject_of_seed(cfg, seed)
     return scan_of_subject(subject, cfg, seed=seed, sequence=seq, callback=callback)
 
 
