@@ -167,20 +167,34 @@ def test_recipe_adds_the_maps_term_and_records_it(
         ({"maps_weights": [1.0, 1.0, 1.0], "train_scans": str(scans)}, "maps_weights"),
         ({"maps_sharpness": 2.0}, "maps_sharpness"),
         ({"maps_atoms": 1}, "maps_atoms"),
+        ({"maps_edge_weight": 1.0}, "needs maps_weights"),
+        (
+            {"maps_weights": [1.0, 1.0], "train_scans": str(scans), "maps_edge_weight": 101.0},
+            "maps_edge_weight",
+        ),
+        ({"edge_weight": -1.0}, "edge_weight"),
     ):
         with pytest.raises(InputError, match=match):
             load_recipe_config(_config(cohort, tmp_path / "bad", **bad))
     cfg_path = _config(
-        cohort, tmp_path / "run", maps_weights=[2.0, 0.5], train_scans="scans", fresh_noise=False
+        cohort,
+        tmp_path / "run",
+        maps_weights=[2.0, 0.5],
+        train_scans="scans",
+        fresh_noise=False,
+        maps_edge_weight=0.5,
+        edge_weight=1.5,
     )
     tr = RecipeTrainer(load_recipe_config(cfg_path))
+    assert tr.maps_loss is not None and tr.maps_loss.edge_weight == 0.5
     assert tr.maps_loss is not None and all(s.maps is not None for s in tr.train)
     assert all(s.maps is None for s in tr.val)  # validation matches hard, as the evaluation
     s = tr.train[0]
     assert s.maps is not None
     out = _noisy(s.ex.target, 0.05)
     e1, e2 = tr.maps_loss(out, s.maps)
-    want = recipe_loss(out, s.ex.target, s.ex.tissue, magnitude_weight=1.0) + 2 * e1 + 0.5 * e2
+    base = recipe_loss(out, s.ex.target, s.ex.tissue, magnitude_weight=1.0, edge_weight=1.5)
+    want = base + 2 * e1 + 0.5 * e2
     assert float(tr._loss(out, s.ex.target, s.ex.tissue, s.maps)) == pytest.approx(
         float(want), rel=1e-5
     )
@@ -189,3 +203,112 @@ def test_recipe_adds_the_maps_term_and_records_it(
     assert all(math.isfinite(float(r["train_loss"])) for r in rows[1:])
     cfg = load_checkpoint(model_path)["train_config"]
     assert cfg["maps_weights"] == [2.0, 0.5] and cfg["maps_sharpness"] == 0.01
+    assert cfg["maps_edge_weight"] == 0.5 and cfg["edge_weight"] == 1.5
+
+
+def _blur_across_labels(x: torch.Tensor, tissue: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Blur ``x`` across the interface of labels ``a`` and ``b`` only.
+
+    Every voxel of ``a`` or ``b`` next to the other label is mixed 30 % with the mean of its
+    neighbours of that label.
+    """
+    import numpy as np
+
+    t = tissue.numpy()
+    out = x.clone()
+    for lab, other in ((a, b), (b, a)):
+        acc = torch.zeros_like(x)
+        n = np.zeros(t.shape)
+        for ax in range(3):
+            for sh in (-1, 1):
+                nb = np.roll(t, sh, axis=ax) == other
+                acc += torch.from_numpy(nb) * torch.roll(x, sh, dims=ax - 3)
+                n += nb
+        sel = torch.from_numpy((t == lab) & (n > 0))
+        mean = acc / torch.from_numpy(np.maximum(n, 1))
+        out = torch.where(sel, 0.7 * x + 0.3 * mean, out)
+    return out
+
+
+def test_edge_error_counts_the_blur_across_an_interface_not_a_uniform_bias() -> None:
+    """Oracle: a 1-D two-tissue line, by hand."""
+    from spurig_core.training.maps_loss import edge_error
+
+    mask = torch.zeros(4, 1, 1, dtype=torch.bool)
+    mask[:, 0, 0] = True
+    ref = torch.tensor([1.0, 1.0, 2.0, 2.0]).reshape(4, 1, 1)
+    assert float(edge_error(ref.reshape(-1) + 0.3, ref, mask)) == pytest.approx(0.0, abs=1e-7)
+    blurred = torch.tensor([1.0, 1.2, 1.8, 2.0])  # the interface pair 0.6 instead of 1.0 apart
+    # pairs (0,1): 0.2, (1,2): |0.6 - 1.0| = 0.4, (2,3): 0.2 -> mean 0.8 / 3
+    assert float(edge_error(blurred, ref, mask)) == pytest.approx(0.8 / 3, rel=1e-6)
+    mask[3] = False  # a pair leaving the mask does not count: (0,1), (1,2) -> 0.6 / 2
+    assert float(edge_error(blurred[:3], ref, mask)) == pytest.approx(0.3, rel=1e-6)
+
+
+def test_maps_edge_weight_adds_the_edge_term_to_each_map(setup) -> None:  # type: ignore[no-untyped-def]
+    """The edge term is ``edge_weight × edge_error`` of each soft map.
+
+    It grows with a blur across the GM/WM interface more than the per-voxel mean does.
+    """
+    from spurig_core.training.maps_loss import edge_error
+
+    loss, tg, target, scan = setup
+    basis = scan_basis(scan, torch.device("cpu"))
+    edged = MatchedMapsLoss(basis, scan.sequence, atoms=16, edge_weight=2.0)
+    r = scan.reference
+    x = _noisy(target, 0.01, seed=5)
+    lt1, lt2 = loss.soft_maps(x, tg)
+    e1, e2 = loss(x, tg)
+    f1, f2 = edged(x, tg)
+    assert float(f1) == pytest.approx(float(e1 + 2 * edge_error(lt1, tg.log_t1, tg.mask)), rel=1e-5)
+    assert float(f2) == pytest.approx(float(e2 + 2 * edge_error(lt2, tg.log_t2, tg.mask)), rel=1e-5)
+    blur = _blur_across_labels(x, r.tissue, 2, 3)
+    b1, _ = loss.soft_maps(blur, tg)
+    grow_edge = float(edge_error(b1, tg.log_t1, tg.mask) - edge_error(lt1, tg.log_t1, tg.mask))
+    grow_mean = float(loss(blur, tg)[0] - e1)
+    assert grow_edge > grow_mean > 0
+    # differentiable through the soft maps
+    xg = x.clone().requires_grad_(True)
+    sum(edged(xg, tg)).backward()  # type: ignore[union-attr]
+    assert xg.grad is not None and bool(torch.isfinite(torch.view_as_real(xg.grad)).all())
+    for bad in (-0.1, 101.0, math.nan):
+        with pytest.raises(InputError, match="maps_edge_weight"):
+            MatchedMapsLoss(basis, scan.sequence, edge_weight=bad)
+
+
+def test_edge_l1_weighs_the_errors_differences_between_neighbours(setup) -> None:  # type: ignore[no-untyped-def]
+    """Oracle: numpy differences of the error over the pairs touching GM/WM."""
+    import numpy as np
+
+    from spurig_core.training.losses import edge_l1
+
+    _loss, _tg, target, scan = setup
+    tissue = scan.reference.tissue
+    assert float(edge_l1(target + 0.2 * target.abs().max(), target, tissue)) == pytest.approx(
+        0.0, abs=1e-6
+    )  # a uniform error has no edges
+    x = _noisy(target, 0.02, seed=6)
+    err = torch.view_as_real(x - target).numpy()  # (k, x, y, z, 2)
+    quant = np.isin(tissue.numpy(), (2, 3))
+    total, pairs = 0.0, 0
+    for ax in range(3):
+        d = np.abs(np.diff(err, axis=ax + 1)).sum(axis=(0, -1))
+        n = quant.shape[ax] - 1
+        w = np.take(quant, range(n), axis=ax) | np.take(quant, range(1, n + 1), axis=ax)
+        total += float(d[w].sum())
+        pairs += int(w.sum())
+    assert float(edge_l1(x, target, tissue)) == pytest.approx(total / pairs, rel=1e-4)
+    batched = edge_l1(
+        x[None].repeat(2, 1, 1, 1, 1),
+        target[None].repeat(2, 1, 1, 1, 1),
+        tissue[None].repeat(2, 1, 1, 1),
+    )
+    assert float(batched) == pytest.approx(total / pairs, rel=1e-4)
+    blur = _blur_across_labels(target, tissue, 2, 3)
+    assert float(edge_l1(blur, target, tissue)) > 0
+    want = recipe_loss(x, target, tissue) + 3 * edge_l1(x, target, tissue)
+    assert float(recipe_loss(x, target, tissue, edge_weight=3.0)) == pytest.approx(
+        float(want), rel=1e-6
+    )
+    with pytest.raises(InputError, match="differ"):
+        edge_l1(x[:, :-1], target, tissue)

@@ -68,3 +68,32 @@ def test_signed_cells_show_the_bias_and_the_mean_absolute_error() -> None:
     assert tool._cell(e, signed=True) == "-10.0 / 20.0"
     assert tool._cell(e, signed=True, digits=2) == "-10.00 / 20.00"
     assert tool._cell(np.array([]), signed=True) == "–"
+
+
+def test_interface_pairs_keep_the_gm_wm_step_by_hand() -> None:
+    """Oracle by hand: GM (T1 1300) at x < 2, WM (800) at x ≥ 2 on a 4 × 1 × 1 line."""
+    tis = np.array([2, 2, 3, 3]).reshape(4, 1, 1)
+    t1 = np.array([1300.0, 1300.0, 800.0, 800.0]).reshape(4, 1, 1)
+    pairs = tool.interface_pairs(tis, t1, t1)
+    np.testing.assert_allclose(pairs, [[500.0], [500.0]])  # one pair, GM minus WM
+    blurred = np.array([1300.0, 1200.0, 900.0, 800.0]).reshape(4, 1, 1)
+    p = tool.interface_pairs(tis, blurred, t1)
+    assert p[0].sum() / p[1].sum() == 0.6
+    flipped = tool.interface_pairs(tis[::-1].copy(), blurred[::-1].copy(), t1[::-1].copy())
+    np.testing.assert_allclose(flipped, p)  # WM before GM counts with the same sign
+    t1_small = np.array([1300.0, 1300.0, 1280.0, 1280.0]).reshape(4, 1, 1)
+    assert tool.interface_pairs(tis, t1_small, t1_small).shape == (2, 0)  # step below 50 ms
+
+
+def test_contrast_column_of_a_scan_against_its_own_noise_free_row(tmp_path, capsys) -> None:
+    """Round trip: the noise-free coefficients keep the interface's T1 step (ratio near 1)."""
+    from spurig_core.io import write_scan
+    from spurig_core.simulation import SimulationConfig, simulate_scan
+
+    cfg = SimulationConfig(matrix=16, coils=2, groups=1)
+    write_scan(simulate_scan(cfg, seed=3), tmp_path / "s.h5")
+    assert tool.main([str(tmp_path), str(tmp_path), "--seeds", "3", "--contrast"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("GM/WM contrast |")
+    row = next(ln for ln in out if ln.startswith(f"| {tool.NOISE_FREE}"))
+    assert abs(float(row.rstrip(" |").split("|")[-1]) - 1.0) < 0.05

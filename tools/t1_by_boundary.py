@@ -12,6 +12,10 @@ class's share of the voxels; the last column is the error over all of them (pool
 scans, so within ≈ 0.01 point of the evaluation's mean of per-scan errors).  ``--signed`` prints
 each cell as "bias / mean abs": the mean of the signed error ``(T̂1 − T1)/T1`` too, whose sign
 says which way the voxels are pulled (e.g. GM toward WM's shorter T1 at their interface).
+``--contrast`` adds the column "GM/WM contrast": over every pair of 6-neighbours, one GM and one
+WM, ``Σ (T̂1_GM − T̂1_WM) / Σ (T1_GM − T1_WM)`` (pooled over the scans; pairs whose reference
+T1 differ by less than :data:`MIN_STEP_MS` are left out): 1 keeps the interface's T1 step, a blur
+across it lowers the ratio toward 0 (the adjoint's ≈ 0.03).
 
 ``--seeds S1,S2,…`` (one per scan, in the sorted order of TEST_DIR, as ``spurig simulate --seed``)
 adds the row "noise-free partial-volume coefficients": each scan's subject re-simulated from its
@@ -46,6 +50,8 @@ from spurig_core.simulation.signals import signal_subspace
 NOISE_FREE = "noise-free partial-volume coefficients"
 
 GM, WM, CSF = 2, 3, 1
+#: Smallest reference T1 step (ms) of a GM/WM pair counted by ``--contrast``.
+MIN_STEP_MS = 50.0
 CLASSES = ("GM interior", "GM next to WM", "GM next to CSF", "GM next to other")
 CLASSES += ("WM interior", "WM next to GM", "WM next to CSF", "WM next to other")
 
@@ -66,6 +72,23 @@ def boundary_classes(tissue: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray
         out[f"{name} next to other"] = oth
         out[f"{name} next to {'WM' if lab == GM else 'GM'}"] = pair
     return out
+
+
+def interface_pairs(tissue: np.ndarray, t1_hat: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """Return ``(T̂1_GM − T̂1_WM, T1_GM − T1_WM)`` of every GM/WM 6-neighbour pair, shape (2, n).
+
+    Pairs whose reference step is below :data:`MIN_STEP_MS` are left out.
+    """
+    est, ref = [], []
+    for ax in range(3):
+        n = tissue.shape[ax] - 1
+        a_t, a_h, a_r = (np.take(v, range(n), axis=ax) for v in (tissue, t1_hat, t1))
+        b_t, b_h, b_r = (np.take(v, range(1, n + 1), axis=ax) for v in (tissue, t1_hat, t1))
+        for sign, sel in ((1.0, (a_t == GM) & (b_t == WM)), (-1.0, (a_t == WM) & (b_t == GM))):
+            est.append(sign * (a_h - b_h)[sel])
+            ref.append(sign * (a_r - b_r)[sel])
+    out = np.stack([np.concatenate(est), np.concatenate(ref)])
+    return out[:, np.abs(out[1]) >= MIN_STEP_MS]
 
 
 def noise_free_t1(scan: Any, seed: int) -> np.ndarray:
@@ -119,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--signed", action="store_true", help="cells 'bias / mean abs': the signed error's mean too"
     )
+    p.add_argument(
+        "--contrast", action="store_true", help="a column: the GM/WM pairs' T1 step kept (ratio)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     names = [s.removesuffix(".zarr") for s in args.stores]
@@ -133,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             names.append(NOISE_FREE)
         err: dict[str, dict[str, list[np.ndarray]]] = {n: {c: [] for c in CLASSES} for n in names}
         count = dict.fromkeys(CLASSES, 0)
+        steps: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for i, path in enumerate(scans):
             scan = load_scan(path)
             ref = scan.reference
@@ -152,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 e = (t1_n - t1) / np.where(t1 > 0, t1, 1.0)
                 for c in CLASSES:
                     err[n][c].append(e[masks[c]])
+                steps[n].append(interface_pairs(ref.tissue.numpy(), t1_n, t1))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -160,13 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         "| store | "
         + " | ".join(f"{c} ({100 * count[c] / total:.0f} %)" for c in CLASSES)
         + " | all |"
+        + (" GM/WM contrast |" if args.contrast else "")
     )
-    print("|---" * (len(CLASSES) + 2) + "|")
+    print("|---" * (len(CLASSES) + 2 + args.contrast) + "|")
     for n in names:
         per = [np.concatenate(err[n][c]) for c in CLASSES]
         cells = [_cell(v, args.signed) for v in per]
         allv = np.concatenate(per)
-        print(f"| {n} | " + " | ".join(cells) + f" | {_cell(allv, args.signed, 2)} |")
+        row = f"| {n} | " + " | ".join(cells) + f" | {_cell(allv, args.signed, 2)} |"
+        if args.contrast:
+            pairs = np.concatenate(steps[n], axis=1)
+            row += f" {pairs[0].sum() / pairs[1].sum():.3f} |"
+        print(row)
     return 0
 
 

@@ -159,6 +159,8 @@ RANGES: dict[str, dict[str, str | tuple[Any, ...]]] = {
         "maps_sharpness": "(0, 1)",
         "maps_atoms": ">= 2",
         "maps_boundary_weight": "[1, 100]",
+        "maps_edge_weight": "[0, 100]",
+        "edge_weight": ">= 0",
         "seed": ">= 0",
         "max_train": ">= 0",
         "max_val": ">= 0",

@@ -250,6 +250,14 @@ class RecipeConfig:
     maps_boundary_weight : float
         Weight of the tissue-boundary voxels (a 6-neighbour of another label) in the maps term,
         relative to the others (1: the evaluation's plain mean over GM and WM).
+    maps_edge_weight : float
+        Weight of the maps' edge term inside each soft-matched error
+        (:func:`~.maps_loss.edge_error`: the mean ``|Δ log T̂ − Δ log T_ref|`` over the
+        6-neighbour pairs of GM/WM voxels; 0: left out).  It counts a blur across the GM/WM
+        interface, which the per-voxel mean sees only as two small errors.
+    edge_weight : float
+        Weight of :func:`~.losses.edge_l1` (the coefficients' error differences between
+        6-neighbours touching GM/WM; 0: left out).
     maps_atoms : int
         Atoms per voxel in the soft matching (the hard match and its nearest grid neighbours).
     train_scans : str
@@ -296,6 +304,8 @@ class RecipeConfig:
     maps_sharpness: float = 0.01
     maps_atoms: int = 32
     maps_boundary_weight: float = 1.0
+    maps_edge_weight: float = 0.0
+    edge_weight: float = 0.0
     train_scans: str = ""
     fresh_noise: bool = True
     symmetries: bool = True
@@ -336,6 +346,14 @@ class RecipeConfig:
             raise InputError(
                 f"maps_boundary_weight: {self.maps_boundary_weight} is not in [1, 100]"
             )
+        if not 0.0 <= self.maps_edge_weight <= 100.0:
+            raise InputError(f"maps_edge_weight: {self.maps_edge_weight} is not in [0, 100]")
+        if self.maps_edge_weight > 0 and not any(self.maps_weights):
+            raise InputError(
+                "maps_edge_weight > 0 needs maps_weights > 0 (it is part of that term)"
+            )
+        if not (math.isfinite(self.edge_weight) and self.edge_weight >= 0):
+            raise InputError(f"edge_weight: {self.edge_weight} is not a number >= 0")
         if self.select != "psnr" and not self.val_scans:
             raise InputError(f"select = {self.select!r} needs val_scans (the T1/T2 errors)")
 

@@ -20,6 +20,7 @@ __all__ = [
     "QUANT_TISSUES",
     "TISSUE_WEIGHTS",
     "UNIFORM",
+    "edge_l1",
     "fingerprint_loss",
     "gleam_weights",
     "ms_ssim",
@@ -157,6 +158,56 @@ def fingerprint_loss(
     dist = torch.linalg.vector_norm(unit(estimate) - unit(target), dim=axis)  # (..., x, y, z)
     wm = wv[mask]
     return (dist[mask].float() * wm).sum() / wm.sum()
+
+
+def edge_l1(
+    estimate: torch.Tensor,
+    target: torch.Tensor,
+    tissue: torch.Tensor,
+    weights: tuple[float, ...] = FINGERPRINT_WEIGHTS,
+) -> torch.Tensor:
+    """L1 of the error's differences between 6-neighbours (a gradient-difference loss).
+
+    ``Σ_(p,q) w_pq ‖(α̂_p − α̂_q) − (α_p − α_q)‖₁ / Σ_(p,q) w_pq`` over the real and imaginary
+    parts of every coefficient and the neighbour pairs along the three axes, ``w_pq`` the larger
+    of the two labels' weights.  An error that is the same in both voxels costs nothing, a blur
+    across an interface (the two sides pulled toward each other) costs twice its size: the term
+    weighs the high spatial frequencies of the error, which the per-voxel L1 weighs no more than
+    the low ones (Mathieu, Couprie & LeCun 2016).
+
+    Parameters
+    ----------
+    estimate, target : Tensor, shape (basis, x, y, z) or (batch, basis, x, y, z), complex
+    tissue : Tensor, shape (x, y, z) or (batch, x, y, z), integer
+    weights : tuple of float
+        ``w`` for labels 0, 1, 2, … (missing labels: 0); default the pairs that touch GM or WM
+        (:data:`FINGERPRINT_WEIGHTS`).
+
+    Returns
+    -------
+    Tensor, scalar, float32 (0 when no pair has a weight)
+    """
+    if estimate.shape != target.shape:
+        raise InputError(
+            f"edge_l1: estimate {tuple(estimate.shape)} and target {tuple(target.shape)} differ"
+        )
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise InputError(f"edge_l1: weights {tuple(weights)} must be finite and >= 0")
+    w = torch.tensor((*weights, 0.0), dtype=torch.float32, device=tissue.device)
+    wv = w[tissue.long().clamp(0, len(weights))]
+    if estimate.ndim == 5 and wv.ndim == 4:
+        wv = wv[:, None]
+    err = torch.view_as_real(estimate - target)  # (..., basis, x, y, z, 2)
+    total = err.sum() * 0.0
+    norm = 0.0
+    for axis in (-4, -3, -2):  # x, y, z of the re/im view
+        n = err.shape[axis] - 1
+        step = (err.narrow(axis, 1, n) - err.narrow(axis, 0, n)).abs().sum(-1)
+        wa = wv.narrow(axis + 1, 0, n)
+        wp = torch.maximum(wa, wv.narrow(axis + 1, 1, n))
+        total = total + (step * wp).sum()
+        norm += float(wp.sum())
+    return total / max(norm, 1e-12)
 
 
 def gleam_weights(steps: int, ratio: float = 10.0) -> torch.Tensor:
@@ -313,11 +364,12 @@ def recipe_loss(
     magnitude_weight: float = 1.0,
     fingerprint_weight: float = 0.0,
     fingerprint_tissues: tuple[float, ...] = FINGERPRINT_WEIGHTS,
+    edge_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Tissue-weighted complex L1 plus the magnitude and GM/WM fingerprint terms.
+    """Tissue-weighted complex L1 plus the magnitude, GM/WM fingerprint and edge terms.
 
     ``tissue_l1 + magnitude_weight · L1(|out| − |target|) + fingerprint_weight ·``
-    :func:`~.losses.fingerprint_loss`.
+    :func:`~.losses.fingerprint_loss` ``+ edge_weight ·`` :func:`edge_l1` (pairs touching GM/WM).
 
     Parameters
     ----------
@@ -327,6 +379,8 @@ def recipe_loss(
     magnitude_weight, fingerprint_weight : float
     fingerprint_tissues : tuple of float
         Per-label weights inside the fingerprint term (:func:`fingerprint_loss`).
+    edge_weight : float
+        Weight of :func:`edge_l1` (0: left out).
 
     Returns
     -------
@@ -339,4 +393,6 @@ def recipe_loss(
         loss = loss + fingerprint_weight * fingerprint_loss(
             out, target, tissue, fingerprint_tissues
         )
+    if edge_weight > 0:
+        loss = loss + edge_weight * edge_l1(out, target, tissue)
     return loss

@@ -35,7 +35,7 @@ from ..metrics import neighbour_labels
 from ..physics import Dictionary, DictionaryGrid
 from .losses import QUANT_TISSUES
 
-__all__ = ["MapsTargets", "MatchedMapsLoss"]
+__all__ = ["MapsTargets", "MatchedMapsLoss", "edge_error"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ class MatchedMapsLoss:
         Weight of the GM/WM voxels with a 6-neighbour of another label (the tissue boundaries,
         ≈ 76 % of GM/WM at 48³) relative to the others, in the errors' mean (≥ 1; 1: the
         evaluation's plain mean).
+    edge_weight : float
+        Weight of the edge term (:func:`edge_error`): the mean ``|Δ log T̂ − Δ log T_ref|`` over the
+        6-neighbour pairs of GM/WM voxels, added to each map's error (0: left out).  A blur
+        across an interface lowers the contrast of the pair; the per-voxel mean sees it only
+        as two small errors (``benchmarks/RESULTS-models.md``, session 27).
     """
 
     def __init__(
@@ -105,7 +110,10 @@ class MatchedMapsLoss:
         atoms: int = 32,
         sharpness: float = 0.01,
         boundary_weight: float = 1.0,
+        edge_weight: float = 0.0,
     ) -> None:
+        if not 0.0 <= edge_weight <= 100.0:
+            raise InputError(f"maps_edge_weight: {edge_weight} is not in [0, 100]")
         if not 1.0 <= boundary_weight <= 100.0:
             raise InputError(f"maps_boundary_weight: {boundary_weight} is not in [1, 100]")
         if atoms < 2:
@@ -132,6 +140,7 @@ class MatchedMapsLoss:
         self.atoms = atoms
         self.sharpness = sharpness
         self.boundary_weight = boundary_weight
+        self.edge_weight = edge_weight
 
     def targets(
         self,
@@ -235,11 +244,51 @@ class MatchedMapsLoss:
     def __call__(
         self, out: torch.Tensor, targets: MapsTargets
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mean ``|log T̂ − log T_ref|`` of T1 and of T2 over GM/WM (scalars)."""
+        """Return the mean ``|log T̂ − log T_ref|`` of T1 and of T2 over GM/WM (scalars).
+
+        With ``edge_weight > 0`` each also holds ``edge_weight ×`` :func:`edge_error` of its map.
+        """
         lt1, lt2 = self.soft_maps(out, targets)
         d1 = (lt1 - targets.log_t1[targets.mask]).abs()
         d2 = (lt2 - targets.log_t2[targets.mask]).abs()
         if targets.weight is None:
-            return d1.mean(), d2.mean()
-        w = targets.weight[targets.mask]
-        return (w * d1).sum() / w.sum(), (w * d2).sum() / w.sum()
+            e1, e2 = d1.mean(), d2.mean()
+        else:
+            w = targets.weight[targets.mask]
+            e1, e2 = (w * d1).sum() / w.sum(), (w * d2).sum() / w.sum()
+        if self.edge_weight > 0:
+            e1 = e1 + self.edge_weight * edge_error(lt1, targets.log_t1, targets.mask)
+            e2 = e2 + self.edge_weight * edge_error(lt2, targets.log_t2, targets.mask)
+        return e1, e2
+
+
+def edge_error(values: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean ``|(v_p − v_q) − (r_p − r_q)|`` over the 6-neighbour pairs ``(p, q)`` inside ``mask``.
+
+    Zero for ``values = reference + c`` (a uniform bias is no edge error); a blur across an
+    interface lowers ``|v_p − v_q|`` and counts in full (a gradient-difference loss, Mathieu et
+    al. 2016, on the maps).
+
+    Parameters
+    ----------
+    values : Tensor, shape (n,)
+        One value per voxel of ``mask``, in its flattened order (as
+        :meth:`~MatchedMapsLoss.soft_maps` returns them).
+    reference : Tensor, shape (x, y, z)
+    mask : Tensor, shape (x, y, z), bool
+
+    Returns
+    -------
+    Tensor, scalar (0 when no pair lies inside ``mask``)
+    """
+    err = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    err = err.masked_scatter(mask, values - reference[mask].to(values.dtype))
+    total = values.sum() * 0.0
+    pairs = 0
+    for axis in range(3):
+        n = mask.shape[axis] - 1
+        both = mask.narrow(axis, 0, n) & mask.narrow(axis, 1, n)
+        step = err.narrow(axis, 1, n) - err.narrow(axis, 0, n)
+        total = total + step[both].abs().sum()
+        pairs += int(both.sum())
+    return total / max(pairs, 1)

@@ -175,6 +175,7 @@ class RecipeTrainer:
                 atoms=cfg.maps_atoms,
                 sharpness=cfg.maps_sharpness,
                 boundary_weight=cfg.maps_boundary_weight,
+                edge_weight=cfg.maps_edge_weight,
             )
         ref = load_maps_reference(cfg.train_scans, ex.name)
         r = ref.reference
@@ -197,6 +198,7 @@ class RecipeTrainer:
             cfg.magnitude_weight,
             cfg.fingerprint_weight,
             cfg.fingerprint_tissues,
+            cfg.edge_weight,
         )
         if self.maps_loss is not None and maps is not None:
             e1, e2 = self.maps_loss(out, maps)
