@@ -128,3 +128,9 @@ if [ "${WITH_S25:-0}" = 1 ]; then run configs/cpu48v12/arm-G2-30s.toml; fi
 if [ "${WITH_S26:-0}" = 1 ]; then
   for arm in C1 C2 C3; do run "configs/cpu48v13/arm-$arm-30s.toml"; done
 fi
+# Session 27: arms E1-E4, the shipped 30-s file (X13) continued with an edge term in the loss:
+# maps_edge_weight (the soft-matched log T1/T2 differences between GM/WM neighbours; E1 1, E4 3),
+# edge_weight (the coefficients' error differences between neighbours touching GM/WM; E2 2), both (E3).
+if [ "${WITH_S27:-0}" = 1 ]; then
+  for arm in E1 E2 E3 E4; do run "configs/cpu48v14/arm-$arm-30s.toml"; done
+fi
