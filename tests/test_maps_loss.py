@@ -186,8 +186,8 @@ def test_recipe_adds_the_maps_term_and_records_it(
         edge_weight=1.5,
     )
     tr = RecipeTrainer(load_recipe_config(cfg_path))
-    assert tr.maps_loss is not None and tr.maps_loss.edge_weight == 0.5
     assert tr.maps_loss is not None and all(s.maps is not None for s in tr.train)
+    assert tr.maps_loss.edge_weight == 0.5
     assert all(s.maps is None for s in tr.val)  # validation matches hard, as the evaluation
     s = tr.train[0]
     assert s.maps is not None

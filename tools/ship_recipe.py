@@ -147,14 +147,10 @@ def _loss_text(cfg: Any) -> str:
                 if cfg.maps_boundary_weight != 1.0
                 else ""
             )
-            + (
-                f", edge term ×{cfg.maps_edge_weight}"
-                if getattr(cfg, "maps_edge_weight", 0.0) > 0
-                else ""
-            )
+            + (f", edge term ×{cfg.maps_edge_weight}" if cfg.maps_edge_weight > 0 else "")
             + ")"
         )
-    if getattr(cfg, "edge_weight", 0.0) > 0:
+    if cfg.edge_weight > 0:
         text += f" + {cfg.edge_weight} × GM/WM edge L1 (`losses.edge_l1`)"
     return text
 

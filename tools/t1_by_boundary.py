@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                 e = (t1_n - t1) / np.where(t1 > 0, t1, 1.0)
                 for c in CLASSES:
                     err[n][c].append(e[masks[c]])
-                steps[n].append(interface_pairs(ref.tissue.numpy(), t1_n, t1))
+                if args.contrast:
+                    steps[n].append(interface_pairs(ref.tissue.numpy(), t1_n, t1))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -108,6 +108,20 @@ QUANT_TISSUES: tuple[int, ...] = (2, 3)
 FINGERPRINT_WEIGHTS: tuple[float, ...] = tuple(float(i in QUANT_TISSUES) for i in range(5))
 
 
+def _label_weights(tissue: torch.Tensor, weights: tuple[float, ...], name: str) -> torch.Tensor:
+    """Per-voxel weight of each label (labels beyond ``weights``: 0), float32 like ``tissue``.
+
+    Raises
+    ------
+    InputError
+        When a weight is negative or not finite (``name`` names the term).
+    """
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise InputError(f"{name}: weights {tuple(weights)} must be finite and >= 0")
+    w = torch.tensor((*weights, 0.0), dtype=torch.float32, device=tissue.device)
+    return w[tissue.long().clamp(0, len(weights))]
+
+
 def fingerprint_loss(
     estimate: torch.Tensor,
     target: torch.Tensor,
@@ -143,11 +157,8 @@ def fingerprint_loss(
             f"fingerprint_loss: estimate {tuple(estimate.shape)} and target "
             f"{tuple(target.shape)} differ"
         )
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise InputError(f"fingerprint_loss: weights {tuple(weights)} must be finite and >= 0")
     axis = estimate.ndim - 4  # the basis axis
-    w = torch.tensor((*weights, 0.0), dtype=torch.float32, device=tissue.device)
-    wv = w[tissue.long().clamp(0, len(weights))]
+    wv = _label_weights(tissue, weights, "fingerprint_loss")
     mask = wv > 0
     if not bool(mask.any()):
         return estimate.real.sum() * 0.0
@@ -191,10 +202,7 @@ def edge_l1(
         raise InputError(
             f"edge_l1: estimate {tuple(estimate.shape)} and target {tuple(target.shape)} differ"
         )
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise InputError(f"edge_l1: weights {tuple(weights)} must be finite and >= 0")
-    w = torch.tensor((*weights, 0.0), dtype=torch.float32, device=tissue.device)
-    wv = w[tissue.long().clamp(0, len(weights))]
+    wv = _label_weights(tissue, weights, "edge_l1")
     if estimate.ndim == 5 and wv.ndim == 4:
         wv = wv[:, None]
     err = torch.view_as_real(estimate - target)  # (..., basis, x, y, z, 2)
