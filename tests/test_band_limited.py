@@ -145,8 +145,10 @@ def test_two_stage_step_size_is_the_norm_in_fewer_full_grams(setup, monkeypatch,
         op, max_iters=ss.MAX_GRAMS, x0=ss.coil_start(scan.coil_maps, 5, op.centre_direction())
     )
     ref = op.opnorm(iters=300, rtol=0.0, generator=torch.Generator().manual_seed(7)) ** 2
-    # a Ritz value of the full operator: never above the norm, within 1 % below it, and not
-    # more than 0.5 % below the one-stage run (which is 4 % low at 1 group here)
-    assert ref * (1 - 1e-2) <= value <= ref * (1 + 1e-4)
-    assert value >= one_stage * (1 - 5e-3)
-    assert 2 <= two_stage < grams["n"]
+    # a Ritz value of the full operator after FULL_GRAMS grams: never above the norm, within
+    # 1.5 % below it (1.2 % here, from the coarse 8³ block of a 16³ image; 0.1–0.4 % at 48³ and
+    # 64³ with the default 16³ block, benchmarks/RESULTS.md, session 28), and not more than 1 %
+    # below the one-stage run of up to MAX_GRAMS grams (which is 4 % low at 1 group here)
+    assert ref * (1 - 1.5e-2) <= value <= ref * (1 + 1e-4)
+    assert value >= one_stage * (1 - 1e-2)
+    assert two_stage == ss.FULL_GRAMS < grams["n"]

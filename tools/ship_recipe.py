@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from set_model_gridding import card_lines
 from ship_models import MODELS, ROOT, metric_rows, sha_line
 
 from spurig_core.durations import DURATIONS, groups_for
@@ -238,8 +239,11 @@ def card(
             else []
         ),
         f"- Data term: iGROG-gridded subspace encoding {json.dumps(state.get('encoding', {}))}.",
-        f"- Gridding of its training data, used again when it reconstructs a scan: "
-        f"`{json.dumps(state.get('gridding', {}))}`.",
+        *card_lines(
+            state.get("gridding", {}),
+            state.get("training_gridding", state.get("gridding", {})),
+            str(state.get("gridding_note", "")),
+        ),
         *_steps_lines(state.get("unroll_steps")),
         *(
             [f"- Weights stored in {state['weights_dtype']} (read back into float32)."]

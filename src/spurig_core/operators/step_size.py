@@ -12,7 +12,10 @@ iteration (issue #14).
 (:mod:`~spurig_core.operators.band_limited`: the same kernels on the central 24³ grid points of a
 64³ scan, a 16³ image, 30 cheap grams), resampled to the image: at 64³ three full grams instead of
 five reach 0.99995 / 1.0002 of a 40-gram value at 2 min (γ = 0.75 / 0.5; before: 0.9982 /
-0.9991), and at 30 s 0.948 / 1.0016 in three instead of seven (before: 0.889 / 0.974).  Where no
+0.9991), and at 30 s 0.948 / 1.0016 in three instead of seven (before: 0.889 / 0.974).  Since
+session 28 it stops after :data:`FULL_GRAMS` = 2 full grams (within 0.07 % of three, except 1.4 %
+at 2 groups of a 48³ scan; against a 40-gram Lanczos run from the same start 0.998 / 0.996 at
+64³, 2 min, γ = 0.75 / 0.5, 0.947 at 30 s, where three reach 0.948).  Where no
 block pays (images below 32³) it starts, as before, from the data-free, coil-combined image of
 :func:`coil_start` in the basis direction of the central per-point kernels.  A Ritz
 value never exceeds ``λ_max``; the top of this spectrum is clustered (many eigenvalues within
@@ -45,6 +48,7 @@ from .base import LinearOperator
 
 __all__ = [
     "BAND_GRAMS",
+    "FULL_GRAMS",
     "MAX_GRAMS",
     "RTOL",
     "attach_for_scan",
@@ -73,6 +77,11 @@ RTOL = 3e-3
 MAX_GRAMS = 7
 #: At most this many grams of the band-limited block (:func:`step_size_of`; 24³ FFTs at 64³).
 BAND_GRAMS = 30
+#: Grams of the full operator after the band-limited start (:func:`step_size_of`).  2 since
+#: session 28 (issue 14): the third gram moved the value by 0.02–0.07 % at 48³ and 64³, 2 min and
+#: 30 s, γ = 0.75 and 0.5, and 1.4 % only on a 48³ 15-s scan (2 groups, 0.958 → 0.972 of a
+#: 40-gram value); one gram fewer is 0.47 s of a 64³ reconstruction (``benchmarks/RESULTS.md``).
+FULL_GRAMS = 2
 
 
 def gram_norm(
@@ -194,7 +203,7 @@ def step_size_of(op: Any, maps: torch.Tensor) -> float:
     Two stages where :func:`~.band_limited.band_limited` finds a central block: Lanczos on the
     block's encoding (:data:`BAND_GRAMS` grams at most, a 24³ FFT each at 64³) gives the top
     eigenvector of the band-limited problem; resampled to the image, it starts :func:`gram_norm`
-    on ``op`` (tolerance :data:`RTOL` from the second gram, at most :data:`MAX_GRAMS`).
+    on ``op`` for :data:`FULL_GRAMS` grams.
     Otherwise one stage from :func:`coil_start` in the direction of the operator's
     ``centre_direction()``.  The value is always a Ritz value of ``op`` itself, so never above
     ``λ_max`` (see the module notes).
@@ -209,7 +218,9 @@ def step_size_of(op: Any, maps: torch.Tensor) -> float:
         return value
     lo, lo_maps, _ = band
     _, lo_vector = top_ritz_pair(lo, coil_start(lo_maps, op.n_basis, direction), BAND_GRAMS)
-    value, _ = gram_norm(op, max_iters=MAX_GRAMS, min_iters=2, x0=resample(lo_vector, op.matrix))
+    value, _ = gram_norm(
+        op, max_iters=FULL_GRAMS, min_iters=FULL_GRAMS, x0=resample(lo_vector, op.matrix)
+    )
     return value
 
 
