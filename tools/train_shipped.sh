@@ -134,3 +134,8 @@ fi
 if [ "${WITH_S27:-0}" = 1 ]; then
   for arm in E1 E2 E3 E4; do run "configs/cpu48v14/arm-$arm-30s.toml"; done
 fi
+# Session 28 (issue 14): the shipped files reconstruct with a half-width kernel network (their
+# training data keep the width-128 one, recorded as training_gridding; the held-out test subjects'
+# tables moved by at most 0.013 dB, RESULTS-models).  After shipping with ship_recipe.py:
+#   python tools/set_model_gridding.py --gridding configs/cpu48v15/prepare.toml --note "..." \
+#       src/spurig_core/models/spurig-{2min,1min,30s}.pt
