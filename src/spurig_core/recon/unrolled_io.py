@@ -233,8 +233,10 @@ def load_model(
         ``kind``, ``stage``, ``duration`` (when recorded), ``warning`` (str or None),
         ``sha256`` (of the file), ``card`` (the model card whose sha256 it matches, or None) and
         ``line`` (``"model NAME sha256 HEX"``, for the user), ``domain``, ``gridding`` (the
-        training data's, or None) and ``encoding`` (the data term's settings it was trained with,
-        ``{}`` when not recorded).
+        settings a scan is gridded with for this model: its training data's, or those
+        ``tools/set_model_gridding.py`` wrote, which keeps the training data's as
+        ``training_gridding``; None when not recorded) and ``encoding`` (the data term's
+        settings it was trained with, ``{}`` when not recorded).
 
     Raises
     ------
@@ -273,7 +275,7 @@ def load_model(
         if meta["duration"] in dom["durations"]:
             dom["durations"] = [meta["duration"]]
     meta["domain"] = dom if isinstance(dom, dict) else None
-    grid = state.get("gridding")  # the training data's gridding (v3 recipe)
+    grid = state.get("gridding")  # the gridding to reconstruct with (v3 recipe on)
     meta["gridding"] = dict(grid) if isinstance(grid, dict) else None
     # the data term it was trained with, so that a reconstruction need not read the file again
     enc = state.get("encoding")  # (issue #14: 0.3 s of a 64³ SPUR-iG run)
