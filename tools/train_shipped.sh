@@ -139,3 +139,7 @@ fi
 # tables moved by at most 0.013 dB, RESULTS-models).  After shipping with ship_recipe.py:
 #   python tools/set_model_gridding.py --gridding configs/cpu48v15/prepare.toml --note "..." \
 #       src/spurig_core/models/spurig-{2min,1min,30s}.pt
+# Session 28 (issue 13, not shipped): arm X15, X13 continued on 96 training subjects.  Data:
+#   for i in $(seq 86 109); do spurig simulate data/cohort48/train/subj$(printf %03d $i).h5 --matrix 48 --groups 16 --seed $((2000 + i)); done
+#   python tools/prepare_redraw.py data/cohort48 data/prepared48v10 --config configs/cpu48v10/prepare-30s.toml --splits train
+if [ "${WITH_S28:-0}" = 1 ]; then run configs/cpu48v16/arm-X15-30s.toml; fi
