@@ -91,3 +91,17 @@ def test_a_bad_file_among_several_writes_none(shipped, tmp_path, capsys) -> None
     missing = tmp_path / "none.toml"
     assert tool.main([str(model), "--gridding", str(missing)]) == 2
     assert "none.toml: no such file" in capsys.readouterr().err
+
+
+def test_a_card_without_gridding_line_writes_nothing(shipped, tmp_path, capsys) -> None:
+    model, _ = shipped
+    before = model.read_bytes()
+    other = tmp_path / "b" / "spurig-30s.pt"
+    other.parent.mkdir()
+    shutil.copyfile(model, other)
+    card = model.with_suffix(".md").read_text().split("\n")
+    other.with_suffix(".md").write_text("\n".join(ln for ln in card if "Gridding" not in ln))
+    (tmp_path / "g.toml").write_text(TABLE)
+    rc = tool.main([str(model), str(other), "--gridding", str(tmp_path / "g.toml")])
+    assert rc == 2 and "no gridding line" in capsys.readouterr().err
+    assert model.read_bytes() == before and other.read_bytes() == before

@@ -41,10 +41,8 @@ USED_PREFIX = "- Gridding used when it reconstructs a scan: "
 TRAINING_PREFIX = "- Gridding of its training data"
 
 
-def new_gridding(old: dict[str, Any], table: dict[str, Any], where: str) -> dict[str, Any]:
-    """Return ``old`` with the data fields of ``table`` (validated as a whole config) applied."""
-    from_dict(GriddingConfig, table, where="gridding")
-    given = data_fields(table)
+def new_gridding(old: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
+    """Return ``old`` with the (validated) data fields ``given`` applied."""
     extra = sorted(set(given) - set(old))
     if extra:
         raise InputError(f"{where}: gridding record has no field {', '.join(extra)}")
@@ -61,12 +59,19 @@ def card_lines(used: dict[str, Any], training: dict[str, Any], note: str) -> lis
     ]
 
 
-def update_card(card: Path, lines: list[str]) -> None:
-    """Replace the card's gridding line(s) with ``lines`` (the card must have one)."""
+def gridding_lines(card: Path) -> list[int]:
+    """Return the indices of the card's gridding lines (InputError when it has none)."""
     text = card.read_text().split("\n")
     at = [i for i, ln in enumerate(text) if ln.startswith((USED_PREFIX, TRAINING_PREFIX))]
     if not at:
         raise InputError(f"{card}: no gridding line to replace")
+    return at
+
+
+def update_card(card: Path, lines: list[str]) -> None:
+    """Replace the card's gridding line(s) with ``lines`` (the card must have one)."""
+    at = gridding_lines(card)
+    text = card.read_text().split("\n")
     text[at[0] : at[-1] + 1] = lines
     with atomic_path(card) as tmp:
         Path(tmp).write_text("\n".join(text))
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         table = dict(read_toml(args.gridding).get("gridding") or {})
         if not table:
             raise InputError(f"{args.gridding}: no [gridding] table")
+        from_dict(GriddingConfig, table, where="gridding")  # the table as a whole, once
+        given = data_fields(table)
         plans = []
         for path in args.models:
             if not path.is_file():
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{path}: not a spurig model with a gridding record")
             if not path.with_suffix(".md").is_file():
                 raise InputError(f"{path}: no model card {path.with_suffix('.md').name}")
-            used = new_gridding(state["gridding"], table, str(path))
+            gridding_lines(path.with_suffix(".md"))  # every card checked before any write
+            used = new_gridding(state["gridding"], given, str(path))
             plans.append((path, state, used))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
