@@ -389,3 +389,62 @@ def test_kernel_sums_are_exact_with_many_duplicates() -> None:
     got = pair_product(pairs, outer)
     assert got.dtype == torch.complex64 and got.shape == (pairs.points.numel(), m)
     assert rel_err(got.to(torch.complex128), want[pairs.points]) < 1e-6
+
+
+def test_weighted_adjoint_data_matches_the_direct_sum(rng: torch.Generator) -> None:
+    """Issue #14 (session 29): ``A^H W^{1/2} b`` one coil at a time, in reused work buffers.
+
+    The own data's ``A^H b`` equals a float64 sum of ``conj(Φ̃) w b`` over each grid point's
+    samples (adjoint FFT applied by the generic path), ``adjoint(data_values())`` and the
+    generic adjoint after a gram has used the same buffers.
+    """
+    _, gd, maps, basis = _setup(rng)
+    op = GriddedSubspaceEncoding(gd, maps, basis)  # density weights (γ = 0.75)
+    w = op.weights
+    assert w is not None
+    ref = np.zeros((COILS, BASIS, int(np.prod(gd.grid))), dtype=np.complex128)
+    b, idx, phi = gd.values.numpy(), gd.index.numpy(), basis.numpy()
+    wn = w.double().numpy()
+    for g in range(GROUPS):
+        for t in range(TR):
+            for s in range(SAMPLES):
+                ref[:, :, idx[g, t, s]] += (
+                    np.conj(phi[t])[None, :] * wn[g, t, s] * b[:, g, t, s, None]
+                )
+    proj = torch.from_numpy(ref.reshape(COILS, BASIS, *gd.grid)).to(torch.complex64)
+    want = op.adjoint_projected(proj)
+    got = op.adjoint_data()
+    assert rel_err(got, want) < 1e-5
+    assert rel_err(op.adjoint(op.data_values()), want) < 1e-5
+    op.gram(got)  # the gram shares the z buffer; the projection's buffers are reused below
+    assert rel_err(op.adjoint(op.data_values()), want) < 1e-5
+    fresh = GriddedSubspaceEncoding(gd, maps, basis)
+    norm = fresh.data_norm()  # before A^H b: the same per-coil sums
+    assert norm == pytest.approx(
+        float(torch.linalg.vector_norm((gd.values * w.sqrt()).to(torch.complex128))), rel=1e-7
+    )
+    assert rel_err(fresh.adjoint_data(), got) == 0.0
+
+
+def test_sample_pairs_keys_are_the_same_in_int32_and_int64() -> None:
+    """Issue #14 (session 29): int32 sort keys where ``points · tr`` fits, int64 beyond.
+
+    The grouping is the same either way, and stable: a pair's samples in acquisition order.
+    """
+    from spurig_core.operators.pairs import sample_pairs
+
+    gen = torch.Generator().manual_seed(5)
+    g, t, s = 3, 50, 40
+    index = torch.randint(0, 30, (g, t, s), generator=gen)
+    small = sample_pairs(index)
+    offset = 2**31 // t  # every key beyond int32
+    big = sample_pairs(index + offset)
+    assert torch.equal(big.points, small.points + offset)
+    for name in ("perm", "pair_start", "pair_tr", "point_start"):
+        assert torch.equal(getattr(big, name), getattr(small, name)), name
+    flat = index.reshape(-1)
+    tr = torch.arange(t).view(1, t, 1).expand(g, t, s).reshape(-1)
+    for u in range(int(small.pair_tr.numel())):
+        members = small.perm[small.pair_start[u] : small.pair_start[u + 1]].long()
+        assert torch.all(members.diff() > 0)  # acquisition order
+        assert len(set(flat[members].tolist())) == 1 and len(set(tr[members].tolist())) == 1

@@ -389,20 +389,21 @@ def _gram_worker(
         dtype=torch.complex64,
         generator=torch.Generator().manual_seed(0),
     ).to(dev)
-    out: dict[str, float] = {}
-    for name, op in ops.items():
+    for op in ops.values():
         op.gram(x)  # warm-up (plans, kernels, buffers)
-        times = []
-        for _ in range(repeats):
+    # interleaved, so that both operators meet the same state of a shared or drifting machine
+    # (issue #14, session 29: back-to-back blocks put the same code at 29× and 57×)
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(repeats):
+        for name, op in ops.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             op.gram(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        out[f"gram_{name}_s"] = sorted(times)[len(times) // 2]
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {f"gram_{name}_s": sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _run_worker(args: list[str]) -> dict:

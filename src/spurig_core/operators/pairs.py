@@ -60,9 +60,13 @@ def sample_pairs(index: torch.Tensor) -> SamplePairs:
     """
     g, t, s = index.shape
     dev = index.device
-    keys = index.reshape(-1).to(torch.int64, copy=True).mul_(t)
-    keys.view(g, t, s).add_(torch.arange(t, device=dev).view(1, t, 1))
-    keys, perm = torch.sort(keys)
+    # int32 keys where they fit (issue #14, session 29: the sort of a 64³ scan's 3.07 M keys
+    # 52–93 → 33–41 ms); stable, so a pair's samples stay in acquisition order
+    top = int(index.max()) + 1 if index.numel() else 1
+    ktype = torch.int32 if top * t < 2**31 - 1 else torch.int64
+    keys = index.reshape(-1).to(ktype, copy=True).mul_(t)
+    keys.view(g, t, s).add_(torch.arange(t, device=dev, dtype=ktype).view(1, t, 1))
+    keys, perm = torch.sort(keys, stable=True)
     uniq, counts = torch.unique_consecutive(keys, return_counts=True)
     del keys
     small = max(int(index.numel()), t) < 2**31 - 1
@@ -71,6 +75,7 @@ def sample_pairs(index: torch.Tensor) -> SamplePairs:
     pair_tr = (uniq - at * t).to(itype)
     del uniq
     points, per_point = torch.unique_consecutive(at, return_counts=True)
+    points = points.to(torch.int64)
     del at
     pair_start = torch.zeros(counts.numel() + 1, dtype=itype, device=dev)
     torch.cumsum(counts, 0, out=pair_start[1:])
@@ -104,8 +109,12 @@ def pair_product(
     """
     t, m = outer.shape
     counts = pair_sums(pairs) if sums is None else sums
-    k = pairs.per_point(counts) @ torch.view_as_real(outer).reshape(t, 2 * m)
-    return torch.view_as_complex(k.reshape(-1, m, 2).contiguous())
+    k = torch.empty((pairs.points.numel(), 2 * m), dtype=torch.float32, device=outer.device)
+    # into an uninitialised result (beta = 0): ``@`` zero-fills a fresh one and copies it
+    torch.addmm(
+        k, pairs.per_point(counts), torch.view_as_real(outer).reshape(t, 2 * m), beta=0, out=k
+    )
+    return torch.view_as_complex(k.view(-1, m, 2))
 
 
 def pair_sums(pairs: SamplePairs, weights: torch.Tensor | None = None) -> torch.Tensor:
