@@ -15,11 +15,15 @@ five reach 0.99995 / 1.0002 of a 40-gram value at 2 min (γ = 0.75 / 0.5; before
 0.9991), and at 30 s 0.948 / 1.0016 in three instead of seven (before: 0.889 / 0.974).  Since
 session 28 it stops after :data:`FULL_GRAMS` = 2 full grams (within 0.07 % of three, except 1.4 %
 at 2 groups of a 48³ scan; against a 40-gram Lanczos run from the same start 0.998 / 0.996 at
-64³, 2 min, γ = 0.75 / 0.5, 0.947 at 30 s, where three reach 0.948).  Where no
-block pays (images below 32³) it starts, as before, from the data-free, coil-combined image of
-:func:`coil_start` in the basis direction of the central per-point kernels.  A Ritz
-value never exceeds ``λ_max``; the top of this spectrum is clustered (many eigenvalues within
-1 % of the largest), so Lanczos creeps the last per cent: measured 0.8 % (32³, 4 groups),
+64³, 2 min, γ = 0.75 / 0.5, 0.947 at 30 s, where three reach 0.948).  Since session 29 the
+models' data term (``γ ≥`` :data:`BAND_ONLY_GAMMA`) takes the band-limited value itself, with no
+full gram (:func:`full_grams`): within 0.2 % of the 2-gram value from 4 groups up, nearer the
+norm at 2 groups, 0.21–0.27 s instead of 0.96–1.14 s at 64³; LLR's γ = 0.5 keeps the 2 grams.
+Where no block pays (images below 32³) it starts, as before, from the data-free,
+coil-combined image of :func:`coil_start` in the basis direction of the central per-point
+kernels.  A Ritz value never exceeds ``λ_max`` (the band-limited estimate was at most 0.06 %
+above it); the top of this spectrum is clustered (many eigenvalues within 1 % of the largest),
+so Lanczos creeps the last per cent: measured 0.8 % (32³, 4 groups),
 0.15 % (48³) and 0.1 % (64³, 16 groups) below the converged norm at γ = 0.5 after 6, 5 and 5
 grams, 2.4 %, 0.3 % and 0.2 % at the shipped models' γ = 0.75 after 7, 6 and 6 grams, but 11 %
 below a 30-gram value at 64³, 4 groups, γ = 0.75 (``benchmarks/RESULTS.md``, sessions 9 and 13):
@@ -48,12 +52,14 @@ from .base import LinearOperator
 
 __all__ = [
     "BAND_GRAMS",
+    "BAND_ONLY_GAMMA",
     "FULL_GRAMS",
     "MAX_GRAMS",
     "RTOL",
     "attach_for_scan",
     "attach_step_sizes",
     "coil_start",
+    "full_grams",
     "gram_norm",
     "step_key",
     "step_plan",
@@ -82,6 +88,23 @@ BAND_GRAMS = 30
 #: 30 s, γ = 0.75 and 0.5, and 1.4 % only on a 48³ 15-s scan (2 groups, 0.958 → 0.972 of a
 #: 40-gram value); one gram fewer is 0.47 s of a 64³ reconstruction (``benchmarks/RESULTS.md``).
 FULL_GRAMS = 2
+#: Data terms with a density exponent ``γ`` at least this take the band-limited value itself,
+#: ``(N/m)³ · λ_max(A_m^H A_m)``, with no full gram (:func:`full_grams`).  Session 29 (issue 14):
+#: at the models' ``γ = 0.75`` it is within 0.2 % of the 2-gram value at 4–16 groups (32³, 48³,
+#: 64³, the unseen 14-coil scan) and closer to a 40-gram value than it at 2 groups (0.983 vs
+#: 0.958 at 48³, 0.857 vs 0.844 at 32³), at most 0.06 % above it; at LLR's ``γ = 0.5`` it is
+#: 1.5–3.5 % low, and FISTA needs ``L ≥ ‖A^H A‖``, so the full grams stay there
+#: (``benchmarks/RESULTS.md``, sessions 28 and 29).
+BAND_ONLY_GAMMA = 0.75
+
+
+def full_grams(gamma: float) -> int:
+    """Return the full grams after the band-limited start for density exponent ``gamma``.
+
+    ``0`` (the band-limited value is the estimate) where ``gamma ≥`` :data:`BAND_ONLY_GAMMA`,
+    else :data:`FULL_GRAMS`.
+    """
+    return 0 if float(gamma) >= BAND_ONLY_GAMMA else FULL_GRAMS
 
 
 def gram_norm(
@@ -203,10 +226,12 @@ def step_size_of(op: Any, maps: torch.Tensor) -> float:
     Two stages where :func:`~.band_limited.band_limited` finds a central block: Lanczos on the
     block's encoding (:data:`BAND_GRAMS` grams at most, a 24³ FFT each at 64³) gives the top
     eigenvector of the band-limited problem; resampled to the image, it starts :func:`gram_norm`
-    on ``op`` for :data:`FULL_GRAMS` grams.
+    on ``op`` for :func:`full_grams` grams (:data:`FULL_GRAMS`).  Where that is none (the
+    models' ``γ = 0.75``) the value is the block's top Ritz value scaled by ``(N/m)³``: an
+    estimate, measured at most 0.06 % above ``λ_max``.
     Otherwise one stage from :func:`coil_start` in the direction of the operator's
-    ``centre_direction()``.  The value is always a Ritz value of ``op`` itself, so never above
-    ``λ_max`` (see the module notes).
+    ``centre_direction()``.  With full grams the value is a Ritz value of ``op`` itself, so
+    never above ``λ_max`` (see the module notes).
     """
     from .band_limited import band_limited, resample
     from .encoding import GriddedSubspaceEncoding
@@ -216,11 +241,12 @@ def step_size_of(op: Any, maps: torch.Tensor) -> float:
     if band is None:
         value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis, direction))
         return value
-    lo, lo_maps, _ = band
-    _, lo_vector = top_ritz_pair(lo, coil_start(lo_maps, op.n_basis, direction), BAND_GRAMS)
-    value, _ = gram_norm(
-        op, max_iters=FULL_GRAMS, min_iters=FULL_GRAMS, x0=resample(lo_vector, op.matrix)
-    )
+    lo, lo_maps, scale = band
+    lo_value, lo_vector = top_ritz_pair(lo, coil_start(lo_maps, op.n_basis, direction), BAND_GRAMS)
+    full = full_grams(op.config.density_compensation)
+    if full == 0:
+        return lo_value * scale
+    value, _ = gram_norm(op, max_iters=full, min_iters=full, x0=resample(lo_vector, op.matrix))
     return value
 
 
