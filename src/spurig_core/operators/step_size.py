@@ -56,6 +56,7 @@ __all__ = [
     "FULL_GRAMS",
     "MAX_GRAMS",
     "RTOL",
+    "WIDE_GRAMS",
     "attach_for_scan",
     "attach_step_sizes",
     "coil_start",
@@ -96,6 +97,15 @@ FULL_GRAMS = 2
 #: 1.5–3.5 % low, and FISTA needs ``L ≥ ‖A^H A‖``, so the full grams stay there
 #: (``benchmarks/RESULTS.md``, sessions 28 and 29).
 BAND_ONLY_GAMMA = 0.75
+
+
+#: Grams of a Lanczos run from a random start that also bounds the stored value from below for
+#: ``γ >`` :data:`BAND_ONLY_GAMMA` (:func:`step_size_of`).  There the density weights flatten the
+#: k-space centre and the top of ``A^H A``'s spectrum moves to the periphery, which neither the
+#: band-limited block nor a Lanczos run started from it reaches: at γ = 0.85 / 1.0 (64³, 2 min)
+#: both gave 0.72–0.73 / 0.45–0.47 of the norm, a random start 0.88 after 7 grams and 0.998 /
+#: 0.9995 after 15 (session 29).  Only user settings get there: the models use 0.75, LLR 0.5.
+WIDE_GRAMS = 16
 
 
 def full_grams(gamma: float) -> int:
@@ -231,22 +241,29 @@ def step_size_of(op: Any, maps: torch.Tensor) -> float:
     estimate, measured at most 0.06 % above ``λ_max``.
     Otherwise one stage from :func:`coil_start` in the direction of the operator's
     ``centre_direction()``.  With full grams the value is a Ritz value of ``op`` itself, so
-    never above ``λ_max`` (see the module notes).
+    never above ``λ_max`` (see the module notes).  For ``γ >`` :data:`BAND_ONLY_GAMMA` (user
+    settings only) it is at least the value of :data:`WIDE_GRAMS` grams from a random start.
     """
     from .band_limited import band_limited, resample
     from .encoding import GriddedSubspaceEncoding
 
     direction = op.centre_direction() if hasattr(op, "centre_direction") else None
     band = band_limited(op, maps) if isinstance(op, GriddedSubspaceEncoding) else None
+    gamma = float(op.config.density_compensation) if hasattr(op, "config") else 0.0
     if band is None:
         value, _ = gram_norm(op, max_iters=MAX_GRAMS, x0=coil_start(maps, op.n_basis, direction))
-        return value
-    lo, lo_maps, scale = band
-    lo_value, lo_vector = top_ritz_pair(lo, coil_start(lo_maps, op.n_basis, direction), BAND_GRAMS)
-    full = full_grams(op.config.density_compensation)
-    if full == 0:
-        return lo_value * scale
-    value, _ = gram_norm(op, max_iters=full, min_iters=full, x0=resample(lo_vector, op.matrix))
+    else:
+        lo, lo_maps, scale = band
+        start = coil_start(lo_maps, op.n_basis, direction)
+        lo_value, lo_vector = top_ritz_pair(lo, start, BAND_GRAMS)
+        full = full_grams(gamma)
+        value = lo_value * scale
+        if full:
+            x0 = resample(lo_vector, op.matrix)
+            value, _ = gram_norm(op, max_iters=full, min_iters=full, x0=x0)
+    if gamma > BAND_ONLY_GAMMA:  # the top of the spectrum may lie away from the centre
+        wide, _ = gram_norm(op, max_iters=WIDE_GRAMS, min_iters=WIDE_GRAMS, rtol=0.0)
+        value = max(value, wide)
     return value
 
 
