@@ -31,7 +31,6 @@ paper's appendix A.1.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +42,7 @@ from .encoding_nufft import SubspaceNUFFTEncoding, _check_maps_basis, _mix_basis
 from .fourier import centre_offset, modulation
 from .grid import GriddedData
 from .pairs import SamplePairs, pair_product, pair_sums, sample_pairs
+from .projection import PairProjection
 
 __all__ = [
     "EncodingConfig",
@@ -78,9 +78,6 @@ def _transposed(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
     return out
 
 
-#: Work buffers of the projection, kept from coil to coil and freed after the last one (their
-#: 40–55 MB at 64³ held on made the UNet after them slower: session 29).
-_SCRATCH = ("weighted", "pair_sums", "point_sums")
 #: Least memory for the sampled k-space of several coils mixed together in the gram (CPU,
 #: sparse storage); the budget is this or two full-grid work buffers, whichever is larger
 #: (:meth:`GriddedSubspaceEncoding._coils_per_mix`): 4 coils at 64³ (16 groups), 7 at 64³
@@ -234,7 +231,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         self._phi_t = self.basis.T.reshape(self.n_basis, 1, t, 1).contiguous()
         self._index = idx.to(dev, torch.int64).reshape(-1)
         self._pairs = sample_pairs(self._index.reshape(g, t, s))
-        self._projector: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._projector: PairProjection | None = None
         self._weights(g, t, s, weights)
         self._chunk = self.config.chunk if dev.type == "cpu" and self.config.chunk > 0 else 0
         self._build_kernels()
@@ -357,10 +354,15 @@ class GriddedSubspaceEncoding(LinearOperator):
             self._buffers[name] = b
         return b
 
-    def _release(self, names: tuple[str, ...]) -> None:
-        """Free the work buffers ``names`` (scratch of one call over all coils)."""
-        for name in names:
-            self._buffers.pop(name, None)
+    def _release_scratch(self) -> None:
+        """Free the buffers of one call over all coils: the weighted coil and the projection's.
+
+        Kept from coil to coil; held on after the last one, their 40–55 MB at 64³ made the UNet
+        after them slower (session 29).
+        """
+        self._buffers.pop("weighted", None)
+        if self._projector is not None:
+            self._projector.release()
 
     def release_buffers(self) -> None:
         """Free the preallocated work buffers.
@@ -462,60 +464,12 @@ class GriddedSubspaceEncoding(LinearOperator):
     ) -> torch.Tensor:
         """``out[k, p] = post[p] Σ_{index = p} conj(Φ̃[t,k]) √w[g,t,s] bc[g,t,s]``, sampled ``p``.
 
-        Writes the sampled points only (``out`` must be zero elsewhere).  Two sparse products
-        per coil instead of an ``index_add_`` per coefficient (issue #14: 1.02 → 0.47 s for the
-        ``A^H b`` of a 64³ scan): the samples summed per (point, repetition) pair, then each
-        point's pairs times ``conj Φ̃`` of their repetitions, with the real and imaginary parts of
-        the pair sums interleaved in one (points × 2·tr) matrix.  Both products write into work
-        buffers kept between coils (issue #14, session 29: fresh 14–16 MB results for every
-        coil, zero-filled and copied, were 0.4 s of a 64³ ``A^H b``).
-        """
-        sums, phi, crow, cols = self._projection()
-        pairs = self._pairs
-        nb = self.n_basis
-        n_pairs, n_points = int(pairs.pair_tr.numel()), int(pairs.points.numel())
-        ps = self._work("pair_sums", (n_pairs, 2), torch.float32)
-        torch.mm(sums, torch.view_as_real(bc.reshape(-1)), out=ps)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
-            per_point = torch.sparse_csr_tensor(crow, cols, ps.view(-1), (n_points, 2 * pairs.n_tr))
-        o = self._work("point_sums", (n_points, 2 * nb), torch.float32)
-        torch.addmm(o, per_point, phi, beta=0, out=o)  # beta = 0: o's old values are ignored
-        oc = torch.view_as_complex(o.view(-1, nb, 2))  # (points, basis)
-        if post is not None:
-            oc.mul_(post[:, None])
-        out.view(nb, -1).index_copy_(1, pairs.points, oc.T)
-        return out
-
-    def _projection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the (pairs × samples) sum with ``√w`` and the per-point product's parts.
-
-        ``phi``, shape (2·tr, 2·basis): row ``2t`` the real and row ``2t + 1`` the imaginary
-        part's factor of repetition ``t``, columns interleaving real and imaginary parts, so
-        that ``Re(M) phi[2t] + Im(M) phi[2t + 1]`` is ``M conj(Φ̃[t])`` as complex numbers.
-        ``crow``/``cols``: the (points × 2·tr) CSR structure whose values are the pair sums'
-        interleaved real and imaginary parts.
+        :class:`~.projection.PairProjection` (issue #14: 1.02 → 0.47 s for the ``A^H b`` of a
+        64³ scan, and 0.4 s less in session 29); writes the sampled points only.
         """
         if self._projector is None:
-            p = self._pairs
-            w = (
-                torch.ones(p.perm.numel(), dtype=torch.float32, device=self.device)
-                if self._sqrtw is None
-                else self._sqrtw.reshape(-1)[p.perm]
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
-                sums = torch.sparse_csr_tensor(
-                    p.pair_start, p.perm, w, (p.pair_start.numel() - 1, p.perm.numel())
-                )
-            c = self.basis.conj()
-            phi_re = torch.stack([c.real, c.imag], -1).reshape(c.shape[0], -1)
-            phi_im = torch.stack([-c.imag, c.real], -1).reshape(c.shape[0], -1)
-            phi = torch.stack([phi_re, phi_im], 1).reshape(2 * c.shape[0], -1).contiguous()
-            crow = p.point_start * 2
-            cols = torch.stack([p.pair_tr * 2, p.pair_tr * 2 + 1], 1).reshape(-1)
-            self._projector = (sums, phi, crow, cols)
-        return self._projector
+            self._projector = PairProjection(self._pairs, self.basis, self._sqrtw)
+        return self._projector(bc, out, post)
 
     def _adj(self, b: torch.Tensor) -> torch.Tensor:
         b = b.to(torch.complex64)
@@ -525,7 +479,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         for c in range(self.n_coils):
             self._project_coil(b[c], z, post)
             self._ifft_crop_acc(z, c, acc)
-        self._release(_SCRATCH)
+        self._release_scratch()
         return acc
 
     def _gram(self, x: torch.Tensor) -> torch.Tensor:
@@ -586,7 +540,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         with torch.no_grad():
             for c in range(self.n_coils):
                 self._project_coil(b[c], out[c])
-        self._release(_SCRATCH)
+        self._release_scratch()
         return out
 
     def adjoint_projected(self, projected: torch.Tensor) -> torch.Tensor:
@@ -668,7 +622,7 @@ class GriddedSubspaceEncoding(LinearOperator):
             sq += _sq_norm(bc)
             self._project_coil(bc, z, post)
             self._ifft_crop_acc(z, c, acc)
-        self._release(_SCRATCH)
+        self._release_scratch()
         return acc, math.sqrt(sq)
 
     def data_values(self, values: torch.Tensor | None = None) -> torch.Tensor:
@@ -692,7 +646,7 @@ class GriddedSubspaceEncoding(LinearOperator):
             with torch.no_grad():
                 b = self._checked(None)
                 sq = sum(_sq_norm(self._own_coil(b, c)) for c in range(self.n_coils))
-            self._release(_SCRATCH)
+            self._release_scratch()
             self._b_norm = math.sqrt(sq)
         return self._b_norm
 
