@@ -23,19 +23,32 @@ from spurig_core.simulation import simulate
 NN = GriddingConfig(n_sources=1, learned_kernel=False, check=False)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
+def _gridded_scan(folder, matrix: int, seed: int):
+    """Return a 3-coil, 4-group analytic scan, nearest-neighbour gridded, and its basis."""
     path = simulate(
-        tmp_path_factory.mktemp("scan") / "s.h5",
-        matrix=16,
-        coils=3,
-        groups=4,
-        seed=5,
-        phantom="analytic",
+        folder / "s.h5", matrix=matrix, coils=3, groups=4, seed=seed, phantom="analytic"
     )
     scan = load_scan(path)
     gd = grid(scan.kspace, scan.trajectory, scan.matrix, config=NN)
     return scan, gd, scan_basis(scan, torch.device("cpu"))
+
+
+def _count_grams(monkeypatch: pytest.MonkeyPatch, op: GriddedSubspaceEncoding) -> dict[str, int]:
+    """Count the full operator's grams from now on (``counts["n"]``)."""
+    counts = {"n": 0}
+    full_gram = op.gram
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        counts["n"] += 1
+        return full_gram(x)
+
+    monkeypatch.setattr(op, "gram", counted)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    return _gridded_scan(tmp_path_factory.mktemp("scan"), 16, 5)
 
 
 @pytest.mark.parametrize(
@@ -130,14 +143,7 @@ def test_two_stage_step_size_is_the_norm_in_fewer_full_grams(setup, monkeypatch,
     scan, gd, basis = setup
     monkeypatch.setattr(bl, "BAND_SIZE", 8)  # a block at 16³ (the default needs 32³ or more)
     op = GriddedSubspaceEncoding(gd.first_groups(groups), scan.coil_maps, basis)
-    grams = {"n": 0}
-    full_gram = op.gram
-
-    def counted(x: torch.Tensor) -> torch.Tensor:
-        grams["n"] += 1
-        return full_gram(x)
-
-    monkeypatch.setattr(op, "gram", counted)
+    grams = _count_grams(monkeypatch, op)
     value = ss.step_size_of(op, scan.coil_maps)
     two_stage = grams["n"]
     grams["n"] = 0
@@ -156,17 +162,7 @@ def test_two_stage_step_size_is_the_norm_in_fewer_full_grams(setup, monkeypatch,
 
 @pytest.fixture(scope="module")
 def setup32(tmp_path_factory: pytest.TempPathFactory):
-    path = simulate(
-        tmp_path_factory.mktemp("scan32") / "s.h5",
-        matrix=32,
-        coils=3,
-        groups=4,
-        seed=6,
-        phantom="analytic",
-    )
-    scan = load_scan(path)
-    gd = grid(scan.kspace, scan.trajectory, scan.matrix, config=NN)
-    return scan, gd, scan_basis(scan, torch.device("cpu"))
+    return _gridded_scan(tmp_path_factory.mktemp("scan32"), 32, 6)
 
 
 @pytest.mark.parametrize("groups", [4, 1])
@@ -182,14 +178,7 @@ def test_models_step_size_is_the_band_limited_value_without_full_grams(
     cfg = EncodingConfig(density_compensation=0.75)
     assert ss.full_grams(0.75) == 0 and ss.full_grams(0.5) == ss.FULL_GRAMS
     op = GriddedSubspaceEncoding(gd.first_groups(groups), scan.coil_maps, basis, config=cfg)
-    grams = {"n": 0}
-    full_gram = op.gram
-
-    def counted(x: torch.Tensor) -> torch.Tensor:
-        grams["n"] += 1
-        return full_gram(x)
-
-    monkeypatch.setattr(op, "gram", counted)
+    grams = _count_grams(monkeypatch, op)
     value = ss.step_size_of(op, scan.coil_maps)
     assert grams["n"] == 0
     band = bl.band_limited(op, scan.coil_maps)

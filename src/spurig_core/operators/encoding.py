@@ -63,11 +63,6 @@ def _sq_norm(values: torch.Tensor) -> float:
     return float(torch.stack(parts).sum())
 
 
-def _norm(values: torch.Tensor) -> float:
-    """``‖values‖₂`` (complex), from :func:`_sq_norm`."""
-    return math.sqrt(_sq_norm(values))
-
-
 def _transposed(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
     """``x.T`` contiguous, copied in blocks of rows that stay in cache (2× a plain copy at 64³)."""
     out = torch.empty((x.shape[1], x.shape[0]), dtype=x.dtype, device=x.device)
