@@ -221,6 +221,22 @@ PATHS = [
         cli_paths(lambda t, b: ["bench", "--scan", t / "no.h5", "--methods", "adjoint"]),
         "no such file",
     ),
+    Case(
+        "cli",
+        "bench negative gram repeats",
+        cli_paths(
+            lambda t, b: ["bench", "--scan", _copy(b.scan, t / "s.h5"), "--gram-repeats", "-1"]
+        ),
+        "gram repeats: -1 is outside 0–20",
+    ),
+    Case(
+        "cli",
+        "bench too many gram repeats",
+        cli_paths(
+            lambda t, b: ["bench", "--scan", _copy(b.scan, t / "s.h5"), "--gram-repeats", "500"]
+        ),
+        "gram repeats: 500 is outside 0–20",
+    ),
 ]
 
 

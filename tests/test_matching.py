@@ -192,6 +192,41 @@ def test_progress_and_bad_inputs(dictionary: Dictionary) -> None:
         MatchingConfig(mask_threshold=2.0)
 
 
+def test_matching_in_voxel_blocks_equals_one_block(dictionary: Dictionary) -> None:
+    """Blocks of ``voxel_block`` voxels (bounded memory) give the maps of one block, B1 and all.
+
+    The voxels are noisy signals with a B1 map that varies from voxel to voxel, so each block
+    meets several B1 slices; the progress events count every masked voxel once, in order.
+    """
+    d = dictionary
+    rng = np.random.default_rng(3)
+    n = 300
+    t1 = rng.uniform(400, 2500, n)
+    t2 = rng.uniform(30, 200, n)
+    b1 = rng.uniform(0.65, 1.35, n)
+    sig = simulate_signals(t1, t2, b1)
+    sig = sig + 0.02 * sig.abs().max() * torch.randn(sig.shape, dtype=torch.complex64)
+    coef = _coefficients(sig, d.basis).reshape(5, 10, 6, 5)
+    b1_map = torch.as_tensor(b1, dtype=torch.float32).reshape(10, 6, 5)
+    mask = torch.ones(10, 6, 5, dtype=torch.bool)
+    mask[0, 0] = False  # the blocks run over the masked voxels only
+    whole = match_maps(coef, d.basis, b1=b1_map, mask=mask, config=CFG, dictionary=d)
+    events: list = []
+    small = dataclasses.replace(CFG, voxel_block=37)  # 8 blocks, the last one partial
+    blocks = match_maps(
+        coef, d.basis, b1=b1_map, mask=mask, config=small, dictionary=d, callback=events.append
+    )
+    for name in ("t1_ms", "t2_ms", "b1", "mask"):
+        assert torch.equal(getattr(blocks, name), getattr(whole, name)), name
+    for name in ("pd", "similarity"):
+        assert torch.allclose(getattr(blocks, name), getattr(whole, name), rtol=1e-6), name
+    steps = [e.step for e in events if e.stage == "match"]
+    assert steps == sorted(steps) and steps[-1] == int(mask.sum()) == events[-1].total
+    assert blocks.config["voxel_block"] == 37
+    with pytest.raises(InputError, match="voxel_block"):
+        MatchingConfig(voxel_block=0)
+
+
 def test_config_round_trip() -> None:
     from spurig_core.config import to_dict
 

@@ -76,7 +76,9 @@ def test_bench_runs_each_method_in_its_own_process(tiny_scan: Path) -> None:
 
 def test_bench_grids_once_per_grid(tiny_scan: Path) -> None:
     """The model's methods share the model's gridding; LLR gets its own on its 2x grid."""
-    report = bench(scan=tiny_scan, groups=4, methods=("dc-only", "llr"), config=NO_KERNEL)
+    report = bench(
+        scan=tiny_scan, groups=4, methods=("dc-only", "llr"), config=NO_KERNEL, gram_repeats=1
+    )
     rows = {r["method"]: r for r in report["rows"]}
     assert all("error" not in r for r in rows.values()), rows
     griddings = {tuple(g["methods"]): g for g in report["griddings"]}
@@ -92,10 +94,11 @@ def test_bench_grids_once_per_grid(tiny_scan: Path) -> None:
 
 def test_bench_reports_a_method_that_cannot_run(tiny_scan: Path) -> None:
     # only a 2-min hybrid model ships: the 4-group (30 s) scan has none
-    report = bench(scan=tiny_scan, groups=4, methods=("hybrid",), gram=False, config=FAST)
+    report = bench(scan=tiny_scan, groups=4, methods=("hybrid",), gram_repeats=0, config=FAST)
     (row,) = report["rows"]
     assert "no shipped hybrid model for the 30s scan" in row["error"]
-    assert "n/a" in format_table(report)
+    table = format_table(report)
+    assert "n/a" in table and "gram" not in report and "One gram application" not in table
 
 
 def test_prepare_training_cli_rejects_an_empty_cohort(tmp_path: Path) -> None:

@@ -431,6 +431,7 @@ def bench(
     config: dict[str, Any] | None = None,
     share_gridding: bool = True,
     callback: Callback | None = None,
+    gram_repeats: int = 3,
 ) -> dict[str, Any]:
     """Time the methods on one scan, each in a fresh process, one after the other.
 
@@ -446,6 +447,9 @@ def bench(
         Methods to run (``spurig``/``hybrid`` need a shipped or given model).
     gram : bool
         Also time one gram application, NUFFT vs gridded.
+    gram_repeats : int
+        Timed applications of each operator, interleaved (the median is reported), 0–20; 0
+        skips the gram micro-benchmark as ``gram=False`` does.
     config : dict, optional
         Overrides passed to every reconstruction (``{"gridding": {...}, "llr": {...}}``).
     share_gridding : bool
@@ -463,6 +467,11 @@ def bench(
     for m in methods:
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    if isinstance(gram_repeats, bool) or not isinstance(gram_repeats, int):
+        raise InputError(f"gram repeats: {gram_repeats!r} is not a whole number (0–20)")
+    if not 0 <= gram_repeats <= 20:
+        raise InputError(f"gram repeats: {gram_repeats} is outside 0–20 (0 skips the gram)")
+    gram = gram and gram_repeats > 0
     if scan is not None:  # a bad scan is one line and exit 2 here, not an error row per worker
         from .io import load_scan
 
@@ -525,6 +534,7 @@ def bench(
                 "groups": groups,
                 "device": device,
                 "config": config,
+                "repeats": gram_repeats,
                 "gridded": files.get("gram"),
             }
             report["gram"] = _run_worker(["gram", json.dumps(job)])

@@ -228,6 +228,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scan", type=Path, default=None, help="use this scan instead of simulating")
     s.add_argument("--methods", default="adjoint,llr,llr-nufft,spurig,dc-only")
     s.add_argument("--out", type=Path, default=None, help="write the table as Markdown here")
+    s.add_argument(
+        "--gram-repeats",
+        type=int,
+        default=3,
+        help="timed gram applications of each operator in the micro-benchmark (median; "
+        "0 skips it: at 220³ one NUFFT gram takes minutes)",
+    )
     _add_overwrite(s)
 
     s = sub.add_parser("export", help="NIfTI files of the maps and coefficient magnitudes")
@@ -446,6 +453,7 @@ def _dispatch(args: argparse.Namespace, progress: _Progress) -> int:
             out=args.out,
             callback=cb,
             overwrite=args.overwrite,
+            gram_repeats=args.gram_repeats,
         )
         progress.close()
         print(table)

@@ -32,7 +32,7 @@ from .config import to_dict
 from .data import FispSequence
 from .errors import InputError
 from .physics import Dictionary, DictionaryGrid, intraop_threads, load_dictionary
-from .progress import Callback, emit
+from .progress import Callback, ProgressEvent, emit
 
 __all__ = [
     "MatchResult",
@@ -61,19 +61,24 @@ class MatchingConfig:
     atom_chunk : int
         Atoms compared at once (CPU; ×4 on CUDA); the score block is ``voxel_chunk × atom_chunk``
         float32 (4 MiB by default, so that it stays in cache).
+    voxel_block : int
+        Voxels prepared at once: their coefficients in the dictionary's basis, B1 indices and
+        similarity features take about 2 kB a voxel, so a block bounds the working memory
+        (≈ 1 GB by default) whatever the matrix; a 220³ volume matched whole needed 21 GB.
     """
 
     grid: DictionaryGrid = field(default_factory=DictionaryGrid)
     mask_threshold: float = 0.05
     voxel_chunk: int = 512
     atom_chunk: int = 2048
+    voxel_block: int = 1 << 19
 
     def __post_init__(self) -> None:
         """Raise InputError unless ``mask_threshold`` is in [0, 1) and the chunk sizes are ≥ 1."""
         if not 0.0 <= self.mask_threshold < 1.0:
             raise InputError("matching.mask_threshold: must be in [0, 1)")
-        if self.voxel_chunk < 1 or self.atom_chunk < 1:
-            raise InputError("matching: voxel_chunk and atom_chunk must be positive")
+        if self.voxel_chunk < 1 or self.atom_chunk < 1 or self.voxel_block < 1:
+            raise InputError("matching: voxel_chunk, atom_chunk and voxel_block must be positive")
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,6 +292,54 @@ def match_vectors(
     return atom, similarity.float(), pd.float()
 
 
+def _match_blocks(
+    flat: torch.Tensor,
+    idx: torch.Tensor,
+    t_t: torch.Tensor,
+    b1: torch.Tensor | None,
+    d: Dictionary,
+    cfg: MatchingConfig,
+    callback: Callback | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run :func:`match_vectors` on the voxels ``idx`` of ``flat`` ``(k, voxels)`` in blocks.
+
+    ``cfg.voxel_block`` voxels at a time.  Returns the atom, B1 index, similarity and PD of each
+    voxel of ``idx`` (shape ``(n,)``).
+    """
+    n, dev = idx.numel(), flat.device
+    atom = torch.empty(n, dtype=torch.int64, device=dev)
+    b1_index = torch.empty(n, dtype=torch.int64, device=dev)
+    sim = torch.empty(n, dtype=torch.float32, device=dev)
+    pd = torch.empty(n, dtype=torch.float32, device=dev)
+    b1_grid = d.b1_values.to(dev)
+    b1_flat = None if b1 is None else b1.to(dev, torch.float32).reshape(-1)
+    for s in range(0, n, cfg.voxel_block):
+        e = min(n, s + cfg.voxel_block)
+        sel = idx[s:e]
+        x = flat[:, sel].T @ t_t  # (block, basis) in Φ_dict
+        if b1_flat is None:
+            b1_vox = torch.ones(e - s, device=dev)
+        else:
+            b1_vox = b1_flat[sel]
+        b1_index[s:e] = (b1_vox[:, None] - b1_grid[None, :]).abs().argmin(dim=1)
+        atom[s:e], sim[s:e], pd[s:e] = match_vectors(
+            x, d, b1_index[s:e], config=cfg, callback=_offset(callback, s, n)
+        )
+    return atom, b1_index, sim, pd
+
+
+def _offset(callback: Callback | None, start: int, total: int) -> Callback | None:
+    """Wrap ``callback`` for the block from voxel ``start``: its events count all ``total``."""
+    if callback is None:
+        return None
+
+    def _inner(event: ProgressEvent) -> None:
+        done = start + event.step
+        callback(ProgressEvent(event.stage, done, total, f"{done}/{total} voxels"))
+
+    return _inner
+
+
 def _dictionary_for(
     basis: torch.Tensor,
     seq: FispSequence,
@@ -393,14 +446,10 @@ def match_maps(
             mask = coefficient_mask(coefficients, threshold=cfg.mask_threshold)
         mask = mask.to(dev, torch.bool)
         idx = torch.nonzero(mask.reshape(-1)).reshape(-1)
-        x = coefficients.reshape(k, -1)[:, idx].T @ t.to(dev).T  # (n, basis) in Φ_dict
         b1_grid = d.b1_values.to(dev)
-        if b1 is None:
-            b1_vox = torch.ones(idx.numel(), device=dev)
-        else:
-            b1_vox = b1.to(dev, torch.float32).reshape(-1)[idx]
-        b1_index = (b1_vox[:, None] - b1_grid[None, :]).abs().argmin(dim=1)
-        atom, sim, pd = match_vectors(x, d, b1_index, config=cfg, callback=callback)
+        atom, b1_index, sim, pd = _match_blocks(
+            coefficients.reshape(k, -1), idx, t.to(dev).T, b1, d, cfg, callback
+        )
 
         def scatter(values: torch.Tensor) -> torch.Tensor:
             out = torch.zeros(mask.numel(), dtype=torch.float32, device=dev)

@@ -565,9 +565,11 @@ def bench(
     out: str | Path | None,
     callback: Callback | None = None,
     overwrite: bool = False,
+    gram_repeats: int = 3,
 ) -> str:
     """``spurig bench``: the methods on one scan, side by side, as seconds and ratios.
 
+    ``gram_repeats`` timed gram applications per operator (0: no gram micro-benchmark).
     Returns the Markdown table (also written to ``out`` when given, atomically).
     """
     from .benchmark import bench as _bench
@@ -578,7 +580,13 @@ def bench(
     if out is not None:
         check_output(out, kind="text", inputs=(scan,), overwrite=overwrite)
     report = _bench(
-        matrix=matrix, groups=groups, device=device, scan=scan, methods=methods, callback=callback
+        matrix=matrix,
+        groups=groups,
+        device=device,
+        scan=scan,
+        methods=methods,
+        callback=callback,
+        gram_repeats=gram_repeats,
     )
     table = format_table(report)
     if out is not None:
