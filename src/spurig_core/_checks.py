@@ -259,6 +259,7 @@ def _recon_memory(
         espirit=scan.coil_maps is None and scan.calibration is not None,
         oversampling=oversampling,
         saved_iterates=iters + 1 if save_iterations else 0,
+        sparse=((config or {}).get("encoding") or {}).get("sparse"),
     )
     for what, need in steps:
         require_bytes(need, f"reconstruct --method {method}: {what}", device=device)
