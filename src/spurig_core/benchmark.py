@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ._checks import _opt_int
 from .errors import InputError
 from .memory import peak_rss_mb
 from .progress import Callback, emit
@@ -467,8 +468,7 @@ def bench(
     for m in methods:
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
-    if isinstance(gram_repeats, bool) or not isinstance(gram_repeats, int):
-        raise InputError(f"gram repeats: {gram_repeats!r} is not a whole number (0–20)")
+    _opt_int(gram_repeats, "gram repeats", none=False)
     if not 0 <= gram_repeats <= 20:
         raise InputError(f"gram repeats: {gram_repeats} is outside 0–20 (0 skips the gram)")
     gram = gram and gram_repeats > 0

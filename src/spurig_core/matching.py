@@ -303,8 +303,8 @@ def _match_blocks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run :func:`match_vectors` on the voxels ``idx`` of ``flat`` ``(k, voxels)`` in blocks.
 
-    ``cfg.voxel_block`` voxels at a time.  Returns the atom, B1 index, similarity and PD of each
-    voxel of ``idx`` (shape ``(n,)``).
+    ``cfg.voxel_block`` voxels at a time.  Returns the atom, the grid B1 searched, similarity
+    and PD of each voxel of ``idx`` (shape ``(n,)``).
     """
     n, dev = idx.numel(), flat.device
     atom = torch.empty(n, dtype=torch.int64, device=dev)
@@ -325,7 +325,7 @@ def _match_blocks(
         atom[s:e], sim[s:e], pd[s:e] = match_vectors(
             x, d, b1_index[s:e], config=cfg, callback=_offset(callback, s, n)
         )
-    return atom, b1_index, sim, pd
+    return atom, b1_grid[b1_index], sim, pd
 
 
 def _offset(callback: Callback | None, start: int, total: int) -> Callback | None:
@@ -446,8 +446,7 @@ def match_maps(
             mask = coefficient_mask(coefficients, threshold=cfg.mask_threshold)
         mask = mask.to(dev, torch.bool)
         idx = torch.nonzero(mask.reshape(-1)).reshape(-1)
-        b1_grid = d.b1_values.to(dev)
-        atom, b1_index, sim, pd = _match_blocks(
+        atom, b1_searched, sim, pd = _match_blocks(
             coefficients.reshape(k, -1), idx, t.to(dev).T, b1, d, cfg, callback
         )
 
@@ -461,7 +460,7 @@ def match_maps(
             t1_ms=scatter(torch.where(found, d.t1_ms.to(dev)[atom], 0.0)),
             t2_ms=scatter(torch.where(found, d.t2_ms.to(dev)[atom], 0.0)),
             pd=scatter(pd),
-            b1=scatter(b1_grid[b1_index]),
+            b1=scatter(b1_searched),
             similarity=scatter(sim),
             mask=mask,
             config=to_dict(cfg),
