@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import _checks
+from ._heap import reusing_freed_memory
 from .data import Result, Scan
 from .durations import MODEL_DURATIONS, groups_for, nearest_duration, resolve_groups
 from .errors import InputError
@@ -142,6 +143,7 @@ def simulate_cohort(
 # ----------------------------------------------------------------------------------------------
 # reconstruction
 # ----------------------------------------------------------------------------------------------
+@reusing_freed_memory()  # large blocks reused, not faulted in again (issue #14)
 def reconstruct(
     scan: Scan | str | Path,
     *,
@@ -333,6 +335,7 @@ def recon_file(
 # ----------------------------------------------------------------------------------------------
 # matching and evaluation
 # ----------------------------------------------------------------------------------------------
+@reusing_freed_memory()
 def match(
     result: Result | str | Path,
     scan: Scan | str | Path | None = None,

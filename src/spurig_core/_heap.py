@@ -1,0 +1,126 @@
+"""Freed memory kept for reuse while a reconstruction runs (issue #14).
+
+glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) with a fresh
+mapping and unmaps it when it is freed.  A reconstruction allocates and frees such blocks all the
+time (each FFT's result, each UNet activation: a 16-channel bfloat16 activation is 28 MB at 96³
+and 340 MB at 220³), so the kernel faults in and zeroes their pages again on every use.  At 96³
+a SPUR-iG reconstruction took 2.5–3.6 million minor page faults (10–14 GB of fresh pages), and
+its four UNet passes ran 1.6–2.8× slower inside the reconstruction than alone
+(``benchmarks/RESULTS.md``, session 31).
+
+:func:`reusing_freed_memory` (a context manager and a decorator) turns both off for its duration:
+no blocks of their own mapping (``M_MMAP_MAX = 0``) and no returning of freed memory to the system
+(``M_TRIM_THRESHOLD = -1``), so a freed block's pages are reused by the next allocation.  On the
+way out glibc's defaults are restored and the freed memory is handed back (``malloc_trim(0)``), so
+a long-lived process (the napari plugin) does not keep it.  The peak is not raised: what is freed
+is reused, not added to.
+
+It does nothing where it cannot or should not act: outside glibc (macOS, Windows, musl), when the
+user has tuned malloc (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TOP_PAD_`` or ``GLIBC_TUNABLES`` set), and when ``SPURIG_HEAP_REUSE=0``.  Nested and
+concurrent uses share one setting: the last one to leave restores the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["heap_reuse_available", "reusing_freed_memory"]
+
+# glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# glibc's defaults (malloc/malloc.c: DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX)
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+
+_USER_TUNED = (
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "GLIBC_TUNABLES",
+)
+
+_lock = threading.Lock()
+_depth = 0
+_libc: Any = None
+
+
+def _glibc() -> Any:
+    """Return the process's glibc (with ``mallopt`` and ``malloc_trim``), else ``None``."""
+    global _libc
+    if _libc is None:
+        lib: Any = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                cand = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim"):
+                    cand.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                    cand.mallopt.restype = ctypes.c_int
+                    cand.malloc_trim.argtypes = [ctypes.c_size_t]
+                    cand.malloc_trim.restype = ctypes.c_int
+                    lib = cand
+            except OSError:
+                lib = False
+        _libc = lib
+    return _libc or None
+
+
+def heap_reuse_available() -> bool:
+    """Whether :func:`reusing_freed_memory` acts in this process (see the module's notes)."""
+    if os.environ.get("SPURIG_HEAP_REUSE", "1").strip() == "0":
+        return False
+    if any(name in os.environ for name in _USER_TUNED):
+        return False
+    return _glibc() is not None
+
+
+def _enter() -> bool:
+    global _depth
+    if not heap_reuse_available():
+        return False
+    libc = _glibc()
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1: never trim
+        _depth += 1
+    return True
+
+
+def _leave() -> None:
+    global _depth
+    libc = _glibc()
+    with _lock:
+        _depth -= 1
+        if _depth == 0:
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def reusing_freed_memory() -> Iterator[bool]:
+    """Keep freed memory in the process for reuse inside the block (glibc; else a no-op).
+
+    Usable as ``with reusing_freed_memory():`` or as a decorator.
+
+    Yields
+    ------
+    bool
+        Whether the setting is in effect (:func:`heap_reuse_available`).
+    """
+    active = _enter()
+    try:
+        yield active
+    finally:
+        if active:
+            _leave()

@@ -1,0 +1,100 @@
+"""Freed memory reused inside a reconstruction (:mod:`spurig_core._heap`, issue #14).
+
+Behaviour, measured in this process: the kernel's minor page faults (``ru_minflt``) of touching a
+freshly allocated block, which a reused block does not take, and the resident memory after the
+block, which is handed back on the way out.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import pytest
+import torch
+
+from spurig_core import _heap
+from spurig_core._heap import heap_reuse_available, reusing_freed_memory
+from spurig_core.io import load_scan
+from spurig_core.memory import rss_mb
+from spurig_core.pipeline import match, reconstruct
+from spurig_core.simulation import simulate
+
+pytestmark = pytest.mark.skipif(
+    not heap_reuse_available(), reason="glibc malloc only (and not when malloc is tuned by hand)"
+)
+
+MB = 2**20
+PAGE = resource.getpagesize()
+
+
+def _faults_of_a_fresh_block(mb: int = 48) -> int:
+    """Minor faults of writing an ``mb``-MB tensor allocated after a larger one was freed."""
+    big = torch.empty((mb + 16) * MB // 4)
+    big.fill_(1.0)
+    del big
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.empty(mb * MB // 4)
+    block.fill_(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del block
+    return faults
+
+
+def test_a_freed_block_is_reused_inside_and_faulted_in_again_outside() -> None:
+    pages = 48 * MB // PAGE
+    assert _faults_of_a_fresh_block() > pages // 2  # glibc's default: a fresh mapping
+    with reusing_freed_memory() as active:
+        assert active
+        assert _faults_of_a_fresh_block() < pages // 20
+    assert _faults_of_a_fresh_block() > pages // 2  # the defaults are back
+
+
+def test_freed_memory_is_handed_back_on_the_way_out() -> None:
+    start = rss_mb()
+    with reusing_freed_memory():
+        block = torch.empty(256 * MB // 4)
+        block.fill_(1.0)
+        del block
+        assert rss_mb() > start + 200  # kept for reuse
+    assert rss_mb() < start + 64
+
+
+def test_nested_uses_restore_the_defaults_only_when_the_last_one_leaves() -> None:
+    pages = 48 * MB // PAGE
+    with reusing_freed_memory():
+        with reusing_freed_memory():
+            pass
+        assert _faults_of_a_fresh_block() < pages // 20  # still reusing
+    assert _heap._depth == 0
+    assert _faults_of_a_fresh_block() > pages // 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("SPURIG_HEAP_REUSE", "0"), ("MALLOC_MMAP_MAX_", "65536")]
+)
+def test_switched_off_by_the_user_or_left_to_their_own_malloc_tuning(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert not heap_reuse_available()
+    with reusing_freed_memory() as active:
+        assert not active
+        assert _faults_of_a_fresh_block() > 48 * MB // PAGE // 2
+
+
+def test_reconstruct_and_match_run_inside_it(tmp_path: Path) -> None:
+    path = simulate(tmp_path / "s.h5", matrix=16, coils=3, groups=2, seed=3, phantom="analytic")
+    scan = load_scan(path)
+    depths: list[int] = []
+
+    def seen(*_: object) -> None:
+        depths.append(_heap._depth)
+
+    fast = {"gridding": {"learned_kernel": False, "n_sources": 1}, "llr": {"iterations": 2}}
+    result = reconstruct(scan, method="llr", groups=2, config=fast, callback=seen)
+    assert depths and min(depths) == 1
+    depths.clear()
+    match(result, scan, callback=seen)
+    assert depths and min(depths) == 1
+    assert _heap._depth == 0
