@@ -41,12 +41,17 @@ def _faults_of_a_fresh_block(mb: int = 48) -> int:
     return faults
 
 
+def _reused_faults() -> int:
+    """The fewest faults of three probes (the heap's first probe may still grow it)."""
+    return min(_faults_of_a_fresh_block() for _ in range(3))
+
+
 def test_a_freed_block_is_reused_inside_and_faulted_in_again_outside() -> None:
     pages = 48 * MB // PAGE
     assert _faults_of_a_fresh_block() > pages // 2  # glibc's default: a fresh mapping
     with reusing_freed_memory() as active:
         assert active
-        assert _faults_of_a_fresh_block() < pages // 20
+        assert _reused_faults() < pages // 20
     assert _faults_of_a_fresh_block() > pages // 2  # the defaults are back
 
 
@@ -65,7 +70,7 @@ def test_nested_uses_restore_the_defaults_only_when_the_last_one_leaves() -> Non
     with reusing_freed_memory():
         with reusing_freed_memory():
             pass
-        assert _faults_of_a_fresh_block() < pages // 20  # still reusing
+        assert _reused_faults() < pages // 20  # still reusing
     assert _heap._depth == 0
     assert _faults_of_a_fresh_block() > pages // 2
 
@@ -83,7 +88,7 @@ def test_switched_off_by_the_user_or_left_to_their_own_malloc_tuning(
         assert _faults_of_a_fresh_block() > 48 * MB // PAGE // 2
 
 
-def test_reconstruct_and_match_run_inside_it(tmp_path: Path) -> None:
+def test_gridded_reconstructions_and_match_run_inside_it(tmp_path: Path) -> None:
     path = simulate(tmp_path / "s.h5", matrix=16, coils=3, groups=2, seed=3, phantom="analytic")
     scan = load_scan(path)
     depths: list[int] = []
@@ -97,4 +102,7 @@ def test_reconstruct_and_match_run_inside_it(tmp_path: Path) -> None:
     depths.clear()
     match(result, scan, callback=seen)
     assert depths and min(depths) == 1
+    depths.clear()
+    reconstruct(scan, method="llr-nufft", groups=2, config=fast, callback=seen)
+    assert depths and max(depths) == 0  # the NUFFT's allocations are left as they were
     assert _heap._depth == 0

@@ -393,14 +393,15 @@ def _gram_worker(
         dtype=torch.complex64,
         generator=torch.Generator().manual_seed(0),
     ).to(dev)
+    for op in ops.values():
+        op.gram(x)  # warm-up (plans, kernels, buffers)
+    # interleaved, so that both operators meet the same state of a shared or drifting machine
+    # (issue #14, session 29: back-to-back blocks put the same code at 29× and 57×); each under
+    # the allocator setting reconstruct() gives its data term
     times: dict[str, list[float]] = {name: [] for name in ops}
-    with reusing_freed_memory():  # as inside reconstruct (issue #14)
-        for op in ops.values():
-            op.gram(x)  # warm-up (plans, kernels, buffers)
-        # interleaved, so that both operators meet the same state of a shared or drifting
-        # machine (issue #14, session 29: back-to-back blocks put the same code at 29× and 57×)
-        for _ in range(repeats):
-            for name, op in ops.items():
+    for _ in range(repeats):
+        for name, op in ops.items():
+            with reusing_freed_memory(enabled=name == "gridded"):
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
