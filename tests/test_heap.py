@@ -1,4 +1,4 @@
-"""Freed memory reused inside a reconstruction (:mod:`spurig_core._heap`, issue #14).
+"""Freed memory reused inside the heavy calls of a reconstruction (:mod:`spurig_core._heap`, #14).
 
 Behaviour, measured in this process: the kernel's minor page faults (``ru_minflt``) of touching a
 freshly allocated block, which a reused block does not take, and the resident memory after the
@@ -8,16 +8,21 @@ block, which is handed back on the way out.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from spurig_core import _heap
 from spurig_core._heap import heap_reuse_available, reusing_freed_memory
 from spurig_core.io import load_scan
 from spurig_core.memory import rss_mb
-from spurig_core.pipeline import match, reconstruct
+from spurig_core.operators.encoding import GriddedSubspaceEncoding, SubspaceNUFFTEncoding
+from spurig_core.operators.igrog import GriddingConfig, grid_scan
+from spurig_core.recon.data_term import coil_maps, scan_basis
+from spurig_core.recon.networks import Denoiser, UNetConfig
 from spurig_core.simulation import simulate
 
 pytestmark = pytest.mark.skipif(
@@ -42,7 +47,7 @@ def _faults_of_a_fresh_block(mb: int = 48) -> int:
 
 
 def _reused_faults() -> int:
-    """The fewest faults of three probes (the heap's first probe may still grow it)."""
+    """Return the fewest faults of three probes (the first may still grow the heap)."""
     return min(_faults_of_a_fresh_block() for _ in range(3))
 
 
@@ -88,21 +93,37 @@ def test_switched_off_by_the_user_or_left_to_their_own_malloc_tuning(
         assert _faults_of_a_fresh_block() > 48 * MB // PAGE // 2
 
 
-def test_gridded_reconstructions_and_match_run_inside_it(tmp_path: Path) -> None:
+def _deepest(fn: Callable[..., object], *args: object) -> int:
+    """Return the deepest `_heap` nesting seen by the torch calls of ``fn(*args)``."""
+    deepest = [0]
+
+    class Probe(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            deepest[0] = max(deepest[0], _heap._depth)
+            return func(*args, **(kwargs or {}))
+
+    with Probe():
+        fn(*args)
+    return deepest[0]
+
+
+def test_the_gridded_operator_and_the_inference_denoiser_run_inside_it(tmp_path: Path) -> None:
+    """Each heavy call holds it and hands the memory back after itself; the NUFFT does not."""
+    cpu = torch.device("cpu")
     path = simulate(tmp_path / "s.h5", matrix=16, coils=3, groups=2, seed=3, phantom="analytic")
     scan = load_scan(path)
-    depths: list[int] = []
-
-    def seen(*_: object) -> None:
-        depths.append(_heap._depth)
-
-    fast = {"gridding": {"learned_kernel": False, "n_sources": 1}, "llr": {"iterations": 2}}
-    result = reconstruct(scan, method="llr", groups=2, config=fast, callback=seen)
-    assert depths and min(depths) == 1
-    depths.clear()
-    match(result, scan, callback=seen)
-    assert depths and min(depths) == 1
-    depths.clear()
-    reconstruct(scan, method="llr-nufft", groups=2, config=fast, callback=seen)
-    assert depths and max(depths) == 0  # the NUFFT's allocations are left as they were
+    basis, maps = scan_basis(scan, cpu), coil_maps(scan, cpu)
+    gridded, _ = grid_scan(scan, config=GriddingConfig(learned_kernel=False, n_sources=1))
+    op = GriddedSubspaceEncoding(gridded, maps, basis)
+    nufft = SubspaceNUFFTEncoding(scan.trajectory, maps, basis)
+    x = torch.randn(basis.shape[1], *scan.matrix, dtype=torch.complex64)
+    assert _deepest(op.adjoint_data) == 1
+    assert _deepest(op.gram, x) == 1
+    assert _deepest(op.adjoint, op(x)) == 1
+    assert _deepest(nufft.gram, x) == 0
+    net = Denoiser(UNetConfig(basis=basis.shape[1], base_width=8, levels=2))
+    alpha = torch.randn(basis.shape[1], 16, 16, 16, dtype=torch.complex64)
+    with torch.no_grad():
+        assert _deepest(net, alpha, 1) == 1
+    assert _deepest(net, alpha, 1) == 0  # with autograd (training): left as it was
     assert _heap._depth == 0

@@ -143,7 +143,6 @@ def _grid_worker(
     the operator again for its data term, as ``spurig recon`` builds it once for both) and
     ``step_size_wall_s`` (with the operators' construction here).
     """
-    from ._heap import reusing_freed_memory
     from .config import from_dict, to_dict
     from .durations import nearest_duration
     from .io import load_scan
@@ -163,10 +162,9 @@ def _grid_worker(
         gridding, names = found[0] if found else ((config or {}).get("gridding") or {}, ())
     gcfg = from_dict(GriddingConfig, {"device": device, **gridding}, where="gridding")
     scan = virtual_coils(scan, gcfg.max_coils)  # as reconstruct() will (issue #20)
-    with reusing_freed_memory():  # as inside reconstruct (issue #14)
-        gridded, times = grid_scan(scan, config=gcfg)
-        plan = step_plan(names, (groups,), overrides=config, model=model)
-        times.update(attach_for_scan(gridded, scan, plan, device=device))
+    gridded, times = grid_scan(scan, config=gcfg)
+    plan = step_plan(names, (groups,), overrides=config, model=model)
+    times.update(attach_for_scan(gridded, scan, plan, device=device))
     save_gridded(out_path, gridded, times)
     out = {
         "kernel_training_s": float(times.get("kernel_training_s", 0.0)),
@@ -365,7 +363,6 @@ def _gram_worker(
     gridded: str | None = None,
 ) -> dict:
     """Seconds of one gram application: NUFFT operator vs iGROG-gridded operator."""
-    from ._heap import reusing_freed_memory
     from .config import from_dict
     from .io import load_scan
     from .operators.coil_maps import virtual_coils
@@ -396,19 +393,17 @@ def _gram_worker(
     for op in ops.values():
         op.gram(x)  # warm-up (plans, kernels, buffers)
     # interleaved, so that both operators meet the same state of a shared or drifting machine
-    # (issue #14, session 29: back-to-back blocks put the same code at 29× and 57×); each under
-    # the allocator setting reconstruct() gives its data term
+    # (issue #14, session 29: back-to-back blocks put the same code at 29× and 57×)
     times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(repeats):
         for name, op in ops.items():
-            with reusing_freed_memory(enabled=name == "gridded"):
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                op.gram(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t0)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            op.gram(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
     return {f"gram_{name}_s": sorted(t)[len(t) // 2] for name, t in times.items()}
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from . import _checks
-from ._heap import reusing_freed_memory
 from .data import Result, Scan
 from .durations import MODEL_DURATIONS, groups_for, nearest_duration, resolve_groups
 from .errors import InputError
@@ -242,31 +241,28 @@ def reconstruct(
             flips=int(config.get("denoiser", {}).get("flips", 0)),
         )
         _domain_warning(loaded, scan, named, n_groups)
-    # a gridded term's FFT results and UNet activations reuse freed memory (issue #14); the
-    # NUFFT methods gained no time from it and their peak rose by 0.3 GB at 64³
-    with reusing_freed_memory(enabled=entry.data_term == "gridded"):
-        maps = coil_maps(scan, dev, callback)
-        term = build_data_term(
-            entry.data_term,
-            scan.first_groups(n_groups),
-            maps,
-            basis,
-            overrides=config,
-            encoding=None if loaded is None else loaded.encoding,
-            # the method's own grid, then the model's training data's settings (the user's on top)
-            gridding={**method_gridding(entry.name), **((loaded and loaded.gridding) or {})},
-            gridded=gridded,
-            method=entry.name,
-            on_bad_gridding=on_bad_gridding,
-            callback=callback,
-        )
-        if entry.gridded and term.kind != "gridded":  # the self-check failed: NUFFT fallback
-            entry = get_method(entry.fallback or entry.name)
-        ctx = RunContext(named, config, loaded, scan, basis, dev, save_iterations, callback)
-        from .recon.inference import network_autocast  # bf16 UNet where native (issue #14)
+    maps = coil_maps(scan, dev, callback)
+    term = build_data_term(
+        entry.data_term,
+        scan.first_groups(n_groups),
+        maps,
+        basis,
+        overrides=config,
+        encoding=None if loaded is None else loaded.encoding,
+        # the method's own grid, then the model's training data's settings (the user's on top)
+        gridding={**method_gridding(entry.name), **((loaded and loaded.gridding) or {})},
+        gridded=gridded,
+        method=entry.name,
+        on_bad_gridding=on_bad_gridding,
+        callback=callback,
+    )
+    if entry.gridded and term.kind != "gridded":  # the self-check failed: NUFFT fallback
+        entry = get_method(entry.fallback or entry.name)
+    ctx = RunContext(named, config, loaded, scan, basis, dev, save_iterations, callback)
+    from .recon.inference import network_autocast  # bf16 UNet where native (issue #14)
 
-        with network_autocast(dev, enabled=entry.needs_model):
-            out = entry.runner()(term, ctx)
+    with network_autocast(dev, enabled=entry.needs_model):
+        out = entry.runner()(term, ctx)
     runtime = time.perf_counter() - term.started
     record = {"method": method, "groups": n_groups, **coil_record, **term.record, **out.record}
     return out.to_result(
@@ -337,7 +333,6 @@ def recon_file(
 # ----------------------------------------------------------------------------------------------
 # matching and evaluation
 # ----------------------------------------------------------------------------------------------
-@reusing_freed_memory()
 def match(
     result: Result | str | Path,
     scan: Scan | str | Path | None = None,

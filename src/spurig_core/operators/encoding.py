@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checkpoint import all_finite
+from .._heap import reusing_freed_memory
 from ..errors import InputError
 from .base import LinearOperator
 from .encoding_nufft import SubspaceNUFFTEncoding, _check_maps_basis, _mix_basis, density_weights
@@ -441,6 +442,7 @@ class GriddedSubspaceEncoding(LinearOperator):
                 zs[:, :, s:e].copy_(zc)
 
     # -- raw maps (no autograd) ------------------------------------------------------------------
+    @reusing_freed_memory()
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.complex64)
         out = torch.empty(self.out_shape, dtype=torch.complex64, device=x.device)  # type: ignore[arg-type]
@@ -466,6 +468,7 @@ class GriddedSubspaceEncoding(LinearOperator):
             self._projector = PairProjection(self._pairs, self.basis, self._sqrtw)
         return self._projector(bc, out, post)
 
+    @reusing_freed_memory()
     def _adj(self, b: torch.Tensor) -> torch.Tensor:
         b = b.to(torch.complex64)
         acc = torch.zeros(self.in_shape, dtype=torch.complex64, device=b.device)  # type: ignore[arg-type]
@@ -477,6 +480,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         self._release_scratch()
         return acc
 
+    @reusing_freed_memory()
     def _gram(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.complex64)
         acc = torch.zeros_like(x)
@@ -601,6 +605,7 @@ class GriddedSubspaceEncoding(LinearOperator):
         torch.mul(torch.view_as_real(b[c]), self._sqrtw[..., None], out=torch.view_as_real(out))
         return out
 
+    @reusing_freed_memory()
     def _adj_own(self) -> tuple[torch.Tensor, float]:
         """``A^H W^{1/2} b`` and ``‖W^{1/2} b‖₂`` of the own values, one coil at a time.
 
