@@ -107,8 +107,8 @@ def _deepest(fn: Callable[..., object], *args: object) -> int:
     return deepest[0]
 
 
-def test_the_gridded_operator_and_the_inference_denoiser_run_inside_it(tmp_path: Path) -> None:
-    """Each heavy call holds it and hands the memory back after itself; the NUFFT does not."""
+def test_the_gridded_operator_reuses_memory_the_nufft_and_the_unet_do_not(tmp_path: Path) -> None:
+    """Each heavy gridded call holds it and hands the memory back after itself."""
     cpu = torch.device("cpu")
     path = simulate(tmp_path / "s.h5", matrix=16, coils=3, groups=2, seed=3, phantom="analytic")
     scan = load_scan(path)
@@ -121,9 +121,10 @@ def test_the_gridded_operator_and_the_inference_denoiser_run_inside_it(tmp_path:
     assert _deepest(op.gram, x) == 1
     assert _deepest(op.adjoint, op(x)) == 1
     assert _deepest(nufft.gram, x) == 0
+    # the UNet's activations are left to malloc as they were: reused, their holes raised the
+    # peak of a 220³ SPUR-iG reconstruction from 16.6 to 21.4 GB (session 31)
     net = Denoiser(UNetConfig(basis=basis.shape[1], base_width=8, levels=2))
     alpha = torch.randn(basis.shape[1], 16, 16, 16, dtype=torch.complex64)
     with torch.no_grad():
-        assert _deepest(net, alpha, 1) == 1
-    assert _deepest(net, alpha, 1) == 0  # with autograd (training): left as it was
+        assert _deepest(net, alpha, 1) == 0
     assert _heap._depth == 0

@@ -1,19 +1,21 @@
-"""Freed memory kept for reuse while a reconstruction runs (issue #14).
+"""Freed memory kept for reuse inside the gridded operator's heavy calls (issue #14).
 
 glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) with a fresh
-mapping and unmaps it when it is freed.  A reconstruction allocates and frees such blocks all the
-time (each FFT's result, each UNet activation: a 16-channel bfloat16 activation is 28 MB at 96³
-and 340 MB at 220³), so the kernel faults in and zeroes their pages again on every use.  At 96³
-a SPUR-iG reconstruction took 2.5–3.6 million minor page faults (10–14 GB of fresh pages), and
-its four UNet passes ran 1.6–2.8× slower inside the reconstruction than alone
-(``benchmarks/RESULTS.md``, session 31).
+mapping and unmaps it when it is freed, so the kernel faults in and zeroes its pages again on every
+use.  The gridded data term allocates and frees such blocks all the time: each of a gram's
+``2 × basis × coils`` FFT results (287 MB at 220³ on the 1.5× grid, 681 MB on LLR's 2× grid).  At
+96³ a SPUR-iG reconstruction took 2.5–3.6 million minor page faults (10–14 GB of fresh pages).
 
 :func:`reusing_freed_memory` (a context manager and a decorator) turns both off for its duration:
 no blocks of their own mapping (``M_MMAP_MAX = 0``) and no returning of freed memory to the system
 (``M_TRIM_THRESHOLD = -1``), so a freed block's pages are reused by the next allocation.  On the
-way out glibc's defaults are restored and the freed memory is handed back (``malloc_trim(0)``), so
-a long-lived process (the napari plugin) does not keep it.  The peak is not raised: what is freed
-is reused, not added to.
+way out glibc's defaults are restored and the freed memory is handed back (``malloc_trim(0)``).
+:class:`~spurig_core.operators.encoding.GriddedSubspaceEncoding` runs its forward, adjoint, gram
+and ``A^H b`` inside it, one call at a time: their blocks are all of one size, so what is freed is
+reused, and the peak does not rise (220³ DC steps only: 13.4 GB before and after, 180 → 121 s;
+``benchmarks/RESULTS.md``, session 31).  Held over a whole reconstruction, or over the UNet's
+activations of many sizes, the holes it leaves raised the peak instead (220³ SPUR-iG: 16.6 →
+21.4 GB over the UNet, 24 GB and killed over the whole reconstruction), so neither does.
 
 It does nothing where it cannot or should not act: outside glibc (macOS, Windows, musl), when the
 user has tuned malloc (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,

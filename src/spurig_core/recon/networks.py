@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._heap import reusing_freed_memory
 from ..errors import InputError
 
 __all__ = [
@@ -439,10 +438,7 @@ class Denoiser(nn.Module):
             x = complex_to_channels(a)
             mean, w, w_inv = whitening_stats(x)
             z = whiten(x, mean, w)
-        # at inference the activations' freed memory is reused, not faulted in again (issue #14;
-        # training keeps the allocator as it was)
-        with reusing_freed_memory(enabled=not torch.is_grad_enabled()):
-            y = self._flip_mean(z, idx) if self.cfg.dim == 3 else self._slices(z, idx)
+        y = self._flip_mean(z, idx) if self.cfg.dim == 3 else self._slices(z, idx)
         with torch.autocast(a.device.type, enabled=False):
             out = channels_to_complex(unwhiten(y.float(), mean, w_inv))
         return out[0] if single else out
