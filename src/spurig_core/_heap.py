@@ -12,14 +12,15 @@ no blocks of their own mapping (``M_MMAP_MAX = 0``) and no returning of freed me
 way out glibc's defaults are restored and the freed memory is handed back (``malloc_trim(0)``).
 :class:`~spurig_core.operators.encoding.GriddedSubspaceEncoding` runs its forward, adjoint, gram
 and ``A^H b`` inside it, one call at a time: their blocks are all of one size, so what is freed is
-reused, and the peak does not rise (220³ DC steps only: 13.4 GB before and after, 180 → 121 s;
+reused, and the peak does not rise (220³ DC steps only: 180 → 117 s, peak 13.4 → 13.4–13.9 GB;
 ``benchmarks/RESULTS.md``, session 31).  Held over a whole reconstruction, or over the UNet's
 activations of many sizes, the holes it leaves raised the peak instead (220³ SPUR-iG: 16.6 →
 21.4 GB over the UNet, 24 GB and killed over the whole reconstruction), so neither does.
 
 It does nothing where it cannot or should not act: outside glibc (macOS, Windows, musl), when the
-user has tuned malloc (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TOP_PAD_`` or ``GLIBC_TUNABLES`` set), and when ``SPURIG_HEAP_REUSE=0``.  Nested and
+process started with malloc tuned (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or ``GLIBC_TUNABLES``: a user's, or dask's for its
+workers), and when ``SPURIG_HEAP_REUSE=0``.  Nested and
 concurrent uses share one setting: the last one to leave restores the defaults.
 """
 
@@ -54,6 +55,7 @@ _USER_TUNED = (
 _lock = threading.Lock()
 _depth = 0
 _libc: Any = None
+_started_with: frozenset[str] | None = None
 
 
 def _glibc() -> Any:
@@ -76,11 +78,31 @@ def _glibc() -> Any:
     return _libc or None
 
 
+def _startup_names() -> frozenset[str]:
+    """Names of the environment the process started with (what glibc read), cached."""
+    global _started_with
+    if _started_with is None:
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                raw = f.read().split(b"\0")
+            _started_with = frozenset(
+                v.split(b"=", 1)[0].decode(errors="replace") for v in raw if v
+            )
+        except OSError:
+            _started_with = frozenset(os.environ)
+    return _started_with
+
+
 def heap_reuse_available() -> bool:
-    """Whether :func:`reusing_freed_memory` acts in this process (see the module's notes)."""
+    """Whether :func:`reusing_freed_memory` acts in this process (see the module's notes).
+
+    A malloc variable counts when the process started with it, as glibc reads them only then:
+    dask's nanny, for one, sets ``MALLOC_TRIM_THRESHOLD_`` in its parent's ``os.environ`` for
+    the workers it spawns (those then start with it, and are left alone).
+    """
     if os.environ.get("SPURIG_HEAP_REUSE", "1").strip() == "0":
         return False
-    if any(name in os.environ for name in _USER_TUNED):
+    if any(name in _startup_names() for name in _USER_TUNED):
         return False
     return _glibc() is not None
 
