@@ -132,22 +132,17 @@ def _leave() -> None:
 
 
 @contextlib.contextmanager
-def reusing_freed_memory(enabled: bool = True) -> Iterator[bool]:
+def reusing_freed_memory() -> Iterator[bool]:
     """Keep freed memory in the process for reuse inside the block (glibc; else a no-op).
 
     Usable as ``with reusing_freed_memory():`` or as a decorator.
-
-    Parameters
-    ----------
-    enabled : bool
-        ``False`` gives a no-op block (for a caller that decides per run).
 
     Yields
     ------
     bool
         Whether the setting is in effect (:func:`heap_reuse_available`).
     """
-    active = enabled and _enter()
+    active = _enter()
     try:
         yield active
     finally:
